@@ -1,0 +1,133 @@
+"""Shared fixtures: the app as users run it (a real `python -m webapp` uvicorn process on 127.0.0.1) and
+the upstream simulator (tests/simulator.py)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from simulator import Simulator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(__file__).parent / ".artifacts"
+ARTIFACTS.mkdir(exist_ok=True)
+
+TEST_DG_KEY = "dg-test-key-0123456789abcdef"
+TEST_AIG_KEY = "sk-aig-test-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AppProcess:
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_app(env: dict[str, str], tmp: Path, name: str = "app", timeout: float = 60.0) -> AppProcess:
+    """Start `python -m webapp` with `env` on a free port; return once /healthz answers."""
+    port = free_port()
+    log_path = ARTIFACTS / f"{name}-{port}.log"
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("STT_BACKEND", "AIGATEWAY_API_KEY", "DEEPGRAM_API_KEY", "ACCESS_TOKEN", "ALLOWED_ORIGINS")}
+    full_env.update({"DATA_DIR": str(tmp / f"data-{name}"), "LOG_LEVEL": "debug"}, **env)
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "webapp", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"app did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)  # polling a process that is starting: there is no event to await
+    return AppProcess(proc, port, log_path)
+
+
+def stop_app(app: AppProcess) -> None:
+    if app.proc.poll() is None:
+        app.proc.send_signal(signal.SIGTERM)
+        try:
+            app.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            app.proc.kill()
+            app.proc.wait()
+
+
+@contextlib.contextmanager
+def running_app(env: dict[str, str], tmp: Path, name: str = "app"):
+    app = start_app(env, tmp, name)
+    try:
+        yield app
+    finally:
+        stop_app(app)
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("caption-relay")
+
+
+@pytest.fixture(scope="session")
+def simulator():
+    sim = Simulator().start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.reset()
+    yield simulator
+    simulator.reset()
+
+
+@pytest.fixture(scope="session")
+def flux_app(simulator, session_tmp):
+    """App with STT_BACKEND=deepgram pointed at the simulator's Flux endpoint."""
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "ALLOWED_ORIGINS": "http://allowed.example"}
+    with running_app(env, session_tmp, "flux") as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def gateway_app(simulator, session_tmp):
+    """App with STT_BACKEND=aigateway pointed at the simulator's gateway endpoint."""
+    env = {"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": TEST_AIG_KEY,
+           "AIGATEWAY_REALTIME_URL": f"{simulator.url}/v1/realtime"}
+    with running_app(env, session_tmp, "gateway") as app:
+        yield app

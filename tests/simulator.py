@@ -1,0 +1,347 @@
+"""UPSTREAM SIMULATOR (a test double, not Deepgram or AIgateway).
+
+A real WebSocket server on 127.0.0.1 that speaks the documented wire formats of ../shared/docs/protocols.md:
+  /v2/listen    Deepgram Flux: Connected, TurnInfo (StartOfTurn/Update/EndOfTurn), ForceEndTurn, CloseStream
+                (flush, no EndOfTurn, close without status code), Warning, Error; KeepAlive is fatal as on Flux.
+  /v1/realtime  AIgateway: v1-style Results (is_final/speech_final, KeepAlive, Finalize, CloseStream + Metadata)
+                or, with gateway_shape="turninfo", Flux TurnInfo passthrough.
+Transcripts are scripted and clocked by the audio it receives: each word of the script is "heard" after
+`word_ms` of audio, a turn ends `eot_ms` after its last word, so output depends on real bytes arriving.
+It records every connection (path, query, headers, audio bytes, text messages) and can inject faults:
+a refused handshake (status + Retry-After), an Error message or a dropped connection after N audio bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+DEFAULT_SCRIPT = [["Hello", "world,", "this", "is", "a", "caption", "test."], ["Second", "turn", "here."]]
+
+
+@dataclass
+class Faults:
+    handshake_status: int | None = None      # refuse the upgrade with this HTTP status
+    retry_after: str | None = None           # Retry-After header for the refusal
+    error_after_bytes: int | None = None     # send an Error message once this much audio arrived
+    drop_after_bytes: int | None = None      # close the TCP connection abruptly after this much audio
+
+
+@dataclass
+class Record:
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    audio: bytearray = field(default_factory=bytearray)
+    texts: list[str] = field(default_factory=list)
+    sent: list[dict] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def controls(self) -> list[str]:
+        out = []
+        for t in self.texts:
+            try:
+                out.append(json.loads(t).get("type"))
+            except ValueError:
+                out.append("?")
+        return out
+
+
+class Simulator:
+    def __init__(self, script=None, word_ms: int = 300, eot_ms: int = 400, sample_rate: int = 16000):
+        self.script = script or DEFAULT_SCRIPT
+        self.word_ms, self.eot_ms = word_ms, eot_ms
+        self.gateway_shape = "results"
+        self.faults = Faults()
+        self.records: list[Record] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._changed = threading.Condition()
+
+    # ---- control from tests ------------------------------------------------------------------
+    def reset(self, **kw) -> None:
+        self.script, self.word_ms, self.eot_ms = DEFAULT_SCRIPT, 300, 400
+        self.gateway_shape = "results"
+        self.faults = Faults()
+        for k, v in kw.items():
+            setattr(self, k, v)
+        self.records.clear()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        """Block until predicate() is truthy (woken by every recorded event)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not (result := predicate()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("simulator condition not met in time")
+                self._changed.wait(left)
+            return result
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    # ---- server ---------------------------------------------------------------------------------
+    def start(self) -> "Simulator":
+        ready = threading.Event()
+
+        def runner():
+            asyncio.run(self._main(ready))
+
+        self._thread = threading.Thread(target=runner, name="upstream-simulator", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("simulator did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread:
+            self._thread.join(5)
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._handler, "127.0.0.1", 0, process_request=self._process_request,
+                         compression=None, max_size=2 ** 20) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            await self._stop.wait()
+
+    def _process_request(self, conn: ServerConnection, request):
+        status = self.faults.handshake_status
+        if status is not None:
+            response = conn.respond(status, json.dumps({"err_code": "SIMULATED", "err_msg": f"simulated {status}"}))
+            if self.faults.retry_after is not None:
+                response.headers["Retry-After"] = self.faults.retry_after
+            rec = Record(urlsplit(request.path).path, parse_qsl(urlsplit(request.path).query), dict(request.headers.raw_items()))
+            rec.closed = True
+            self.records.append(rec)
+            self._notify()
+            return response
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        parts = urlsplit(ws.request.path)
+        rec = Record(parts.path, parse_qsl(parts.query, keep_blank_values=True), dict(ws.request.headers.raw_items()))
+        self.records.append(rec)
+        self._notify()
+        if parts.path == "/v2/listen":
+            session = FluxSession(self, ws, rec)
+        elif parts.path == "/v1/realtime":
+            session = GatewaySession(self, ws, rec) if self.gateway_shape == "results" else FluxSession(self, ws, rec, greet=False)
+        else:
+            await ws.close(4404, "unknown path")
+            return
+        try:
+            await session.run()
+        finally:
+            rec.closed = True
+            self._notify()
+
+
+class ScriptedSession:
+    """Audio-clocked script: the shared part of both wire shapes."""
+
+    def __init__(self, sim: Simulator, ws: ServerConnection, rec: Record):
+        self.sim, self.ws, self.rec = sim, ws, rec
+        self.rate = int(dict(rec.query).get("sample_rate", "16000"))
+        self.turn_no = 0          # index into the script
+        self.turn_start = 0.0     # audio time the current turn began
+        self.heard = 0            # words of the current turn heard so far
+        self.open = False
+        self.seq = 0
+        self.error_sent = False
+
+    @property
+    def audio_time(self) -> float:
+        return len(self.rec.audio) / (2 * self.rate)
+
+    async def send(self, msg: dict) -> None:
+        self.rec.sent.append(msg)
+        await self.ws.send(json.dumps(msg))
+
+    def words(self, n=None) -> list[str]:
+        script = self.sim.script
+        if self.turn_no >= len(script):
+            return []
+        return script[self.turn_no][: self.heard if n is None else n]
+
+    def advance(self) -> str | None:
+        """Move the script clock to the current audio time. Returns 'start', 'update', 'end' or None."""
+        script = self.sim.script
+        if self.turn_no >= len(script):
+            return None
+        t = self.audio_time - self.turn_start
+        turn = script[self.turn_no]
+        heard = min(len(turn), int(t * 1000 // self.sim.word_ms))
+        if heard > self.heard:
+            self.heard = heard
+            if not self.open:
+                self.open = True
+                return "start"
+            return "update"
+        if self.open and self.heard == len(turn) and t * 1000 >= len(turn) * self.sim.word_ms + self.sim.eot_ms:
+            return "end"
+        return None
+
+    def next_turn(self) -> None:
+        self.turn_no += 1
+        self.turn_start = self.audio_time
+        self.heard = 0
+        self.open = False
+
+    async def run(self) -> None:
+        await self.greet()
+        faults = self.sim.faults
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self.rec.audio += message
+                    self.sim._notify()
+                    n = len(self.rec.audio)
+                    if faults.drop_after_bytes is not None and n >= faults.drop_after_bytes:
+                        self.ws.transport.abort()  # a network drop: no close frame
+                        return
+                    if faults.error_after_bytes is not None and n >= faults.error_after_bytes and not self.error_sent:
+                        self.error_sent = True
+                        await self.send({"type": "Error", "sequence_id": self.next_seq(), "code": "INTERNAL_SERVER_ERROR",
+                                         "description": "simulated upstream failure"})
+                        await self.ws.close(1011, "simulated failure")
+                        return
+                    await self.on_audio()
+                else:
+                    self.rec.texts.append(message)
+                    self.sim._notify()
+                    try:
+                        kind = json.loads(message).get("type")
+                    except (ValueError, AttributeError):
+                        kind = None
+                    if await self.on_control(kind) == "stop":
+                        return
+        except ConnectionClosed:
+            return
+
+    def next_seq(self) -> int:
+        seq, self.seq = self.seq, self.seq + 1
+        return seq
+
+
+class FluxSession(ScriptedSession):
+    def __init__(self, sim, ws, rec, greet: bool = True):
+        super().__init__(sim, ws, rec)
+        self.request_id = str(uuid.uuid4())
+        self.do_greet = greet
+        self.last_update = 0.0
+
+    async def greet(self) -> None:
+        if self.do_greet:
+            await self.send({"type": "Connected", "request_id": self.request_id, "sequence_id": self.next_seq()})
+
+    async def turninfo(self, event: str, trigger: str | None = None) -> None:
+        words = self.words()
+        msg = {"type": "TurnInfo", "request_id": self.request_id, "sequence_id": self.next_seq(), "event": event,
+               "turn_index": self.turn_no, "audio_window_start": round(self.turn_start, 3),
+               "audio_window_end": round(self.audio_time, 3), "transcript": " ".join(words),
+               "words": [{"word": w, "confidence": 0.95,
+                          "start": round(self.turn_start + i * self.sim.word_ms / 1000, 3),
+                          "end": round(self.turn_start + (i + 1) * self.sim.word_ms / 1000, 3)} for i, w in enumerate(words)],
+               "end_of_turn_confidence": 0.9 if event == "EndOfTurn" else 0.05}
+        if event == "EndOfTurn":
+            msg["trigger"] = trigger or "model"
+        await self.send(msg)
+
+    async def on_audio(self) -> None:
+        step = self.advance()
+        if step == "start":
+            await self.turninfo("StartOfTurn")
+        elif step == "update":
+            await self.turninfo("Update")
+        elif step == "end":
+            await self.turninfo("EndOfTurn")
+            self.next_turn()
+        elif self.audio_time - self.last_update >= 0.25:
+            await self.turninfo("Update")  # Flux sends Updates about every 0.25 s, empty in silence
+        else:
+            return
+        self.last_update = self.audio_time
+
+    async def on_control(self, kind) -> str | None:
+        if kind == "ForceEndTurn":
+            if self.open:
+                await self.turninfo("EndOfTurn", trigger="manual")
+                self.next_turn()
+            else:
+                await self.send({"type": "Warning", "sequence_id": self.next_seq(), "code": "FORCE_END_TURN_NO_ACTIVE_TURN",
+                                 "description": "no active turn"})
+        elif kind == "CloseStream":
+            if self.open:
+                await self.turninfo("Update")
+            await self.ws.close(code=None)  # Flux closes with no status code after CloseStream
+            return "stop"
+        elif kind == "Configure":
+            await self.send({"type": "ConfigureSuccess", "request_id": self.request_id, "sequence_id": self.next_seq(),
+                             "thresholds": {}, "keyterms": []})
+        else:
+            await self.send({"type": "Error", "sequence_id": self.next_seq(), "code": "UNKNOWN_MESSAGE",
+                             "description": f"unsupported message type {kind!r} on /v2/listen"})
+            await self.ws.close(1008, "unsupported message")
+            return "stop"
+        return None
+
+
+class GatewaySession(ScriptedSession):
+    """v1-style Results: interim results carry the turn so far; the turn ends with is_final+speech_final."""
+
+    async def greet(self) -> None:
+        self.last_interim = 0.0
+
+    async def results(self, is_final: bool, speech_final: bool = False, from_finalize: bool = False) -> None:
+        words = self.words()
+        await self.send({"type": "Results", "channel_index": [0, 1], "start": round(self.turn_start, 3),
+                         "duration": round(self.audio_time - self.turn_start, 3), "is_final": is_final,
+                         "speech_final": speech_final, "from_finalize": from_finalize,
+                         "channel": {"alternatives": [{"transcript": " ".join(words), "confidence": 0.95, "words": [
+                             {"word": w.lower().strip(".,"), "punctuated_word": w, "confidence": 0.95,
+                              "start": round(self.turn_start + i * self.sim.word_ms / 1000, 3),
+                              "end": round(self.turn_start + (i + 1) * self.sim.word_ms / 1000, 3)}
+                             for i, w in enumerate(words)]}]},
+                         "metadata": {"request_id": "sim", "model_info": {"name": "simulated"}}})
+
+    async def on_audio(self) -> None:
+        step = self.advance()
+        if step in ("start", "update"):
+            await self.results(False)
+        elif step == "end":
+            await self.results(True, speech_final=True)
+            self.next_turn()
+
+    async def on_control(self, kind) -> str | None:
+        if kind == "KeepAlive":
+            return None
+        if kind in ("Finalize", "CloseStream"):
+            if self.open:
+                await self.results(True, speech_final=False, from_finalize=True)
+                self.next_turn()
+            if kind == "CloseStream":
+                await self.send({"type": "Metadata", "request_id": "sim", "duration": round(self.audio_time, 3), "channels": 1})
+                await self.ws.close(1000)
+                return "stop"
+            return None
+        return None  # the gateway ignores unknown messages (undocumented; be lenient)

@@ -1,0 +1,126 @@
+"""Builds the Starlette app. The whole routing table is the `routes` list in create_app()."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.websockets import WebSocket
+
+from . import config as config_mod
+from .config import Settings
+from .logs import fields
+from .protocol import ParamError, parse_params
+from .relay import RelaySession
+from .security import LOGIN_COOKIE, LOGIN_MAX_AGE, Login, SecurityHeaders, load_secret_key, origin_allowed
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = ROOT / "static"
+TEMPLATES_DIR = ROOT / "templates"
+
+
+def _asset_version() -> str:
+    """Changes whenever a static file changes, so browsers never run a stale worklet."""
+    digest = hashlib.sha256()
+    for path in sorted(STATIC_DIR.glob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or config_mod.load()
+    login = Login(settings, load_secret_key(settings))
+    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    asset_version = _asset_version()
+
+    async def index(request: Request) -> Response:
+        return templates.TemplateResponse(request, "index.html", {
+            "backend": settings.backend, "needs_login": login.required and not login.allowed(request),
+            "asset_version": asset_version})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "backend": settings.backend})
+
+    async def login_submit(request: Request) -> Response:
+        form = await request.form()
+        if not login.required:
+            return RedirectResponse("/", status_code=303)
+        if not login.check_token(str(form.get("token", ""))):
+            log.info("login_failed", extra=fields(client=request.client.host if request.client else None))
+            return templates.TemplateResponse(request, "index.html", {
+                "backend": settings.backend, "needs_login": True, "login_error": "That access token is not right.",
+                "asset_version": asset_version}, status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(LOGIN_COOKIE, login.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(LOGIN_COOKIE)
+        return response
+
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def listen(ws: WebSocket) -> None:
+        if not origin_allowed(ws, settings):
+            log.warning("origin_refused", extra=fields(origin=ws.headers.get("origin")))
+            await ws.close(code=1008)  # before accept: the handshake is answered with HTTP 403
+            return
+        await ws.accept()
+        if not login.allowed(ws):
+            await _refuse(ws, "unauthorized", "This server needs its access token: reload the page and log in.")
+            return
+        try:
+            params = parse_params(ws.query_params.multi_items())
+        except ParamError as exc:
+            await _refuse(ws, "bad_request", str(exc))
+            return
+        await RelaySession(ws, settings, params).run()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if settings.backend == "local":
+            from .upstreams import local
+            await local.startup(settings)
+        log.info("app_started", extra=fields(backend=settings.backend, model=settings.model,
+                                             allowed_origins=list(settings.allowed_origins),
+                                             access_token=bool(settings.access_token)))
+        try:
+            yield
+        finally:
+            if settings.backend == "local":
+                from .upstreams import local
+                await local.shutdown()
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/login", login_submit, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/favicon.ico", favicon),
+        WebSocketRoute("/ws/listen", listen),
+        Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(SecurityHeaders)
+    app.state.settings = settings
+    return app
+
+
+async def _refuse(ws: WebSocket, code: str, message: str) -> None:
+    """Tell the browser why, then close: a refused handshake alone would give it no reason to show."""
+    await ws.send_json({"type": "error", "code": code, "message": message, "retryable": False})
+    await ws.send_json({"type": "closed", "reason": code})
+    await ws.close(code=1008)

@@ -1,0 +1,45 @@
+"""Command line: `caption-relay [--host H] [--port P]` serves the app; `caption-relay engine` serves the
+Flux-compatible embedded recognizer on its own."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config, logs
+
+
+def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--host", default=None, help="address to bind (default HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help=f"port to bind (default PORT or {port})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caption-relay", description="Live captions relay server")
+    _serve_args(parser, 8000)
+    sub = parser.add_subparsers(dest="command")
+    engine = sub.add_parser("engine", help="serve the embedded recognizer as a Flux-compatible /v2/listen endpoint")
+    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args(argv)
+
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        print(f"caption-relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.secrets)
+
+    if args.command == "engine":
+        from . import engine as engine_mod
+        engine_mod.run(args.host, args.port)
+        return 0
+
+    import uvicorn
+
+    from .app import create_app
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(create_app(settings), host=host, port=port, loop="uvloop", http="httptools",
+                ws="websockets-sansio", ws_per_message_deflate=False, log_config=None, access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0

@@ -1,0 +1,110 @@
+"""The browser-facing protocol: stream parameters from the query string and the normalized events.
+
+Query parameters are checked against a whitelist and turned into a typed StreamParams; upstream modules
+re-encode those values themselves, so nothing the browser sends is ever pasted into an upstream URL.
+Events are plain dicts (JSON-ready) built by the helpers below; `docs/protocol.md` documents them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
+ENCODINGS = ("linear16",)
+MAX_KEYTERMS = 100
+MAX_KEYTERM_CHARS = 100
+MAX_AUDIO_FRAME = 64 * 1024  # bytes; larger binary frames are refused
+FRAME_MS = 80
+
+
+class ParamError(ValueError):
+    """A query parameter is invalid; str() is the message shown to the user."""
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    sample_rate: int = 16000
+    encoding: str = "linear16"
+    keyterms: tuple[str, ...] = ()
+    eot_threshold: float | None = None
+    eager_eot_threshold: float | None = None
+    eot_timeout_ms: int | None = None
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.sample_rate * 2
+
+
+def _float(name: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParamError(f"{name} must be a number between {lo} and {hi}") from None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ParamError(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
+    """Validate the query items of /ws/listen. Raises ParamError with a user-facing message."""
+    single: dict[str, str] = {}
+    keyterms: list[str] = []
+    allowed = {"sample_rate", "encoding", "keyterm", "eot_threshold", "eager_eot_threshold", "eot_timeout_ms",
+               "resume", "key"}  # resume/key are read by later layers; accepted here so they are not "unknown"
+    for name, value in items:
+        if name not in allowed:
+            raise ParamError(f"unknown parameter {name!r}; allowed: {', '.join(sorted(allowed - {'resume', 'key'}))}")
+        if name == "keyterm":
+            term = value.strip()
+            if not term or len(term) > MAX_KEYTERM_CHARS or any(ord(c) < 32 for c in term):
+                raise ParamError(f"each keyterm must be 1 to {MAX_KEYTERM_CHARS} printable characters")
+            keyterms.append(term)
+            if len(keyterms) > MAX_KEYTERMS:
+                raise ParamError(f"at most {MAX_KEYTERMS} keyterms")
+        elif name in single:
+            raise ParamError(f"parameter {name!r} given twice")
+        else:
+            single[name] = value
+
+    sample_rate = 16000
+    if "sample_rate" in single:
+        if single["sample_rate"] not in {str(r) for r in SAMPLE_RATES}:
+            raise ParamError(f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+        sample_rate = int(single["sample_rate"])
+    encoding = single.get("encoding", "linear16")
+    if encoding not in ENCODINGS:
+        raise ParamError("encoding must be linear16 (16-bit little-endian PCM, mono)")
+    eot = _float("eot_threshold", single["eot_threshold"], 0.5, 1.0) if "eot_threshold" in single else None
+    eager = _float("eager_eot_threshold", single["eager_eot_threshold"], 0.3, 0.9) if "eager_eot_threshold" in single else None
+    if eager is not None and eager > (eot if eot is not None else 0.7):
+        raise ParamError("eager_eot_threshold must not exceed eot_threshold (default 0.7)")
+    timeout = None
+    if "eot_timeout_ms" in single:
+        raw = single["eot_timeout_ms"]
+        if not raw.isdigit() or not 500 <= int(raw) <= 60000:
+            raise ParamError("eot_timeout_ms must be a whole number from 500 to 60000")
+        timeout = int(raw)
+    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout)
+
+
+# ---- normalized events -------------------------------------------------------------------------
+
+def word(text: str, start: float | None, end: float | None, confidence: float | None) -> dict[str, Any]:
+    return {"word": text, "start": start, "end": end, "confidence": confidence}
+
+
+def transcript(turn: int, text: str, final: bool, start: float, end: float, words: list[dict] | None = None) -> dict[str, Any]:
+    return {"type": "transcript", "turn": turn, "text": text, "final": final,
+            "start": round(start, 3), "end": round(end, 3), "words": words or []}
+
+
+def turn_event(turn: int, event: str) -> dict[str, Any]:
+    return {"type": "turn", "turn": turn, "event": event}
+
+
+def error(code: str, message: str, retryable: bool = False, retry_after: float | None = None) -> dict[str, Any]:
+    ev: dict[str, Any] = {"type": "error", "code": code, "message": message, "retryable": retryable}
+    if retry_after is not None:
+        ev["retry_after"] = retry_after
+    return ev

@@ -1,0 +1,20 @@
+"""Recognizers behind one interface (see base.py). `make_upstream` picks one from the settings."""
+from __future__ import annotations
+
+from ..config import Settings
+from ..protocol import StreamParams
+from .base import Upstream, UpstreamError
+
+
+def make_upstream(settings: Settings, params: StreamParams) -> Upstream:
+    if settings.backend == "deepgram":
+        from .deepgram import DeepgramUpstream
+        return DeepgramUpstream(settings, params)
+    if settings.backend == "aigateway":
+        from .aigateway import AIGatewayUpstream
+        return AIGatewayUpstream(settings, params)
+    from .local import LocalUpstream
+    return LocalUpstream(settings, params)
+
+
+__all__ = ["Upstream", "UpstreamError", "make_upstream"]

@@ -1,0 +1,95 @@
+"""AIgateway realtime (`/v1/realtime`).
+
+The gateway's passthrough shape is undocumented (../shared/docs/protocols.md §4), so both are accepted:
+Deepgram v1 `Results` (is_final segments accumulate into the turn; speech_final / UtteranceEnd end it)
+and Flux `TurnInfo`. The key goes in an `Authorization: Bearer` header, never the URL. Silences are
+bridged with v1 `KeepAlive` until the stream shows itself to be Flux-shaped (where KeepAlive is invalid).
+"""
+from __future__ import annotations
+
+from .. import protocol
+from .wsclient import WsUpstream, apply_turninfo, build_url
+
+KEEPALIVE_EVERY = 4.0  # seconds; Deepgram v1 closes a stream after 10 s without data
+
+
+class AIGatewayUpstream(WsUpstream):
+    name = "aigateway"
+    provider = "AIgateway"
+
+    def __init__(self, settings, params):
+        super().__init__(settings, params)
+        self.flux = False               # set once a TurnInfo arrives
+        self._segments: list[str] = []  # is_final segments of the open turn (v1 shape)
+        self._seg_words: list[dict] = []
+
+    @property
+    def keepalive_every(self) -> float | None:  # type: ignore[override]
+        return None if self.flux else KEEPALIVE_EVERY
+
+    def url(self) -> str:
+        p = self.params
+        query = [("model", self.settings.model), ("encoding", p.encoding), ("sample_rate", str(p.sample_rate)),
+                 ("interim_results", "true")]
+        query += [("keyterm", term) for term in p.keyterms]
+        return build_url(self.settings.aigateway_url, query)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.aigateway_api_key}"}
+
+    def handle(self, msg: dict) -> None:
+        kind = msg.get("type")
+        if kind == "Results":
+            self._results(msg)
+        elif kind == "UtteranceEnd":
+            self._end_v1_turn(None)
+        elif kind == "TurnInfo":
+            self.flux = True
+            apply_turninfo(self, msg)
+        elif kind == "Error" or isinstance(msg.get("error"), dict):
+            self.fatal(msg.get("error") if isinstance(msg.get("error"), dict) else msg)
+
+    def _results(self, msg: dict) -> None:
+        channel = msg.get("channel") if isinstance(msg.get("channel"), dict) else {}
+        alts = channel.get("alternatives") or [{}]
+        alt = alts[0] if isinstance(alts[0], dict) else {}
+        text = str(alt.get("transcript") or "").strip()
+        words = [protocol.word(str(w.get("punctuated_word") or w.get("word") or ""), w.get("start"), w.get("end"),
+                               w.get("confidence"))
+                 for w in alt.get("words") or [] if isinstance(w, dict)]
+        start = float(msg.get("start") or 0.0)
+        end = start + float(msg.get("duration") or 0.0)
+        if msg.get("is_final"):
+            if text:
+                self._segments.append(text)
+                self._seg_words += words
+            self.turns.update(" ".join(self._segments), list(self._seg_words), start, end)
+            if msg.get("speech_final") or msg.get("from_finalize"):
+                self._end_v1_turn(end)
+        else:
+            self.turns.update(" ".join(self._segments + ([text] if text else [])), self._seg_words + words, start, end)
+
+    def _end_v1_turn(self, end: float | None) -> None:
+        if self._segments:
+            self.turns.end_turn(" ".join(self._segments), list(self._seg_words), end)
+        else:
+            self.turns.end_turn(end=end)
+        self._segments, self._seg_words = [], []
+
+    def on_remote_close(self) -> None:
+        self._end_v1_turn(None) if not self.flux else self.turns.end_turn()
+
+    def needs_silence(self) -> bool:
+        return self.flux and self.turns.open and not self._closing
+
+    async def finalize(self) -> None:
+        if self.flux:
+            if self.turns.open:
+                await self._send_json({"type": "ForceEndTurn"})
+        else:
+            await self._send_json({"type": "Finalize"})
+
+    async def close_stream(self) -> None:
+        if self.flux:
+            await self.finalize()
+        await self._send_json({"type": "CloseStream"})

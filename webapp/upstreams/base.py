@@ -1,0 +1,160 @@
+"""The one small interface every recognizer implements, and the turn bookkeeping they share.
+
+Lifecycle, driven by webapp.relay:
+    up = make_upstream(settings, params)
+    await up.connect()              # raises UpstreamError; returns once audio can be sent
+    async for ev in up.events():    # normalized events (webapp.protocol); ends after close()
+        ...
+    await up.send_audio(pcm)        # 16-bit LE mono PCM at params.sample_rate
+    await up.finalize()             # end the open turn now
+    await up.close()                # finalize the open turn, flush, end the event stream
+    await up.abort()                # drop everything now (browser gone, server stopping)
+
+A fatal upstream problem ends events() by raising UpstreamError. Nothing provider-specific
+leaves an upstream module: the relay only sees the events built in webapp.protocol.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+from typing import Any, AsyncIterator
+
+from .. import protocol
+from ..config import Settings
+from ..protocol import StreamParams
+
+
+class UpstreamError(Exception):
+    """A failure with a browser-facing code (see docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.code, self.message, self.retryable, self.retry_after = code, message, retryable, retry_after
+
+    def event(self) -> dict[str, Any]:
+        return protocol.error(self.code, self.message, self.retryable, self.retry_after)
+
+
+# HTTP status of a refused handshake -> (code, retryable)
+_STATUS_CODES = {401: "upstream_auth", 403: "upstream_auth", 402: "upstream_payment", 404: "upstream_not_found",
+                 429: "rate_limited", 400: "upstream_bad_request"}
+
+
+def handshake_error(status: int, retry_after: str | None, provider: str) -> UpstreamError:
+    """Map a refused upgrade to the app's error codes; messages say what the operator should do."""
+    seconds = None
+    if retry_after and retry_after.strip().isdigit():
+        seconds = float(retry_after.strip())
+    code = _STATUS_CODES.get(status, "upstream_unavailable" if status >= 500 else "upstream_error")
+    messages = {
+        "upstream_auth": f"{provider} refused the server's API key (HTTP {status}). The operator must check the key.",
+        "upstream_payment": f"{provider} says the account has no credit left (HTTP 402). The operator must top it up.",
+        "upstream_not_found": f"{provider} does not know this endpoint or model (HTTP 404). Check the URL and STT_MODEL.",
+        "rate_limited": f"{provider} is rate limiting this server (HTTP 429). Try again"
+                        + (f" in {int(seconds)} s." if seconds is not None else " shortly."),
+        "upstream_bad_request": f"{provider} rejected the stream settings (HTTP 400).",
+        "upstream_unavailable": f"{provider} is unavailable (HTTP {status}). Try again shortly.",
+    }
+    message = messages.get(code, f"{provider} refused the connection (HTTP {status}).")
+    return UpstreamError(code, message, retryable=code in ("rate_limited", "upstream_unavailable"), retry_after=seconds)
+
+
+class Turns:
+    """Turns the provider's view of "the current turn's text" into StartOfTurn / interim / final / EndOfTurn.
+
+    Indices are ours and only increase, whatever the provider numbers its turns.
+    """
+
+    def __init__(self, emit):
+        self._emit = emit
+        self.index = 0
+        self.open = False
+        self.text = ""
+        self.words: list[dict] = []
+        self.start = 0.0
+        self.end = 0.0
+
+    def update(self, text: str, words: list[dict], start: float, end: float) -> None:
+        text = text.strip()
+        if not self.open:
+            if not text:
+                return  # silence before a turn: nothing to say
+            self.open, self.start = True, start
+            self._emit(protocol.turn_event(self.index, "StartOfTurn"))
+        elif text == self.text:
+            self.end = max(self.end, end)
+            return
+        self.text, self.words, self.end = text, words, max(end, self.start)
+        self._emit(protocol.transcript(self.index, text, False, self.start, self.end, words))
+
+    def marker(self, event: str) -> None:
+        """EagerEndOfTurn / TurnResumed, passed on only inside an open turn."""
+        if self.open:
+            self._emit(protocol.turn_event(self.index, event))
+
+    def end_turn(self, text: str | None = None, words: list[dict] | None = None, end: float | None = None) -> None:
+        """Commit the open turn (with the provider's final text when it has one)."""
+        if text is not None and text.strip():
+            if not self.open:
+                self.update(text, words or [], self.end if end is None else end, end or self.end)
+            self.text, self.words = text.strip(), words if words is not None else self.words
+        if end is not None:
+            self.end = max(self.end, end)
+        if not self.open:
+            return
+        self._emit(protocol.transcript(self.index, self.text, True, self.start, self.end, self.words))
+        self._emit(protocol.turn_event(self.index, "EndOfTurn"))
+        self.index += 1
+        self.open, self.text, self.words = False, "", []
+
+
+_END = object()
+
+
+class Upstream(abc.ABC):
+    """Base class: an event queue, turn bookkeeping, and the lifecycle above."""
+
+    name = "base"
+
+    def __init__(self, settings: Settings, params: StreamParams):
+        self.settings = settings
+        self.params = params
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.turns = Turns(self._emit)
+        self._ended = False
+
+    # -- for subclasses --
+    def _emit(self, event: dict[str, Any]) -> None:
+        if not self._ended:
+            self._queue.put_nowait(event)
+
+    def _finish(self, error: UpstreamError | None = None) -> None:
+        """End the event stream, cleanly or with a fatal error."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(error if error is not None else _END)
+
+    # -- for the relay --
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, UpstreamError):
+                raise item
+            yield item
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def send_audio(self, pcm: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def finalize(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def abort(self) -> None: ...

@@ -1,0 +1,61 @@
+"""Deepgram Flux (`/v2/listen`): turn-aware TurnInfo events.
+
+Wire facts (../shared/docs/protocols.md §1): auth header `Authorization: Token <key>`; wait for `Connected`;
+`ForceEndTurn` ends the open turn; `CloseStream` flushes but emits no EndOfTurn, so stop sends ForceEndTurn
+first; `KeepAlive` is invalid on v2 (it kills the stream), so quiet microphones are covered with silence
+frames while a turn is open.
+"""
+from __future__ import annotations
+
+import json
+
+from .base import UpstreamError
+from .wsclient import WsUpstream, apply_turninfo, build_url
+
+
+class DeepgramUpstream(WsUpstream):
+    name = "deepgram"
+    provider = "Deepgram"
+
+    def url(self) -> str:
+        p = self.params
+        query = [("model", self.settings.model), ("encoding", p.encoding), ("sample_rate", str(p.sample_rate))]
+        if p.eot_threshold is not None:
+            query.append(("eot_threshold", str(p.eot_threshold)))
+        if p.eager_eot_threshold is not None:
+            query.append(("eager_eot_threshold", str(p.eager_eot_threshold)))
+        if p.eot_timeout_ms is not None:
+            query.append(("eot_timeout_ms", str(p.eot_timeout_ms)))
+        query += [("keyterm", term) for term in p.keyterms]
+        return build_url(self.settings.deepgram_url, query)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.settings.deepgram_api_key}"}
+
+    async def handshake(self) -> None:
+        async for raw in self.ws:
+            msg = json.loads(raw) if isinstance(raw, str) else {}
+            if msg.get("type") == "Connected":
+                return
+            if msg.get("type") == "Error":
+                raise self.fatal(msg)
+        raise UpstreamError("upstream_unavailable", "Deepgram closed the connection before it was ready", retryable=True)
+
+    def handle(self, msg: dict) -> None:
+        kind = msg.get("type")
+        if kind == "TurnInfo":
+            apply_turninfo(self, msg)
+        elif kind == "Error":
+            self.fatal(msg)
+        # Connected, Warning, ConfigureSuccess/Failure and unknown types carry nothing for the browser.
+
+    def needs_silence(self) -> bool:
+        return self.turns.open and not self._closing
+
+    async def finalize(self) -> None:
+        if self.turns.open:
+            await self._send_json({"type": "ForceEndTurn"})
+
+    async def close_stream(self) -> None:
+        await self.finalize()
+        await self._send_json({"type": "CloseStream"})
