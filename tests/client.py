@@ -5,6 +5,7 @@ import asyncio
 import json
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 FRAME = 2560  # 80 ms of 16 kHz 16-bit mono
 
@@ -24,9 +25,11 @@ async def collect_until_closed(ws, timeout: float = 20.0) -> list[dict]:
     out: list[dict] = []
 
     async def read():
-        async for raw in ws:
-            msg = json.loads(raw)
-            out.append(msg)
+        try:
+            async for raw in ws:
+                out.append(json.loads(raw))
+        except ConnectionClosed:
+            pass  # closed with an error code: the messages still tell what happened
     try:
         await asyncio.wait_for(read(), timeout)
     except asyncio.TimeoutError:

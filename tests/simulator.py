@@ -32,6 +32,7 @@ class Faults:
     retry_after: str | None = None           # Retry-After header for the refusal
     error_after_bytes: int | None = None     # send an Error message once this much audio arrived
     drop_after_bytes: int | None = None      # close the TCP connection abruptly after this much audio
+    greet_delay: float = 0.0                 # seconds before Flux says Connected (a slow upstream)
 
 
 @dataclass
@@ -91,6 +92,10 @@ class Simulator:
                     raise TimeoutError("simulator condition not met in time")
                 self._changed.wait(left)
             return result
+
+    async def until(self, predicate, timeout: float = 10.0):
+        """wait_for() for async tests: blocks a worker thread, not the test's event loop."""
+        return await asyncio.to_thread(self.wait_for, predicate, timeout)
 
     def _notify(self) -> None:
         with self._changed:
@@ -251,6 +256,8 @@ class FluxSession(ScriptedSession):
         self.last_update = 0.0
 
     async def greet(self) -> None:
+        if self.sim.faults.greet_delay:
+            await asyncio.sleep(self.sim.faults.greet_delay)  # simulated latency, not synchronisation
         if self.do_greet:
             await self.send({"type": "Connected", "request_id": self.request_id, "sequence_id": self.next_seq()})
 

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import logging
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -52,10 +53,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"status": "ok", "backend": settings.backend})
 
     async def login_submit(request: Request) -> Response:
-        form = await request.form()
+        # A one-field urlencoded form: parsed here rather than pulling in python-multipart.
+        body = await request.body()
+        form = dict(parse_qsl(body[:4096].decode("utf-8", "replace")))
         if not login.required:
             return RedirectResponse("/", status_code=303)
-        if not login.check_token(str(form.get("token", ""))):
+        if not login.check_token(form.get("token", "")):
             log.info("login_failed", extra=fields(client=request.client.host if request.client else None))
             return templates.TemplateResponse(request, "index.html", {
                 "backend": settings.backend, "needs_login": True, "login_error": "That access token is not right.",

@@ -84,8 +84,7 @@ class AIGatewayUpstream(WsUpstream):
 
     async def finalize(self) -> None:
         if self.flux:
-            if self.turns.open:
-                await self._send_json({"type": "ForceEndTurn"})
+            await self._send_json({"type": "ForceEndTurn"})  # see DeepgramUpstream.finalize
         else:
             await self._send_json({"type": "Finalize"})
 

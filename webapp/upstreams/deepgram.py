@@ -53,8 +53,9 @@ class DeepgramUpstream(WsUpstream):
         return self.turns.open and not self._closing
 
     async def finalize(self) -> None:
-        if self.turns.open:
-            await self._send_json({"type": "ForceEndTurn"})
+        # Sent even when no turn looks open here: StartOfTurn may still be in flight, and with no turn
+        # Flux only answers a harmless Warning.
+        await self._send_json({"type": "ForceEndTurn"})
 
     async def close_stream(self) -> None:
         await self.finalize()
