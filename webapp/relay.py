@@ -32,6 +32,23 @@ OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly
 CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
 
 
+class SessionSink:
+    """Where a session's life is recorded (storage, live fan-out). The default records nothing.
+
+    opened() runs before `ready` and returns extra fields for it (e.g. share_url); event() gets every
+    transcript/turn event as it is sent to the browser and must not block; closed() runs once at the end.
+    """
+
+    async def opened(self, session: "RelaySession") -> dict[str, Any]:
+        return {}
+
+    def event(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def closed(self, session: "RelaySession", reason: str) -> None:
+        pass
+
+
 class Outbox:
     """The browser's send queue, bounded: when a reader falls behind, interim updates go first, never finals."""
 
@@ -69,8 +86,10 @@ class Outbox:
 
 class RelaySession:
     def __init__(self, ws: WebSocket, settings: Settings, params: StreamParams,
-                 upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream):
+                 upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream,
+                 sink: SessionSink | None = None):
         self.ws = ws
+        self.sink = sink or SessionSink()
         self.settings = settings
         self.params = params
         self.id = secrets.token_urlsafe(9)
@@ -150,8 +169,9 @@ class RelaySession:
     async def _go_live(self) -> None:
         """Connect upstream, announce ready, drain what waited."""
         await self.upstream.connect()
+        extra = await self.sink.opened(self)
         self.out.put({"type": "ready", "session_id": self.id, "backend": self.settings.backend,
-                      "sample_rate": self.params.sample_rate})
+                      "sample_rate": self.params.sample_rate, **extra})
         while self.pending:
             item = self.pending.popleft()
             if isinstance(item, str):
@@ -164,7 +184,9 @@ class RelaySession:
                                               connect_ms=round((time.monotonic() - self.started) * 1000)))
 
     async def _pump_events(self) -> None:
+        sink = self.sink.event
         async for event in self.upstream.events():
+            sink(event)
             self.out.put(event)
 
     async def run(self) -> None:
@@ -189,6 +211,11 @@ class RelaySession:
             reader.cancel()
             upstream_done.cancel()
             await self.upstream.abort()
+            if self.live:
+                try:
+                    await self.sink.closed(self, self.close_reason)
+                except Exception:
+                    log.exception("sink_close_failed", extra=fields(session=self.id))
             if error is not None:
                 self.out.put(error)
             self.out.put({"type": "closed", "reason": self.close_reason})
