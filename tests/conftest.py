@@ -117,9 +117,10 @@ def sim(simulator):
 
 @pytest.fixture(scope="session")
 def flux_app(simulator, session_tmp):
-    """App with STT_BACKEND=deepgram pointed at the simulator's Flux endpoint."""
+    """App with STT_BACKEND=deepgram pointed at the simulator's Flux endpoint; upstream failures are
+    reported at once (no retries), so each failure's own mapping shows."""
     env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
-           "ALLOWED_ORIGINS": "http://allowed.example"}
+           "ALLOWED_ORIGINS": "http://allowed.example", "UPSTREAM_RETRY_SECONDS": "0"}
     with running_app(env, session_tmp, "flux") as app:
         yield app
 
@@ -128,6 +129,6 @@ def flux_app(simulator, session_tmp):
 def gateway_app(simulator, session_tmp):
     """App with STT_BACKEND=aigateway pointed at the simulator's gateway endpoint."""
     env = {"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": TEST_AIG_KEY,
-           "AIGATEWAY_REALTIME_URL": f"{simulator.url}/v1/realtime"}
+           "AIGATEWAY_REALTIME_URL": f"{simulator.url}/v1/realtime", "UPSTREAM_RETRY_SECONDS": "0"}
     with running_app(env, session_tmp, "gateway") as app:
         yield app

@@ -164,7 +164,8 @@ async def test_handshake_failures_map_to_error_codes(flux_app, gateway_app, sim,
 
 async def test_upstream_unreachable_is_retryable(session_tmp):
     from conftest import free_port
-    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "k" * 20, "DEEPGRAM_URL": f"ws://127.0.0.1:{free_port()}/v2/listen"}
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "k" * 20, "DEEPGRAM_URL": f"ws://127.0.0.1:{free_port()}/v2/listen",
+           "UPSTREAM_RETRY_SECONDS": "0"}
     with running_app(env, session_tmp, "unreachable") as app:
         messages = await run_capture(f"{app.ws}/ws/listen", tone_pcm(0.2), close=False)
     assert types(messages) == ["error", "closed"]

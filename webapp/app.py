@@ -114,12 +114,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         Route("/favicon.ico", favicon),
         WebSocketRoute("/ws/listen", listen),
-        Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
+        Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
     return app
+
+
+class NoCache:
+    """ES module imports cannot carry ?v=, so make browsers revalidate static files (cheap 304s)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def send_no_cache(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [(b"cache-control", b"no-cache")]
+            await send(message)
+        await self.app(scope, receive, send_no_cache)
 
 
 async def _refuse(ws: WebSocket, code: str, message: str) -> None:

@@ -35,6 +35,19 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     log_level: str = "info"
     data_dir: str = "./data"
+    redis_url: str = field(default="", repr=False)  # may carry a password
+    share_ttl_days: float = 30.0
+    retention_days: float = 30.0  # 0 keeps sessions forever
+    # resilience and quotas (issue: nothing lost, nothing stolen)
+    upstream_retry_seconds: int = 60     # how long an upstream outage is retried before giving up
+    replay_seconds: int = 60             # audio after the last final kept for replay after a reconnect
+    upstream_ping_seconds: float = 5.0   # ping interval/timeout that detects a stalled upstream
+    idle_timeout: int = 60               # close a session that receives no audio for this long
+    max_streams: int = 0                 # 0 = unlimited
+    max_streams_per_client: int = 0
+    max_session_minutes: int = 0
+    client_minutes_per_day: int = 0
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def api_key(self) -> str:
@@ -75,6 +88,36 @@ def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> in
     return value
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    import ipaddress
+    out = []
+    for item in raw.replace(",", " ").split():
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network (e.g. 10.0.0.1 or 10.0.0.0/8)") from None
+    return tuple(out)
+
+
+def _days(env: Mapping[str, str], var: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}: {raw!r} is not a number of days (e.g. 30, or 0.5 for 12 hours)") from None
+    if not lo <= value <= hi:  # also refuses nan and inf
+        raise ConfigError(f"{var}: {raw} days is out of range ({lo:g}..{hi:g})")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL: must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)")
+    return value
+
+
 def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     """Build Settings from the environment (os.environ by default); keyword overrides win."""
     env = os.environ if env is None else env
@@ -112,6 +155,17 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         local_max_streams=_int(env, "LOCAL_MAX_STREAMS", 0, 0, 256),
         log_level=log_level,
         data_dir=env.get("DATA_DIR", "").strip() or Settings.data_dir,
+        redis_url=_redis_url(env.get("REDIS_URL", "").strip()),
+        share_ttl_days=_days(env, "SHARE_TTL", Settings.share_ttl_days, 0.0001, 3650),
+        retention_days=_days(env, "RETENTION_DAYS", Settings.retention_days, 0, 36500),
+        upstream_retry_seconds=_int(env, "UPSTREAM_RETRY_SECONDS", Settings.upstream_retry_seconds, 0, 3600),
+        replay_seconds=_int(env, "REPLAY_SECONDS", Settings.replay_seconds, 1, 600),
+        idle_timeout=_int(env, "IDLE_TIMEOUT", Settings.idle_timeout, 1, 86400),
+        max_streams=_int(env, "MAX_STREAMS", 0, 0, 100000),
+        max_streams_per_client=_int(env, "MAX_STREAMS_PER_CLIENT", 0, 0, 100000),
+        max_session_minutes=_int(env, "MAX_SESSION_MINUTES", 0, 0, 100000),
+        client_minutes_per_day=_int(env, "CLIENT_MINUTES_PER_DAY", 0, 0, 1440),
+        trusted_proxies=_proxies(env.get("TRUSTED_PROXIES", "")),
     )
     values.update(overrides)
     return Settings(**values)

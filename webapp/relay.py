@@ -1,9 +1,15 @@
 """One capture session: the browser socket on one side, an upstream recognizer on the other.
 
-The browser may send audio from its first moment; until the upstream is connected the frames (and any
-Finalize/CloseStream, in order) wait in a bounded buffer, so the first words are never lost. Every message the
-browser can send has a defined outcome: audio is forwarded, bad frames get an `error` event and are dropped
-while the session goes on, CloseStream finalizes and ends with `closed`.
+Nothing said is lost:
+- Audio goes into an AudioLog before it goes upstream. The log keeps everything after the last final
+  (bounded by REPLAY_SECONDS), so audio that arrives before the upstream is ready, or while it reconnects,
+  is sent once it is, and a new upstream connection is replayed the open turn.
+- A dropped upstream (closed, reset, stalled, `Error`, 5xx/429 on reconnect) is retried with capped
+  exponential backoff and jitter, honouring Retry-After, while the browser is told `status: reconnecting`
+  and then `status: live`. Times from a new connection are shifted onto the session's timeline, turn
+  numbers continue, and a final already delivered is never delivered again.
+- When an outage outlasts the replay buffer, a `gap` event says exactly which seconds were lost.
+Every message the browser can send has a defined outcome (see docs/protocol.md).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import secrets
 import time
 from collections import deque
@@ -27,9 +34,9 @@ from .upstreams import Upstream, UpstreamError, make_upstream
 log = logging.getLogger(__name__)
 
 MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
-PENDING_SECONDS = 30           # audio held while the upstream connects
 OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly
 CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
+BACKOFF_FIRST, BACKOFF_CAP = 0.25, 5.0
 
 
 class SessionSink:
@@ -84,24 +91,71 @@ class Outbox:
             self.closed = True  # the browser is gone; nothing more can be delivered
 
 
+class AudioLog:
+    """The session's audio not yet covered by a final, as frames with session-wide byte offsets."""
+
+    def __init__(self, limit_bytes: int):
+        self.frames: deque[bytes] = deque()
+        self.start = 0        # session offset of frames[0]
+        self.end = 0          # session offset just past the last frame
+        self.limit = limit_bytes
+        self.lost: list[tuple[int, int]] = []   # (start, end) offsets dropped for lack of room, not yet reported
+
+    def append(self, data: bytes) -> None:
+        self.frames.append(data)
+        self.end += len(data)
+        while self.end - self.start > self.limit:
+            dropped = len(self.frames.popleft())
+            if self.lost and self.lost[-1][1] == self.start:
+                self.lost[-1] = (self.lost[-1][0], self.start + dropped)
+            else:
+                self.lost.append((self.start, self.start + dropped))
+            self.start += dropped
+
+    def trim(self, offset: int) -> None:
+        """Forget frames that end at or before `offset` (a final covers them)."""
+        frames = self.frames
+        while frames and self.start + len(frames[0]) <= offset:
+            self.start += len(frames.popleft())
+
+    def since(self, offset: int):
+        """Frames (sliced where needed) from `offset` to the end."""
+        pos = self.start
+        for frame in list(self.frames):
+            nxt = pos + len(frame)
+            if nxt > offset:
+                yield frame if pos >= offset else frame[offset - pos:]
+            pos = nxt
+
+
 class RelaySession:
     def __init__(self, ws: WebSocket, settings: Settings, params: StreamParams,
                  upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream,
                  sink: SessionSink | None = None):
         self.ws = ws
-        self.sink = sink or SessionSink()
         self.settings = settings
         self.params = params
+        self.sink = sink or SessionSink()
+        self.factory = upstream_factory
         self.id = secrets.token_urlsafe(9)
-        self.upstream = upstream_factory(settings, params)
+        self.bps = params.bytes_per_second
         self.out = Outbox(ws)
+        self.log = AudioLog(settings.replay_seconds * self.bps)
+        self.upstream: Upstream | None = None
         self.live = False
-        self.closing = False          # CloseStream received (or browser gone)
-        self.pending: deque[bytes | str] = deque()   # audio and control, in arrival order
-        self.pending_bytes = 0
-        self.bytes_in = 0
+        self.ever_live = False
+        self.closing = False            # CloseStream received (or the browser is gone)
+        self.sent_to = 0                # session offset sent on the current upstream connection
+        self.conn_offset = 0            # session offset where the current connection's audio begins
+        self.turn_base = 0              # finals delivered before the current connection
+        self.finals = 0
+        self.last_final: tuple[str, float] | None = None   # (text, end) of the last final delivered
+        self.announced = -1             # highest turn whose StartOfTurn was delivered
+        self.skip_end_of = -1           # turn whose duplicate final was dropped: drop its EndOfTurn too
         self.close_reason = "client_closed"
         self.started = time.monotonic()
+        self.last_audio = self.started
+        self.finalize_marks: deque[int] = deque()   # Finalize requests (session offsets) waiting for a connection
 
     # ---- browser -> relay ----------------------------------------------------------------------
 
@@ -116,14 +170,13 @@ class RelaySession:
             return self._bad("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
         if self.closing:
             return self._bad("bad_message", "audio after CloseStream is ignored")
-        self.bytes_in += n
+        self.last_audio = time.monotonic()
+        self.log.append(data)
         if self.live:
+            self.sent_to += n
             await self.upstream.send_audio(data)
-            return
-        if self.pending_bytes + n > PENDING_SECONDS * self.params.bytes_per_second:
-            return self._bad("buffer_full", f"the recognizer is still connecting; audio beyond {PENDING_SECONDS} s is dropped")
-        self.pending.append(data)
-        self.pending_bytes += n
+        elif self.log.lost:
+            self._report_gaps()
 
     async def _on_text(self, text: str) -> None:
         if len(text) > MAX_TEXT_MESSAGE:
@@ -140,16 +193,13 @@ class RelaySession:
             return  # the relay keeps the upstream alive itself; repeated CloseStream is harmless
         if kind == "CloseStream":
             self.closing = True
-        if self.live:
-            await self._control(kind)
-        else:
-            self.pending.append(kind)
-
-    async def _control(self, kind: str) -> None:
-        if kind == "Finalize":
+            if self.live:
+                await self.upstream.close()
+        elif self.live:
             await self.upstream.finalize()
         else:
-            await self.upstream.close()
+            self.finalize_marks.append(self.log.end)  # applied at this point of the audio once connected
+        # Not live: CloseStream is applied after the replay (self.closing).
 
     async def _read_browser(self) -> None:
         """Read until the browser disconnects."""
@@ -164,54 +214,164 @@ class RelaySession:
             elif message.get("text") is not None:
                 await self._on_text(message["text"])
 
-    # ---- relay -> browser ----------------------------------------------------------------------
+    # ---- upstream -> browser -------------------------------------------------------------------
 
-    async def _go_live(self) -> None:
-        """Connect upstream, announce ready, drain what waited."""
-        await self.upstream.connect()
-        extra = await self.sink.opened(self)
-        self.out.put({"type": "ready", "session_id": self.id, "backend": self.settings.backend,
-                      "sample_rate": self.params.sample_rate, **extra})
-        while self.pending:
-            item = self.pending.popleft()
-            if isinstance(item, str):
-                await self._control(item)
-            else:
-                await self.upstream.send_audio(item)
-        self.pending_bytes = 0
+    def _silence_sent(self, data: bytes) -> None:
+        """The upstream bridged a pause with silence: count it on the session timeline too."""
+        self.log.append(data)
+        self.sent_to += len(data)
+
+    def _report_gaps(self) -> None:
+        for start, end in self.log.lost:
+            s, e = round(start / self.bps, 2), round(end / self.bps, 2)
+            self.out.put({"type": "gap", "start": s, "end": e,
+                          "message": f"The recognizer was unreachable too long: speech from {s} s to {e} s "
+                                     f"could not be transcribed."})
+            log.warning("audio_lost", extra=fields(session=self.id, start=s, end=e))
+        self.log.lost.clear()
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        """Put one upstream event on the session's timeline and numbering, drop replays, send it."""
+        kind = event["type"]
+        if kind in ("transcript", "turn"):
+            event["turn"] += self.turn_base
+        if kind == "transcript":
+            shift = self.conn_offset / self.bps
+            if shift:
+                event["start"] = round(event["start"] + shift, 3)
+                event["end"] = round(event["end"] + shift, 3)
+                for w in event["words"]:
+                    if w.get("start") is not None:
+                        w["start"] = round(w["start"] + shift, 3)
+                    if w.get("end") is not None:
+                        w["end"] = round(w["end"] + shift, 3)
+            if event["final"]:
+                if self.last_final and event["text"] == self.last_final[0] and event["start"] < self.last_final[1]:
+                    self.skip_end_of = event["turn"]
+                    return  # the replay re-recognized a turn already final
+                self.last_final = (event["text"], event["end"])
+                self.finals += 1
+                self.log.trim(int(event["end"] * self.bps) & ~1)
+        elif kind == "turn":
+            if event["event"] == "StartOfTurn":
+                if event["turn"] <= self.announced:
+                    return  # the replay reopened a turn the browser already saw start
+                self.announced = event["turn"]
+            elif event["event"] == "EndOfTurn" and event["turn"] == self.skip_end_of:
+                return
+        self.sink.event(event)
+        self.out.put(event)
+
+    async def _connect(self) -> None:
+        """(Re)connect upstream, then send everything the log holds that this connection has not had."""
+        up = self.factory(self.settings, self.params)
+        up.on_silence = self._silence_sent
+        self.upstream = up
+        await up.connect()
+        if not self.ever_live:
+            extra = await self.sink.opened(self)
+            self.out.put({"type": "ready", "session_id": self.id, "backend": self.settings.backend,
+                          "sample_rate": self.params.sample_rate, **extra})
+        self._report_gaps()
+        self.conn_offset = self.sent_to = self.log.start
+        self.turn_base = self.finals
+        marks = self.finalize_marks
+        while marks and marks[0] <= self.sent_to:
+            marks.popleft()  # covered by a final already
+        # Frames arriving during the replay are appended to the log and picked up by this loop.
+        while self.sent_to < self.log.end:
+            for frame in self.log.since(self.sent_to):
+                self.sent_to += len(frame)
+                await up.send_audio(frame)
+                while marks and marks[0] <= self.sent_to:
+                    marks.popleft()
+                    await up.finalize()
         self.live = True
-        log.info("session_live", extra=fields(session=self.id, backend=self.settings.backend,
-                                              connect_ms=round((time.monotonic() - self.started) * 1000)))
+        if self.closing:
+            await up.close()
 
-    async def _pump_events(self) -> None:
-        sink = self.sink.event
-        async for event in self.upstream.events():
-            sink(event)
-            self.out.put(event)
+    async def _upstream_lifecycle(self) -> dict[str, Any] | None:
+        """Run the upstream, reconnecting while it fails retryably. Returns the fatal error event, or None."""
+        outage_since: float | None = None
+        attempt = 0
+        while True:
+            try:
+                await self._connect()
+                if outage_since is not None:
+                    gap_ms = round((time.monotonic() - outage_since) * 1000)
+                    self.out.put({"type": "status", "state": "live"})
+                    log.info("upstream_reconnected", extra=fields(session=self.id, outage_ms=gap_ms, attempts=attempt))
+                elif not self.ever_live:
+                    log.info("session_live", extra=fields(session=self.id, backend=self.settings.backend,
+                                                          connect_ms=round((time.monotonic() - self.started) * 1000)))
+                self.ever_live, outage_since, attempt = True, None, 0
+                async for event in self.upstream.events():
+                    self._deliver(event)
+                return None
+            except (UpstreamError, OSError, asyncio.TimeoutError) as exc:
+                if not isinstance(exc, UpstreamError):
+                    exc = UpstreamError("upstream_unavailable", "lost the connection to the recognizer", retryable=True)
+                self.live = False
+                if self.upstream is not None:
+                    await self.upstream.abort()
+                now = time.monotonic()
+                outage_since = outage_since or now
+                attempt += 1
+                delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                budget = self.settings.upstream_retry_seconds - (now - outage_since)
+                if not exc.retryable or delay > budget:
+                    self.close_reason = "capacity" if exc.code == "capacity" else "upstream_error"
+                    log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt))
+                    return exc.event()
+                log.info("upstream_retry", extra=fields(session=self.id, code=exc.code, attempt=attempt,
+                                                        delay_ms=round(delay * 1000)))
+                if attempt == 1:
+                    self.out.put({"type": "status", "state": "reconnecting", "code": exc.code,
+                                  "message": exc.message})
+                await asyncio.sleep(delay)  # backoff before the next attempt
+
+    async def _idle_watch(self) -> None:
+        """End a session that nobody feeds (a page left open on a dead tab, a stuck client)."""
+        limit = self.settings.idle_timeout
+        while True:
+            left = self.last_audio + limit - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
 
     async def run(self) -> None:
         writer = asyncio.create_task(self.out.run())
         reader = asyncio.create_task(self._read_browser())
         upstream_done = asyncio.create_task(self._upstream_lifecycle())
+        idle = asyncio.create_task(self._idle_watch())
         error: dict[str, Any] | None = None
         try:
-            done, _ = await asyncio.wait({reader, upstream_done}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({reader, upstream_done, idle}, return_when=asyncio.FIRST_COMPLETED)
             if upstream_done in done:
                 error = upstream_done.result()
             else:
-                # Browser gone: still finalize the open turn (later layers record it), then stop.
-                self.closing, self.close_reason = True, "client_gone"
+                # Browser gone or idle: still finalize the open turn (later layers record it), then stop.
+                self.closing = True
+                if idle in done:
+                    self.close_reason = "idle_timeout"
+                    error = protocol.error("idle_timeout", f"No audio for {self.settings.idle_timeout} s, so the "
+                                           "session was closed. Press Start to caption again.")
+                else:
+                    self.close_reason = "client_gone"
                 if self.live:
                     with contextlib.suppress(UpstreamError, asyncio.TimeoutError, OSError):
-                        await asyncio.wait_for(self.upstream.close(), CLOSE_TIMEOUT)
-                upstream_done.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await upstream_done
+                        await self.upstream.close()
+                        await asyncio.wait_for(upstream_done, CLOSE_TIMEOUT)
         finally:
-            reader.cancel()
-            upstream_done.cancel()
-            await self.upstream.abort()
-            if self.live:
+            for task in (reader, upstream_done, idle):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await upstream_done
+            if self.upstream is not None:
+                await self.upstream.abort()
+            if self.ever_live:
                 try:
                     await self.sink.closed(self, self.close_reason)
                 except Exception:
@@ -226,20 +386,5 @@ class RelaySession:
             with contextlib.suppress(RuntimeError, OSError):
                 await self.ws.close(1000 if error is None else 1011)
             log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
-                                                 audio_s=round(self.bytes_in / self.params.bytes_per_second, 2),
+                                                 audio_s=round(self.log.end / self.bps, 2), finals=self.finals,
                                                  wall_s=round(time.monotonic() - self.started, 2)))
-
-    async def _upstream_lifecycle(self) -> dict[str, Any] | None:
-        """Returns the error event that ended the session, or None for a clean end."""
-        try:
-            await self._go_live()
-            await self._pump_events()
-            return None
-        except UpstreamError as exc:
-            self.close_reason = "upstream_error" if exc.code != "capacity" else "capacity"
-            log.warning("upstream_error", extra=fields(session=self.id, code=exc.code, retryable=exc.retryable))
-            return exc.event()
-        except (OSError, asyncio.TimeoutError) as exc:
-            self.close_reason = "upstream_error"
-            log.warning("upstream_io_error", extra=fields(session=self.id, error=type(exc).__name__))
-            return protocol.error("upstream_unavailable", "lost the connection to the recognizer; try again", retryable=True)

@@ -115,6 +115,9 @@ class Upstream(abc.ABC):
     """Base class: an event queue, turn bookkeeping, and the lifecycle above."""
 
     name = "base"
+    # Set by the relay: called with the silence an upstream sends on its own to bridge a microphone pause,
+    # so that the session's timeline counts it too.
+    on_silence = None
 
     def __init__(self, settings: Settings, params: StreamParams):
         self.settings = settings

@@ -95,7 +95,9 @@ class WsUpstream(Upstream):
         timeout = self.settings.upstream_connect_timeout
         try:
             self.ws = await connect(self.url(), additional_headers=self.headers(), compression=None,
-                                    open_timeout=timeout, max_size=2 ** 20, ping_interval=20, ping_timeout=20)
+                                    open_timeout=timeout, max_size=2 ** 20,
+                                    ping_interval=self.settings.upstream_ping_seconds,
+                                    ping_timeout=self.settings.upstream_ping_seconds)
         except InvalidStatus as exc:
             resp = exc.response
             raise handshake_error(resp.status_code, resp.headers.get("Retry-After"), self.provider) from None
@@ -138,6 +140,8 @@ class WsUpstream(Upstream):
             idle = time.monotonic() - self._last_sent
             try:
                 if self.needs_silence() and idle >= SILENCE_AFTER:
+                    if self.on_silence is not None:
+                        self.on_silence(self._silence)
                     await self.send_audio(self._silence)
                 elif self.keepalive_every and idle >= self.keepalive_every:
                     await self._send_json({"type": "KeepAlive"})
