@@ -237,7 +237,7 @@ async function openMic(s, deviceId, processing) {
     deviceId,
     processing,
     workletUrl: WORKLET_URL,
-    onFrame: (buffer) => s.socket.send(buffer), // queued by the socket until it is open
+    onFrame: (buffer) => (s.socket ? s.socket.send(buffer) : s.early.push(buffer)), // queued until open
     onLevel: (level) => {
       hooks.level = level;
       el.level.value = levelToMeter(level.peak);
@@ -269,7 +269,24 @@ async function start() {
   session = s;
   setState('connecting');
 
-  // Socket and microphone start together; frames captured while the socket connects wait in its queue.
+  // Microphone first: a denied or missing microphone must not open a recognizer session (it may be billed).
+  // Frames captured before the socket exists or opens wait in order, so the first words are never lost.
+  s.early = [];
+  try {
+    s.capture = await openMic(s, el.mic.value, el.processing.checked);
+  } catch (err) {
+    if (session === s) {
+      fail(err?.name || 'capture', describeCaptureError(err));
+      s.fatal = true;
+      session = null;
+      setState('error');
+    }
+    return;
+  }
+  if (session !== s) {
+    s.capture.finish();
+    return;
+  }
   s.socket = new RelaySocket(listenUrl(location), {
     open: () => {
       s.opened = true;
@@ -284,20 +301,11 @@ async function start() {
       }
     },
   });
+  for (const buffer of s.early.splice(0)) s.socket.send(buffer);
   s.connectTimer = setTimeout(() => {
     if (!s.opened) s.socket.close(1000, 'connect timeout'); // close event reports the failure
   }, CONNECT_TIMEOUT_MS);
 
-  try {
-    s.capture = await openMic(s, el.mic.value, el.processing.checked);
-  } catch (err) {
-    if (session === s) {
-      fail(err?.name || 'capture', describeCaptureError(err));
-      s.fatal = true; // not a socket failure; the close below must not add a second message
-      s.socket.close(1000, 'no microphone');
-    }
-    return;
-  }
   hooks.sampleRate = s.capture.sampleRate;
   if (session !== s || s.stopping) {
     // Stop was pressed (or the session ended) while the mic was opening.
