@@ -43,14 +43,17 @@ async def run_capture(url: str, pcm: bytes, *, origin: str | None = None, pace: 
     kwargs = {"origin": origin} if origin else {}
     async with connect(url, compression=None, additional_headers=headers or {}, **kwargs) as ws:
         reader = asyncio.create_task(collect_until_closed(ws))
-        for chunk in frames(pcm):
-            await ws.send(chunk)
-            if pace:
-                await asyncio.sleep(pace)  # real-time pacing of the audio, not synchronisation
-        if before_close:
-            await before_close(ws)
-        if close:
-            await ws.send(json.dumps({"type": "CloseStream"}))
+        try:
+            for chunk in frames(pcm):
+                await ws.send(chunk)
+                if pace:
+                    await asyncio.sleep(pace)  # real-time pacing of the audio, not synchronisation
+            if before_close:
+                await before_close(ws)
+            if close:
+                await ws.send(json.dumps({"type": "CloseStream"}))
+        except ConnectionClosed:
+            pass  # the server ended the session (an error): its messages say why
         return await reader
 
 

@@ -33,6 +33,8 @@ class Faults:
     error_after_bytes: int | None = None     # send an Error message once this much audio arrived
     drop_after_bytes: int | None = None      # close the TCP connection abruptly after this much audio
     greet_delay: float = 0.0                 # seconds before Flux says Connected (a slow upstream)
+    stall_after_bytes: int | None = None     # stop reading and answering (pings too) after this much audio
+    connections: int = 10 ** 9               # how many connections (or handshakes) the faults above hit
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Record:
     texts: list[str] = field(default_factory=list)
     sent: list[dict] = field(default_factory=list)
     closed: bool = False
+    faulty: bool = True
 
     @property
     def controls(self) -> list[str]:
@@ -61,6 +64,7 @@ class Simulator:
         self.script = script or DEFAULT_SCRIPT
         self.word_ms, self.eot_ms = word_ms, eot_ms
         self.gateway_shape = "results"
+        self.reference: bytes | None = None   # the speaker's whole audio, to place replayed audio on its timeline
         self.faults = Faults()
         self.records: list[Record] = []
         self.port = 0
@@ -73,6 +77,7 @@ class Simulator:
     def reset(self, **kw) -> None:
         self.script, self.word_ms, self.eot_ms = DEFAULT_SCRIPT, 300, 400
         self.gateway_shape = "results"
+        self.reference = None
         self.faults = Faults()
         for k, v in kw.items():
             setattr(self, k, v)
@@ -129,9 +134,13 @@ class Simulator:
             ready.set()
             await self._stop.wait()
 
+    def _faulty(self) -> bool:
+        """Whether the next connection gets the configured faults (the first `faults.connections` do)."""
+        return len(self.records) < self.faults.connections
+
     def _process_request(self, conn: ServerConnection, request):
         status = self.faults.handshake_status
-        if status is not None:
+        if status is not None and self._faulty():
             response = conn.respond(status, json.dumps({"err_code": "SIMULATED", "err_msg": f"simulated {status}"}))
             if self.faults.retry_after is not None:
                 response.headers["Retry-After"] = self.faults.retry_after
@@ -145,6 +154,7 @@ class Simulator:
     async def _handler(self, ws: ServerConnection) -> None:
         parts = urlsplit(ws.request.path)
         rec = Record(parts.path, parse_qsl(parts.query, keep_blank_values=True), dict(ws.request.headers.raw_items()))
+        rec.faulty = self._faulty()
         self.records.append(rec)
         self._notify()
         if parts.path == "/v2/listen":
@@ -161,56 +171,100 @@ class Simulator:
             self._notify()
 
 
+def schedule(script, word_ms: int, eot_ms: int) -> list[dict]:
+    """When each word is heard and each turn ends, in seconds of the speaker's audio timeline."""
+    turns, base = [], 0.0
+    for words in script:
+        heard = [round(base + (j + 1) * word_ms / 1000, 3) for j in range(len(words))]
+        end = round(base + len(words) * word_ms / 1000 + eot_ms / 1000, 3)
+        turns.append({"words": list(zip(words, heard)), "end": end})
+        base = end
+    return turns
+
+
 class ScriptedSession:
-    """Audio-clocked script: the shared part of both wire shapes."""
+    """Audio-clocked script, the shared part of both wire shapes.
+
+    Words are "heard" at fixed points of the speaker's audio timeline. Where a connection's audio starts
+    on that timeline is found by locating its first bytes in `Simulator.reference` (the speaker's whole
+    audio) when the test sets one, else 0: so audio replayed on a new connection is re-recognized as the
+    same words, as a real recognizer would.
+    """
 
     def __init__(self, sim: Simulator, ws: ServerConnection, rec: Record):
         self.sim, self.ws, self.rec = sim, ws, rec
         self.rate = int(dict(rec.query).get("sample_rate", "16000"))
-        self.turn_no = 0          # index into the script
-        self.turn_start = 0.0     # audio time the current turn began
-        self.heard = 0            # words of the current turn heard so far
+        self.plan = schedule(sim.script, sim.word_ms, sim.eot_ms)
+        self.t0: float | None = None   # where this connection's audio starts on the speaker's timeline
+        self.k, self.j = 0, 0          # next word not yet heard: turn k, word j
+        self.turn_no = 0               # this connection's turn counter (Flux turn_index)
         self.open = False
+        self.turn_start = 0.0          # speaker time the open turn began
+        self.heard: list[tuple[str, float]] = []
         self.seq = 0
         self.error_sent = False
 
     @property
     def audio_time(self) -> float:
+        """Seconds of audio this connection received."""
         return len(self.rec.audio) / (2 * self.rate)
+
+    @property
+    def now(self) -> float:
+        """The speaker's timeline position of the latest audio."""
+        return (self.t0 or 0.0) + self.audio_time
+
+    def _locate(self) -> None:
+        ref = self.sim.reference
+        if self.t0 is not None or (ref is not None and len(self.rec.audio) < 64):
+            return
+        offset = ref.find(bytes(self.rec.audio[:64])) if ref is not None else 0
+        self.t0 = max(offset, 0) // 2 / self.rate
+        # Words spoken before this connection's audio begins cannot be heard by it.
+        while self.k < len(self.plan):
+            words = self.plan[self.k]["words"]
+            while self.j < len(words) and words[self.j][1] <= self.t0:
+                self.j += 1
+            if self.j < len(words):
+                break
+            self.k, self.j = self.k + 1, 0
 
     async def send(self, msg: dict) -> None:
         self.rec.sent.append(msg)
         await self.ws.send(json.dumps(msg))
 
-    def words(self, n=None) -> list[str]:
-        script = self.sim.script
-        if self.turn_no >= len(script):
-            return []
-        return script[self.turn_no][: self.heard if n is None else n]
+    def words(self) -> list[str]:
+        return [w for w, _ in self.heard]
+
+    def rel(self, t: float) -> float:
+        """Speaker time -> this connection's stream time (what a recognizer reports)."""
+        return round(max(0.0, t - (self.t0 or 0.0)), 3)
 
     def advance(self) -> str | None:
-        """Move the script clock to the current audio time. Returns 'start', 'update', 'end' or None."""
-        script = self.sim.script
-        if self.turn_no >= len(script):
+        """Move the script to the latest audio. Returns 'start', 'update', 'end' or None."""
+        self._locate()
+        if self.t0 is None or self.k >= len(self.plan):
             return None
-        t = self.audio_time - self.turn_start
-        turn = script[self.turn_no]
-        heard = min(len(turn), int(t * 1000 // self.sim.word_ms))
-        if heard > self.heard:
-            self.heard = heard
+        now, turn = self.now, self.plan[self.k]
+        started = grew = False
+        while self.j < len(turn["words"]) and turn["words"][self.j][1] <= now:
+            word = turn["words"][self.j]
             if not self.open:
-                self.open = True
-                return "start"
-            return "update"
-        if self.open and self.heard == len(turn) and t * 1000 >= len(turn) * self.sim.word_ms + self.sim.eot_ms:
-            return "end"
-        return None
+                self.open, self.turn_start, self.heard = True, word[1] - self.sim.word_ms / 1000, []
+                started = True
+            self.heard.append(word)
+            self.j += 1
+            grew = True
+        if self.j >= len(turn["words"]) and now >= turn["end"]:
+            self.k, self.j = self.k + 1, 0
+            if self.open:
+                return "end"
+        return "start" if started else "update" if grew else None
 
     def next_turn(self) -> None:
+        """The open turn ended (naturally or forced); words still to come start a new one."""
         self.turn_no += 1
-        self.turn_start = self.audio_time
-        self.heard = 0
-        self.open = False
+        self.open, self.heard = False, []
 
     async def run(self) -> None:
         await self.greet()
@@ -221,6 +275,13 @@ class ScriptedSession:
                     self.rec.audio += message
                     self.sim._notify()
                     n = len(self.rec.audio)
+                    if not self.rec.faulty:
+                        await self.on_audio()
+                        continue
+                    if faults.stall_after_bytes is not None and n >= faults.stall_after_bytes:
+                        self.ws.transport.pause_reading()  # a hung upstream: no reads, no pongs
+                        await self.ws.wait_closed()
+                        return
                     if faults.drop_after_bytes is not None and n >= faults.drop_after_bytes:
                         self.ws.transport.abort()  # a network drop: no close frame
                         return
@@ -264,11 +325,10 @@ class FluxSession(ScriptedSession):
     async def turninfo(self, event: str, trigger: str | None = None) -> None:
         words = self.words()
         msg = {"type": "TurnInfo", "request_id": self.request_id, "sequence_id": self.next_seq(), "event": event,
-               "turn_index": self.turn_no, "audio_window_start": round(self.turn_start, 3),
-               "audio_window_end": round(self.audio_time, 3), "transcript": " ".join(words),
-               "words": [{"word": w, "confidence": 0.95,
-                          "start": round(self.turn_start + i * self.sim.word_ms / 1000, 3),
-                          "end": round(self.turn_start + (i + 1) * self.sim.word_ms / 1000, 3)} for i, w in enumerate(words)],
+               "turn_index": self.turn_no, "audio_window_start": self.rel(self.turn_start),
+               "audio_window_end": self.rel(self.now), "transcript": " ".join(words),
+               "words": [{"word": w, "confidence": 0.95, "start": self.rel(t - self.sim.word_ms / 1000), "end": self.rel(t)}
+                         for w, t in self.heard],
                "end_of_turn_confidence": 0.9 if event == "EndOfTurn" else 0.05}
         if event == "EndOfTurn":
             msg["trigger"] = trigger or "model"
@@ -321,14 +381,13 @@ class GatewaySession(ScriptedSession):
 
     async def results(self, is_final: bool, speech_final: bool = False, from_finalize: bool = False) -> None:
         words = self.words()
-        await self.send({"type": "Results", "channel_index": [0, 1], "start": round(self.turn_start, 3),
-                         "duration": round(self.audio_time - self.turn_start, 3), "is_final": is_final,
+        await self.send({"type": "Results", "channel_index": [0, 1], "start": self.rel(self.turn_start),
+                         "duration": round(self.now - self.turn_start, 3), "is_final": is_final,
                          "speech_final": speech_final, "from_finalize": from_finalize,
                          "channel": {"alternatives": [{"transcript": " ".join(words), "confidence": 0.95, "words": [
                              {"word": w.lower().strip(".,"), "punctuated_word": w, "confidence": 0.95,
-                              "start": round(self.turn_start + i * self.sim.word_ms / 1000, 3),
-                              "end": round(self.turn_start + (i + 1) * self.sim.word_ms / 1000, 3)}
-                             for i, w in enumerate(words)]}]},
+                              "start": self.rel(t - self.sim.word_ms / 1000), "end": self.rel(t)}
+                             for w, t in self.heard]}]},
                          "metadata": {"request_id": "sim", "model_info": {"name": "simulated"}}})
 
     async def on_audio(self) -> None:

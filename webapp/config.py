@@ -5,6 +5,7 @@ what to do, so a bad deployment fails loudly instead of at the first capture.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -89,7 +90,6 @@ def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> in
 
 
 def _proxies(raw: str) -> tuple[str, ...]:
-    import ipaddress
     out = []
     for item in raw.replace(",", " ").split():
         try:
@@ -161,6 +161,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         upstream_retry_seconds=_int(env, "UPSTREAM_RETRY_SECONDS", Settings.upstream_retry_seconds, 0, 3600),
         replay_seconds=_int(env, "REPLAY_SECONDS", Settings.replay_seconds, 1, 600),
         idle_timeout=_int(env, "IDLE_TIMEOUT", Settings.idle_timeout, 1, 86400),
+        upstream_ping_seconds=float(_int(env, "UPSTREAM_PING_SECONDS", int(Settings.upstream_ping_seconds), 1, 300)),
         max_streams=_int(env, "MAX_STREAMS", 0, 0, 100000),
         max_streams_per_client=_int(env, "MAX_STREAMS_PER_CLIENT", 0, 0, 100000),
         max_session_minutes=_int(env, "MAX_SESSION_MINUTES", 0, 0, 100000),

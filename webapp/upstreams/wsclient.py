@@ -97,7 +97,9 @@ class WsUpstream(Upstream):
             self.ws = await connect(self.url(), additional_headers=self.headers(), compression=None,
                                     open_timeout=timeout, max_size=2 ** 20,
                                     ping_interval=self.settings.upstream_ping_seconds,
-                                    ping_timeout=self.settings.upstream_ping_seconds)
+                                    ping_timeout=self.settings.upstream_ping_seconds,
+                                    # a peer that stopped answering will not answer the close either
+                                    close_timeout=min(2.0, self.settings.upstream_ping_seconds))
         except InvalidStatus as exc:
             resp = exc.response
             raise handshake_error(resp.status_code, resp.headers.get("Retry-After"), self.provider) from None
@@ -115,6 +117,7 @@ class WsUpstream(Upstream):
 
     async def _reader(self) -> None:
         assert self.ws is not None
+        clean = True
         try:
             async for raw in self.ws:
                 if isinstance(raw, bytes):
@@ -126,8 +129,9 @@ class WsUpstream(Upstream):
                 if isinstance(msg, dict):
                     self.handle(msg)
         except ConnectionClosed:
-            pass
-        if self._closing:
+            # Reset, stalled (keepalive timeout) or closed with an error code: not the end we asked for.
+            clean = False
+        if self._closing and clean:
             self.on_remote_close()
             self._finish()
         else:
