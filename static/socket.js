@@ -40,6 +40,11 @@ export class RelaySocket {
     return this.ws.readyState === 1;
   }
 
+  // CLOSING or CLOSED: nothing sent now would be delivered.
+  get isClosing() {
+    return this.ws.readyState >= 2;
+  }
+
   get queuedCount() {
     return this.queue.length;
   }

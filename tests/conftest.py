@@ -50,10 +50,12 @@ class AppProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_app(env: dict[str, str], tmp: Path, name: str = "app", timeout: float = 60.0) -> AppProcess:
-    """Start `python -m webapp` with `env` on a free port; return once /healthz answers."""
-    port = free_port()
-    log_path = ARTIFACTS / f"{name}-{port}.log"
+def start_app(env: dict[str, str], tmp: Path, name: str = "app", timeout: float = 60.0,
+              port: int | None = None) -> AppProcess:
+    """Start `python -m webapp` with `env` on a free port (or `port`, to restart an app where it was);
+    return once /healthz answers. DATA_DIR is tmp/data-<name>, so a restart under one name keeps its data."""
+    port = port or free_port()
+    log_path = ARTIFACTS / f"{name}-{port}-{int(time.time() * 1000) % 100000}.log"
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("STT_BACKEND", "AIGATEWAY_API_KEY", "DEEPGRAM_API_KEY", "ACCESS_TOKEN", "ALLOWED_ORIGINS")}
     full_env.update({"DATA_DIR": str(tmp / f"data-{name}"), "LOG_LEVEL": "debug"}, **env)

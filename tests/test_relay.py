@@ -7,7 +7,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from urllib.parse import parse_qsl
 
 import pytest
 from websockets.asyncio.client import connect

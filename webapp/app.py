@@ -16,11 +16,15 @@ from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket
 
 from . import config as config_mod
+from . import protocol
 from .config import Settings
 from .logs import fields
 from .protocol import ParamError, parse_params
-from .relay import RelaySession
-from .security import LOGIN_COOKIE, LOGIN_MAX_AGE, Login, SecurityHeaders, load_secret_key, origin_allowed
+from .quotas import QuotaError, Quotas
+from .relay import LiveSessions, RelaySession
+from .security import (LOGIN_COOKIE, LOGIN_MAX_AGE, Login, ResumeTokens, SecurityHeaders, load_secret_key,
+                       origin_allowed)
+from .viewer import Sharing
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,13 +45,18 @@ def _asset_version() -> str:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or config_mod.load()
     login = Login(settings, load_secret_key(settings))
+    resume_tokens = ResumeTokens(load_secret_key(settings))
+    quotas = Quotas(settings)
+    live = LiveSessions()
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     asset_version = _asset_version()
+    sharing = Sharing(settings, load_secret_key(settings), asset_version)  # sessions, share links, viewers
 
     async def index(request: Request) -> Response:
-        return templates.TemplateResponse(request, "index.html", {
+        response = templates.TemplateResponse(request, "index.html", {
             "backend": settings.backend, "needs_login": login.required and not login.allowed(request),
             "asset_version": asset_version})
+        return sharing.ensure_owner_cookie(request, response)  # the capture socket carries it to the session
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "backend": settings.backend})
@@ -90,7 +99,41 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except ParamError as exc:
             await _refuse(ws, "bad_request", str(exc))
             return
-        await RelaySession(ws, settings, params).run()
+        if live.draining:
+            await _refuse(ws, "server_restart", "This server is restarting; reconnect in a moment.", retry_after=1)
+            return
+        sink = sharing.sink(ws)
+        resume = None
+        if "resume" in ws.query_params:
+            resume = await _resume_state(ws.query_params["resume"], sink)
+            if resume is None:
+                await _refuse(ws, "resume_refused", "That session cannot be continued; a new one will start.")
+                return
+        try:
+            lease = quotas.admit(quotas.client_ip(ws))
+        except QuotaError as exc:
+            log.info("quota_refused", extra=fields(code=exc.code))
+            await _refuse(ws, exc.code, exc.message, retry_after=exc.retry_after)
+            return
+        session = RelaySession(ws, settings, params, sink=sink, resume=resume, resume_token=resume_tokens.issue,
+                               audio_limit_s=lease.audio_limit_s, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
+        live.add(session)
+        try:
+            await session.run()
+        finally:
+            live.remove(session)
+            lease.release(session.log.end / session.bps - (resume or {}).get("offset_s", 0.0))
+
+    async def _resume_state(token: str, sink) -> dict | None:
+        """The state to continue a session from, or None when it must not be continued."""
+        session_id = resume_tokens.verify(token)
+        if session_id is None:
+            return None
+        await live.take_over(session_id)
+        state = live.ended.get(session_id) or await sink.resume_state(session_id)
+        if state is None or state.get("reason") == "client_closed":
+            return None  # unknown here, or the user pressed Stop: a stopped session is never restarted
+        return {"session_id": session_id, **state}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -101,8 +144,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                              allowed_origins=list(settings.allowed_origins),
                                              access_token=bool(settings.access_token)))
         try:
+            await sharing.start()
             yield
         finally:
+            await sharing.close()
             if settings.backend == "local":
                 from .upstreams import local
                 await local.shutdown()
@@ -114,11 +159,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         Route("/favicon.ico", favicon),
         WebSocketRoute("/ws/listen", listen),
+        *sharing.routes(),  # /s/<token>…, /ws/watch/<token>, /sessions, /api/sessions/…
         Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
+    app.state.live = live  # the CLI drains it on SIGTERM
     return app
 
 
@@ -136,8 +183,8 @@ class NoCache:
         await self.app(scope, receive, send_no_cache)
 
 
-async def _refuse(ws: WebSocket, code: str, message: str) -> None:
+async def _refuse(ws: WebSocket, code: str, message: str, retry_after: float | None = None) -> None:
     """Tell the browser why, then close: a refused handshake alone would give it no reason to show."""
-    await ws.send_json({"type": "error", "code": code, "message": message, "retryable": False})
+    await ws.send_json(protocol.error(code, message, retryable=retry_after is not None, retry_after=retry_after))
     await ws.send_json({"type": "closed", "reason": code})
     await ws.close(code=1008)

@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
-    host = args.host or settings.host
-    port = args.port or settings.port
-    uvicorn.run(create_app(settings), host=host, port=port, loop="uvloop", http="httptools",
-                ws="websockets-sansio", ws_per_message_deflate=False, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10)
+    from .server import DrainingServer
+    app = create_app(settings)
+    server_config = uvicorn.Config(app, host=args.host or settings.host, port=args.port or settings.port, loop="uvloop",
+                            http="httptools", ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
+                            access_log=False, timeout_graceful_shutdown=10,
+                            proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
+    DrainingServer(server_config, app.state.live).run()
     return 0

@@ -114,7 +114,7 @@ def _days(env: Mapping[str, str], var: str, default: float, lo: float, hi: float
 
 def _redis_url(value: str) -> str:
     if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"REDIS_URL: must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)")
+        raise ConfigError("REDIS_URL: must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)")
     return value
 
 

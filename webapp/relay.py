@@ -55,6 +55,50 @@ class SessionSink:
     async def closed(self, session: "RelaySession", reason: str) -> None:
         pass
 
+    async def resume_state(self, session_id: str) -> dict[str, Any] | None:
+        """What a stored session needs to continue after a server restart: {"turns", "offset_s", "reason"}."""
+        return None
+
+
+class LiveSessions:
+    """The sessions of this process: for resuming a session on a new socket and draining on shutdown."""
+
+    ENDED_KEPT = 10_000
+
+    def __init__(self):
+        self.running: dict[str, RelaySession] = {}
+        self.ended: dict[str, dict[str, Any]] = {}   # insertion-ordered; oldest dropped first
+        self.draining = False
+
+    def add(self, session: "RelaySession") -> None:
+        self.running[session.id] = session
+
+    def remove(self, session: "RelaySession") -> None:
+        if self.running.get(session.id) is session:
+            del self.running[session.id]
+        self.ended[session.id] = {"turns": session.finals, "offset_s": session.log.end / session.bps,
+                                  "reason": session.close_reason}
+        while len(self.ended) > self.ENDED_KEPT:
+            del self.ended[next(iter(self.ended))]
+
+    async def take_over(self, session_id: str, timeout: float = CLOSE_TIMEOUT) -> None:
+        """A resumed socket replaces a session whose old socket may not have noticed it is gone yet."""
+        old = self.running.get(session_id)
+        if old is not None:
+            old.request_stop("client_gone")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(old.done.wait(), timeout)
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: finalize every open turn, tell each page to reconnect elsewhere, wait for them to end."""
+        self.draining = True
+        sessions = list(self.running.values())
+        for session in sessions:
+            session.request_stop("server_restart")
+        if sessions:
+            await asyncio.wait([asyncio.create_task(s.done.wait()) for s in sessions], timeout=timeout)
+        log.info("drained", extra=fields(sessions=len(sessions)))
+
 
 class Outbox:
     """The browser's send queue, bounded: when a reader falls behind, interim updates go first, never finals."""
@@ -131,20 +175,23 @@ class AudioLog:
 class RelaySession:
     def __init__(self, ws: WebSocket, settings: Settings, params: StreamParams,
                  upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream,
-                 sink: SessionSink | None = None):
+                 sink: SessionSink | None = None, *, resume: dict[str, Any] | None = None,
+                 resume_token: Callable[[str], str] | None = None, audio_limit_s: float | None = None,
+                 on_limit: Callable[[], tuple[str, str, float | None]] | None = None):
         self.ws = ws
         self.settings = settings
         self.params = params
         self.sink = sink or SessionSink()
         self.factory = upstream_factory
-        self.id = secrets.token_urlsafe(9)
+        self.id = resume["session_id"] if resume else secrets.token_urlsafe(9)
         self.bps = params.bytes_per_second
         self.out = Outbox(ws)
         self.log = AudioLog(settings.replay_seconds * self.bps)
         self.upstream: Upstream | None = None
         self.live = False
         self.ever_live = False
-        self.closing = False            # CloseStream received (or the browser is gone)
+        self.closing = False            # the session is ending (CloseStream, browser gone, stop request)
+        self.user_closed = False        # ...because the browser sent CloseStream
         self.sent_to = 0                # session offset sent on the current upstream connection
         self.conn_offset = 0            # session offset where the current connection's audio begins
         self.turn_base = 0              # finals delivered before the current connection
@@ -156,6 +203,24 @@ class RelaySession:
         self.started = time.monotonic()
         self.last_audio = self.started
         self.finalize_marks: deque[int] = deque()   # Finalize requests (session offsets) waiting for a connection
+        self.resumed = resume is not None
+        if resume:
+            # Continue the session: turn numbers after the finals it has, times after the audio it had.
+            self.finals = self.turn_base = int(resume["turns"])
+            self.announced = self.finals - 1
+            self.log.start = self.log.end = self.sent_to = self.conn_offset = int(resume["offset_s"] * self.bps) & ~1
+        self.resume_token = resume_token
+        self.limit_bytes = int(audio_limit_s * self.bps) + self.log.end if audio_limit_s is not None else None
+        self.on_limit = on_limit
+        self.done = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stop_error: dict[str, Any] | None = None
+
+    def request_stop(self, reason: str, error: dict[str, Any] | None = None) -> None:
+        """End the session from outside (shutdown, a quota): finalize, deliver what is left, close."""
+        if not self._stop.is_set():
+            self.close_reason, self._stop_error = reason, error
+            self._stop.set()
 
     # ---- browser -> relay ----------------------------------------------------------------------
 
@@ -169,9 +234,16 @@ class RelaySession:
         if n == 0 or n & 1:
             return self._bad("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
         if self.closing:
-            return self._bad("bad_message", "audio after CloseStream is ignored")
+            if self.user_closed:
+                self._bad("bad_message", "audio after CloseStream is ignored")
+            return  # the server is ending the session (restart, limit): the page will resend on resume
         self.last_audio = time.monotonic()
         self.log.append(data)
+        if self.limit_bytes is not None and self.log.end > self.limit_bytes:
+            code, message, retry_after = self.on_limit()
+            self.limit_bytes = None
+            self.request_stop(code, protocol.error(code, message, retryable=retry_after is not None,
+                                                   retry_after=retry_after))
         if self.live:
             self.sent_to += n
             await self.upstream.send_audio(data)
@@ -192,7 +264,7 @@ class RelaySession:
         if kind == "KeepAlive" or self.closing:
             return  # the relay keeps the upstream alive itself; repeated CloseStream is harmless
         if kind == "CloseStream":
-            self.closing = True
+            self.closing = self.user_closed = True
             if self.live:
                 await self.upstream.close()
         elif self.live:
@@ -270,8 +342,13 @@ class RelaySession:
         await up.connect()
         if not self.ever_live:
             extra = await self.sink.opened(self)
-            self.out.put({"type": "ready", "session_id": self.id, "backend": self.settings.backend,
-                          "sample_rate": self.params.sample_rate, **extra})
+            ready = {"type": "ready", "session_id": self.id, "backend": self.settings.backend,
+                     "sample_rate": self.params.sample_rate, "resumed": self.resumed,
+                     # where this socket's audio starts on the session's timeline: a page may resend from here
+                     "offset_s": round(self.log.start / self.bps, 3), **extra}
+            if self.resume_token is not None:
+                ready["resume_token"] = self.resume_token(self.id)
+            self.out.put(ready)
         self._report_gaps()
         self.conn_offset = self.sent_to = self.log.start
         self.turn_base = self.finals
@@ -346,15 +423,18 @@ class RelaySession:
         reader = asyncio.create_task(self._read_browser())
         upstream_done = asyncio.create_task(self._upstream_lifecycle())
         idle = asyncio.create_task(self._idle_watch())
+        stopper = asyncio.create_task(self._stop.wait())
         error: dict[str, Any] | None = None
         try:
-            done, _ = await asyncio.wait({reader, upstream_done, idle}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({reader, upstream_done, idle, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if upstream_done in done:
                 error = upstream_done.result()
             else:
-                # Browser gone or idle: still finalize the open turn (later layers record it), then stop.
+                # Browser gone, idle, or stopped from outside: still finalize the open turn, then stop.
                 self.closing = True
-                if idle in done:
+                if stopper in done:
+                    error = self._stop_error
+                elif idle in done:
                     self.close_reason = "idle_timeout"
                     error = protocol.error("idle_timeout", f"No audio for {self.settings.idle_timeout} s, so the "
                                            "session was closed. Press Start to caption again.")
@@ -365,7 +445,7 @@ class RelaySession:
                         await self.upstream.close()
                         await asyncio.wait_for(upstream_done, CLOSE_TIMEOUT)
         finally:
-            for task in (reader, upstream_done, idle):
+            for task in (reader, upstream_done, idle, stopper):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await upstream_done
@@ -383,8 +463,10 @@ class RelaySession:
                 await asyncio.wait_for(writer, 5)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+            code = 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
             with contextlib.suppress(RuntimeError, OSError):
-                await self.ws.close(1000 if error is None else 1011)
+                await self.ws.close(code)
+            self.done.set()
             log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
                                                  audio_s=round(self.log.end / self.bps, 2), finals=self.finals,
                                                  wall_s=round(time.monotonic() - self.started, 2)))

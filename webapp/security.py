@@ -108,3 +108,22 @@ class Login:
             return False
         expected = hmac.new(self.token.encode(), b"login", "sha256").hexdigest()[:16]
         return isinstance(data, dict) and hmac.compare_digest(str(data.get("t", "")), expected)
+
+
+class ResumeTokens:
+    """Signed, expiring proof that a socket may continue a session (given in `ready`)."""
+
+    MAX_AGE = 24 * 3600
+
+    def __init__(self, secret_key: str):
+        self.signer = URLSafeTimedSerializer(secret_key, salt="caption-relay.resume")
+
+    def issue(self, session_id: str) -> str:
+        return self.signer.dumps(session_id)
+
+    def verify(self, token: str) -> str | None:
+        try:
+            value = self.signer.loads(token, max_age=self.MAX_AGE)
+        except BadSignature:
+            return None
+        return value if isinstance(value, str) else None

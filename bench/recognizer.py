@@ -1,0 +1,223 @@
+"""Benchmark of the embedded recognizer through LocalUpstream (the relay's own code path for STT_BACKEND=local).
+
+    .venv/bin/python bench/recognizer.py [--levels 1,2,4,6,8] [--gap 1.5] [--quick]
+
+Each stream is one continuous "microphone" session: the real-speech clips (pocketsphinx-testdata, 96 words) one
+after another with `gap` seconds of low-level noise between them, sent in 80 ms chunks at real-time pace.
+Streams at the same level start together, each with the clips in a different order.
+Definitions:
+  end of speech / onset: from each clip's 20 ms energy envelope (tests/speech.py speech_bounds);
+  EOT latency: wall time of the clip's last EndOfTurn minus the time the chunk holding its end of speech was sent;
+  first interim: first interim transcript of the clip minus the time the chunk holding its onset was sent;
+  keeps up: every clip got an EndOfTurn, EOT p95 <= 1.0 s and the largest interim lag <= 1.5 s;
+  CPU RTF per stream: CPU seconds of the web + worker processes / (streams x audio seconds);
+  memory: summed RSS of the web process and the workers, sampled every 0.25 s.
+Every loop is bounded: fixed levels, fixed audio, a timeout per level.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import speech  # noqa: E402
+from webapp import config, recognizer  # noqa: E402
+from webapp.protocol import StreamParams  # noqa: E402
+from webapp.upstreams.local import LocalUpstream  # noqa: E402
+
+CHUNK = 2560  # 80 ms
+RATE = speech.RATE
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def pids(pool) -> list[int]:
+    return [os.getpid()] + [w.proc.pid for w in pool.workers]
+
+
+def build_session(clips, order, gap: float, seed: int):
+    """PCM of the whole session and, per clip, (clip, start, onset, eos) in seconds of the session."""
+    rng = np.random.default_rng(seed)
+
+    def noise(seconds: float, c) -> bytes:
+        """Gaussian noise at the clip's own background level (as one microphone would give)."""
+        rms = 10 ** (speech.noise_floor_db(c.pcm) / 20) * 32768
+        return np.clip(rng.normal(0, rms, int(seconds * RATE)), -32768, 32767).astype("<i2").tobytes()
+
+    parts, marks, pos = [noise(0.5, clips[order[0]])], [], 0.5
+    for i in order:
+        c = clips[i]
+        on, eos = speech.speech_bounds(c.pcm)
+        marks.append((c, pos, pos + on, pos + eos))
+        parts += [c.pcm, noise(gap, c)]
+        pos += c.duration + gap
+    return b"".join(parts), marks
+
+
+async def run_stream(settings, pcm: bytes, marks, t0: float):
+    up = LocalUpstream(settings, StreamParams())
+    await up.connect()
+    events = []  # (wall, event)
+
+    async def reader():
+        async for ev in up.events():
+            events.append((time.monotonic(), ev))
+
+    task = asyncio.create_task(reader())
+    sent = []  # wall time chunk k was sent
+    for k, i in enumerate(range(0, len(pcm), CHUNK)):
+        await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK / (2 * RATE) - time.monotonic()))  # pacing only
+        await up.send_audio(pcm[i:i + CHUNK])
+        sent.append(time.monotonic())
+    await up.close()
+    await asyncio.wait_for(task, 30)
+    return score(events, sent, marks)
+
+
+def score(events, sent, marks):
+    wall_at = lambda t: sent[min(len(sent) - 1, int(t * 2 * RATE) // CHUNK)]
+    # turn index -> (first interim wall, final text, final end time, EndOfTurn wall, first interim start)
+    turns: dict[int, dict] = {}
+    lags = []
+    for wall, ev in events:
+        if ev["type"] == "transcript":
+            t = turns.setdefault(ev["turn"], {})
+            if not ev["final"]:
+                t.setdefault("first", wall)
+                t.setdefault("start", ev["start"])
+                lags.append(wall - wall_at(ev["end"]))
+            else:
+                t.update(text=ev["text"], end=ev["end"], start=t.get("start", ev["start"]))
+        elif ev["type"] == "turn" and ev["event"] == "EndOfTurn":
+            turns.setdefault(ev["turn"], {})["eot"] = wall
+    out = []
+    bounds = [m[1] for m in marks[1:]] + [1e9]
+    for (c, start, onset, eos), nxt in zip(marks, bounds):
+        mine = [t for t in turns.values() if "end" in t and start - 0.3 <= t["end"] < nxt - 0.3]
+        hyp = " ".join(t["text"] for t in mine)
+        errors = speech.edit_distance(speech.normalize(c.ref), speech.normalize(hyp))
+        eot = max((t["eot"] for t in mine if "eot" in t), default=None)
+        first = min((t["first"] for t in mine if "first" in t), default=None)
+        out.append({"clip": c.name, "words": len(speech.normalize(c.ref)), "errors": errors, "hyp": hyp,
+                    "eot": None if eot is None else eot - wall_at(eos),
+                    "first": None if first is None else first - wall_at(onset)})
+    return out, (max(lags) if lags else 0.0)
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
+    sessions = [build_session(clips, list(np.roll(np.arange(len(clips)), -3 * k)), gap, seed=k) for k in range(n)]
+    audio = sum(len(s[0]) for s in sessions) / (2 * RATE)
+    procs = pids(pool)
+    cpu0 = sum(cpu_seconds(p) for p in procs)
+    peak = [0]
+    stop = asyncio.Event()
+
+    async def sampler():
+        while not stop.is_set():
+            peak[0] = max(peak[0], sum(rss_kb(p) for p in procs))
+            try:
+                await asyncio.wait_for(stop.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    st = asyncio.create_task(sampler())
+    t0 = time.monotonic() + 0.2
+    results = await asyncio.wait_for(asyncio.gather(*(run_stream(settings, p, m, t0) for p, m in sessions)), timeout)
+    stop.set()
+    await st
+    cpu = sum(cpu_seconds(p) for p in procs) - cpu0
+    rows = [r for res, _ in results for r in res]
+    max_lag = max(lag for _, lag in results)
+    eots = [r["eot"] for r in rows if r["eot"] is not None]
+    firsts = [r["first"] for r in rows if r["first"] is not None]
+    missing = sum(r["eot"] is None for r in rows)
+    words = sum(r["words"] for r in rows)
+    errors = sum(r["errors"] for r in rows)
+    keeps_up = missing == 0 and pct(eots, 95) <= 1.0 and max_lag <= 1.5
+    return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
+            "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
+            "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
+            "peak_mb": peak[0] / 1024, "keeps_up": keeps_up, "rows": rows}
+
+
+async def main(args):
+    settings = config.load({}, local_max_streams=max(args.levels))
+    clips = speech.real_clips()
+    if args.quick:
+        clips = clips[:2] + clips[5:7]
+    base_rss_before = rss_kb(os.getpid())
+    t = time.monotonic()
+    pool = await recognizer.get_pool(settings)
+    load = time.monotonic() - t
+    await asyncio.sleep(0.5)  # only to let RSS settle after the warm-up decode
+    idle_mb = sum(rss_kb(p) for p in pids(pool)) / 1024
+    print(f"pool: {pool.n_workers} workers, start+warm-up {load:.2f} s, idle RSS {idle_mb:.0f} MB "
+          f"(web process before pool {base_rss_before / 1024:.0f} MB)")
+    results = []
+    try:
+        for n in args.levels:
+            r = await run_level(settings, pool, clips, n, args.gap, timeout=args.timeout)
+            results.append(r)
+            print(f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
+                  f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} keeps up {r['keeps_up']}", flush=True)
+            if n == args.levels[0] or args.verbose:
+                for row in r["rows"][: len(clips)]:
+                    print(f"    {row['clip']:10s} err {row['errors']} eot {row['eot'] if row['eot'] is None else round(row['eot'], 2)}"
+                          f" first {row['first'] if row['first'] is None else round(row['first'], 2)}  {row['hyp']!r}")
+            if not r["keeps_up"] and n >= 6:
+                break  # higher levels would only fall further behind
+    finally:
+        recognizer.shutdown()
+
+    print()
+    print("| streams | WER | CPU RTF/stream | EOT p50 | EOT p95 | EOT max | 1st interim p50 | p95 | missing EOT | max interim lag | peak RSS | RSS/extra stream | keeps up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        per = (r["peak_mb"] - idle_mb) / r["n"]
+        print(f"| {r['n']} | {r['wer'] * 100:.1f}% ({r['errors']}/{r['words']}) | {r['rtf'] / 1:.3f} | {r['eot50']:.2f} s | "
+              f"{r['eot95']:.2f} s | {r['eotmax']:.2f} s | {r['first50']:.2f} s | {r['first95']:.2f} s | {r['missing']} | "
+              f"{r['max_lag']:.2f} s | {r['peak_mb']:.0f} MB | {per:.1f} MB | {'yes' if r['keeps_up'] else 'NO'} |")
+    held = [r["n"] for r in results if r["keeps_up"]]
+    print(f"\nmost concurrent real-time streams held: {max(held) if held else 0} (levels tried: {[r['n'] for r in results]})")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", default="1,2,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--gap", type=float, default=1.5, help="seconds of noise between clips")
+    ap.add_argument("--timeout", type=float, default=180.0, help="per level, seconds")
+    ap.add_argument("--quick", action="store_true", help="4 clips instead of 11")
+    ap.add_argument("--verbose", action="store_true")
+    asyncio.run(main(ap.parse_args()))

@@ -1,0 +1,180 @@
+// Viewer of a shared session (/s/<token>). The server already rendered the transcript so far, so the page
+// reads fine without this module; it adds live updates over /ws/watch/<token>, follow-the-text scrolling
+// that stops when the reader scrolls up, and the large-caption mode for projection.
+
+const $ = (id) => document.getElementById(id);
+const box = $('transcript');
+const badge = $('badge');
+const announcer = $('announcer');
+const jump = $('jump');
+const large = $('large');
+
+// Test hooks (read by the browser tests), updated in place.
+const hooks = {
+  state: 'connecting',
+  finals: [...box.querySelectorAll('p.turn.final')].map((p) => p.textContent),
+  interim: '',
+  received: 0,
+};
+window.__viewer = hooks;
+
+let interimEl = null;
+let follow = true;
+let retryMs = 1000;
+let done = document.body.dataset.live !== 'true';
+
+function atBottom() {
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 48;
+}
+
+function keepFollowing() {
+  if (follow) box.scrollTop = box.scrollHeight;
+}
+
+box.addEventListener('scroll', () => {
+  follow = atBottom(); // the reader scrolled up: stop pulling the text away from them
+  jump.hidden = follow;
+});
+
+jump.addEventListener('click', () => {
+  follow = true;
+  jump.hidden = true;
+  keepFollowing();
+});
+
+function setBadge(state, text) {
+  badge.className = `badge ${state}`;
+  badge.textContent = text;
+}
+
+function finalEl(t) {
+  const p = document.createElement('p');
+  p.className = 'turn final';
+  p.dataset.seq = String(t.seq);
+  p.dataset.turn = String(t.turn);
+  p.textContent = t.text;
+  return p;
+}
+
+function snapshot(msg) {
+  interimEl = null;
+  box.replaceChildren(...msg.turns.map(finalEl));
+  hooks.finals = msg.turns.map((t) => t.text);
+  hooks.interim = '';
+  keepFollowing();
+}
+
+function transcript(msg) {
+  $('empty-note')?.remove();
+  if (msg.final) {
+    if (box.querySelector(`p.final[data-seq="${msg.seq}"]`)) return; // already shown
+    const p = finalEl(msg);
+    if (interimEl) {
+      interimEl.replaceWith(p);
+      interimEl = null;
+    } else {
+      box.append(p);
+    }
+    hooks.finals.push(msg.text);
+    hooks.interim = '';
+    announcer.textContent = msg.text; // screen readers get finals only; interims would chatter
+  } else {
+    if (!interimEl) {
+      interimEl = document.createElement('p');
+      interimEl.className = 'turn interim';
+      box.append(interimEl);
+    }
+    interimEl.dataset.turn = String(msg.turn);
+    interimEl.textContent = msg.text;
+    hooks.interim = msg.text;
+  }
+  keepFollowing();
+}
+
+function finish(state, label) {
+  done = true;
+  hooks.state = state;
+  setBadge(state === 'ended' ? 'ended' : 'gone', label);
+  interimEl?.remove();
+  interimEl = null;
+}
+
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(`${scheme}//${location.host}${document.body.dataset.watch}`);
+  ws.onmessage = (e) => {
+    let msg;
+    try {
+      msg = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    hooks.received += 1;
+    switch (msg.type) {
+      case 'snapshot':
+        retryMs = 1000;
+        snapshot(msg);
+        if (msg.live) {
+          hooks.state = 'live';
+          setBadge('live', 'Live');
+        } else {
+          finish('ended', 'Ended');
+        }
+        break;
+      case 'transcript':
+        transcript(msg);
+        break;
+      case 'ended':
+        finish('ended', 'Ended');
+        break;
+      case 'revoked':
+        finish('revoked', 'Link turned off');
+        break;
+      case 'error':
+        finish('error', msg.code === 'expired' ? 'Link expired' : 'Link not valid');
+        break;
+      default:
+        break;
+    }
+  };
+  ws.onclose = () => {
+    if (done) return;
+    // Dropped (network, server restart, or we fell too far behind): reconnect; the snapshot catches up.
+    hooks.state = 'reconnecting';
+    setBadge('reconnecting', 'Reconnecting…');
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 15000);
+  };
+}
+
+function setLarge(on) {
+  document.body.classList.toggle('large', on);
+  large.setAttribute('aria-pressed', String(on));
+  try {
+    localStorage.setItem('captionRelay.viewerLarge', on ? '1' : '0');
+  } catch {
+    // storage disabled: the choice is just not remembered
+  }
+  follow = true;
+  keepFollowing();
+}
+
+large.hidden = false;
+large.addEventListener('click', () => setLarge(!document.body.classList.contains('large')));
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape' && document.body.classList.contains('large')) setLarge(false);
+});
+let remembered = null;
+try {
+  remembered = localStorage.getItem('captionRelay.viewerLarge');
+} catch {
+  // storage disabled
+}
+if (remembered === '1' || new URLSearchParams(location.search).has('large')) setLarge(true);
+
+keepFollowing();
+if (done) {
+  hooks.state = 'ended';
+} else {
+  connect();
+}

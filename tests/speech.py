@@ -1,0 +1,168 @@
+"""Real speech for tests and the benchmark: pocketsphinx-testdata clips with their own references, a WER
+scorer, and an espeak-ng helper for browser tests. Importable from tests/ and (via sys.path) from bench/.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path("/usr/share/pocketsphinx/test/data")
+CACHE = Path(__file__).resolve().parent / ".artifacts" / "speech"
+RATE = 16000
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    ref: str
+    pcm: bytes  # 16 kHz s16le mono
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / (2 * RATE)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(self.pcm, np.int16)
+
+
+def _strip_sphinx(line: str) -> tuple[str, str]:
+    """'<s> ten of clubs </s> (001)' -> ('001', 'ten of clubs')."""
+    m = re.match(r"\s*(.*?)\s*\(([^()]+)\)\s*$", line)
+    if not m:
+        raise ValueError(f"unexpected transcription line: {line!r}")
+    text = re.sub(r"</?s>", " ", m.group(1))
+    return m.group(2), " ".join(text.split())
+
+
+def _read_pcm(path: Path, raw: bool = False) -> bytes:
+    """Return 16 kHz s16 mono PCM; files in another format are converted once by sox into the cache."""
+    if raw:  # headerless: pocketsphinx's .raw files are 16 kHz s16le mono
+        return path.read_bytes()
+    with wave.open(str(path), "rb") as w:
+        if (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (RATE, 2, 1):
+            return w.readframes(w.getnframes())
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / (path.stem + ".16k.wav")
+    if not out.exists():
+        subprocess.run(["sox", str(path), "-r", str(RATE), "-b", "16", "-c", "1", "-e", "signed-integer", str(out)],
+                       check=True, capture_output=True)
+    with wave.open(str(out), "rb") as w:
+        return w.readframes(w.getnframes())
+
+
+def real_clips() -> list[Clip]:
+    """The 11 real recordings (§2 of docs/embedded-stt.md): 5 LibriVox, 5 cards, goforward. 96 words, ~37 s."""
+    clips = []
+    for line in (DATA / "librivox" / "transcription").read_text().splitlines():
+        if line.strip():
+            name, ref = _strip_sphinx(line)
+            clips.append(Clip("lv-" + name.rsplit("-", 1)[-1], ref,
+                              _read_pcm(DATA / "librivox" / f"{name}.wav")))
+    for line in (DATA / "cards" / "cards.transcription").read_text().splitlines():
+        if line.strip():
+            name, ref = _strip_sphinx(line)
+            clips.append(Clip(f"cards-{name}", ref, _read_pcm(DATA / "cards" / f"{name}.wav")))
+    # goforward's reference is its grammar (goforward.gram: "go forward ten meters").
+    gram = (DATA / "goforward.gram").read_text()
+    ref = re.search(r"=\s*(.*?);", gram).group(1)
+    clips.append(Clip("goforward", ref, _read_pcm(DATA / "goforward.raw", raw=True)))
+    return clips
+
+
+def clip(name: str) -> Clip:
+    for c in real_clips():
+        if c.name == name:
+            return c
+    raise KeyError(name)
+
+
+# ---- WER ----------------------------------------------------------------------------------------
+
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+        "seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _spell(n: int) -> str:
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + _spell(n % 100))
+    if n < 1_000_000:
+        return _spell(n // 1000) + " thousand" + ("" if n % 1000 == 0 else " " + _spell(n % 1000))
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def normalize(text: str) -> list[str]:
+    t = text.lower().replace("mr.", "mister").replace("mrs.", "missus")
+    t = re.sub(r"(\d+):(\d\d)", lambda m: f"{m.group(1)} {'' if m.group(2) == '00' else m.group(2)}", t)
+    t = re.sub(r"\d+", lambda m: " " + _spell(int(m.group(0))) + " ", t)
+    t = t.replace("-", " ")
+    t = re.sub(r"\bmetres?\b", lambda m: m.group(0).replace("metre", "meter"), t)  # spelling, not recognition
+    t = re.sub(r"[^a-z' ]+", " ", t).replace("'", "")
+    return t.split()
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def wer(ref: str, hyp: str) -> float:
+    r = normalize(ref)
+    return edit_distance(r, normalize(hyp)) / max(1, len(r))
+
+
+# ---- synthetic speech for browser tests --------------------------------------------------------
+
+def espeak_wav(text: str, path: str | Path, rate: int = 150, sample_rate: int = RATE, voice: str = "en-us") -> Path:
+    """Speak `text` with espeak-ng into a 16-bit mono WAV at sample_rate, with 0.5 s of silence before and 1 s after."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".espeak.wav")
+    espeak = shutil.which("espeak-ng") or "espeak-ng"
+    subprocess.run([espeak, "-v", voice, "-s", str(rate), "-w", str(tmp), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(tmp), "-r", str(sample_rate), "-b", "16", "-c", "1", "-e", "signed-integer", str(path),
+                    "pad", "0.5", "1.0"], check=True, capture_output=True)
+    tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---- envelope ----------------------------------------------------------------------------------
+
+def _envelope_db(pcm: bytes, frame: float = 0.02) -> np.ndarray:
+    x = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0
+    n = int(RATE * frame)
+    frames = x[: len(x) // n * n].reshape(-1, n).astype(np.float64)
+    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)
+
+
+def noise_floor_db(pcm: bytes) -> float:
+    """Background level of a clip (dBFS): the 10th percentile of its 20 ms frame energies."""
+    return float(np.percentile(_envelope_db(pcm), 10))
+
+
+def speech_bounds(pcm: bytes, frame: float = 0.02, margin_db: float = 15.0) -> tuple[float, float]:
+    """(onset, end) of speech in seconds from a 20 ms energy envelope: first/last frame whose energy is within
+    the loudest part minus 35 dB and above the clip's noise floor + margin."""
+    db = _envelope_db(pcm, frame)
+    floor = np.percentile(db, 10)
+    thr = max(floor + margin_db, np.max(db) - 35.0)
+    idx = np.nonzero(db > thr)[0]
+    if len(idx) == 0:
+        return 0.0, len(pcm) / (2 * RATE)
+    return float(idx[0] * frame), float((idx[-1] + 1) * frame)

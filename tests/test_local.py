@@ -1,0 +1,288 @@
+"""Component tests of the embedded recognizer, LocalUpstream and the Flux-compatible engine: real recognition of
+real recorded speech (pocketsphinx-testdata), no mocks. Sleeps only pace audio at real time."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speech  # noqa: E402
+
+from webapp import config, recognizer  # noqa: E402
+from webapp.engine import build_engine_app  # noqa: E402
+from webapp.protocol import StreamParams  # noqa: E402
+from webapp.upstreams.base import UpstreamError  # noqa: E402
+from webapp.upstreams.local import LocalUpstream  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = 2560  # 80 ms at 16 kHz
+SLOTS = 2
+SETTINGS = config.load({}, local_max_streams=SLOTS)
+
+
+def silence(seconds: float, rate: int = 16000) -> bytes:
+    rng = np.random.default_rng(1)
+    return np.clip(rng.normal(0, 20, int(seconds * rate)), -32768, 32767).astype("<i2").tobytes()
+
+
+async def feed(up, pcm: bytes, realtime: bool = True, chunk: int = CHUNK, bytes_per_second: int = 32000) -> None:
+    t0 = time.monotonic()
+    for k, i in enumerate(range(0, len(pcm), chunk)):
+        await up.send_audio(pcm[i:i + chunk])
+        if realtime:  # pacing only, never used to wait for a result
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * chunk / bytes_per_second - time.monotonic()))
+
+
+async def collect(up) -> list[dict]:
+    return [ev async for ev in up.events()]
+
+
+def check_turns(events: list[dict]) -> list[str]:
+    """Assert StartOfTurn, interims, final, EndOfTurn per turn with increasing indices; return the finals."""
+    finals, open_turn, last = [], None, -1
+    for ev in events:
+        if ev["type"] == "turn" and ev["event"] == "StartOfTurn":
+            assert open_turn is None and ev["turn"] > last
+            open_turn = ev["turn"]
+        elif ev["type"] == "transcript":
+            assert ev["turn"] == open_turn, ev
+            assert 0 <= ev["start"] <= ev["end"]
+            if ev["final"]:
+                finals.append(ev["text"])
+        elif ev["type"] == "turn" and ev["event"] == "EndOfTurn":
+            assert ev["turn"] == open_turn
+            assert events[events.index(ev) - 1]["final"] is True
+            last, open_turn = open_turn, None
+    assert open_turn is None, "a turn was left open"
+    return finals
+
+
+@pytest.fixture(scope="module")
+async def pool():
+    recognizer.shutdown()  # a pool with this module's slot count
+    p = await recognizer.get_pool(SETTINGS)
+    yield p
+    recognizer.shutdown()
+
+
+async def test_realtime_clip_gives_turns_and_transcript(pool):
+    a, b = speech.clip("lv-0880"), speech.clip("cards-005")
+    up = LocalUpstream(SETTINGS, StreamParams())
+    await up.connect()
+    task = asyncio.create_task(collect(up))
+    await feed(up, silence(0.3) + a.pcm + silence(1.0) + b.pcm + silence(1.0))
+    await up.close()
+    events = await asyncio.wait_for(task, 30)
+    finals = check_turns(events)
+    assert len(finals) >= 2
+    assert any(ev["type"] == "transcript" and not ev["final"] for ev in events), "no interim transcript"
+    assert speech.wer(a.ref + " " + b.ref, " ".join(finals)) <= 0.25, finals
+
+
+async def test_close_finalizes_the_last_turn(pool):
+    c = speech.clip("goforward")
+    up = LocalUpstream(SETTINGS, StreamParams())
+    await up.connect()
+    task = asyncio.create_task(collect(up))
+    await feed(up, c.pcm[: int(2.3 * 32000)], realtime=False)  # cut right at the end of speech, no tail
+    await up.close()
+    events = await asyncio.wait_for(task, 30)
+    finals = check_turns(events)
+    assert finals and speech.wer(c.ref, " ".join(finals)) <= 0.5, finals
+    assert events[-1] == {"type": "turn", "turn": events[-1]["turn"], "event": "EndOfTurn"}
+
+
+async def test_resamples_48k(pool):
+    c = speech.clip("cards-003")
+    x = c.samples.astype(np.float64)
+    y = np.interp(np.arange(len(x) * 3) / 3, np.arange(len(x)), x).astype("<i2").tobytes()
+    up = LocalUpstream(SETTINGS, StreamParams(sample_rate=48000))
+    await up.connect()
+    task = asyncio.create_task(collect(up))
+    await feed(up, y + silence(0.5, 48000), realtime=False, chunk=CHUNK * 3)
+    await up.close()
+    finals = check_turns(await asyncio.wait_for(task, 30))
+    assert speech.wer(c.ref, " ".join(finals)) <= 0.34, finals
+
+
+async def test_capacity_refused_while_a_stream_keeps_working(pool):
+    c = speech.clip("cards-001")
+    running = LocalUpstream(SETTINGS, StreamParams())
+    await running.connect()
+    task = asyncio.create_task(collect(running))
+    other = LocalUpstream(SETTINGS, StreamParams())
+    await other.connect()  # the last free slot
+    extra = LocalUpstream(SETTINGS, StreamParams())
+    with pytest.raises(UpstreamError) as err:
+        await extra.connect()
+    assert err.value.code == "capacity" and err.value.retryable
+    assert f"all {SLOTS}" in err.value.message.lower() and "LOCAL_MAX_STREAMS" in err.value.message
+    await feed(running, c.pcm + silence(0.8))
+    await running.finalize()
+    await running.close()
+    await other.abort()
+    finals = check_turns(await asyncio.wait_for(task, 30))
+    assert speech.wer(c.ref, " ".join(finals)) <= 0.34, finals
+    again = LocalUpstream(SETTINGS, StreamParams())  # slots are given back
+    await again.connect()
+    await again.abort()
+
+
+# ---- the Flux-compatible engine -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine_url(pool):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(build_engine_app(manage_pool=False), host="127.0.0.1", port=port,
+                                          ws="websockets-sansio", ws_per_message_deflate=False, log_level="warning",
+                                          lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)  # start-up poll, bounded
+    assert server.started
+    yield f"ws://127.0.0.1:{port}/v2/listen"
+    server.should_exit = True
+    thread.join(10)
+
+
+QUERY = "?model=flux-general-en&encoding=linear16&sample_rate=16000"
+
+
+async def test_engine_speaks_flux(engine_url):
+    c = speech.clip("cards-002")
+    async with websockets.connect(engine_url + QUERY, additional_headers={"Authorization": "Token anything"}) as ws:
+        first = json.loads(await ws.recv())
+        assert first["type"] == "Connected" and first["sequence_id"] == 0 and first["request_id"]
+        msgs = [first]
+
+        async def reader():
+            async for raw in ws:
+                msgs.append(json.loads(raw))
+
+        task = asyncio.create_task(reader())
+        await ws.send(json.dumps({"type": "ForceEndTurn"}))  # no turn yet -> Warning
+        pcm = c.pcm + silence(0.6)
+        t0 = time.monotonic()
+        for k, i in enumerate(range(0, len(pcm), CHUNK)):
+            await ws.send(pcm[i:i + CHUNK])
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK / 32000 - time.monotonic()))
+        await ws.send(c.pcm[: len(c.pcm) // 2])  # a second utterance, closed by CloseStream
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        await asyncio.wait_for(task, 30)
+        assert ws.close_code == 1005  # closed without a status code, as Flux does
+    seqs = [m["sequence_id"] for m in msgs]
+    assert seqs == list(range(len(msgs)))
+    assert any(m["type"] == "Warning" and m["code"] == "FORCE_END_TURN_NO_ACTIVE_TURN" for m in msgs)
+    infos = [m for m in msgs if m["type"] == "TurnInfo"]
+    assert infos and infos[0]["event"] == "StartOfTurn" and infos[0]["transcript"]
+    for m in infos:
+        assert {"request_id", "turn_index", "audio_window_start", "audio_window_end", "transcript", "words",
+                "end_of_turn_confidence"} <= m.keys()
+        assert m["request_id"] == first["request_id"]
+        assert ("trigger" in m) == (m["event"] == "EndOfTurn")
+    ends = [m for m in infos if m["event"] == "EndOfTurn"]
+    assert len(ends) == 1 and ends[0]["turn_index"] == 0 and ends[0]["trigger"] == "model"
+    assert speech.wer(c.ref, ends[0]["transcript"]) <= 0.5
+    assert infos[-1]["event"] != "EndOfTurn" and infos[-1]["turn_index"] == 1  # CloseStream: Updates only
+
+
+async def test_engine_rejects_bad_params_keepalive_and_force_end_turn(engine_url):
+    with pytest.raises(websockets.InvalidStatus) as err:
+        async with websockets.connect(engine_url + "?model=nova-3&encoding=linear16&sample_rate=16000"):
+            pass
+    assert err.value.response.status_code == 400
+    async with websockets.connect(engine_url + QUERY) as ws:
+        assert json.loads(await ws.recv())["type"] == "Connected"
+        pcm = speech.clip("cards-001").pcm
+        for i in range(0, len(pcm), CHUNK):
+            await ws.send(pcm[i:i + CHUNK])
+        await ws.send(json.dumps({"type": "ForceEndTurn"}))
+        msgs = []
+        while not any(m.get("event") == "EndOfTurn" for m in msgs):
+            msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 15)))
+        assert msgs[-1]["trigger"] == "manual" and speech.wer("ten of clubs", msgs[-1]["transcript"]) <= 0.34
+        await ws.send(json.dumps({"type": "KeepAlive"}))
+        err_msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert err_msg["type"] == "Error" and err_msg["description"]
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 15)
+
+
+async def test_engine_capacity_is_429(engine_url, pool):
+    held = [pool.open_stream(lambda kind, data: None) for _ in range(SLOTS)]
+    try:
+        with pytest.raises(websockets.InvalidStatus) as err:
+            async with websockets.connect(engine_url + QUERY):
+                pass
+        assert err.value.response.status_code == 429
+    finally:
+        for s in held:
+            s.abort()
+
+
+# ---- offline ------------------------------------------------------------------------------------
+
+def test_recognizer_makes_no_network_access(tmp_path):
+    """Web process and workers run under an audit hook (sitecustomize) that refuses and records any connect
+    or DNS lookup that is not loopback / AF_UNIX."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    record = tmp_path / "attempts.txt"
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import sys
+        def _audit(event, args):
+            if event == "socket.getaddrinfo":
+                host = args[0]
+                if host not in (None, "localhost", "127.0.0.1", "::1", b"localhost", b"127.0.0.1"):
+                    open({str(record)!r}, "a").write(f"{{event}} {{args!r}}\\n")
+                    raise OSError("network disabled by test")
+            elif event in ("socket.connect", "socket.sendto"):
+                addr = args[1]
+                if isinstance(addr, tuple) and addr[0] not in ("127.0.0.1", "::1", "localhost"):
+                    open({str(record)!r}, "a").write(f"{{event}} {{addr!r}}\\n")
+                    raise OSError("network disabled by test")
+        sys.addaudithook(_audit)
+    """))
+    script = textwrap.dedent("""
+        import asyncio, sys
+        sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+        import speech
+        from webapp import config, recognizer
+        from webapp.protocol import StreamParams
+        from webapp.upstreams.local import LocalUpstream
+        async def main():
+            up = LocalUpstream(config.load({}), StreamParams())
+            await up.connect()
+            c = speech.clip("cards-003")
+            pcm = c.pcm + bytes(16000)
+            for i in range(0, len(pcm), 2560):
+                await up.send_audio(pcm[i:i + 2560])
+            await up.close()
+            print("FINALS", [e["text"] for e in [e async for e in up.events()] if e.get("final")])
+            recognizer.shutdown()
+        asyncio.run(main())
+    """)
+    env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{ROOT}")
+    out = subprocess.run([sys.executable, "-c", script, str(ROOT)], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    assert "FINALS" in out.stdout and "clubs" in out.stdout.lower(), out.stdout
+    assert not record.exists(), record.read_text()

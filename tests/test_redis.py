@@ -1,0 +1,191 @@
+"""Scale-out: two app processes sharing a real redis-server (started here on a free loopback port), a
+speaker on one and viewers on the other; plus the storage/fan-out contract run against both backends."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import TEST_DG_KEY, free_port, running_app, start_app, stop_app
+from test_sharing import SCRIPT_FINALS, FIRST_TURN_AUDIO, Socket, http, open_viewer, owner_cookie, start_speaker
+from webapp.store import LocalBackend, RedisBackend, Viewer, live_ended, live_transcript
+
+SECRET = "shared-secret-for-both-instances-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed; ./scripts/test installs it (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.monotonic() + 20
+    for line in proc.stdout:  # its own log line says when it serves; no polling needed
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        pytest.fail("redis-server exited:\n" + "".join(seen))
+    if proc.poll() is not None or "Ready to accept connections" not in seen[-1]:
+        proc.kill()
+        pytest.fail("redis-server did not start:\n" + "".join(seen))
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def two_apps(simulator, session_tmp, redis_url):
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
+    with running_app(env, session_tmp, "redis-a") as a, running_app(env, session_tmp, "redis-b") as b:
+        yield a, b, env
+
+
+# ---- the storage/fan-out contract, for both implementations --------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request, tmp_path, redis_url):
+    if request.param == "sqlite":
+        b = LocalBackend(tmp_path / "contract.sqlite3")
+    else:
+        b = RedisBackend(redis_url, prefix=f"contract{time.monotonic_ns()}:")
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def test_backend_contract(backend):
+    now = time.time()
+    await backend.create_session({"id": "s1", "owner": "o1", "backend": "deepgram", "started_at": now - 10,
+                                  "share_version": 0, "share_token": "tok"})
+    await backend.create_session({"id": "s0", "owner": "o1", "backend": "local", "started_at": now - 1.5 * 86400,
+                                  "share_version": 0})
+    got, arrived = [], asyncio.Event()
+
+    async def send(text):
+        got.append(json.loads(text))
+        arrived.set()
+    viewer = Viewer(send)
+    backend.hub.add("s1", viewer)
+    runner = asyncio.create_task(viewer.run())
+    try:
+        words = [{"word": "Hello", "start": 0.1, "end": 0.4, "confidence": 0.9}]
+        interim = {"type": "transcript", "turn": 0, "text": "Hel", "final": False, "start": 0.1, "end": 0.3}
+        await backend.publish("s1", live_transcript(interim))
+        for seq, text in enumerate(["Hello.", "Again."]):
+            final = {"type": "transcript", "turn": seq, "text": text, "final": True, "start": 0.1 + seq, "end": 0.4 + seq,
+                     "words": words}
+            await backend.append_final("s1", seq, final, live_transcript(final, seq))
+        while len(got) < 3:  # the viewer hears it (through Redis pub/sub for RedisBackend)
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+        assert [(m["text"], m["final"]) for m in got] == [("Hel", False), ("Hello.", True), ("Again.", True)]
+        assert [m.get("seq") for m in got] == [None, 0, 1]
+
+        turns = await backend.get_turns("s1")
+        assert [(t["seq"], t["turn"], t["text"]) for t in turns] == [(0, 0, "Hello."), (1, 1, "Again.")]
+        assert turns[0]["words"] == words and turns[1]["start"] == 1.1
+        meta = await backend.get_session("s1")
+        assert meta["live"] is True and meta["owner"] == "o1" and meta["share_token"] == "tok"
+        assert [m["id"] for m in await backend.list_sessions("o1")] == ["s1", "s0"]  # newest first
+        assert await backend.list_sessions("someone-else") == []
+        assert await backend.get_session("nope") is None and await backend.get_turns("nope") == []
+
+        await backend.set_share("s1", 1, None)
+        meta = await backend.get_session("s1")
+        assert (meta["share_version"], meta["share_token"]) == (1, None)
+
+        await backend.end_session("s1", {"ended_at": now, "duration": 10.0, "end_reason": "client_closed"},
+                                  live_ended("client_closed", now))
+        await asyncio.wait_for(runner, 5)  # `ended` ends the viewer's sender
+        assert got[-1]["type"] == "ended"
+        meta = await backend.get_session("s1")
+        assert meta["live"] is False and meta["end_reason"] == "client_closed" and meta["duration"] == 10.0
+
+        # Retention: old and ended goes; old but still open stays; recent stays.
+        assert await backend.purge(now - 86400) == 0  # s0 is old but open
+        await backend.end_session("s0", {"ended_at": now - 1.5 * 86400 + 60}, live_ended("client_closed", now))
+        assert await backend.purge(now - 86400) == 1
+        assert await backend.get_session("s0") is None and await backend.get_turns("s0") == []
+        assert [m["id"] for m in await backend.list_sessions("o1")] == ["s1"]
+    finally:
+        runner.cancel()
+        backend.hub.remove("s1", viewer)
+
+
+# ---- two processes --------------------------------------------------------------------------------
+
+
+async def test_viewer_on_one_instance_follows_speaker_on_another(two_apps, sim):
+    a, b, _ = two_apps
+    cookie = owner_cookie(a)
+    speaker, token = await start_speaker(a, cookie)
+    on_b = [await open_viewer(b, token) for _ in range(3)]
+    on_a = await open_viewer(a, token)
+    await speaker.send_audio(FIRST_TURN_AUDIO)
+    await on_b[0].until(lambda v: v.seen_finals())  # a viewer has it, so it is stored (stored, then published)
+    late_b = await open_viewer(b, token)
+    assert [t["text"] for t in late_b.of("snapshot")[0]["turns"]] == SCRIPT_FINALS[:1]
+    await speaker.send_audio(1.5)
+    await speaker.close_stream()
+    assert speaker.finals() == SCRIPT_FINALS
+    for viewer in on_b + [on_a, late_b]:
+        await viewer.until_closed()
+        assert viewer.seen_finals() == list(enumerate(SCRIPT_FINALS))
+        assert viewer.messages[-1]["type"] == "ended"
+    assert any(m["type"] == "transcript" and not m["final"] for m in on_b[0].messages)  # interims cross too
+
+    # B serves the page and the exports of A's session, and A's owner cookie works on B (shared key).
+    status, headers, page = http("GET", f"{b.http}/s/{token}")
+    assert status == 200 and SCRIPT_FINALS[1] in page and 'class="badge ended"' in page
+    assert headers["X-Robots-Tag"].startswith("noindex")
+    assert http("GET", f"{b.http}/s/{token}/transcript.txt")[2] == "".join(f + "\n" for f in SCRIPT_FINALS)
+    session_id = json.loads(http("GET", f"{b.http}/s/{token}/transcript.json")[2])["session"]["id"]
+    assert session_id in http("GET", f"{b.http}/sessions", {"Cookie": cookie})[2]
+    assert http("DELETE", f"{b.http}/api/sessions/{session_id}/share", {"Cookie": cookie})[0] == 204
+    assert http("GET", f"{a.http}/s/{token}")[0] == 404  # revoked everywhere
+    assert '"store": "RedisBackend"' in a.log_text()
+
+
+async def test_revocation_reaches_viewers_on_other_instances(two_apps, sim):
+    a, b, _ = two_apps
+    cookie = owner_cookie(a)
+    speaker, token = await start_speaker(a, cookie)
+    viewer = await open_viewer(b, token)
+    session_id = json.loads(http("GET", f"{b.http}/s/{token}/transcript.json")[2])["session"]["id"]
+    assert http("DELETE", f"{a.http}/api/sessions/{session_id}/share", {"Cookie": cookie})[0] == 204
+    await viewer.until_closed()
+    assert viewer.messages[-1] == {"type": "revoked"}
+    await speaker.close_stream()
+
+
+async def test_finals_survive_sigkill_of_the_speakers_instance(simulator, session_tmp, redis_url):
+    simulator.reset()
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
+    a = start_app(env, session_tmp, "redis-crash-a")
+    try:
+        with running_app(env, session_tmp, "redis-crash-b") as b:
+            speaker, token = await start_speaker(a)
+            viewer = await open_viewer(b, token)
+            await speaker.send_audio(FIRST_TURN_AUDIO + 0.6)
+            await viewer.until(lambda v: v.seen_finals())
+            a.proc.kill()  # SIGKILL the speaker's instance
+            a.proc.wait(10)
+            doc = json.loads(http("GET", f"{b.http}/s/{token}/transcript.json")[2])
+            assert [t["text"] for t in doc["turns"]] == SCRIPT_FINALS[:1]
+            assert doc["turns"][0]["words"][0]["word"] == "Hello"
+            await speaker.until_closed()
+    finally:
+        stop_app(a)

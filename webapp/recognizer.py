@@ -1,0 +1,694 @@
+"""The embedded recognizer: Moonshine tiny-en (moonshine-voice 0.1.0, weights inside the wheel) in worker processes.
+
+Layout (measured in docs/embedded-stt.md §8): one worker process per core, each with one Transcriber and several
+streams on threads; the web process never runs add_audio. Moonshine only ends a line ~0.6-0.7 s after speech, so
+each stream runs its own energy endpointer on the PCM: after 0.1 s of silence it decodes the line once more (one
+non-streaming pass) with a synthetic noise tail (without trailing audio tiny-en repeats or drops the last words,
+§6.3) and, once the silence reaches 0.2 s, commits that text as the final one. The decode is speculative, so
+part of its time overlaps the silence window. Moonshine's streaming lines give the interims; its own line end is
+only a fallback, and lines it makes up on noise (no speech heard by the endpointer) are never shown.
+
+API (asyncio side):
+    pool = await get_pool(settings)          # starts and warms the workers once
+    stream = pool.open_stream(on_event)      # CapacityError when all slots are busy
+    stream.feed(pcm)                          # s16le mono at the rate given to open_stream
+    await stream.finalize()                   # end the current turn now; returns False if none was open
+    await stream.close()                      # finalize, flush, deliver the remaining events
+    stream.abort()
+on_event(kind, data) runs on the event loop that opened the stream: kind "update" {text, start, end},
+"final" {text, start, end, trigger: model|manual|close} or "error" {message}. Times are seconds from the stream start.
+
+Nothing here downloads anything: only get_model_path("tiny-en") (a path inside the package) is used.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+FRAME = 320  # 20 ms endpointer frames
+STREAMS_PER_CORE = 3  # measured: ~3 real-time streams per core (docs/embedded-stt.md §8)
+
+
+def _env_float(name: str, default: float) -> float:
+    """Tuning knobs (seconds); read in the worker processes, which inherit the environment."""
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+UPDATE_INTERVAL = 0.32  # seconds of audio between interim re-decodes
+FORCE_INTERVAL = 0.24  # until the turn has text: forced re-decodes, so the first interim comes early
+SPEC_SILENCE = _env_float("LOCAL_SPEC_SILENCE", 0.1)  # silence after speech that starts the speculative final decode
+END_SILENCE = _env_float("LOCAL_END_SILENCE", 0.2)  # silence after speech that ends the turn
+PAD_SECONDS = _env_float("LOCAL_PAD_SECONDS", 0.5)  # tail added to final decodes (avoids "five, five, five")
+LOOK_BEHIND = 0.3  # audio kept before the detected speech onset
+MAX_LINE_SECONDS = 30.0
+READY_TIMEOUT = 60.0
+
+
+class CapacityError(Exception):
+    """All recognizer slots are in use."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"all {limit} embedded recognizer slots are busy")
+        self.limit = limit
+
+
+def default_max_streams() -> int:
+    return STREAMS_PER_CORE * _cores()
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ================================================================================================
+# Worker process side
+# ================================================================================================
+
+class Resampler:
+    """Cheap streaming resampler to 16 kHz: windowed-sinc low-pass (when downsampling) + linear interpolation."""
+
+    def __init__(self, rate: int):
+        self.step = rate / RATE
+        self.pos = 0.0
+        self.buf = np.zeros(0, np.float32)
+        self.taps = None
+        if rate > RATE:
+            n = 31
+            cutoff = 0.45 / self.step  # cycles per input sample
+            k = np.arange(n) - (n - 1) / 2
+            taps = 2 * cutoff * np.sinc(2 * cutoff * k) * np.hamming(n)
+            self.taps = (taps / taps.sum()).astype(np.float32)
+            self.hist = np.zeros(n - 1, np.float32)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if self.taps is not None:
+            xx = np.concatenate([self.hist, x])
+            self.hist = xx[-(len(self.taps) - 1):]
+            x = np.convolve(xx, self.taps, mode="valid").astype(np.float32)
+        buf = np.concatenate([self.buf, x])
+        if len(buf) < 2:
+            self.buf = buf
+            return np.zeros(0, np.float32)
+        count = int(np.floor((len(buf) - 1 - self.pos) / self.step)) + 1
+        if count <= 0:
+            self.buf = buf
+            return np.zeros(0, np.float32)
+        where = self.pos + np.arange(count) * self.step
+        out = np.interp(where, np.arange(len(buf)), buf).astype(np.float32)
+        nxt = self.pos + count * self.step
+        drop = min(int(nxt), len(buf) - 1)
+        self.buf, self.pos = buf[drop:], nxt - drop
+        return out
+
+
+class Endpointer:
+    """Energy endpointer on 20 ms frames. The noise floor is a low percentile of the last 3 s of frame energies
+    (an instant-fall floor would jump up to the level of short pauses inside speech); onset/hold hysteresis."""
+
+    ONSET_DB = 15.0  # above the floor: a speech frame that can open a turn
+    HOLD_DB = 10.0  # above the floor: still speech inside a turn
+    MIN_DB = -60.0  # dBFS: never speech below this
+    PEAK_DB = 20.0
+    WEAK_DB = 6.0  # above the floor: maybe a soft word end ("-self", "them"); re-checked before committing
+    HISTORY = 500  # frames (10 s) for the floor
+
+    def __init__(self):
+        self.hist = np.full(self.HISTORY, np.nan)
+        self.n = 0
+        self.rest = np.zeros(0, np.float32)
+        self.pos = 0  # samples consumed
+        self.speech_frames = 0  # onset frames since reset
+        self.silence = 0  # samples of silence since the last speech frame
+        self.onset: int | None = None  # sample index of the first speech frame since reset
+        self.last_speech = 0  # sample index just after the last speech frame
+        self.last_weak = 0  # sample index just after the last frame above the weak threshold
+        self.peak = -200.0  # loudest frame since reset, dB over the floor
+
+    def reset(self) -> None:
+        self.speech_frames, self.onset, self.peak = 0, None, -200.0
+
+    @property
+    def in_turn(self) -> bool:
+        # 100 ms of speech, and a peak 20 dB over the floor: breaths and room sound after a sentence are not a turn
+        return self.speech_frames >= 5 and self.peak >= self.PEAK_DB
+
+    def process(self, x: np.ndarray) -> bool:
+        """Consume samples; returns True if a speech frame was seen."""
+        x = np.concatenate([self.rest, x]) if len(self.rest) else x
+        n = len(x) // FRAME
+        self.rest = x[n * FRAME:].copy()
+        if n == 0:
+            return False
+        db = 10 * np.log10(np.mean(x[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2, axis=1) + 1e-10)
+        for v in db:
+            self.hist[self.n % self.HISTORY] = v
+            self.n += 1
+        floor = max(float(np.nanpercentile(self.hist, 3)), -80.0)
+        spoke = False
+        for v in db:
+            onset = v > max(floor + self.ONSET_DB, self.MIN_DB)
+            hold = self.in_turn and v > max(floor + self.HOLD_DB, self.MIN_DB)
+            self.pos += FRAME
+            if v > max(floor + self.WEAK_DB, self.MIN_DB):
+                self.last_weak = self.pos
+            if onset:
+                self.speech_frames += 1
+                self.peak = max(self.peak, v - floor)
+                if self.onset is None:
+                    self.onset = self.pos - FRAME
+            if onset or hold:
+                self.silence, self.last_speech, spoke = 0, self.pos, True
+            else:
+                self.silence += FRAME
+                if not self.in_turn and self.silence >= 0.3 * RATE:
+                    self.reset()  # a click or a breath, not the start of a turn
+        return spoke
+
+
+def collapse_repeats(text: str) -> str:
+    """tiny-en sometimes repeats a whole short line ("Seven of clubs, seven of clubs."): keep one copy when the
+    text is a phrase of 2+ words said 2+ times back to back. Single-word repeats ("no, no") are left alone."""
+    words = text.split()
+    norm = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in words]
+    n = len(norm)
+    for size in range(2, n // 2 + 1):
+        if n % size == 0 and norm == norm[:size] * (n // size):
+            return " ".join(words[:size]).rstrip(",;") + ("." if text.rstrip()[-1:] == "." else "")
+    return text
+
+
+class _Session:
+    """One client stream inside a worker; runs on its own thread."""
+
+    def __init__(self, sid: int, rate: int, transcriber, send: Callable[[tuple], None]):
+        from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
+        self.force_flag = MOONSHINE_FLAG_FORCE_UPDATE
+        self.sid, self.tr, self.send = sid, transcriber, send
+        self.lib = transcriber._lib
+        self.resampler = Resampler(rate) if rate != RATE else None
+        self.ep = Endpointer()
+        self.total = 0  # 16 kHz samples received
+        self.buf = np.zeros(0, np.float32)
+        self.buf_start = 0  # absolute sample index of buf[0]
+        self.floor = 0  # audio before this belongs to finished turns
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.aborted = False
+        self.stream = None
+        self.completed: set[int] = set()
+        self.sent_update = False
+        self.heard = False  # our endpointer saw speech since the last turn ended
+        self.rng = np.random.default_rng(sid)
+        self._new_stream()
+        self.thread = threading.Thread(target=self._run, name=f"stt-{sid}", daemon=True)
+        self.thread.start()
+
+    # -- moonshine stream --
+    def _new_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # no stop(): that would decode the line once more
+        self.stream = self.tr.create_stream(update_interval=1e9)
+        self.stream.add_listener(self._on_line)
+        self.stream.start()
+        self.base = self.total  # moonshine times are relative to this sample
+        self.fed = 0
+        self.last_update = 0
+        self.line_id = None
+        self.line_text = ""
+        self.line_start = None
+        self.spec = None  # (text, total-at-decode) of the speculative final
+
+    def _add(self, stream, x: np.ndarray) -> None:
+        err = self.lib.moonshine_transcribe_add_audio_to_stream(
+            self.tr._handle, stream._handle, x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(x), RATE, 0)
+        if err < 0:
+            from moonshine_voice.errors import check_error
+            check_error(err)
+
+    def _on_line(self, ev) -> None:
+        kind = type(ev).__name__
+        line = getattr(ev, "line", None)
+        if line is None:
+            if kind == "Error":
+                log.warning("moonshine listener error: %s", ev.error)
+            return
+        if line.line_id in self.completed:
+            return  # moonshine re-reports completed lines; one final per line
+        start = (self.base + line.start_time * RATE) / RATE
+        end = start + line.duration
+        if self.line_id != line.line_id:
+            self.line_id, self.line_start = line.line_id, start
+        if kind == "LineCompleted":
+            self.completed.add(line.line_id)
+            if self.heard:  # moonshine's own VAD ended the line before our endpointer did (noisy room, long line)
+                self._final(line.text, start, end, "model", restart=False)
+            # else: a line moonshine made up from noise or breath; never shown
+        elif kind in ("LineStarted", "LineTextChanged") and line.text.strip() and self.heard:
+            # only once our endpointer heard speech: tiny-en makes up words ("You") on steady noise
+            self.line_text = line.text.strip()
+            self.sent_update = True
+            self.send(("ev", self.sid, "update", {"text": self.line_text, "start": start, "end": end}))
+
+    # -- audio --
+    def _audio(self, pcm: bytes) -> None:
+        x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        if self.resampler is not None:
+            x = self.resampler.process(x)
+        if not len(x):
+            return
+        self.total += len(x)
+        self.buf = np.concatenate([self.buf, x])
+        self._add(self.stream, x)
+        self.fed += len(x)
+        spoke = self.ep.process(x)
+        self.heard = self.heard or self.ep.in_turn
+        young = self.ep.in_turn and not self.line_text
+        interval = FORCE_INTERVAL if young else UPDATE_INTERVAL
+        if self.fed - self.last_update >= interval * RATE:
+            self.last_update = self.fed
+            self.stream.update_transcription(self.force_flag if young else 0)
+        if spoke:
+            self.spec = None
+        if self._turn_open():
+            if self.ep.silence >= SPEC_SILENCE * RATE and self.spec is None:
+                self.spec = (self._decode(), self.total)
+            if self.ep.silence >= END_SILENCE * RATE and self.spec is not None:
+                if self.ep.last_weak > self.spec[1]:  # soft sound after the speculative decode: decode again
+                    self.spec = (self._decode(), self.total)
+                self._commit(self.spec[0], "model")
+        self._trim()
+
+    def _turn_open(self) -> bool:
+        return self.heard
+
+    def _trim(self) -> None:
+        """Keep only the audio a final decode may need."""
+        keep_from = self.total - int(LOOK_BEHIND * RATE)
+        if self._turn_open():
+            keep_from = min(keep_from, self._region_start())
+            keep_from = max(keep_from, self.total - int(MAX_LINE_SECONDS * RATE))
+        keep_from = max(keep_from, self.buf_start)
+        if keep_from > self.buf_start:
+            self.buf = self.buf[keep_from - self.buf_start:]
+            self.buf_start = keep_from
+
+    def _region_start(self) -> int:
+        starts = [s for s in (self.ep.onset, None if self.line_start is None else int(self.line_start * RATE)) if s is not None]
+        start = (min(starts) if starts else self.total) - int(LOOK_BEHIND * RATE)
+        return max(start, self.floor, self.buf_start)
+
+    def _decode(self) -> str:
+        """Decode the current line once (one non-streaming pass over it), with a synthetic noise tail.
+        (A scratch stream would need update_transcription() before stop(): stop() alone returns empty lines.)"""
+        a = self.buf[self._region_start() - self.buf_start:]
+        pad = (self.rng.normal(0.0, 20.0, int(PAD_SECONDS * RATE)) / 32768.0).astype(np.float32)
+        audio = np.ascontiguousarray(np.concatenate([a, pad]), dtype=np.float32)
+        from moonshine_voice.moonshine_api import TranscriptC
+        out = ctypes.POINTER(TranscriptC)()
+        err = self.lib.moonshine_transcribe_without_streaming(
+            self.tr._handle, audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(audio), RATE, 0, ctypes.byref(out))
+        if err < 0:
+            from moonshine_voice.errors import check_error
+            check_error(err)
+        transcript = self.tr._parse_transcript(out)
+        lines = transcript.lines if transcript is not None else []
+        return " ".join(line.text.strip() for line in lines if line.text.strip())
+
+    def _commit(self, text: str, trigger: str) -> None:
+        start = self.line_start if self.line_start is not None else (self._region_start() + int(LOOK_BEHIND * RATE)) / RATE
+        end = max(self.ep.last_speech, int(start * RATE)) / RATE
+        self._final(text, start, end, trigger, restart=True)
+
+    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool) -> None:
+        text = collapse_repeats(text.strip())
+        if text or self.sent_update:  # an empty final still commits the interim text the client has
+            self.sent_update = False
+            self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
+        self.floor = self.total
+        self.heard = False
+        self.ep.reset()
+        if restart:
+            self._new_stream()
+        else:
+            self.line_id, self.line_text, self.line_start, self.spec = None, "", None, None
+
+    def _finalize(self, trigger: str) -> bool:
+        if not self._turn_open():
+            return False
+        spec = self.spec
+        text = spec[0] if spec is not None and spec[1] == self.total else self._decode()
+        had_text = bool(text.strip())
+        self._commit(text, trigger)
+        return had_text
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            op = item[0]
+            try:
+                if self.aborted and op != "abort":
+                    continue
+                if op == "audio":
+                    self._audio(item[1])
+                elif op == "finalize":
+                    ended = self._finalize("manual")
+                    self.send(("done", self.sid, item[1], ended))
+                elif op in ("close", "abort"):
+                    if op == "close":
+                        if self.resampler is not None:  # flush the resampler's last samples
+                            self._audio(b"\0\0" * 64)
+                        self._finalize("close")
+                    self.stream.close()
+                    self.send(("closed", self.sid))
+                    return
+            except Exception as exc:  # one broken stream must not take the worker down
+                log.exception("stream %s failed", self.sid)
+                self.send(("ev", self.sid, "error", {"message": f"recognizer failure: {exc}"}))
+                try:
+                    self.stream.close()
+                finally:
+                    self.send(("closed", self.sid))
+                return
+
+
+def _load_transcriber():
+    os.environ["MOONSHINE_ORT_SINGLE_THREAD"] = "1"  # must be set before the Transcriber exists (§8.4)
+    from moonshine_voice import ModelArch, get_model_path
+    from moonshine_voice.transcriber import Transcriber
+    path = get_model_path("tiny-en")  # inside the wheel; never get_model_for_language (it downloads)
+    tr = Transcriber(model_path=str(path), model_arch=ModelArch.TINY)  # default arch is BASE: wrong for tiny-en
+    # GIL: libmoonshine is loaded with ctypes.CDLL (not PyDLL), and ctypes releases the GIL around CDLL calls,
+    # so decoding on one stream's thread does not stall the others in the same process.
+    assert isinstance(tr._lib, ctypes.CDLL) and not isinstance(tr._lib, ctypes.PyDLL)
+    return tr
+
+
+def _worker_main(fd: int) -> None:
+    logging.basicConfig(level=os.environ.get("RECOGNIZER_LOG_LEVEL", "WARNING"),
+                        format="recognizer-worker %(process)d %(levelname)s %(message)s")
+    conn = Connection(fd)
+    lock = threading.Lock()
+
+    def send(msg: tuple) -> None:
+        with lock:
+            conn.send(msg)
+
+    t0 = time.monotonic()
+    tr = _load_transcriber()
+    # warm-up: the first decode is slower (allocations); do it now, not in the first session
+    warm = tr.create_stream(update_interval=1e9)
+    warm.start()
+    x = (np.random.default_rng(0).normal(0, 300, RATE) / 32768.0).astype(np.float32).tolist()
+    warm.add_audio(x, RATE)
+    warm.stop()
+    warm.close()
+    send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
+    sessions: dict[int, _Session] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        op = msg[0]
+        if op == "quit":
+            break
+        sid = msg[1]
+        if op == "open":
+            sessions[sid] = _Session(sid, msg[2], tr, send)
+            continue
+        s = sessions.get(sid)
+        if s is None:
+            continue
+        if op == "audio":
+            s.q.put(("audio", msg[2]))
+        elif op == "finalize":
+            s.q.put(("finalize", msg[2]))
+        elif op == "close":
+            s.q.put(("close",))
+            sessions.pop(sid, None)
+        elif op == "abort":
+            s.aborted = True
+            s.q.put(("abort",))
+            sessions.pop(sid, None)
+    for s in sessions.values():
+        s.aborted = True
+        s.q.put(("abort",))
+    os._exit(0)  # skip interpreter teardown (ORT threads); nothing to flush
+
+
+# ================================================================================================
+# Web process side
+# ================================================================================================
+
+class _Worker:
+    """One worker process, talked to over a socketpair; a reader thread and a writer thread."""
+
+    def __init__(self, pool: "Pool", index: int):
+        self.pool, self.index = pool, index
+        self.streams: dict[int, RecognizerStream] = {}
+        self.ready = threading.Event()
+        self.dead = False
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        parent, child = socket.socketpair()
+        env = dict(os.environ, MOONSHINE_ORT_SINGLE_THREAD="1")
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "webapp.recognizer", str(child.fileno())],
+                                     pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, cwd=root)
+        child.close()
+        self.conn = Connection(parent.detach())
+        threading.Thread(target=self._read, name=f"stt-read-{index}", daemon=True).start()
+        threading.Thread(target=self._write, name=f"stt-write-{index}", daemon=True).start()
+
+    def send(self, msg: tuple) -> None:
+        if not self.dead:
+            self.out.put(msg)
+
+    def _write(self) -> None:
+        while True:
+            msg = self.out.get()
+            if msg is None:
+                return
+            try:
+                self.conn.send(msg)
+            except OSError:
+                return
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            op = msg[0]
+            if op == "ready":
+                log.info("recognizer worker %d ready (pid %s, %.1f s)", self.index, msg[1]["pid"], msg[1]["load_seconds"])
+                self.ready.set()
+                continue
+            stream = self.streams.get(msg[1])
+            if stream is not None:
+                stream._deliver(msg)
+        self.dead = True
+        self.ready.set()
+        self.out.put(None)
+        if not self.pool.closing:
+            log.error("recognizer worker %d exited (code %s)", self.index, self.proc.poll())
+        for stream in list(self.streams.values()):
+            stream._deliver(("ev", stream.sid, "error", {"message": "the recognizer process stopped"}))
+            stream._deliver(("closed", stream.sid))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.out.put(("quit",))
+        self.out.put(None)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+class RecognizerStream:
+    def __init__(self, pool: "Pool", worker: _Worker, sid: int, rate: int, on_event, loop: asyncio.AbstractEventLoop):
+        self.pool, self.worker, self.sid, self.on_event, self.loop = pool, worker, sid, on_event, loop
+        self._tokens = itertools.count()
+        self._pending: dict[int, asyncio.Future] = {}
+        self._closed_fut: asyncio.Future = loop.create_future()
+        self._released = False
+        worker.streams[sid] = self
+        worker.send(("open", sid, rate))
+
+    # called from the worker's reader thread
+    def _deliver(self, msg: tuple) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._handle, msg)
+        except RuntimeError:  # loop closed
+            self._release()
+
+    def _handle(self, msg: tuple) -> None:
+        op = msg[0]
+        if op == "ev":
+            if not self._closed_fut.done():
+                try:
+                    self.on_event(msg[2], msg[3])
+                except Exception:
+                    log.exception("recognizer event handler failed")
+        elif op == "done":
+            fut = self._pending.pop(msg[2], None)
+            if fut is not None and not fut.done():
+                fut.set_result(bool(msg[3]))
+        elif op == "closed":
+            self._release()
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_result(False)
+            self._pending.clear()
+            if not self._closed_fut.done():
+                self._closed_fut.set_result(None)
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.worker.streams.pop(self.sid, None)
+            self.pool._release(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_fut.done() or self._released
+
+    def feed(self, pcm: bytes) -> None:
+        if pcm and not self._released:
+            self.worker.send(("audio", self.sid, bytes(pcm)))
+
+    async def finalize(self, timeout: float = 10.0) -> bool:
+        """End the open turn now (its final arrives through on_event first). False if no turn was open."""
+        if self._released:
+            return False
+        token = next(self._tokens)
+        fut = self.loop.create_future()
+        self._pending[token] = fut
+        self.worker.send(("finalize", self.sid, token))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            log.warning("recognizer finalize timed out")
+            return False
+
+    async def close(self, timeout: float = 15.0) -> None:
+        """Finalize, flush and deliver the remaining events, then free the slot."""
+        if not self._released:
+            self.worker.send(("close", self.sid))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed_fut), timeout)
+        except asyncio.TimeoutError:
+            log.warning("recognizer close timed out; aborting the stream")
+            self.abort()
+
+    def abort(self) -> None:
+        if not self._released:
+            self.worker.send(("abort", self.sid))
+            self._release()
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+
+class Pool:
+    def __init__(self, max_streams: int = 0, workers: int = 0):
+        self.max_streams = max_streams or default_max_streams()
+        self.n_workers = workers or _cores()
+        self.closing = False
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._active: set[RecognizerStream] = set()
+        self.workers = [_Worker(self, i) for i in range(self.n_workers)]
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            if not w.ready.wait(max(0.0, deadline - time.monotonic())) or w.dead:
+                raise RuntimeError(f"recognizer worker {w.index} failed to start (exit code {w.proc.poll()})")
+
+    @property
+    def in_use(self) -> int:
+        return len(self._active)
+
+    def open_stream(self, on_event: Callable[[str, dict[str, Any]], None], sample_rate: int = RATE) -> RecognizerStream:
+        """Must be called on the event loop that will receive on_event. Raises CapacityError when full."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self.closing:
+                raise RuntimeError("the recognizer pool is shut down")
+            if len(self._active) >= self.max_streams:
+                raise CapacityError(self.max_streams)
+            for i, w in enumerate(self.workers):
+                if w.dead and not self.closing:  # replace a crashed worker
+                    log.warning("restarting recognizer worker %d", i)
+                    self.workers[i] = _Worker(self, i)
+            worker = min((w for w in self.workers if not w.dead), key=lambda w: len(w.streams))
+            stream = RecognizerStream(self, worker, next(self._ids), sample_rate, on_event, loop)
+            self._active.add(stream)
+        return stream
+
+    def _release(self, stream: RecognizerStream) -> None:
+        with self._lock:
+            self._active.discard(stream)
+
+    def shutdown(self) -> None:
+        self.closing = True
+        for w in self.workers:
+            w.stop()
+
+
+_pool: Pool | None = None
+_pool_lock = threading.Lock()
+
+
+async def get_pool(settings=None) -> Pool:
+    """The process-wide pool, started (and warmed: the model is loaded and run once) on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool.closing:
+            max_streams = getattr(settings, "local_max_streams", 0) or 0
+            _pool = Pool(max_streams)
+        pool = _pool
+    await asyncio.get_running_loop().run_in_executor(None, pool.wait_ready)
+    return pool
+
+
+def shutdown() -> None:
+    """Stop the worker processes (blocking, a few ms; at most ~5 s if a worker hangs)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown()
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]))

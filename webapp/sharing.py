@@ -1,0 +1,80 @@
+"""Share links and the owner credential.
+
+A share token is itsdangerous-signed [session_id, version] with its mint time; it expires after SHARE_TTL.
+Revoking bumps the session's share_version, so every earlier token stops matching (404) without keeping a
+deny list. The owner credential is the signed HttpOnly `cr_owner` cookie holding a random owner id: the page
+response sets it, the capture socket's handshake carries it, and the session records it.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+OWNER_COOKIE = "cr_owner"
+OWNER_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers honour
+SHARE_SALT = "caption-relay.share"
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    status: str              # "ok", "expired" or "invalid"
+    session_id: str = ""
+    version: int = -1
+
+
+class ShareLinks:
+    def __init__(self, secret_key: str, ttl_days: float):
+        self.secret_key = secret_key
+        self.max_age = ttl_days * 86400
+        self.serializer = URLSafeTimedSerializer(secret_key, salt=SHARE_SALT)
+
+    def mint(self, session_id: str, version: int, now: float | None = None) -> str:
+        if now is None:
+            return self.serializer.dumps([session_id, version])
+        # A token as it would have been minted at `now` (used for tests of expiry and for tools).
+        class At(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(now)
+        return URLSafeTimedSerializer(self.secret_key, salt=SHARE_SALT, signer=At).dumps([session_id, version])
+
+    def check(self, token: str) -> TokenCheck:
+        if len(token) > 200:
+            return TokenCheck("invalid")
+        try:
+            data = self.serializer.loads(token, max_age=self.max_age)
+        except SignatureExpired:
+            return TokenCheck("expired")  # raised only once the signature itself is valid
+        except BadSignature:
+            return TokenCheck("invalid")
+        if (not isinstance(data, list) or len(data) != 2 or not isinstance(data[0], str)
+                or not isinstance(data[1], int) or isinstance(data[1], bool)):
+            return TokenCheck("invalid")
+        return TokenCheck("ok", data[0], data[1])
+
+
+class Owners:
+    def __init__(self, secret_key: str):
+        self.serializer = URLSafeSerializer(secret_key, salt="caption-relay.owner")
+
+    def read(self, conn: HTTPConnection) -> str | None:
+        raw = conn.cookies.get(OWNER_COOKIE)
+        if not raw or len(raw) > 200:
+            return None
+        try:
+            value = self.serializer.loads(raw)
+        except BadSignature:
+            return None
+        return value if isinstance(value, str) and value else None
+
+    def ensure_cookie(self, conn: HTTPConnection, response: Response) -> str:
+        """Give this browser an owner id if it has none (or a forged one); returns the id."""
+        owner = self.read(conn)
+        if owner is None:
+            owner = secrets.token_urlsafe(16)
+            response.set_cookie(OWNER_COOKIE, self.serializer.dumps(owner), max_age=OWNER_MAX_AGE, httponly=True,
+                                samesite="lax", secure=conn.url.scheme in ("https", "wss"), path="/")
+        return owner

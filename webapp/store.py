@@ -1,0 +1,619 @@
+"""Where sessions are kept and how their live events reach viewers.
+
+One small interface, `Backend`, with two implementations (the encode/broadcaster shape):
+  LocalBackend  SQLite in DATA_DIR (WAL, through aiosqlite) + in-process fan-out. One app process.
+  RedisBackend  Redis hashes + one stream per session + pub/sub fan-out. Any number of app processes.
+Both hand live messages to a per-process `Hub`, which keeps one bounded queue per connected viewer.
+
+The no-loss rule: a final turn is written before anyone is told about it. `Recorder` (the relay's
+SessionSink) runs one writer task per session that stores each final and only then publishes it, in the
+order the recognizer produced the events, so a viewer that has seen a final knows it survives a crash.
+Interim updates are published, never stored.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from .logs import fields
+from .relay import SessionSink
+
+log = logging.getLogger(__name__)
+
+VIEWER_QUEUE = 64          # messages queued for one viewer before its oldest interim is dropped
+VIEWER_BACKLOG = 2000      # finals queued for one viewer before it is cut off (it reconnects to a snapshot)
+WRITE_QUEUE = 512          # events a session's writer may lag behind (a stalled store) before interims drop
+SESSION_FIELDS = ("id", "owner", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
+                  "audio_seconds", "end_reason", "share_version", "share_token")
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """One live message, encoded once per process and sent as is to every viewer."""
+    kind: str                 # "interim", "final", "ended" or "revoked"
+    text: str                 # the JSON a viewer receives
+    turn: int | None = None   # recognizer turn index (transcripts)
+    seq: int | None = None    # position among the session's stored finals (finals)
+
+    @classmethod
+    def decode(cls, text: str) -> "Live":
+        msg = json.loads(text)
+        if msg.get("type") == "transcript":
+            return cls("final" if msg.get("final") else "interim", text, msg.get("turn"), msg.get("seq"))
+        return cls(msg.get("type", "?"), text)
+
+
+def _encode(msg: dict[str, Any]) -> str:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+
+
+def live_transcript(event: dict[str, Any], seq: int | None = None) -> Live:
+    """What viewers get of a transcript event: the text and times, not the word list."""
+    final = bool(event.get("final"))
+    msg = {"type": "transcript", "turn": event.get("turn"), "final": final, "text": event.get("text", ""),
+           "start": event.get("start"), "end": event.get("end")}
+    if final:
+        msg["seq"] = seq
+    return Live("final" if final else "interim", _encode(msg), event.get("turn"), seq)
+
+
+def live_ended(reason: str, ended_at: float) -> Live:
+    return Live("ended", _encode({"type": "ended", "reason": reason, "ended_at": ended_at}))
+
+
+def live_revoked() -> Live:
+    return Live("revoked", _encode({"type": "revoked"}))
+
+
+# ---- viewers ------------------------------------------------------------------------------------
+
+
+class Viewer:
+    """One watching socket's queue. put() never blocks the publisher: a viewer that falls behind loses
+    interim updates (a newer interim of the same turn replaces an unsent one; past VIEWER_QUEUE the oldest
+    interim goes), never finals. One so far behind that VIEWER_BACKLOG finals wait is cut off."""
+
+    __slots__ = ("send", "items", "wake", "min_seq", "done_turn", "overflow", "closed")
+
+    def __init__(self, send: Callable[[str], Awaitable[None]]):
+        self.send = send
+        self.items: deque[Live] = deque()
+        self.wake = asyncio.Event()
+        self.min_seq = 0          # finals below this were in the snapshot
+        self.done_turn = -1       # interims of turns up to this one are stale
+        self.overflow = False
+        self.closed = False
+
+    def put(self, msg: Live) -> None:
+        if self.closed:
+            return
+        items = self.items
+        if msg.kind == "interim" and items and items[-1].kind == "interim" and items[-1].turn == msg.turn:
+            items[-1] = msg
+        else:
+            items.append(msg)
+            if len(items) > VIEWER_QUEUE:
+                for i, item in enumerate(items):
+                    if item.kind == "interim":
+                        del items[i]
+                        break
+                else:
+                    self.overflow = len(items) > VIEWER_BACKLOG
+        self.wake.set()
+
+    def _stale(self, msg: Live) -> bool:
+        if msg.kind == "final":
+            return msg.seq is not None and msg.seq < self.min_seq
+        if msg.kind == "interim":
+            return msg.turn is not None and msg.turn <= self.done_turn
+        return False
+
+    async def run(self) -> str:
+        """Send until the session ends or the link is revoked; returns why it stopped."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.overflow:
+                return "overflow"
+            while self.items:
+                msg = self.items.popleft()
+                if self._stale(msg):
+                    continue
+                await self.send(msg.text)
+                if msg.kind == "final":
+                    self.min_seq = max(self.min_seq, (msg.seq or 0) + 1)
+                    if msg.turn is not None:
+                        self.done_turn = max(self.done_turn, msg.turn)
+                elif msg.kind in ("ended", "revoked"):
+                    return msg.kind
+
+
+class Hub:
+    """This process's viewers, by session id."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, set[Viewer]] = {}
+
+    def add(self, session_id: str, viewer: Viewer) -> None:
+        self.topics.setdefault(session_id, set()).add(viewer)
+
+    def remove(self, session_id: str, viewer: Viewer) -> None:
+        viewer.closed = True
+        group = self.topics.get(session_id)
+        if group is not None:
+            group.discard(viewer)
+            if not group:
+                del self.topics[session_id]
+
+    def deliver(self, session_id: str, msg: Live) -> None:
+        for viewer in self.topics.get(session_id, ()):
+            viewer.put(msg)
+
+    def count(self, session_id: str | None = None) -> int:
+        if session_id is not None:
+            return len(self.topics.get(session_id, ()))
+        return sum(len(g) for g in self.topics.values())
+
+
+# ---- the interface ------------------------------------------------------------------------------
+
+
+class Backend(abc.ABC):
+    """Storage of sessions and final turns, plus live fan-out to viewers (through self.hub)."""
+
+    def __init__(self) -> None:
+        self.hub = Hub()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    async def create_session(self, meta: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def append_final(self, session_id: str, seq: int, turn: dict[str, Any], live: Live) -> None:
+        """Store the final turn durably, then publish `live`."""
+
+    @abc.abstractmethod
+    async def publish(self, session_id: str, live: Live) -> None:
+        """Fan out without storing (interims, revocation)."""
+
+    @abc.abstractmethod
+    async def end_session(self, session_id: str, values: dict[str, Any], live: Live) -> None: ...
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def reopen_session(self, session_id: str) -> None:
+        """A resumed session is live again (its page reconnected, maybe to a restarted server)."""
+
+    @abc.abstractmethod
+    async def get_turns(self, session_id: str) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def list_sessions(self, owner: str, limit: int = 200) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def set_share(self, session_id: str, version: int, token: str | None) -> None: ...
+
+    @abc.abstractmethod
+    async def purge(self, started_before: float) -> int:
+        """Delete sessions started before this Unix time; returns how many."""
+
+    async def recover(self) -> int:
+        """At start-up: mark sessions left open by a crash as ended. Returns how many."""
+        return 0
+
+
+def _session_out(row: dict[str, Any]) -> dict[str, Any]:
+    row = {k: row.get(k) for k in SESSION_FIELDS}
+    row["live"] = row["ended_at"] is None
+    return row
+
+
+# ---- SQLite + in-process fan-out ----------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, owner TEXT, backend TEXT NOT NULL, model TEXT, sample_rate INTEGER,
+    started_at REAL NOT NULL, ended_at REAL, duration REAL, audio_seconds REAL, end_reason TEXT,
+    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT);
+CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, started_at);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL, seq INTEGER NOT NULL, turn INTEGER, text TEXT NOT NULL,
+    start REAL, "end" REAL, words TEXT NOT NULL, PRIMARY KEY (session_id, seq)) WITHOUT ROWID;
+"""
+
+
+class LocalBackend(Backend):
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.db = None
+
+    async def start(self) -> None:
+        import aiosqlite
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: every statement is its own transaction, committed when it returns. WAL with
+        # synchronous=NORMAL survives a killed process (the OS has the pages); only power loss can undo
+        # the last commits.
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)  # it logs every statement at debug level
+        self.db = await aiosqlite.connect(self.path, isolation_level=None)
+        self.db.row_factory = aiosqlite.Row
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA synchronous=NORMAL")
+        await self.db.execute("PRAGMA busy_timeout=5000")
+        await self.db.executescript(SCHEMA)
+
+    async def close(self) -> None:
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+
+    async def create_session(self, meta: dict[str, Any]) -> None:
+        cols = [k for k in SESSION_FIELDS if k in meta]
+        await self.db.execute(f"INSERT INTO sessions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                              [meta[k] for k in cols])
+
+    async def append_final(self, session_id: str, seq: int, turn: dict[str, Any], live: Live) -> None:
+        await self.db.execute(
+            'INSERT OR REPLACE INTO turns (session_id, seq, turn, text, start, "end", words) VALUES (?, ?, ?, ?, ?, ?, ?)',
+            (session_id, seq, turn.get("turn"), turn.get("text", ""), turn.get("start"), turn.get("end"),
+             json.dumps(turn.get("words") or [], ensure_ascii=False)))
+        self.hub.deliver(session_id, live)
+
+    async def publish(self, session_id: str, live: Live) -> None:
+        self.hub.deliver(session_id, live)
+
+    async def end_session(self, session_id: str, values: dict[str, Any], live: Live) -> None:
+        cols = [k for k in values if k in SESSION_FIELDS]
+        await self.db.execute(f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                              [values[c] for c in cols] + [session_id])
+        self.hub.deliver(session_id, live)
+
+    async def reopen_session(self, session_id: str) -> None:
+        await self.db.execute("UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = ?", (session_id,))
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        async with self.db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
+            row = await cur.fetchone()
+        return _session_out(dict(row)) if row else None
+
+    async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
+        async with self.db.execute('SELECT seq, turn, text, start, "end", words FROM turns WHERE session_id = ? ORDER BY seq',
+                                   (session_id,)) as cur:
+            rows = await cur.fetchall()
+        return [{"seq": r["seq"], "turn": r["turn"], "text": r["text"], "start": r["start"], "end": r["end"],
+                 "words": json.loads(r["words"])} for r in rows]
+
+    async def list_sessions(self, owner: str, limit: int = 200) -> list[dict[str, Any]]:
+        async with self.db.execute("SELECT * FROM sessions WHERE owner = ? ORDER BY started_at DESC LIMIT ?",
+                                   (owner, limit)) as cur:
+            rows = await cur.fetchall()
+        return [_session_out(dict(r)) for r in rows]
+
+    async def set_share(self, session_id: str, version: int, token: str | None) -> None:
+        await self.db.execute("UPDATE sessions SET share_version = ?, share_token = ? WHERE id = ?",
+                              (version, token, session_id))
+
+    async def purge(self, started_before: float) -> int:
+        # Open sessions are kept whatever their age: their speaker may still be talking.
+        async with self.db.execute("SELECT id FROM sessions WHERE started_at < ? AND ended_at IS NOT NULL",
+                                   (started_before,)) as cur:
+            ids = [r["id"] for r in await cur.fetchall()]
+        for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+            marks = ", ".join("?" * len(chunk))
+            await self.db.execute("BEGIN")
+            await self.db.execute(f"DELETE FROM turns WHERE session_id IN ({marks})", chunk)
+            await self.db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", chunk)
+            await self.db.execute("COMMIT")
+        return len(ids)
+
+    async def recover(self) -> int:
+        # One process owns this file, so at start-up no session can still be running.
+        cur = await self.db.execute(
+            "UPDATE sessions SET end_reason = 'interrupted', ended_at = COALESCE("
+            "(SELECT started_at + MAX(\"end\") FROM turns WHERE session_id = sessions.id), started_at), "
+            "duration = COALESCE((SELECT MAX(\"end\") FROM turns WHERE session_id = sessions.id), 0) "
+            "WHERE ended_at IS NULL")
+        return cur.rowcount
+
+
+# ---- Redis --------------------------------------------------------------------------------------
+
+
+class RedisBackend(Backend):
+    """Keys (prefix `cr:`): s:<id> hash (session), t:<id> stream (final turns, field d = JSON),
+    sessions zset (by start time, for retention), o:<owner> zset (the owner's sessions), and channel
+    live:<id>. Every process holds one pattern subscription to live:*, made before it serves, so a viewer
+    needs no per-session subscribe round trip and cannot miss a message published after it registered."""
+
+    def __init__(self, url: str, prefix: str = "cr:"):
+        super().__init__()
+        self.url = url
+        self.p = prefix
+        self.redis = None
+        self.pubsub = None
+        self.listener: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+        self.redis = aioredis.from_url(self.url, decode_responses=True)
+        await self.redis.ping()  # fail at start-up, with a clear log, rather than at the first capture
+        await self._subscribe()
+        self.listener = asyncio.create_task(self._listen(), name="redis-live-listener")
+
+    async def _subscribe(self) -> None:
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
+        await self.pubsub.psubscribe(f"{self.p}live:*")
+        # Wait for the confirmation: from here on every PUBLISH reaches this process.
+        while True:
+            msg = await self.pubsub.get_message(timeout=5.0)
+            if msg is None:
+                raise ConnectionError("redis did not confirm the live:* subscription")
+            if msg["type"] == "psubscribe":
+                return
+
+    async def _listen(self) -> None:
+        prefix_len = len(f"{self.p}live:")
+        while True:
+            try:
+                async for msg in self.pubsub.listen():
+                    if msg["type"] != "pmessage":
+                        continue
+                    session_id = msg["channel"][prefix_len:]
+                    if session_id in self.hub.topics:  # decode only what someone here watches
+                        self.hub.deliver(session_id, Live.decode(msg["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: resubscribe; viewers re-sync from their snapshot
+                log.warning("redis_listener_error", extra=fields(error=type(exc).__name__))
+                with contextlib.suppress(Exception):
+                    await self.pubsub.aclose()
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await self._subscribe()
+
+    async def close(self) -> None:
+        if self.listener:
+            self.listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.listener
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def _k(self, kind: str, session_id: str) -> str:
+        return f"{self.p}{kind}:{session_id}"
+
+    async def create_session(self, meta: dict[str, Any]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("s", meta["id"]), mapping={k: json.dumps(meta[k]) for k in SESSION_FIELDS if k in meta})
+            pipe.zadd(f"{self.p}sessions", {meta["id"]: meta["started_at"]})
+            if meta.get("owner"):
+                pipe.zadd(self._k("o", meta["owner"]), {meta["id"]: meta["started_at"]})
+            await pipe.execute()
+
+    async def append_final(self, session_id: str, seq: int, turn: dict[str, Any], live: Live) -> None:
+        # MULTI: the stream entry exists before any process hears of it.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._k("t", session_id), {"seq": seq, "d": json.dumps(turn, ensure_ascii=False)})
+            pipe.publish(self._k("live", session_id), live.text)
+            await pipe.execute()
+
+    async def publish(self, session_id: str, live: Live) -> None:
+        await self.redis.publish(self._k("live", session_id), live.text)
+
+    async def end_session(self, session_id: str, values: dict[str, Any], live: Live) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("s", session_id), mapping={k: json.dumps(v) for k, v in values.items() if k in SESSION_FIELDS})
+            pipe.publish(self._k("live", session_id), live.text)
+            await pipe.execute()
+
+    @staticmethod
+    def _meta(raw: dict[str, str]) -> dict[str, Any] | None:
+        if not raw or "id" not in raw:
+            return None
+        return _session_out({k: json.loads(v) for k, v in raw.items()})
+
+    async def reopen_session(self, session_id: str) -> None:
+        await self.redis.hset(self._k("s", session_id), mapping={"ended_at": "null", "end_reason": "null"})
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        return self._meta(await self.redis.hgetall(self._k("s", session_id)))
+
+    async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
+        out = []
+        for _, entry in await self.redis.xrange(self._k("t", session_id)):
+            turn = json.loads(entry["d"])
+            turn["seq"] = int(entry["seq"])
+            out.append(turn)
+        return out
+
+    async def list_sessions(self, owner: str, limit: int = 200) -> list[dict[str, Any]]:
+        ids = await self.redis.zrevrange(self._k("o", owner), 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                pipe.hgetall(self._k("s", session_id))
+            rows = await pipe.execute() if ids else []
+        return [m for m in map(self._meta, rows) if m]
+
+    async def set_share(self, session_id: str, version: int, token: str | None) -> None:
+        await self.redis.hset(self._k("s", session_id), mapping={"share_version": json.dumps(version),
+                                                                 "share_token": json.dumps(token)})
+
+    async def purge(self, started_before: float) -> int:
+        removed = 0
+        for session_id in await self.redis.zrangebyscore(f"{self.p}sessions", "-inf", f"({started_before}"):
+            meta = await self.get_session(session_id)
+            if meta is not None and meta["live"] and meta["started_at"] > started_before - 86400:
+                # Open sessions are kept, unless a day past the cut-off: then their instance died
+                # without ending them (Redis has no single owner to mark them at start-up).
+                continue
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._k("s", session_id), self._k("t", session_id))
+                pipe.zrem(f"{self.p}sessions", session_id)
+                if meta and meta.get("owner"):
+                    pipe.zrem(self._k("o", meta["owner"]), session_id)
+                await pipe.execute()
+            removed += 1
+        return removed
+
+
+def make_backend(settings) -> Backend:
+    if settings.redis_url:
+        return RedisBackend(settings.redis_url)
+    return LocalBackend(Path(settings.data_dir) / "sessions.sqlite3")
+
+
+# ---- the relay's sink ---------------------------------------------------------------------------
+
+_END = object()
+
+
+def _audio_seconds(session) -> float | None:
+    """Audio received, from the relay's byte count (its attribute names are the relay's business, so this
+    is best effort: None rather than a failed close)."""
+    received = getattr(session, "bytes_in", None)
+    if received is None:
+        received = getattr(getattr(session, "log", None), "end", None)
+    if not isinstance(received, int):
+        return None
+    return round(received / session.params.bytes_per_second, 3)
+
+
+class Recorder(SessionSink):
+    """Records one capture session and fans its events out. event() only queues; one writer task per
+    session stores each final before publishing it, in the recognizer's order. If the store is down the
+    captions still flow to the speaker; only recording and sharing are lost (and logged)."""
+
+    def __init__(self, backend: Backend, mint: Callable[[str, int], str], owner: str | None):
+        self.backend = backend
+        self.mint = mint
+        self.owner = owner
+        self.session_id: str | None = None
+        self.started_at = 0.0
+        self.queue: deque[Any] = deque()
+        self.wake = asyncio.Event()
+        self.writer: asyncio.Task | None = None
+        self.seq = 0
+        self.last_end = 0.0
+
+    async def opened(self, session) -> dict[str, Any]:
+        if getattr(session, "resumed", False):
+            reopened = await self._reopen(session)
+            if reopened is not None:
+                return reopened
+        self.session_id = session.id
+        self.started_at = time.time()
+        token = self.mint(session.id, 0)
+        meta = {"id": session.id, "owner": self.owner, "backend": session.settings.backend,
+                "model": session.settings.model, "sample_rate": session.params.sample_rate,
+                "started_at": self.started_at, "share_version": 0, "share_token": token}
+        try:
+            await self.backend.create_session(meta)
+        except Exception as exc:
+            log.error("session_record_failed", extra=fields(session=session.id, error=repr(exc)))
+            self.session_id = None
+            return {}
+        self.writer = asyncio.create_task(self._write(), name=f"recorder-{session.id}")
+        return {"share_url": f"/s/{token}"}
+
+    async def _reopen(self, session) -> dict[str, Any] | None:
+        """Continue the stored record of a resumed session: same share link, finals numbered on."""
+        try:
+            meta = await self.backend.get_session(session.id)
+            if meta is None:
+                return None
+            self.seq = len(await self.backend.get_turns(session.id))
+            await self.backend.reopen_session(session.id)
+        except Exception as exc:
+            log.error("session_reopen_failed", extra=fields(session=session.id, error=repr(exc)))
+            return None
+        self.session_id, self.started_at = session.id, meta["started_at"]
+        self.writer = asyncio.create_task(self._write(), name=f"recorder-{session.id}")
+        return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
+
+    async def resume_state(self, session_id: str) -> dict[str, Any] | None:
+        """Where a stored session stands, for a page that reconnects after a server restart."""
+        meta = await self.backend.get_session(session_id)
+        if meta is None:
+            return None
+        turns = await self.backend.get_turns(session_id)
+        numbered = [t["turn"] for t in turns if isinstance(t.get("turn"), int)]
+        last_end = max((t["end"] for t in turns if isinstance(t.get("end"), (int, float))), default=0.0)
+        return {"turns": max(numbered) + 1 if numbered else len(turns),
+                "offset_s": max(meta.get("audio_seconds") or 0.0, last_end),
+                "reason": meta.get("end_reason")}
+
+    def event(self, event: dict[str, Any]) -> None:
+        if self.writer is None or event.get("type") != "transcript":
+            return
+        queue = self.queue
+        if len(queue) >= WRITE_QUEUE and not event.get("final"):
+            return  # the store is stalled: interims are expendable, finals are not
+        queue.append(event)
+        self.wake.set()
+
+    async def _write(self) -> None:
+        backend, session_id = self.backend, self.session_id
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                event = self.queue.popleft()
+                if event is _END:
+                    return
+                if not event.get("final"):
+                    with contextlib.suppress(Exception):  # a lost interim is replaced by the next one
+                        await backend.publish(session_id, live_transcript(event))
+                    continue
+                turn = {"turn": event.get("turn"), "text": event.get("text", ""), "start": event.get("start"),
+                        "end": event.get("end"), "words": event.get("words") or []}
+                seq, self.seq = self.seq, self.seq + 1
+                await self._store_final(seq, turn, live_transcript(event, seq))
+                if isinstance(turn["end"], (int, float)):
+                    self.last_end = max(self.last_end, float(turn["end"]))
+
+    async def _store_final(self, seq: int, turn: dict[str, Any], live: Live) -> None:
+        for attempt in range(4):
+            try:
+                await self.backend.append_final(self.session_id, seq, turn, live)
+                return
+            except Exception as exc:
+                log.warning("final_store_retry", extra=fields(session=self.session_id, seq=seq, attempt=attempt, error=repr(exc)))
+                await asyncio.sleep(0.25 * 2 ** attempt)  # back off: the store may be restarting
+        log.error("final_lost", extra=fields(session=self.session_id, seq=seq))
+
+    async def closed(self, session, reason: str) -> None:
+        if self.writer is None:
+            return
+        self.queue.append(_END)
+        self.wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.writer), 15)
+        except asyncio.TimeoutError:
+            log.error("recorder_drain_timeout", extra=fields(session=self.session_id, pending=len(self.queue)))
+        ended_at = time.time()
+        values = {"ended_at": ended_at, "duration": round(ended_at - self.started_at, 3),
+                  "audio_seconds": _audio_seconds(session), "end_reason": reason}
+        try:
+            await self.backend.end_session(self.session_id, values, live_ended(reason, ended_at))
+        except Exception as exc:
+            log.error("session_end_record_failed", extra=fields(session=self.session_id, error=repr(exc)))
+        log.info("session_recorded", extra=fields(session=self.session_id, finals=self.seq, reason=reason))

@@ -1,0 +1,297 @@
+"""Sharing a live transcript: the viewer page /s/<token>, its live socket /ws/watch/<token>, exports,
+the owner's /sessions list and the revoke/new-link API. `Sharing` also hands the relay its sink.
+
+Every bad link gets the same generic page (404, or 410 once expired), whatever session it names or not,
+so nothing of another session can be learned from a response.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.templating import Jinja2Templates
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import exports
+from .config import Settings
+from .logs import fields
+from .security import origin_allowed
+from .sharing import Owners, ShareLinks
+from .store import Backend, Recorder, Viewer, live_revoked, make_backend
+
+log = logging.getLogger(__name__)
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+RETENTION_EVERY = 3600.0  # seconds between retention sweeps
+NOINDEX = {"X-Robots-Tag": "noindex, nofollow", "Cache-Control": "no-store"}
+EXPORTS = {
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "json": "application/json; charset=utf-8",
+}
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a link holder may know of a session: never its owner or its other links."""
+    return {k: meta.get(k) for k in ("id", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
+                                     "audio_seconds", "end_reason", "live")}
+
+
+class Sharing:
+    def __init__(self, settings: Settings, secret_key: str, asset_version: str = "", backend: Backend | None = None):
+        self.settings = settings
+        self.backend = backend or make_backend(settings)
+        self.links = ShareLinks(secret_key, settings.share_ttl_days)
+        self.owners = Owners(secret_key)
+        self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+        self.asset_version = asset_version
+        self.retention_task: asyncio.Task | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.backend.start()
+        recovered = await self.backend.recover()
+        if recovered:
+            log.warning("sessions_interrupted", extra=fields(count=recovered))
+        if self.settings.retention_days > 0:
+            await self._purge()
+            self.retention_task = asyncio.create_task(self._retention(), name="retention")
+        log.info("store_ready", extra=fields(store=type(self.backend).__name__, retention_days=self.settings.retention_days,
+                                             share_ttl_days=self.settings.share_ttl_days))
+
+    async def close(self) -> None:
+        if self.retention_task:
+            self.retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.retention_task
+        await self.backend.close()
+
+    async def _purge(self) -> None:
+        try:
+            cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - self.settings.retention_days * 86400
+            removed = await self.backend.purge(cutoff)
+            log.info("retention_sweep", extra=fields(removed=removed, retention_days=self.settings.retention_days))
+        except Exception as exc:
+            log.error("retention_failed", extra=fields(error=repr(exc)))
+
+    async def _retention(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_EVERY)
+            await self._purge()
+
+    # ---- hooks for app.py ------------------------------------------------------------------------
+
+    def sink(self, conn: HTTPConnection) -> Recorder:
+        return Recorder(self.backend, self.links.mint, self.owners.read(conn))
+
+    def ensure_owner_cookie(self, conn: HTTPConnection, response: Response) -> Response:
+        self.owners.ensure_cookie(conn, response)
+        return response
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/s/{token}", self.viewer_page),
+            Route("/s/{token}/transcript.{fmt}", self.export),
+            WebSocketRoute("/ws/watch/{token}", self.watch),
+            Route("/sessions", self.sessions_page),
+            Route("/sessions/{session_id}/revoke", self.revoke_form, methods=["POST"]),
+            Route("/sessions/{session_id}/share", self.new_link_form, methods=["POST"]),
+            Route("/api/sessions", self.api_list),
+            Route("/api/sessions/{session_id}/share", self.api_share, methods=["POST", "DELETE"]),
+            Route("/api/sessions/{session_id}/transcript.{fmt}", self.owner_export),
+        ]
+
+    # ---- link resolution -------------------------------------------------------------------------
+
+    async def _resolve(self, token: str) -> tuple[int, dict[str, Any] | None]:
+        """(200, session) for a good link; (404|410, None) otherwise."""
+        check = self.links.check(token)
+        if check.status == "expired":
+            return 410, None
+        if check.status != "ok":
+            return 404, None
+        meta = await self.backend.get_session(check.session_id)
+        if meta is None or meta.get("share_version") != check.version:
+            return 404, None  # unknown, deleted by retention, or revoked: all look the same
+        return 200, meta
+
+    def _link_error(self, request: Request, status: int) -> Response:
+        return self.templates.TemplateResponse(request, "link_error.html", {
+            "status": status, "expired": status == 410, "asset_version": self.asset_version},
+            status_code=status, headers=NOINDEX)
+
+    # ---- viewer ----------------------------------------------------------------------------------
+
+    async def viewer_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        status, meta = await self._resolve(token)
+        if meta is None:
+            return self._link_error(request, status)
+        turns = await self.backend.get_turns(meta["id"])
+        return self.templates.TemplateResponse(request, "viewer.html", {
+            "session": meta, "turns": turns, "token": token, "started": _when(meta["started_at"]),
+            "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS), "asset_version": self.asset_version},
+            headers=NOINDEX)
+
+    async def export(self, request: Request) -> Response:
+        fmt = request.path_params["fmt"]
+        status, meta = await self._resolve(request.path_params["token"])
+        if meta is None:
+            return self._link_error(request, status)
+        if fmt not in EXPORTS:
+            return self._link_error(request, 404)
+        return await self._export(meta, fmt)
+
+    async def _export(self, meta: dict[str, Any], fmt: str) -> Response:
+        turns = await self.backend.get_turns(meta["id"])
+        if fmt == "txt":
+            body = exports.to_txt(turns)
+        elif fmt == "srt":
+            body = exports.to_srt(turns)
+        elif fmt == "vtt":
+            body = exports.to_vtt(turns)
+        else:
+            body = exports.to_json(_public_meta(meta), turns)
+        stamp = dt.datetime.fromtimestamp(meta["started_at"], dt.timezone.utc).strftime("%Y%m%d-%H%M")
+        headers = {**NOINDEX, "Content-Disposition": f'inline; filename="captions-{stamp}.{fmt}"'}
+        return PlainTextResponse(body, media_type=EXPORTS[fmt], headers=headers)
+
+    async def watch(self, ws: WebSocket) -> None:
+        await ws.accept()
+        status, meta = await self._resolve(ws.path_params["token"])
+        if meta is None:
+            code = "expired" if status == 410 else "not_found"
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await ws.send_text(json.dumps({"type": "error", "code": code, "status": status}))
+                await ws.close(1008)
+            return
+        session_id = meta["id"]
+        viewer = Viewer(ws.send_text)
+        # Register before reading the snapshot: whatever is published from here on is queued, and the
+        # viewer drops what the snapshot already holds (finals by seq, interims of finished turns).
+        self.backend.hub.add(session_id, viewer)
+        sender = reader = None
+        try:
+            meta = await self.backend.get_session(session_id) or meta
+            turns = await self.backend.get_turns(session_id)
+            await ws.send_text(json.dumps({
+                "type": "snapshot", "live": meta["live"], "end_reason": meta.get("end_reason"),
+                "turns": [{"seq": t["seq"], "turn": t["turn"], "text": t["text"], "start": t["start"], "end": t["end"]}
+                          for t in turns]}, separators=(",", ":"), ensure_ascii=False))
+            if not meta["live"]:
+                await ws.close(1000)
+                return
+            viewer.min_seq = len(turns)
+            viewer.done_turn = max((t["turn"] for t in turns if isinstance(t["turn"], int)), default=-1)
+            sender = asyncio.create_task(viewer.run())
+            reader = asyncio.create_task(self._drain(ws))
+            done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if sender in done and not sender.exception():
+                why = sender.result()
+                log.debug("viewer_done", extra=fields(session=session_id, why=why))
+                await ws.close(1000 if why in ("ended", "revoked") else 1013)  # 1013: try again (overflow)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the viewer left
+        finally:
+            self.backend.hub.remove(session_id, viewer)
+            for task in (sender, reader):
+                if task is not None:
+                    task.cancel()
+
+    @staticmethod
+    async def _drain(ws: WebSocket) -> None:
+        """Viewers send nothing that matters; read only to notice when they leave."""
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+    # ---- owner -----------------------------------------------------------------------------------
+
+    async def _owned(self, request: Request) -> dict[str, Any] | None:
+        owner = self.owners.read(request)
+        if owner is None:
+            return None
+        meta = await self.backend.get_session(request.path_params["session_id"][:64])
+        return meta if meta is not None and meta.get("owner") == owner else None
+
+    async def _revoke(self, meta: dict[str, Any]) -> None:
+        await self.backend.set_share(meta["id"], meta["share_version"] + 1, None)
+        await self.backend.publish(meta["id"], live_revoked())  # open viewer sockets close now
+        log.info("share_revoked", extra=fields(session=meta["id"]))
+
+    async def _new_link(self, meta: dict[str, Any]) -> str:
+        version = meta["share_version"] + 1  # a new link also retires the previous one
+        token = self.links.mint(meta["id"], version)
+        await self.backend.set_share(meta["id"], version, token)
+        log.info("share_created", extra=fields(session=meta["id"]))
+        return token
+
+    async def api_share(self, request: Request) -> Response:
+        if not origin_allowed(request, self.settings):
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        meta = await self._owned(request)
+        if meta is None:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        if request.method == "DELETE":
+            await self._revoke(meta)
+            return Response(status_code=204)
+        token = await self._new_link(meta)
+        return JSONResponse({"share_url": f"/s/{token}"}, status_code=201)
+
+    async def revoke_form(self, request: Request) -> Response:
+        if origin_allowed(request, self.settings) and (meta := await self._owned(request)) is not None:
+            await self._revoke(meta)
+        return RedirectResponse("/sessions", status_code=303)
+
+    async def new_link_form(self, request: Request) -> Response:
+        if origin_allowed(request, self.settings) and (meta := await self._owned(request)) is not None:
+            await self._new_link(meta)
+        return RedirectResponse("/sessions", status_code=303)
+
+    async def owner_export(self, request: Request) -> Response:
+        meta = await self._owned(request)
+        if meta is None or request.path_params["fmt"] not in EXPORTS:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return await self._export(meta, request.path_params["fmt"])
+
+    async def _listing(self, request: Request) -> list[dict[str, Any]]:
+        owner = self.owners.read(request)
+        if owner is None:
+            return []
+        rows = await self.backend.list_sessions(owner)
+        for row in rows:
+            row["share_url"] = f"/s/{row['share_token']}" if row.get("share_token") else None
+            row["started"] = _when(row["started_at"])
+        return rows
+
+    async def api_list(self, request: Request) -> Response:
+        rows = await self._listing(request)
+        return JSONResponse({"sessions": [
+            {**_public_meta(r), "share_url": r["share_url"]} for r in rows]}, headers={"Cache-Control": "no-store"})
+
+    async def sessions_page(self, request: Request) -> Response:
+        rows = await self._listing(request)
+        response = self.templates.TemplateResponse(request, "sessions.html", {
+            "sessions": rows, "formats": list(EXPORTS), "asset_version": self.asset_version},
+            headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
+        return self.ensure_owner_cookie(request, response)
