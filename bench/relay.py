@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Fake Flux upstream (picows server)
 # =====================================================================================================
 
-def run_upstream(port: int, every: int) -> None:
+def run_upstream(port: int, every: int, turn_every: int) -> None:
     import asyncio
     import gc
     import uuid
@@ -62,9 +62,9 @@ def run_upstream(port: int, every: int) -> None:
              '{"word":"relay","confidence":0.93,"start":0.4,"end":0.8},'
              '{"word":"benchmark","confidence":0.91,"start":0.8,"end":1.3},'
              '{"word":"update","confidence":0.9,"start":1.3,"end":1.6}]')
-    update = ('{"type":"TurnInfo","request_id":"%s","sequence_id":%d,"event":"Update","turn_index":0,'
-              '"audio_window_start":0.0,"audio_window_end":%.2f,"transcript":"t%d s%d c%d",' + words
-              + ',"end_of_turn_confidence":0.05}')
+    update = ('{"type":"TurnInfo","request_id":"%s","sequence_id":%d,"event":"%s","turn_index":%d,'
+              '"audio_window_start":%.2f,"audio_window_end":%.2f,"transcript":"t%d s%d c%d",' + words
+              + ',"end_of_turn_confidence":%s}')
     final = ('{"type":"TurnInfo","request_id":"%s","sequence_id":%d,"event":"EndOfTurn","turn_index":0,'
              '"audio_window_start":0.0,"audio_window_end":%.2f,"transcript":"e%d g%d r%d","words":[],'
              '"end_of_turn_confidence":0.9,"trigger":"manual"}')
@@ -73,7 +73,8 @@ def run_upstream(port: int, every: int) -> None:
         def __init__(self):
             super().__init__()
             self.rid = str(uuid.uuid4())
-            self.count = self.expect = self.gaps = self.reorders = self.sid = 0
+            self.count = self.expect = self.gaps = self.reorders = self.sid = self.turn = 0
+            self.turn_start = 0.0
 
         def on_ws_connected(self, t):
             stats["connections"] += 1
@@ -104,7 +105,15 @@ def run_upstream(port: int, every: int) -> None:
                 if self.count % every == 0:
                     self.sid += 1
                     stats["replies"] += 1
-                    t.send(TEXT, (update % (self.rid, self.sid, self.count * 0.08, ts, seq, self.count)).encode())
+                    end = self.count * 0.08
+                    if self.sid % turn_every:
+                        t.send(TEXT, (update % (self.rid, self.sid, "Update", self.turn, self.turn_start, end, ts, seq,
+                                                self.count, "0.05")).encode())
+                    else:   # the turn ends: the relay delivers a final and trims its replay buffer
+                        t.send(TEXT, (update % (self.rid, self.sid, "EndOfTurn", self.turn, self.turn_start, end, ts,
+                                                seq, self.count, '0.9,"trigger":"model"')).encode())
+                        self.turn += 1
+                        self.turn_start = end
             elif mt is TEXT:
                 if b"CloseStream" in f.get_payload_as_bytes():
                     self.sid += 1
@@ -470,7 +479,7 @@ class Target:
         else:
             env = dict(os.environ, STT_BACKEND="deepgram", DEEPGRAM_API_KEY="bench-key",
                        DEEPGRAM_URL=f"ws://127.0.0.1:{up_port}/v2/listen", SECRET_KEY="bench-secret",
-                       DATA_DIR=str(tmp / "data"), HOST="127.0.0.1", PORT=str(self.port))
+                       DATA_DIR=str(tmp / f"data-{self.port}"), HOST="127.0.0.1", PORT=str(self.port))
             env.pop("ACCESS_TOKEN", None)
             env.pop("ALLOWED_ORIGINS", None)
             if mode == "relay":
@@ -538,6 +547,10 @@ class Target:
             self.log.close()
 
 
+def busy(t) -> float:
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+
 def pct(sorted_vals, q):
     if not sorted_vals:
         return float("nan")
@@ -566,9 +579,11 @@ def run_point(mode: str, k: int, args, tmp: Path, up, up_port: int) -> dict:
         lgp, upp = psutil.Process(lg.pid), psutil.Process(up.pid)
         lines.get(args.warmup + 10, "measure_start")
         c0, cw0, w0 = target.cpu(), target.cpu_by_proc(), time.monotonic()
+        m0 = psutil.cpu_times()
         side0 = sum(sum(p.cpu_times()[:2]) for p in (lgp, upp))
         lines.get(args.measure + 10, "measure_end")
         c1, cw1, w1 = target.cpu(), target.cpu_by_proc(), time.monotonic()
+        m1 = psutil.cpu_times()
         side1 = sum(sum(p.cpu_times()[:2]) for p in (lgp, upp))
         rss_busy = target.rss()
         res = lines.get(60 + k / 20, "result")
@@ -593,7 +608,9 @@ def run_point(mode: str, k: int, args, tmp: Path, up, up_port: int) -> dict:
                reordered=res["reorders"] + res["reply_reorders"] + upd["reorders"],
                no_final=res["no_final"], frames_sent=res["frames_total"], frames_at_upstream=upd["frames"],
                relay_errors=res["relay_errors"], lag_p99_ms=res["lag_p99_ms"], lag_max_ms=res["lag_max_ms"],
-               core1_pct=100 * (side1 - side0) / wall)
+               core1_pct=100 * (side1 - side0) / wall,
+               # machine busy time minus ours: other tenants of this VM (rough; the two sources disagree a little)
+               other_pct=100 * (busy(m1) - busy(m0) - (c1 - c0) - (side1 - side0)) / wall)
     if mode != "direct":
         row.update(cpu_pct=100 * (c1 - c0) / wall, us_per_frame=1e6 * (c1 - c0) / max(1, res["frames_window"]),
                    kb_idle=(rss_idle - rss0) / k / 1024, kb_busy=(rss_busy - rss0) / k / 1024, rss0_mb=rss0 / 2 ** 20,
@@ -616,7 +633,7 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
     direct = {r["k"]: r for r in rows if r["mode"] == "direct"}
     nginx = {r["k"]: r for r in rows if r["mode"] == "nginx"}
     hdr = ("| mode | K | frames/s | p50 ms | p99 ms | +p50 ms | +p99 ms | CPU % | µs/frame | CPU ×nginx | KB/stream idle "
-           "| KB/stream busy | lost / reordered | replies | loadgen lag p99 ms | core 1 % | keeps up |")
+           "| KB/stream busy | lost / reordered | replies | loadgen lag p99 ms | core 1 % | other % | keeps up |")
     print(hdr, file=file)
     print("|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|", file=file)
     for r in rows:
@@ -635,7 +652,7 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
               f"{fmt(add99, 2)} | {cpu_s if cpu is not None else '-'} | {fmt(r.get('us_per_frame'))} | "
               f"{fmt(ratio, 2) if ratio else '-'} | {fmt(r.get('kb_idle'), 0)} | {fmt(r.get('kb_busy'), 0)} | "
               f"{r['lost']} / {r['reordered']} | {r['replies']}/{r['replies_expected']} | {fmt(r['lag_p99_ms'], 1)} | "
-              f"{fmt(r['core1_pct'], 0)} | {verdict} |", file=file)
+              f"{fmt(r['core1_pct'], 0)} | {fmt(r['other_pct'], 0)} | {verdict} |", file=file)
 
 
 def orchestrate(args) -> int:
@@ -655,7 +672,8 @@ def orchestrate(args) -> int:
             modes.remove("nginx")
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     raise_nofile()
-    up = subprocess.Popen(taskset("1") + [args.python, __file__, "_upstream", "--every", str(args.every)],
+    up = subprocess.Popen(taskset("1") + [args.python, __file__, "_upstream", "--every", str(args.every),
+                                          "--turn-every", str(args.turn_every)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
     rows: list[dict] = []
     started = time.monotonic()
@@ -672,10 +690,22 @@ def orchestrate(args) -> int:
                     print(f"time budget of {args.budget} s used up: stopping", flush=True)
                     raise StopIteration
                 t = time.monotonic()
-                try:
-                    row = run_point(mode, k, args, tmp, up, up_port)
-                except (TimeoutError, EOFError, RuntimeError) as exc:
-                    print(f"  {mode:7s} K={k}: FAILED ({exc}); not run at larger K", flush=True)
+                row = None
+                for attempt in range(1 + args.retries):
+                    try:
+                        got = run_point(mode, k, args, tmp, up, up_port)
+                    except (TimeoutError, EOFError, RuntimeError) as exc:
+                        print(f"  {mode:7s} K={k}: FAILED ({exc})", flush=True)
+                        continue
+                    got["attempts"] = attempt + 1
+                    if row is None or got["other_pct"] < row["other_pct"]:
+                        row = got
+                    if got["other_pct"] <= args.max_other and got["harness_ok"]:
+                        break
+                    print(f"  {mode:7s} K={k}: other tenants used {got['other_pct']:.0f} % of a core, loadgen lag p99 "
+                          f"{got['lag_p99_ms']} ms: measuring again", flush=True)
+                if row is None:
+                    print(f"  {mode:7s} K={k}: not run at larger K", flush=True)
                     active.remove(mode)
                     continue
                 rows.append(row)
@@ -683,7 +713,7 @@ def orchestrate(args) -> int:
                       f"cpu {fmt(row.get('cpu_pct'), 0)} %, {fmt(row.get('us_per_frame'))} µs/frame, "
                       f"idle {fmt(row.get('kb_idle'), 0)} KB/stream, lost {row['lost']} reord {row['reordered']}, "
                       f"replies {row['replies']}/{row['replies_expected']}, lag p99 {row['lag_p99_ms']} ms, "
-                      f"core1 {row['core1_pct']:.0f} %, keeps up {row['keeps_up']} ({time.monotonic() - t:.0f} s)",
+                      f"core1 {row['core1_pct']:.0f} %, other {row['other_pct']:.0f} %, keeps up {row['keeps_up']} ({time.monotonic() - t:.0f} s)",
                       flush=True)
                 if not row["keeps_up"]:
                     if mode == "direct":
@@ -724,8 +754,9 @@ def main(argv=None) -> int:
         p = argparse.ArgumentParser()
         p.add_argument("--port", type=int, default=0)
         p.add_argument("--every", type=int, default=3)
+        p.add_argument("--turn-every", type=int, default=16)
         a = p.parse_args(argv[1:])
-        run_upstream(a.port, a.every)
+        run_upstream(a.port, a.every, a.turn_every)
         return 0
     if argv and argv[0] == "_loadgen":
         p = argparse.ArgumentParser()
@@ -747,6 +778,12 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--measure", type=float, default=8.0)
     p.add_argument("--every", type=int, default=3, help="upstream answers every N-th frame (3 = every 240 ms)")
+    p.add_argument("--turn-every", type=int, default=16,
+                   help="every N-th reply is an EndOfTurn (16 x 240 ms = turns of 3.84 s) instead of an Update")
+    p.add_argument("--retries", type=int, default=2,
+                   help="measure a point again (keeping the quietest attempt) when other processes on the machine "
+                        "used more than --max-other %% of a core or the load generator lagged")
+    p.add_argument("--max-other", type=float, default=25.0)
     p.add_argument("--behind-ms", type=float, default=100.0, help="p99 round trip above this = falls behind")
     p.add_argument("--repo", default=str(REPO), help="the caption-relay checkout to run (default: this one)")
     p.add_argument("--python", default=sys.executable, help="interpreter with the relay's dependencies")

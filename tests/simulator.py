@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+FLUX_ENCODINGS = ("linear16", "linear32", "mulaw", "alaw", "opus", "ogg-opus")
 DEFAULT_SCRIPT = [["Hello", "world,", "this", "is", "a", "caption", "test."], ["Second", "turn", "here."]]
 
 
@@ -139,6 +140,14 @@ class Simulator:
         return len(self.records) < self.faults.connections
 
     def _process_request(self, conn: ServerConnection, request):
+        parts = urlsplit(request.path)
+        if parts.path == "/v2/listen":
+            query = dict(parse_qsl(parts.query))
+            problem = (None if query.get("model") in ("flux-general-en", "flux-general-multi") else "model") or \
+                (None if query.get("encoding", "linear16") in FLUX_ENCODINGS else "encoding") or \
+                (None if query.get("sample_rate", "16000") in ("8000", "16000", "24000", "44100", "48000") else "sample_rate")
+            if problem:  # Flux validates the query at the upgrade: HTTP 400 with a JSON body
+                return conn.respond(400, json.dumps({"code": "INVALID_PARAMETER", "description": f"invalid {problem}"}))
         status = self.faults.handshake_status
         if status is not None and self._faulty():
             response = conn.respond(status, json.dumps({"err_code": "SIMULATED", "err_msg": f"simulated {status}"}))

@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from . import config as config_mod
 from . import protocol
 from .config import Settings
+from .embed import EmbedRefused, Embeds
 from .logs import fields
 from .protocol import ParamError, parse_params
 from .quotas import QuotaError, Quotas
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     asset_version = _asset_version()
     sharing = Sharing(settings, load_secret_key(settings), asset_version)  # sessions, share links, viewers
+    embeds = Embeds(settings, load_secret_key(settings), asset_version)  # the /embed widget and its keys
 
     async def index(request: Request) -> Response:
         response = templates.TemplateResponse(request, "index.html", {
@@ -91,7 +93,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await ws.close(code=1008)  # before accept: the handshake is answered with HTTP 403
             return
         await ws.accept()
-        if not login.allowed(ws):
+        # Widget sockets carry their embed key (webapp/embed.py): a bad, expired or revoked one is refused; a good
+        # capture key stands in for the login, which a frame on another site cannot have.
+        try:
+            embed_key = embeds.socket_key(ws.query_params.get("key"))
+        except EmbedRefused as exc:
+            await _refuse(ws, exc.code, exc.message)
+            return
+        if embed_key is None and not login.allowed(ws):
             await _refuse(ws, "unauthorized", "This server needs its access token: reload the page and log in.")
             return
         try:
@@ -117,12 +126,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return
         session = RelaySession(ws, settings, params, sink=sink, resume=resume, resume_token=resume_tokens.issue,
                                audio_limit_s=lease.audio_limit_s, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
+        try:  # the embed key's --max-streams; its slot lets a revocation end the session
+            embed_slot = embeds.take_slot(embed_key, session)
+        except EmbedRefused as exc:
+            lease.release(0.0)
+            await _refuse(ws, exc.code, exc.message, retry_after=exc.retry_after)
+            return
         live.add(session)
         try:
             await session.run()
         finally:
             live.remove(session)
             lease.release(session.log.end / session.bps - (resume or {}).get("offset_s", 0.0))
+            embed_slot.release()
 
     async def _resume_state(token: str, sink) -> dict | None:
         """The state to continue a session from, or None when it must not be continued."""
@@ -160,6 +176,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/favicon.ico", favicon),
         WebSocketRoute("/ws/listen", listen),
         *sharing.routes(),  # /s/<token>…, /ws/watch/<token>, /sessions, /api/sessions/…
+        *embeds.routes(),  # /embed (the widget, framable by the sites its key names), /embed/snippet
         Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import config, logs
+from . import config, embed, logs
 
 
 def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = sub.add_parser("engine", help="serve the embedded recognizer as a Flux-compatible /v2/listen endpoint")
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, default=8765)
+    embed.add_cli(sub)  # embed-key: mint or revoke a key for the /embed widget
     args = parser.parse_args(argv)
 
     try:
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caption-relay: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.secrets)
+
+    if args.command == "embed-key":
+        return embed.cli(args, settings)
 
     if args.command == "engine":
         from . import engine as engine_mod

@@ -2,8 +2,8 @@
 
 Layout (measured in docs/embedded-stt.md §8): one worker process per core, each with one Transcriber and several
 streams on threads; the web process never runs add_audio. Moonshine only ends a line ~0.6-0.7 s after speech, so
-each stream runs its own energy endpointer on the PCM: after 0.1 s of silence it decodes the line once more (one
-non-streaming pass) with a synthetic noise tail (without trailing audio tiny-en repeats or drops the last words,
+each stream runs its own energy endpointer on the PCM: after 0.1 s of silence it decodes the line once more (on a
+scratch stream) with a synthetic noise tail (without trailing audio tiny-en repeats or drops the last words,
 §6.3) and, once the silence reaches 0.2 s, commits that text as the final one. The decode is speculative, so
 part of its time overlaps the silence window. Moonshine's streaming lines give the interims; its own line end is
 only a fallback, and lines it makes up on noise (no speech heard by the endpointer) are never shown.
@@ -320,19 +320,19 @@ class _Session:
         return max(start, self.floor, self.buf_start)
 
     def _decode(self) -> str:
-        """Decode the current line once (one non-streaming pass over it), with a synthetic noise tail.
-        (A scratch stream would need update_transcription() before stop(): stop() alone returns empty lines.)"""
+        """Decode the current line once, with a synthetic noise tail."""
         a = self.buf[self._region_start() - self.buf_start:]
         pad = (self.rng.normal(0.0, 20.0, int(PAD_SECONDS * RATE)) / 32768.0).astype(np.float32)
         audio = np.ascontiguousarray(np.concatenate([a, pad]), dtype=np.float32)
-        from moonshine_voice.moonshine_api import TranscriptC
-        out = ctypes.POINTER(TranscriptC)()
-        err = self.lib.moonshine_transcribe_without_streaming(
-            self.tr._handle, audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(audio), RATE, 0, ctypes.byref(out))
-        if err < 0:
-            from moonshine_voice.errors import check_error
-            check_error(err)
-        transcript = self.tr._parse_transcript(out)
+        # A scratch stream, not transcribe_without_streaming: that returns a buffer owned by the Transcriber,
+        # which another stream's thread overwrites (garbage text seen with 2 streams per worker).
+        scratch = self.tr.create_stream(update_interval=1e9)
+        try:
+            scratch.start()
+            self._add(scratch, audio)
+            transcript = scratch.update_transcription(self.force_flag)  # stop() alone would return empty lines
+        finally:
+            scratch.close()
         lines = transcript.lines if transcript is not None else []
         return " ".join(line.text.strip() for line in lines if line.text.strip())
 

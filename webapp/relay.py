@@ -398,7 +398,8 @@ class RelaySession:
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 budget = self.settings.upstream_retry_seconds - (now - outage_since)
-                if not exc.retryable or delay > budget:
+                # A full embedded recognizer is answered at once: the user may retry, the relay should not wait.
+                if not exc.retryable or exc.code == "capacity" or delay > budget:
                     self.close_reason = "capacity" if exc.code == "capacity" else "upstream_error"
                     log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt))
                     return exc.event()
