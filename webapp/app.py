@@ -132,13 +132,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             lease.release(0.0)
             await _refuse(ws, exc.code, exc.message, retry_after=exc.retry_after)
             return
+        def settle(session: RelaySession) -> None:
+            """Runs before the page hears `closed`, so a client that reconnects at once meets up-to-date
+            limits and a resumable record."""
+            live.remove(session)
+            lease.release(session.log.end / session.bps - (resume or {}).get("offset_s", 0.0))
+            embed_slot.release()
+
+        session.on_end = settle
         live.add(session)
         try:
             await session.run()
         finally:
-            live.remove(session)
-            lease.release(session.log.end / session.bps - (resume or {}).get("offset_s", 0.0))
-            embed_slot.release()
+            settle(session)  # idempotent; covers a session that failed before its own end
 
     async def _resume_state(token: str, sink) -> dict | None:
         """The state to continue a session from, or None when it must not be continued."""

@@ -212,6 +212,7 @@ class RelaySession:
         self.resume_token = resume_token
         self.limit_bytes = int(audio_limit_s * self.bps) + self.log.end if audio_limit_s is not None else None
         self.on_limit = on_limit
+        self.on_end: Callable[["RelaySession"], None] | None = None  # bookkeeping before `closed` is sent
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_error: dict[str, Any] | None = None
@@ -457,6 +458,8 @@ class RelaySession:
                     await self.sink.closed(self, self.close_reason)
                 except Exception:
                     log.exception("sink_close_failed", extra=fields(session=self.id))
+            if self.on_end is not None:
+                self.on_end(self)
             if error is not None:
                 self.out.put(error)
             self.out.put({"type": "closed", "reason": self.close_reason})
