@@ -371,3 +371,16 @@ def test_backend_defaults(env, backend):
     assert settings.backend == backend
     assert settings.model == config.DEFAULT_MODELS[backend]
     assert "SECRET" not in repr(settings)  # keys are kept out of repr
+
+
+async def test_audio_is_transcribed_even_if_the_page_leaves_before_ready(flux_app, sim):
+    """The browser sends 3 s and goes away while the upstream is still connecting: nothing said is dropped."""
+    sim.faults.greet_delay = 0.5
+    pcm = tone_pcm(3.0)
+    async with connect(f"{flux_app.ws}/ws/listen", compression=None) as ws:
+        for chunk in frames(pcm):
+            await ws.send(chunk)
+    rec = await sim.until(lambda: sim.records and sim.records[0].closed and sim.records[0])
+    assert bytes(rec.audio[: len(pcm)]) == pcm
+    ends = [m for m in rec.sent if m.get("event") == "EndOfTurn"]
+    assert ends and ends[0]["transcript"] == SCRIPT_FINALS[0]

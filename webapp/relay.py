@@ -442,10 +442,12 @@ class RelaySession:
                                            "session was closed. Press Start to caption again.")
                 else:
                     self.close_reason = "client_gone"
-                if self.live:
-                    with contextlib.suppress(UpstreamError, asyncio.TimeoutError, OSError):
+                # Live: close now. Still connecting: _connect() replays the buffered audio and closes
+                # (self.closing), so what was said before the stop is still transcribed.
+                with contextlib.suppress(UpstreamError, asyncio.TimeoutError, OSError):
+                    if self.live:
                         await self.upstream.close()
-                        await asyncio.wait_for(upstream_done, CLOSE_TIMEOUT)
+                    await asyncio.wait_for(upstream_done, CLOSE_TIMEOUT)
         finally:
             for task in (reader, upstream_done, idle, stopper):
                 task.cancel()
