@@ -48,6 +48,7 @@ class Record:
     sent: list[dict] = field(default_factory=list)
     closed: bool = False
     faulty: bool = True
+    dropped_at: float | None = None   # time.monotonic() when a drop or stall fault fired
 
     @property
     def controls(self) -> list[str]:
@@ -292,6 +293,7 @@ class ScriptedSession:
                         await self.ws.wait_closed()
                         return
                     if faults.drop_after_bytes is not None and n >= faults.drop_after_bytes:
+                        self.rec.dropped_at = time.monotonic()
                         self.ws.transport.abort()  # a network drop: no close frame
                         return
                     if faults.error_after_bytes is not None and n >= faults.error_after_bytes and not self.error_sent:

@@ -395,7 +395,8 @@ class RelaySession:
                 now = time.monotonic()
                 outage_since = outage_since or now
                 attempt += 1
-                delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+                # First retry at once (a dropped connection usually reconnects fine), then capped backoff.
+                delay = 0.0 if attempt == 1 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 2)) * random.uniform(0.8, 1.2)
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 budget = self.settings.upstream_retry_seconds - (now - outage_since)
