@@ -9,7 +9,8 @@ Definitions:
   end of speech / onset: from each clip's 20 ms energy envelope (tests/speech.py speech_bounds);
   EOT latency: wall time of the clip's last EndOfTurn minus the time the chunk holding its end of speech was sent;
   first interim: first interim transcript of the clip minus the time the chunk holding its onset was sent;
-  keeps up: every clip got an EndOfTurn, EOT p95 <= 1.0 s and the largest interim lag <= 1.5 s;
+  keeps up (no stream falling behind): every clip got its EndOfTurn and the largest interim lag stays <= 1.5 s
+  (latency percentiles are reported beside it, against their own targets);
   CPU RTF per stream: CPU seconds of the web + worker processes / (streams x audio seconds);
   memory: summed RSS of the web process and the workers, sampled every 0.25 s.
 Every loop is bounded: fixed levels, fixed audio, a timeout per level.
@@ -165,7 +166,7 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     missing = sum(r["eot"] is None for r in rows)
     words = sum(r["words"] for r in rows)
     errors = sum(r["errors"] for r in rows)
-    keeps_up = missing == 0 and pct(eots, 95) <= 1.0 and max_lag <= 1.5
+    keeps_up = missing == 0 and max_lag <= 1.5
     return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
             "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
             "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
