@@ -3,6 +3,7 @@ Flux-compatible embedded recognizer on its own."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from . import config, embed, logs
@@ -47,5 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                             http="httptools", ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
                             access_log=False, timeout_graceful_shutdown=10,
                             proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
+    # The start-up heap (imports, templates) never dies: keep it out of every later full collection.
+    gc.collect()
+    gc.freeze()
     DrainingServer(server_config, app.state.live).run()
     return 0

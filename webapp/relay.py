@@ -339,6 +339,7 @@ class RelaySession:
         """(Re)connect upstream, then send everything the log holds that this connection has not had."""
         up = self.factory(self.settings, self.params)
         up.on_silence = self._silence_sent
+        up.listener = self._deliver
         self.upstream = up
         await up.connect()
         if not self.ever_live:
@@ -384,7 +385,7 @@ class RelaySession:
                                                           connect_ms=round((time.monotonic() - self.started) * 1000)))
                 self.ever_live, outage_since, attempt = True, None, 0
                 async for event in self.upstream.events():
-                    self._deliver(event)
+                    self._deliver(event)  # only when an upstream ignores its listener
                 return None
             except (UpstreamError, OSError, asyncio.TimeoutError) as exc:
                 if not isinstance(exc, UpstreamError):
@@ -401,7 +402,7 @@ class RelaySession:
                     delay = max(delay, exc.retry_after)
                 budget = self.settings.upstream_retry_seconds - (now - outage_since)
                 # A full embedded recognizer is answered at once: the user may retry, the relay should not wait.
-                if not exc.retryable or exc.code == "capacity" or delay > budget:
+                if not exc.retryable or exc.code == "capacity" or delay >= budget:
                     self.close_reason = "capacity" if exc.code == "capacity" else "upstream_error"
                     log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt))
                     return exc.event()

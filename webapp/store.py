@@ -195,6 +195,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
 
+    def has_viewers(self, session_id: str) -> bool:
+        """Whether a live interim for this session can reach anyone. Viewers may be on other instances
+        unless the fan-out is in-process, so the default is yes."""
+        return True
+
     @abc.abstractmethod
     async def reopen_session(self, session_id: str) -> None:
         """A resumed session is live again (its page reconnected, maybe to a restarted server)."""
@@ -283,6 +288,9 @@ class LocalBackend(Backend):
         await self.db.execute(f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                               [values[c] for c in cols] + [session_id])
         self.hub.deliver(session_id, live)
+
+    def has_viewers(self, session_id: str) -> bool:
+        return self.hub.count(session_id) > 0  # the fan-out is in this process: it knows
 
     async def reopen_session(self, session_id: str) -> None:
         await self.db.execute("UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = ?", (session_id,))
@@ -565,8 +573,8 @@ class Recorder(SessionSink):
         if self.writer is None or event.get("type") != "transcript":
             return
         queue = self.queue
-        if len(queue) >= WRITE_QUEUE and not event.get("final"):
-            return  # the store is stalled: interims are expendable, finals are not
+        if not event.get("final") and (len(queue) >= WRITE_QUEUE or not self.backend.has_viewers(self.session_id)):
+            return  # interims are only for live viewers, and expendable when the store is stalled
         queue.append(event)
         self.wake.set()
 
