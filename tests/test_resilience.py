@@ -104,3 +104,19 @@ async def test_outage_longer_than_the_buffer_reports_the_gap(simulator, session_
     assert union(got + lost) == [(0, len(pcm))]
     assert messages[-1]["type"] == "closed"
     assert [m["state"] for m in messages if m["type"] == "status"][-1] == "live"
+
+
+async def test_a_turn_longer_than_the_buffer_on_a_healthy_link_loses_nothing(simulator, session_tmp):
+    """REPLAY_SECONDS=1 while the first turn takes 2.5 s: the buffer overflows on a healthy link, which has every
+    byte, so a later reconnect (a drop at 3.0 s, after that turn's final) must not report a gap."""
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "REPLAY_SECONDS": "1", "UPSTREAM_RETRY_SECONDS": "20"}
+    pcm = speaker_audio(4.0)
+    simulator.reset(reference=pcm)
+    simulator.faults.drop_after_bytes, simulator.faults.connections = 3 * 32000, 1
+    with running_app(env, session_tmp, "long-turn") as app:
+        messages = await run_capture(f"{app.ws}/ws/listen", pcm, pace=PACE)
+    assert [m["state"] for m in messages if m["type"] == "status"] == ["reconnecting", "live"]
+    assert not [m for m in messages if m["type"] in ("gap", "error")], messages
+    assert finals(messages) == ["Hello world, this is a caption test.", "Second turn here."]
+    assert union(coverage(pcm, simulator.records)) == [(0, len(pcm))]

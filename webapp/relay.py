@@ -145,11 +145,16 @@ class AudioLog:
         self.limit = limit_bytes
         self.lost: list[tuple[int, int]] = []   # (start, end) offsets dropped for lack of room, not yet reported
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes, upstream_has_it: bool) -> None:
+        """Add a frame; over the limit, forget the oldest. Those count as lost only if no healthy upstream
+        connection has them (a turn longer than the buffer on a healthy link loses nothing)."""
         self.frames.append(data)
         self.end += len(data)
         while self.end - self.start > self.limit:
             dropped = len(self.frames.popleft())
+            if upstream_has_it:
+                self.start += dropped
+                continue
             if self.lost and self.lost[-1][1] == self.start:
                 self.lost[-1] = (self.lost[-1][0], self.start + dropped)
             else:
@@ -239,7 +244,7 @@ class RelaySession:
                 self._bad("bad_message", "audio after CloseStream is ignored")
             return  # the server is ending the session (restart, limit): the page will resend on resume
         self.last_audio = time.monotonic()
-        self.log.append(data)
+        self.log.append(data, self.live)
         if self.limit_bytes is not None and self.log.end > self.limit_bytes:
             code, message, retry_after = self.on_limit()
             self.limit_bytes = None
@@ -291,7 +296,7 @@ class RelaySession:
 
     def _silence_sent(self, data: bytes) -> None:
         """The upstream bridged a pause with silence: count it on the session timeline too."""
-        self.log.append(data)
+        self.log.append(data, True)
         self.sent_to += len(data)
 
     def _report_gaps(self) -> None:
