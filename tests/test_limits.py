@@ -211,3 +211,25 @@ def test_fuzzed_frame_sequences_leave_the_server_healthy(app, sim):
     with urllib.request.urlopen(app.http + "/healthz", timeout=5) as r:
         assert r.status == 200
     assert rss_kb(app.proc.pid) - rss_before < 60_000  # KB: bounded, nothing accumulates per session
+
+
+async def test_thousands_of_tiny_frames(app, sim):
+    """5,000 two-byte frames as fast as the client can send, then ordinary audio: every byte arrives in order,
+    the session carries on, and the server stays responsive."""
+    tiny = [i.to_bytes(2, "little", signed=True) for i in range(-2500, 2500)]
+    pcm = tone_pcm(3.0)
+    t0 = asyncio.get_running_loop().time()
+    async with connect(f"{app.ws}/ws/listen", compression=None) as ws:
+        reader = asyncio.create_task(collect_until_closed(ws, timeout=30))
+        for frame in tiny:
+            await ws.send(frame)
+        for chunk in frames(pcm):
+            await ws.send(chunk)
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        messages = await reader
+    assert asyncio.get_running_loop().time() - t0 < 15
+    assert not [m for m in messages if m["type"] == "error"]
+    rec = sim.records[0]
+    assert bytes(rec.audio[: 10000 + len(pcm)]) == b"".join(tiny) + pcm
+    with urllib.request.urlopen(app.http + "/healthz", timeout=5) as r:
+        assert r.status == 200
