@@ -1,6 +1,7 @@
 // The embeddable widget (/embed, docs/embed.md): live captions of this device's microphone (capture mode) or
 // of someone else's shared session (view mode), in a frame of a site the embed key names. It reports to the
 // embedding page with postMessage and takes start/stop commands from it.
+import { watchLive } from './watch.js';
 import { describeCaptureError, startCapture } from './capture.js';
 import { levelToMeter } from './pcm.js';
 import { AudioQueue, GIVE_UP_MS, backoffDelay, decide, isInputError } from './reconnect.js';
@@ -342,7 +343,6 @@ async function stop() {
 
 function watch() {
   let done = false;
-  let retryMs = 1000;
   let interimKey = null;
   const finalKey = (seq) => `seq-${seq}`;
   const stopWatching = (state, code, message) => {
@@ -353,67 +353,49 @@ function watch() {
     if (message) showError(code, message);
     setState(state);
   };
-  const open = () => {
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(`${scheme}//${location.host}${body.dataset.watch}`);
-    ws.onmessage = (e) => {
-      let msg;
-      try {
-        msg = JSON.parse(e.data);
-      } catch {
-        return;
-      }
-      switch (msg.type) {
-        case 'snapshot':
-          retryMs = 1000;
-          clearLines();
+  const message = (msg) => {
+    switch (msg.type) {
+      case 'snapshot':
+        clearLines();
+        interimKey = null;
+        hooks.finals = [];
+        for (const t of msg.turns.slice(-KEPT)) {
+          showLine(finalKey(t.seq), t.text, true);
+          hooks.finals.push(t.text);
+        }
+        if (msg.live) setState('live');
+        else stopWatching('ended');
+        break;
+      case 'transcript':
+        if (msg.final) {
+          if (paragraphs.has(finalKey(msg.seq))) return; // already in the snapshot
+          if (interimKey) dropLine(interimKey);
           interimKey = null;
-          hooks.finals = [];
-          for (const t of msg.turns.slice(-KEPT)) {
-            showLine(finalKey(t.seq), t.text, true);
-            hooks.finals.push(t.text);
-          }
-          if (msg.live) setState('live');
-          else stopWatching('ended');
-          break;
-        case 'transcript':
-          if (msg.final) {
-            if (paragraphs.has(finalKey(msg.seq))) return; // already in the snapshot
-            if (interimKey) dropLine(interimKey);
-            interimKey = null;
-            showLine(finalKey(msg.seq), msg.text, true);
-            hooks.finals.push(msg.text);
-            hooks.interim = '';
-          } else {
-            interimKey ??= `interim-${msg.turn}-${Date.now()}`;
-            showLine(interimKey, msg.text, false);
-            hooks.interim = msg.text;
-          }
-          post('transcript', { turn: msg.turn, text: msg.text, final: Boolean(msg.final), start: msg.start, end: msg.end });
-          break;
-        case 'ended':
-          stopWatching('ended');
-          break;
-        case 'revoked':
-          stopWatching('revoked', 'revoked', 'The person sharing these captions turned the link off.');
-          break;
-        case 'error':
-          stopWatching('error', msg.code, msg.code === 'expired' ? 'This caption link has expired.'
-            : 'This caption link does not work; ask for a new one.');
-          break;
-        default:
-          break;
-      }
-    };
-    ws.onclose = () => {
-      if (done) return;
-      // Dropped (network, server restart): reconnect; the snapshot catches up.
-      setState('reconnecting');
-      setTimeout(open, retryMs);
-      retryMs = Math.min(retryMs * 2, 15000);
-    };
+          showLine(finalKey(msg.seq), msg.text, true);
+          hooks.finals.push(msg.text);
+          hooks.interim = '';
+        } else {
+          interimKey ??= `interim-${msg.turn}-${Date.now()}`;
+          showLine(interimKey, msg.text, false);
+          hooks.interim = msg.text;
+        }
+        post('transcript', { turn: msg.turn, text: msg.text, final: Boolean(msg.final), start: msg.start, end: msg.end });
+        break;
+      case 'ended':
+        stopWatching('ended');
+        break;
+      case 'revoked':
+        stopWatching('revoked', 'revoked', 'The person sharing these captions turned the link off.');
+        break;
+      case 'error':
+        stopWatching('error', msg.code, msg.code === 'expired' ? 'This caption link has expired.'
+          : 'This caption link does not work; ask for a new one.');
+        break;
+      default:
+        break;
+    }
   };
-  open();
+  watchLive(body.dataset.watch, { message, down: () => setState('reconnecting'), isDone: () => done });
 }
 
 // ---- wiring --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // Viewer of a shared session (/s/<token>). The server already rendered the transcript so far, so the page
 // reads fine without this module; it adds live updates over /ws/watch/<token>, follow-the-text scrolling
 // that stops when the reader scrolls up, and the large-caption mode for projection.
+import { watchLive } from './watch.js';
 
 const $ = (id) => document.getElementById(id);
 const box = $('transcript');
@@ -20,7 +21,6 @@ window.__viewer = hooks;
 
 let interimEl = null;
 let follow = true;
-let retryMs = 1000;
 let done = document.body.dataset.live !== 'true';
 
 function atBottom() {
@@ -99,52 +99,44 @@ function finish(state, label) {
   interimEl = null;
 }
 
-function connect() {
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(`${scheme}//${location.host}${document.body.dataset.watch}`);
-  ws.onmessage = (e) => {
-    let msg;
-    try {
-      msg = JSON.parse(e.data);
-    } catch {
-      return;
-    }
-    hooks.received += 1;
-    switch (msg.type) {
-      case 'snapshot':
-        retryMs = 1000;
-        snapshot(msg);
-        if (msg.live) {
-          hooks.state = 'live';
-          setBadge('live', 'Live');
-        } else {
-          finish('ended', 'Ended');
-        }
-        break;
-      case 'transcript':
-        transcript(msg);
-        break;
-      case 'ended':
+function onWatchMessage(msg) {
+  hooks.received += 1;
+  switch (msg.type) {
+    case 'snapshot':
+      snapshot(msg);
+      if (msg.live) {
+        hooks.state = 'live';
+        setBadge('live', 'Live');
+      } else {
         finish('ended', 'Ended');
-        break;
-      case 'revoked':
-        finish('revoked', 'Link turned off');
-        break;
-      case 'error':
-        finish('error', msg.code === 'expired' ? 'Link expired' : 'Link not valid');
-        break;
-      default:
-        break;
-    }
-  };
-  ws.onclose = () => {
-    if (done) return;
-    // Dropped (network, server restart, or we fell too far behind): reconnect; the snapshot catches up.
-    hooks.state = 'reconnecting';
-    setBadge('reconnecting', 'Reconnecting…');
-    setTimeout(connect, retryMs);
-    retryMs = Math.min(retryMs * 2, 15000);
-  };
+      }
+      break;
+    case 'transcript':
+      transcript(msg);
+      break;
+    case 'ended':
+      finish('ended', 'Ended');
+      break;
+    case 'revoked':
+      finish('revoked', 'Link turned off');
+      break;
+    case 'error':
+      finish('error', msg.code === 'expired' ? 'Link expired' : 'Link not valid');
+      break;
+    default:
+      break;
+  }
+}
+
+function connect() {
+  watchLive(document.body.dataset.watch, {
+    message: onWatchMessage,
+    down: () => {
+      hooks.state = 'reconnecting';
+      setBadge('reconnecting', 'Reconnecting…');
+    },
+    isDone: () => done,
+  });
 }
 
 function setLarge(on) {
