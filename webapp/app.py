@@ -45,14 +45,15 @@ def _asset_version() -> str:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or config_mod.load()
-    login = Login(settings, load_secret_key(settings))
-    resume_tokens = ResumeTokens(load_secret_key(settings))
+    secret_key = load_secret_key(settings)  # one read of DATA_DIR/secret_key for every signer below
+    login = Login(settings, secret_key)
+    resume_tokens = ResumeTokens(secret_key)
     quotas = Quotas(settings)
     live = LiveSessions()
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     asset_version = _asset_version()
-    sharing = Sharing(settings, load_secret_key(settings), asset_version)  # sessions, share links, viewers
-    embeds = Embeds(settings, load_secret_key(settings), asset_version)  # the /embed widget and its keys
+    sharing = Sharing(settings, secret_key, asset_version)  # sessions, share links, viewers
+    embeds = Embeds(settings, secret_key, asset_version)  # the /embed widget and its keys
 
     async def index(request: Request) -> Response:
         response = templates.TemplateResponse(request, "index.html", {
@@ -136,7 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             """Runs before the page hears `closed`, so a client that reconnects at once meets up-to-date
             limits and a resumable record."""
             live.remove(session)
-            lease.release(session.log.end / session.bps - (resume or {}).get("offset_s", 0.0))
+            lease.release(session.audio_seconds - (resume or {}).get("offset_s", 0.0))
             embed_slot.release()
 
         session.on_end = settle

@@ -76,7 +76,7 @@ class LiveSessions:
     def remove(self, session: "RelaySession") -> None:
         if self.running.get(session.id) is session:
             del self.running[session.id]
-        self.ended[session.id] = {"turns": session.finals, "offset_s": session.log.end / session.bps,
+        self.ended[session.id] = {"turns": session.finals, "offset_s": session.audio_seconds,
                                   "reason": session.close_reason}
         while len(self.ended) > self.ENDED_KEPT:
             del self.ended[next(iter(self.ended))]
@@ -221,6 +221,11 @@ class RelaySession:
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_error: dict[str, Any] | None = None
+
+    @property
+    def audio_seconds(self) -> float:
+        """Where the session stands on its timeline: seconds of audio received (a resumed session included)."""
+        return self.log.end / self.bps
 
     def request_stop(self, reason: str, error: dict[str, Any] | None = None) -> None:
         """End the session from outside (shutdown, a quota): finalize, deliver what is left, close."""
@@ -481,5 +486,5 @@ class RelaySession:
                 await self.ws.close(code)
             self.done.set()
             log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
-                                                 audio_s=round(self.log.end / self.bps, 2), finals=self.finals,
+                                                 audio_s=round(self.audio_seconds, 2), finals=self.finals,
                                                  wall_s=round(time.monotonic() - self.started, 2)))

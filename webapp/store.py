@@ -494,17 +494,6 @@ def make_backend(settings) -> Backend:
 _END = object()
 
 
-def _audio_seconds(session) -> float | None:
-    """Audio received, from the relay's byte count (its attribute names are the relay's business, so this
-    is best effort: None rather than a failed close)."""
-    received = getattr(session, "bytes_in", None)
-    if received is None:
-        received = getattr(getattr(session, "log", None), "end", None)
-    if not isinstance(received, int):
-        return None
-    return round(received / session.params.bytes_per_second, 3)
-
-
 class Recorder(SessionSink):
     """Records one capture session and fans its events out. event() only queues; one writer task per
     session stores each final before publishing it, in the recognizer's order. If the store is down the
@@ -619,7 +608,7 @@ class Recorder(SessionSink):
             log.error("recorder_drain_timeout", extra=fields(session=self.session_id, pending=len(self.queue)))
         ended_at = time.time()
         values = {"ended_at": ended_at, "duration": round(ended_at - self.started_at, 3),
-                  "audio_seconds": _audio_seconds(session), "end_reason": reason}
+                  "audio_seconds": round(session.audio_seconds, 3), "end_reason": reason}
         try:
             await self.backend.end_session(self.session_id, values, live_ended(reason, ended_at))
         except Exception as exc:
