@@ -39,13 +39,18 @@ def speech_wav() -> Path:
     return espeak_wav(SPEECH_TEXT, ARTIFACTS / "resume-speech.wav")
 
 
+def app_env(sim) -> dict[str, str]:
+    """The deepgram backend pointed at the simulator, retrying upstream outages (a restart is one)."""
+    return {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{sim.url}/v2/listen",
+            "UPSTREAM_RETRY_SECONDS": "20"}
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_page_resumes_the_session_across_an_app_restart(simulator, session_tmp, speech_wav, sig):
     sim = simulator
     sim.reset(script=SCRIPT)
     name = f"resume-{sig.name.lower()}"
-    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{sim.url}/v2/listen",
-           "UPSTREAM_RETRY_SECONDS": "20"}
+    env = app_env(sim)
     app = start_app(env, session_tmp, name)
     try:
         with browser(speech_wav) as b:
@@ -135,8 +140,7 @@ def test_stop_while_disconnected_ends_the_session_for_good(simulator, session_tm
     sim = simulator
     sim.reset(script=SCRIPT)
     name = "resume-stop"
-    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{sim.url}/v2/listen",
-           "UPSTREAM_RETRY_SECONDS": "20"}
+    env = app_env(sim)
     app = start_app(env, session_tmp, name)
     try:
         with browser(speech_wav) as b:
