@@ -131,7 +131,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     if backend not in BACKENDS:
         raise ConfigError(f"STT_BACKEND: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "aigateway" and not aig_key:
-        raise ConfigError("STT_BACKEND=aigateway needs AIGATEWAY_API_KEY (a key starting sk-aig-); or unset STT_BACKEND to use the embedded recognizer")
+        raise ConfigError("STT_BACKEND=aigateway needs AIGATEWAY_API_KEY (your AIgateway API key); or unset STT_BACKEND to use the embedded recognizer")
     if backend == "deepgram" and not dg_key:
         raise ConfigError("STT_BACKEND=deepgram needs DEEPGRAM_API_KEY; or unset STT_BACKEND to use the embedded recognizer")
 
