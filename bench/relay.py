@@ -47,9 +47,10 @@ REPO = Path(__file__).resolve().parent.parent
 # Fake Flux upstream (picows server)
 # =====================================================================================================
 
-def run_upstream(port: int, every: int, turn_every: int) -> None:
+def run_upstream(port: int, every: int, turn_every: int, aligned: bool) -> None:
     import asyncio
     import gc
+    import random
     import uuid
 
     import uvloop
@@ -75,6 +76,10 @@ def run_upstream(port: int, every: int, turn_every: int) -> None:
             self.rid = str(uuid.uuid4())
             self.count = self.expect = self.gaps = self.reorders = self.sid = self.turn = 0
             self.turn_start = 0.0
+            # Speakers are not in step: each connection's answers and turn ends are offset, as its frames are
+            # (--aligned puts all of them in step: every stream's answer within the same 80 ms).
+            self.reply_phase = 0 if aligned else random.randrange(every)
+            self.turn_phase = 0 if aligned else random.randrange(turn_every)
 
         def on_ws_connected(self, t):
             stats["connections"] += 1
@@ -102,11 +107,11 @@ def run_upstream(port: int, every: int, turn_every: int) -> None:
                         self.reorders += 1
                         stats["reorders"] += 1
                 self.expect = seq + 1
-                if self.count % every == 0:
+                if (self.count + self.reply_phase) % every == 0:
                     self.sid += 1
                     stats["replies"] += 1
                     end = self.count * 0.08
-                    if self.sid % turn_every:
+                    if (self.sid + self.turn_phase) % turn_every:
                         t.send(TEXT, (update % (self.rid, self.sid, "Update", self.turn, self.turn_start, end, ts, seq,
                                                 self.count, "0.05")).encode())
                     else:   # the turn ends: the relay delivers a final and trims its replay buffer
@@ -208,6 +213,8 @@ def run_loadgen(url: str, k: int, warmup: float, measure: float, every: int, tim
                     s = int(m[2])
                     if int(m[3]) != s + 1:
                         st["anomalies"] += 1
+                    if s == self.last_s and b'"final":true' in p:
+                        return  # a one-reply turn: its final repeats the interim's text (and seq)
                     if s <= self.last_s:
                         st["reply_reorders"] += 1
                     self.last_s = s
@@ -316,7 +323,8 @@ def run_loadgen(url: str, k: int, warmup: float, measure: float, every: int, tim
 
         loop.call_at(start, on_tick, 0)
         await finished
-        expected = sum(max(0, s.w1 // every - s.w0 // every) for s in live)
+        # each stream's answer phase is the upstream's choice: a window of n frames holds n // every or one more
+        expected = sum(max(0, (s.w1 - s.w0) // every) for s in live)
         await wait_until(lambda: st["win_replies"] >= expected, 5)
         # ---- close: CloseStream, wait for each stream's final count ----
         for s in live:
@@ -459,11 +467,24 @@ http {{
 """
 
 
+def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """A throw-away redis-server on a free loopback port (relay x2 keeps its sessions there)."""
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(exe):
+        raise RuntimeError("relay2 needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(taskset("1") + [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                            "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 10, proc)
+    return proc, port
+
+
 class Target:
     """The system under test on core 0 (or nothing, for direct)."""
 
     def __init__(self, mode: str, args, tmp: Path, up_port: int):
-        self.mode, self.proc, self.port, self.log = mode, None, None, None
+        self.mode, self.proc, self.port, self.log, self.redis = mode, None, None, None, None
         if mode == "direct":
             self.url = f"ws://127.0.0.1:{up_port}/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=16000"
             return
@@ -484,12 +505,11 @@ class Target:
             env.pop("ALLOWED_ORIGINS", None)
             if mode == "relay":
                 cmd = taskset("0") + [args.python, "-m", "webapp", "--host", "127.0.0.1", "--port", str(self.port)]
-            else:  # relay x2: uvicorn --workers 2 with the same server settings as webapp/cli.py
-                cmd = taskset("0,1") + [args.python, "-m", "uvicorn", "webapp.app:create_app", "--factory",
-                                        "--workers", "2", "--host", "127.0.0.1", "--port", str(self.port),
-                                        "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
-                                        "--ws-per-message-deflate", "false", "--no-access-log",
-                                        "--log-level", "warning", "--timeout-graceful-shutdown", "10"]
+            else:  # relay x2: `caption-relay --workers 2`, which shares sessions and live captions through Redis
+                self.redis = start_redis(tmp)
+                env["REDIS_URL"] = f"redis://127.0.0.1:{self.redis[1]}/0"
+                cmd = taskset("0,1") + [args.python, "-m", "webapp", "--workers", "2", "--host", "127.0.0.1",
+                                        "--port", str(self.port)]
             self.url = f"ws://127.0.0.1:{self.port}/ws/listen?sample_rate=16000&encoding=linear16"
         self.proc = subprocess.Popen(cmd, cwd=args.repo, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=raise_nofile)
@@ -502,7 +522,8 @@ class Target:
             return []
         try:
             p = psutil.Process(self.proc.pid)
-            return [p] + p.children(recursive=True)
+            extra = [psutil.Process(self.redis[0].pid)] if self.redis is not None else []  # it works for the relay
+            return [p] + p.children(recursive=True) + extra
         except psutil.NoSuchProcess:
             return []
 
@@ -545,6 +566,9 @@ class Target:
                 self.proc.wait(5)
         if self.log:
             self.log.close()
+        if self.redis is not None:
+            self.redis[0].terminate()
+            self.redis[0].wait(10)
 
 
 def busy(t) -> float:
@@ -673,7 +697,8 @@ def orchestrate(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     raise_nofile()
     up = subprocess.Popen(taskset("1") + [args.python, __file__, "_upstream", "--every", str(args.every),
-                                          "--turn-every", str(args.turn_every)],
+                                          "--turn-every", str(args.turn_every)]
+                          + (["--aligned"] if args.aligned else []),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
     rows: list[dict] = []
     started = time.monotonic()
@@ -755,8 +780,9 @@ def main(argv=None) -> int:
         p.add_argument("--port", type=int, default=0)
         p.add_argument("--every", type=int, default=3)
         p.add_argument("--turn-every", type=int, default=16)
+        p.add_argument("--aligned", action="store_true")
         a = p.parse_args(argv[1:])
-        run_upstream(a.port, a.every, a.turn_every)
+        run_upstream(a.port, a.every, a.turn_every, a.aligned)
         return 0
     if argv and argv[0] == "_loadgen":
         p = argparse.ArgumentParser()
@@ -774,12 +800,15 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=[100, 500, 1000, 2000],
                    help="comma-separated stream counts (default 100,500,1000,2000)")
     p.add_argument("--modes", default="direct,relay,nginx,relay2",
-                   help="any of direct,relay,nginx,relay2 (relay2 = uvicorn --workers 2, cores 0+1)")
+                   help="any of direct,relay,nginx,relay2 (relay2 = caption-relay --workers 2 with Redis, cores 0+1)")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--measure", type=float, default=8.0)
     p.add_argument("--every", type=int, default=3, help="upstream answers every N-th frame (3 = every 240 ms)")
     p.add_argument("--turn-every", type=int, default=16,
                    help="every N-th reply is an EndOfTurn (16 x 240 ms = turns of 3.84 s) instead of an Update")
+    p.add_argument("--aligned", action="store_true",
+                   help="all streams in step: every stream's answers (and turn ends) come within the same 80 ms, "
+                        "a third of the time (worst case; by default each stream gets its own random phase)")
     p.add_argument("--retries", type=int, default=2,
                    help="measure a point again (keeping the quietest attempt) when other processes on the machine "
                         "used more than --max-other %% of a core or the load generator lagged")

@@ -51,16 +51,18 @@ class AppProcess:
 
 
 def start_app(env: dict[str, str], tmp: Path, name: str = "app", timeout: float = 60.0,
-              port: int | None = None) -> AppProcess:
-    """Start `python -m webapp` with `env` on a free port (or `port`, to restart an app where it was);
-    return once /healthz answers. DATA_DIR is tmp/data-<name>, so a restart under one name keeps its data."""
+              port: int | None = None, argv: list[str] | None = None) -> AppProcess:
+    """Start `python -m webapp` (or `python <argv>`, given {port}) with `env` on a free port (or `port`, to
+    restart an app where it was); return once /healthz answers. DATA_DIR is tmp/data-<name>, so a restart
+    under one name keeps its data."""
     port = port or free_port()
     log_path = ARTIFACTS / f"{name}-{port}-{int(time.time() * 1000) % 100000}.log"
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("STT_BACKEND", "AIGATEWAY_API_KEY", "DEEPGRAM_API_KEY", "ACCESS_TOKEN", "ALLOWED_ORIGINS")}
     full_env.update({"DATA_DIR": str(tmp / f"data-{name}"), "LOG_LEVEL": "debug"}, **env)
     log_file = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "webapp", "--host", "127.0.0.1", "--port", str(port)],
+    args = [a.format(port=port) for a in argv] if argv else ["-m", "webapp", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([sys.executable, *args],
                             cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while True:
@@ -90,8 +92,8 @@ def stop_app(app: AppProcess) -> None:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], tmp: Path, name: str = "app"):
-    app = start_app(env, tmp, name)
+def running_app(env: dict[str, str], tmp: Path, name: str = "app", argv: list[str] | None = None):
+    app = start_app(env, tmp, name, argv=argv)
     try:
         yield app
     finally:

@@ -35,6 +35,7 @@ class Faults:
     drop_after_bytes: int | None = None      # close the TCP connection abruptly after this much audio
     greet_delay: float = 0.0                 # seconds before Flux says Connected (a slow upstream)
     stall_after_bytes: int | None = None     # stop reading and answering (pings too) after this much audio
+    fragment: bool = False                   # send each JSON message as several WebSocket frames (RFC 6455 §5.4)
     connections: int = 10 ** 9               # how many connections (or handshakes) the faults above hit
 
 
@@ -241,7 +242,12 @@ class ScriptedSession:
 
     async def send(self, msg: dict) -> None:
         self.rec.sent.append(msg)
-        await self.ws.send(json.dumps(msg))
+        text = json.dumps(msg)
+        if self.sim.faults.fragment and len(text) > 2:
+            third = len(text) // 3  # websockets sends an iterable as one fragmented message
+            await self.ws.send([text[:third], text[third:2 * third], text[2 * third:]])
+        else:
+            await self.ws.send(text)
 
     def words(self) -> list[str]:
         return [w for w, _ in self.heard]

@@ -1,12 +1,20 @@
-"""Command line: `caption-relay [--host H] [--port P]` serves the app; `caption-relay engine` serves the
+"""Command line: `caption-relay [--host H] [--port P] [--workers N]` serves the app; `caption-relay engine` serves the
 Flux-compatible embedded recognizer on its own."""
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import signal
+import socket
+import subprocess
 import sys
 
 from . import config, embed, logs
+
+# Young-generation collections every 10,000 (not 700) surviving allocations: at a thousand streams the default
+# ran one every ~40 ms, each stopping the loop for milliseconds (docs/benchmarks.md, "Relay performance").
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
@@ -17,6 +25,9 @@ def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caption-relay", description="Live captions relay server")
     _serve_args(parser, 8000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port (needs REDIS_URL when more than 1)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --workers' children
     sub = parser.add_subparsers(dest="command")
     engine = sub.add_parser("engine", help="serve the embedded recognizer as a Flux-compatible /v2/listen endpoint")
     engine.add_argument("--host", default="127.0.0.1")
@@ -39,17 +50,58 @@ def main(argv: list[str] | None = None) -> int:
         engine_mod.run(args.host, args.port)
         return 0
 
+    host, port = args.host or settings.host, args.port or settings.port
+    if args.workers > 1:
+        return _supervise(args.workers, host, port, settings)
+
     import uvicorn
 
     from .app import create_app
+    from .audiosocket import DirectWebSocketProtocol
     from .server import DrainingServer
     app = create_app(settings)
-    server_config = uvicorn.Config(app, host=args.host or settings.host, port=args.port or settings.port, loop="uvloop",
-                            http="httptools", ws="websockets-sansio", ws_per_message_deflate=False, log_config=None,
+    server_config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
+                            http="httptools", ws=DirectWebSocketProtocol, ws_per_message_deflate=False, log_config=None,
                             access_log=False, timeout_graceful_shutdown=10,
                             proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
-    # The start-up heap (imports, templates) never dies: keep it out of every later full collection.
+    # The start-up heap (imports, templates) never dies: keep it out of every later collection.
     gc.collect()
     gc.freeze()
-    DrainingServer(server_config, app.state.live).run()
+    gc.set_threshold(*GC_THRESHOLDS)
+    sockets = [_reuse_port_socket(host, port)] if args.reuse_port else None
+    DrainingServer(server_config, app.state.live).run(sockets=sockets)
     return 0
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """Each worker listens on its own socket of the shared port; the kernel spreads connections evenly."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(workers: int, host: str, port: int, settings: config.Settings) -> int:
+    """Run `workers` copies of the server on one port and pass SIGTERM/SIGINT on to them (each drains itself)."""
+    if not settings.redis_url:
+        print("caption-relay: --workers needs REDIS_URL: sessions, share links and live captions must be shared "
+              "between the worker processes", file=sys.stderr)
+        return 2
+    if settings.backend == "local":
+        print("caption-relay: --workers is for the relay to remote recognizers; the embedded recognizer already "
+              "uses every core (set LOCAL_MAX_STREAMS instead)", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "webapp", "--host", host, "--port", str(port), "--reuse-port"]
+    children = [subprocess.Popen(cmd, env=os.environ) for _ in range(workers)]
+
+    def forward(sig, frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)

@@ -23,9 +23,11 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol
+from .audiosocket import DIRECT, DirectSocket
 from .config import Settings
 from .logs import fields
 from .protocol import MAX_AUDIO_FRAME, StreamParams
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
 OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly
+BACKLOG_PAUSE = 64             # browser messages held behind a control message before reading pauses
 CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
 BACKOFF_FIRST, BACKOFF_CAP = 0.25, 5.0
 
@@ -101,16 +104,24 @@ class LiveSessions:
 
 
 class Outbox:
-    """The browser's send queue, bounded: when a reader falls behind, interim updates go first, never finals."""
+    """The browser's send queue, bounded: when a reader falls behind, interim updates go first, never finals.
 
-    def __init__(self, ws: WebSocket):
+    On a direct socket (webapp.audiosocket) an event is written at once while the browser keeps up, and
+    queued only while its buffer is full; otherwise a writer task (run()) sends through ASGI."""
+
+    def __init__(self, ws: WebSocket, direct: DirectSocket | None = None):
         self.ws = ws
+        self.direct = direct
         self.items: deque[dict[str, Any]] = deque()
         self.wake = asyncio.Event()
         self.closed = False
 
     def put(self, event: dict[str, Any]) -> None:
         if self.closed:
+            return
+        direct = self.direct
+        if direct is not None and not self.items and direct.writable:
+            self._write(event)
             return
         self.items.append(event)
         if len(self.items) > OUTBOX_LIMIT:
@@ -120,6 +131,28 @@ class Outbox:
                     break
         self.wake.set()
 
+    def _write(self, event: dict[str, Any]) -> None:
+        if not self.direct.send_text(orjson.dumps(event)) or event["type"] == "closed":
+            self.closed = True  # sent the last message, or the browser is gone
+
+    def flush(self) -> None:
+        """Direct socket: the browser's buffer has room again."""
+        while self.items and not self.closed and self.direct.writable:
+            self._write(self.items.popleft())
+        self.wake.set()
+
+    async def finish(self, timeout: float) -> None:
+        """Direct socket: give a slow reader up to `timeout` seconds to take what is queued."""
+        deadline = time.monotonic() + timeout
+        while self.items and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), left)
+            self.flush()
+
     async def run(self) -> None:
         try:
             while True:
@@ -127,7 +160,7 @@ class Outbox:
                 self.wake.clear()
                 while self.items:
                     event = self.items.popleft()
-                    await self.ws.send_text(json.dumps(event, separators=(",", ":")))
+                    await self.ws.send_text(orjson.dumps(event).decode())
                     if event.get("type") == "closed":
                         self.closed = True
                         return
@@ -190,7 +223,13 @@ class RelaySession:
         self.factory = upstream_factory
         self.id = resume["session_id"] if resume else secrets.token_urlsafe(9)
         self.bps = params.bytes_per_second
-        self.out = Outbox(ws)
+        # uvicorn with webapp.audiosocket (as the CLI runs it): messages by callback, sends without awaiting
+        self.direct: DirectSocket | None = ws.scope.get("extensions", {}).get(DIRECT)
+        self.out = Outbox(ws, self.direct)
+        self._backlog: deque | None = None     # browser messages waiting behind a control message
+        self._backlog_task: asyncio.Task | None = None
+        self._backlog_paused = False
+        self._browser_gone: asyncio.Future | None = None
         self.log = AudioLog(settings.replay_seconds * self.bps)
         self.upstream: Upstream | None = None
         self.live = False
@@ -238,7 +277,7 @@ class RelaySession:
     def _bad(self, code: str, message: str) -> None:
         self.out.put(protocol.error(code, message, retryable=False))
 
-    async def _on_audio(self, data: bytes) -> None:
+    def _on_audio(self, data: bytes) -> None:
         n = len(data)
         if n > MAX_AUDIO_FRAME:
             return self._bad("frame_too_large", f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)")
@@ -257,7 +296,7 @@ class RelaySession:
                                                    retry_after=retry_after))
         if self.live:
             self.sent_to += n
-            await self.upstream.send_audio(data)
+            self.upstream.send_audio(data)
         elif self.log.lost:
             self._report_gaps()
 
@@ -285,7 +324,7 @@ class RelaySession:
         # Not live: CloseStream is applied after the replay (self.closing).
 
     async def _read_browser(self) -> None:
-        """Read until the browser disconnects."""
+        """Read until the browser disconnects (ASGI servers other than ours)."""
         receive = self.ws.receive
         while True:
             message = await receive()
@@ -293,9 +332,56 @@ class RelaySession:
                 return
             data = message.get("bytes")
             if data is not None:
-                await self._on_audio(data)
+                self._on_audio(data)
             elif message.get("text") is not None:
                 await self._on_text(message["text"])
+
+    # The direct socket's listener (webapp.audiosocket): called from the socket's data_received.
+    def on_bytes(self, data: bytes) -> None:
+        if self._backlog is not None:
+            self._hold(data)
+        else:
+            self._on_audio(data)
+
+    def on_text(self, text: str) -> None:
+        if self._backlog is None:
+            self._backlog = deque()
+            self._backlog_task = asyncio.get_running_loop().create_task(self._apply_backlog())
+        self._hold(text)
+
+    def _hold(self, message: bytes | str) -> None:
+        """Audio after a control message waits for it (e.g. CloseStream, a Finalize the recognizer confirms)."""
+        self._backlog.append(message)
+        if len(self._backlog) == BACKLOG_PAUSE:
+            self._backlog_paused = True
+            self.direct.pause_reading()
+
+    async def _apply_backlog(self) -> None:
+        backlog = self._backlog
+        try:
+            while backlog:
+                message = backlog.popleft()
+                if isinstance(message, str):
+                    await self._on_text(message)
+                else:
+                    self._on_audio(message)
+        finally:
+            self._backlog = None
+            if self._backlog_paused:
+                self._backlog_paused = False
+                self.direct.resume_reading()
+
+    def on_disconnect(self) -> None:
+        if self._browser_gone is not None and not self._browser_gone.done():
+            self._browser_gone.set_result(None)
+
+    def on_writable(self) -> None:
+        self.out.flush()
+
+    def _upstream_pressure(self, full: bool) -> None:
+        """The upstream's send buffer is full (it reads slower than the browser sends): stop reading the browser."""
+        if self.direct is not None:
+            self.direct.pause_reading() if full else self.direct.resume_reading()
 
     # ---- upstream -> browser -------------------------------------------------------------------
 
@@ -349,6 +435,7 @@ class RelaySession:
         """(Re)connect upstream, then send everything the log holds that this connection has not had."""
         up = self.factory(self.settings, self.params)
         up.on_silence = self._silence_sent
+        up.on_pressure = self._upstream_pressure
         up.listener = self._deliver
         self.upstream = up
         await up.connect()
@@ -371,7 +458,7 @@ class RelaySession:
         while self.sent_to < self.log.end:
             for frame in self.log.since(self.sent_to):
                 self.sent_to += len(frame)
-                await up.send_audio(frame)
+                up.send_audio(frame)
                 while marks and marks[0] <= self.sent_to:
                     marks.popleft()
                     await up.finalize()
@@ -433,8 +520,13 @@ class RelaySession:
             await asyncio.sleep(left)
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self.out.run())
-        reader = asyncio.create_task(self._read_browser())
+        if self.direct is not None:
+            writer = None
+            reader = self._browser_gone = asyncio.get_running_loop().create_future()
+            self.direct.attach(self)
+        else:
+            writer = asyncio.create_task(self.out.run())
+            reader = asyncio.create_task(self._read_browser())
         upstream_done = asyncio.create_task(self._upstream_lifecycle())
         idle = asyncio.create_task(self._idle_watch())
         stopper = asyncio.create_task(self._stop.wait())
@@ -477,10 +569,13 @@ class RelaySession:
             if error is not None:
                 self.out.put(error)
             self.out.put({"type": "closed", "reason": self.close_reason})
-            try:
-                await asyncio.wait_for(writer, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                writer.cancel()
+            if writer is None:
+                await self.out.finish(5)
+            else:
+                try:
+                    await asyncio.wait_for(writer, 5)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    writer.cancel()
             code = 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
             with contextlib.suppress(RuntimeError, OSError):
                 await self.ws.close(code)

@@ -83,12 +83,10 @@ class AIGatewayUpstream(WsUpstream):
         return self.flux and self.turns.open and not self._closing
 
     async def finalize(self) -> None:
-        if self.flux:
-            await self._send_json({"type": "ForceEndTurn"})  # see DeepgramUpstream.finalize
-        else:
-            await self._send_json({"type": "Finalize"})
+        # ForceEndTurn: see DeepgramUpstream.finalize
+        self._send_json({"type": "ForceEndTurn" if self.flux else "Finalize"})
 
-    async def close_stream(self) -> None:
+    def close_stream(self) -> None:
         if self.flux:
-            await self.finalize()
-        await self._send_json({"type": "CloseStream"})
+            self._send_json({"type": "ForceEndTurn"})
+        self._send_json({"type": "CloseStream"})

@@ -5,7 +5,7 @@ Lifecycle, driven by webapp.relay:
     await up.connect()              # raises UpstreamError; returns once audio can be sent
     async for ev in up.events():    # normalized events (webapp.protocol); ends after close()
         ...
-    await up.send_audio(pcm)        # 16-bit LE mono PCM at params.sample_rate
+    up.send_audio(pcm)              # 16-bit LE mono PCM at params.sample_rate; never waits
     await up.finalize()             # end the open turn now
     await up.close()                # finalize the open turn, flush, end the event stream
     await up.abort()                # drop everything now (browser gone, server stopping)
@@ -118,6 +118,9 @@ class Upstream(abc.ABC):
     # Set by the relay: called with the silence an upstream sends on its own to bridge a microphone pause,
     # so that the session's timeline counts it too.
     on_silence = None
+    # Set by the relay: called with True when the upstream cannot take audio as fast as it comes (its send
+    # buffer is full), and with False once it can again.
+    on_pressure = None
 
     def __init__(self, settings: Settings, params: StreamParams):
         self.settings = settings
@@ -160,7 +163,8 @@ class Upstream(abc.ABC):
     async def connect(self) -> None: ...
 
     @abc.abstractmethod
-    async def send_audio(self, pcm: bytes) -> None: ...
+    def send_audio(self, pcm: bytes) -> None:
+        """Queue audio for the recognizer now (the relay's hot path: no awaiting, no copies)."""
 
     @abc.abstractmethod
     async def finalize(self) -> None: ...

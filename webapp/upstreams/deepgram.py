@@ -7,15 +7,13 @@ frames while a turn is open.
 """
 from __future__ import annotations
 
-import json
-
-from .base import UpstreamError
 from .wsclient import WsUpstream, apply_turninfo, build_url
 
 
 class DeepgramUpstream(WsUpstream):
     name = "deepgram"
     provider = "Deepgram"
+    greeting = True  # audio waits for `Connected`
 
     def url(self) -> str:
         p = self.params
@@ -32,14 +30,11 @@ class DeepgramUpstream(WsUpstream):
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Token {self.settings.deepgram_api_key}"}
 
-    async def handshake(self) -> None:
-        async for raw in self.ws:
-            msg = json.loads(raw) if isinstance(raw, str) else {}
-            if msg.get("type") == "Connected":
-                return
-            if msg.get("type") == "Error":
-                raise self.fatal(msg)
-        raise UpstreamError("upstream_unavailable", "Deepgram closed the connection before it was ready", retryable=True)
+    def greet(self, msg: dict) -> None:
+        if msg.get("type") == "Connected":
+            self._ready.set_result(None)
+        elif msg.get("type") == "Error":
+            self._ready.set_exception(self.fatal(msg))
 
     def handle(self, msg: dict) -> None:
         kind = msg.get("type")
@@ -55,8 +50,8 @@ class DeepgramUpstream(WsUpstream):
     async def finalize(self) -> None:
         # Sent even when no turn looks open here: StartOfTurn may still be in flight, and with no turn
         # Flux only answers a harmless Warning.
-        await self._send_json({"type": "ForceEndTurn"})
+        self._send_json({"type": "ForceEndTurn"})
 
-    async def close_stream(self) -> None:
-        await self.finalize()
-        await self._send_json({"type": "CloseStream"})
+    def close_stream(self) -> None:
+        self._send_json({"type": "ForceEndTurn"})
+        self._send_json({"type": "CloseStream"})

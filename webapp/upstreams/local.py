@@ -57,7 +57,7 @@ class LocalUpstream(Upstream):
             self._finish(UpstreamError("upstream_unavailable", f"The embedded recognizer failed: {data['message']}",
                                        retryable=True))
 
-    async def send_audio(self, pcm: bytes) -> None:
+    def send_audio(self, pcm: bytes) -> None:
         if self._stream is not None:
             self._stream.feed(pcm)
 

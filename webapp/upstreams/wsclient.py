@@ -1,26 +1,62 @@
 """What the remote (WebSocket) recognizers share: connecting with server-side auth, mapping refused
-handshakes to error codes, a reader task, a silence/keep-alive watchdog, and Flux TurnInfo mapping.
+handshakes to error codes, message callbacks, a silence/keep-alive timer, and Flux TurnInfo mapping.
+
+The connection is a picows client: frames arrive by callback and sends are plain calls, so an audio frame
+costs no task switch or coroutine on its way upstream (docs/benchmarks.md, "Relay performance").
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from typing import Any
 from urllib.parse import urlencode
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+import orjson
+from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
 from .. import protocol
 from .base import Upstream, UpstreamError, handshake_error
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_TICK = 0.25     # seconds between watchdog checks
+WATCHDOG_TICK = 0.25     # seconds between silence/keep-alive checks while the microphone is quiet
 SILENCE_AFTER = 0.5      # send silence once the microphone paused this long inside an open turn
+MAX_MESSAGE = 2 ** 20    # bytes; providers send small JSON messages
+# A close frame with these codes (0 = no status code, as Flux sends after CloseStream) is the end we asked for.
+CLEAN_CLOSE = frozenset((WSCloseCode.NO_INFO, WSCloseCode.OK, WSCloseCode.GOING_AWAY))
+
+TEXT, CONT, BINARY, CLOSE = WSMsgType.TEXT, WSMsgType.CONTINUATION, WSMsgType.BINARY, WSMsgType.CLOSE
+monotonic = time.monotonic
+
+
+class _Ticker:
+    """One timer for every upstream connection of the process: silence, KeepAlive and stall checks.
+
+    A timer or a sleeping task per connection (picows' own auto-ping is one) creates objects that live long
+    enough to reach the GC's old generation and die there; with a thousand streams, the full collections
+    they cause stop the event loop for over 100 ms (docs/benchmarks.md, "Relay performance")."""
+
+    def __init__(self) -> None:
+        self.links: set[WsUpstream] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, up: "WsUpstream") -> None:
+        self.links.add(up)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK, self._tick)
+
+    def discard(self, up: "WsUpstream") -> None:
+        self.links.discard(up)
+
+    def _tick(self) -> None:
+        now = monotonic()
+        for up in list(self.links):
+            up._watch(now)
+        self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK, self._tick) if self.links else None
+
+
+_ticker = _Ticker()
 
 
 def build_url(base: str, query: list[tuple[str, str]]) -> str:
@@ -55,19 +91,70 @@ def apply_turninfo(up: Upstream, msg: dict, offset: float = 0.0) -> None:
     # Unknown events are tolerated: Flux documents `event` as an open enum.
 
 
+class _Link(WSListener):
+    """picows callbacks for one upstream connection, handed to its WsUpstream."""
+
+    def __init__(self, up: "WsUpstream"):
+        super().__init__()
+        self.up = up
+        self.parts: list[bytes] | None = None   # a fragmented text message being assembled
+        self.size = 0
+
+    def on_ws_frame(self, transport, frame) -> None:
+        self.up._last_recv = monotonic()  # any frame (a pong too) shows the link is alive
+        kind = frame.msg_type
+        if kind is TEXT:
+            if frame.fin:
+                self.up._on_message(frame.get_payload_as_bytes())
+            else:
+                self.parts, self.size = [frame.get_payload_as_bytes()], frame.payload_size
+        elif kind is CONT:
+            if self.parts is None:
+                return  # the continuation of a binary message: providers send JSON text only
+            self.parts.append(frame.get_payload_as_bytes())
+            self.size += frame.payload_size
+            if self.size > MAX_MESSAGE:
+                self.parts = None
+                transport.send_close(WSCloseCode.MESSAGE_TOO_BIG)
+                transport.disconnect()
+            elif frame.fin:
+                data, self.parts = b"".join(self.parts), None
+                self.up._on_message(data)
+        elif kind is CLOSE:
+            code = frame.get_close_code()
+            self.up._close_code = code
+            transport.send_close(code if code in CLEAN_CLOSE and code != WSCloseCode.NO_INFO else WSCloseCode.OK)
+            transport.disconnect()
+        # BINARY: providers send JSON text only. PING is answered by picows itself.
+
+    def on_ws_disconnected(self, transport) -> None:
+        self.up._on_disconnected()
+
+    def pause_writing(self) -> None:
+        if self.up.on_pressure is not None:
+            self.up.on_pressure(True)
+
+    def resume_writing(self) -> None:
+        if self.up.on_pressure is not None:
+            self.up.on_pressure(False)
+
+
 class WsUpstream(Upstream):
     """Base for recognizers reached over a WebSocket."""
 
     provider = "the recognizer"
     keepalive_every: float | None = None   # v1-style KeepAlive interval while no audio flows
-
-    ws: ClientConnection | None = None
+    greeting = False                       # the provider says it is ready (Flux `Connected`) before audio
 
     def __init__(self, settings, params):
         super().__init__(settings, params)
-        self._tasks: list[asyncio.Task] = []
-        self._closing = False
-        self._last_sent = time.monotonic()
+        self._t = None                     # the picows transport once connected
+        self._gone = False                 # the connection is closed (or never opened)
+        self._closing = False              # we sent CloseStream
+        self._close_code: int | None = None
+        self._ready: asyncio.Future | None = None
+        self._last_sent = self._last_recv = monotonic()
+        self._pinged = 0.0                 # when a ping went out on a quiet link (0: none pending)
         self._silence = bytes(int(params.sample_rate * 2 * 0.08))  # 80 ms of zeros
 
     # -- provider specifics --
@@ -77,8 +164,8 @@ class WsUpstream(Upstream):
     def headers(self) -> dict[str, str]:
         raise NotImplementedError
 
-    async def handshake(self) -> None:
-        """Wait for the provider's greeting, if it sends one."""
+    def greet(self, msg: dict) -> None:
+        """A message before the provider said it is ready: resolve or fail self._ready (see `greeting`)."""
 
     def handle(self, msg: dict) -> None:
         raise NotImplementedError
@@ -93,93 +180,115 @@ class WsUpstream(Upstream):
     # -- lifecycle --
     async def connect(self) -> None:
         timeout = self.settings.upstream_connect_timeout
+        ping = self.settings.upstream_ping_seconds
+        loop = asyncio.get_running_loop()
+        if self.greeting:
+            self._ready = loop.create_future()  # the greeting can come in the same packet as the 101
         try:
-            self.ws = await connect(self.url(), additional_headers=self.headers(), compression=None,
-                                    open_timeout=timeout, max_size=2 ** 20,
-                                    ping_interval=self.settings.upstream_ping_seconds,
-                                    ping_timeout=self.settings.upstream_ping_seconds,
-                                    # a peer that stopped answering will not answer the close either
-                                    close_timeout=min(2.0, self.settings.upstream_ping_seconds))
-        except InvalidStatus as exc:
+            self._t, _ = await asyncio.wait_for(ws_connect(
+                lambda: _Link(self), self.url(), extra_headers=self.headers(), websocket_handshake_timeout=timeout,
+                enable_auto_ping=False,  # _Ticker pings a quiet link itself
+                max_frame_size=MAX_MESSAGE, logger_name="upstream"), timeout)
+        except WSInvalidStatusError as exc:
             resp = exc.response
-            raise handshake_error(resp.status_code, resp.headers.get("Retry-After"), self.provider) from None
-        except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            status = int(resp.status) if resp is not None else 502
+            retry_after = resp.headers.get("Retry-After") if resp is not None else None
+            raise handshake_error(status, retry_after, self.provider) from None
+        except (OSError, asyncio.TimeoutError, WSError) as exc:
             log.warning("upstream_connect_failed", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
             raise UpstreamError("upstream_unavailable", f"cannot reach {self.provider}; try again shortly",
                                 retryable=True) from None
-        try:
-            await asyncio.wait_for(self.handshake(), timeout)
-        except asyncio.TimeoutError:
-            await self.ws.close()
-            raise UpstreamError("upstream_unavailable", f"{self.provider} accepted the connection but never said it was ready",
-                                retryable=True) from None
-        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._watchdog())]
+        if self._ready is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            except asyncio.TimeoutError:
+                self._t.disconnect()
+                raise UpstreamError("upstream_unavailable",
+                                    f"{self.provider} accepted the connection but never said it was ready",
+                                    retryable=True) from None
+            finally:
+                self._ready = None
+        self._last_sent = self._last_recv = monotonic()
+        _ticker.add(self)
 
-    async def _reader(self) -> None:
-        assert self.ws is not None
-        clean = True
+    def _on_message(self, raw: bytes) -> None:
         try:
-            async for raw in self.ws:
-                if isinstance(raw, bytes):
-                    continue  # providers send JSON text only
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict):
-                    self.handle(msg)
-        except ConnectionClosed:
-            # Reset, stalled (keepalive timeout) or closed with an error code: not the end we asked for.
-            clean = False
-        if self._closing and clean:
+            msg = orjson.loads(raw)
+        except ValueError:
+            return  # not JSON: nothing a provider documents
+        if not isinstance(msg, dict):
+            return
+        try:
+            if self._ready is not None and not self._ready.done():
+                self.greet(msg)
+            else:
+                self.handle(msg)
+        except (TypeError, ValueError, AttributeError) as exc:  # a malformed field: skip that message
+            log.warning("upstream_bad_message", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
+
+    def _on_disconnected(self) -> None:
+        self._gone = True
+        _ticker.discard(self)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(UpstreamError(
+                "upstream_unavailable", f"{self.provider} closed the connection before it was ready", retryable=True))
+            return
+        # A reset, a stall (ping timeout) or a close with an error code is not the end we asked for.
+        if self._closing and self._close_code in CLEAN_CLOSE:
             self.on_remote_close()
             self._finish()
         else:
-            self._finish(UpstreamError("upstream_unavailable", f"{self.provider} closed the stream unexpectedly", retryable=True))
+            self._finish(UpstreamError("upstream_unavailable", f"{self.provider} closed the stream unexpectedly",
+                                       retryable=True))
 
-    async def _watchdog(self) -> None:
-        """Keep the provider's stream alive while the microphone is quiet."""
-        while True:
-            await asyncio.sleep(WATCHDOG_TICK)
-            idle = time.monotonic() - self._last_sent
-            try:
-                if self.needs_silence() and idle >= SILENCE_AFTER:
-                    if self.on_silence is not None:
-                        self.on_silence(self._silence)
-                    await self.send_audio(self._silence)
-                elif self.keepalive_every and idle >= self.keepalive_every:
-                    await self._send_json({"type": "KeepAlive"})
-            except ConnectionClosed:
+    # -- run by _Ticker every WATCHDOG_TICK --
+    def _watch(self, now: float) -> None:
+        if self._gone:
+            return _ticker.discard(self)
+        # A stalled provider (no data, no pong) is cut off about two ping periods after it went quiet.
+        ping = self.settings.upstream_ping_seconds
+        if self._pinged and self._last_recv < self._pinged:
+            if now - self._pinged >= ping:
+                log.warning("upstream_stalled", extra={"fields": {"provider": self.name, "quiet_s": round(now - self._last_recv, 1)}})
+                self._t.disconnect(graceful=False)  # _on_disconnected reports it: not a close we asked for
                 return
+        elif now - self._last_recv >= ping:
+            self._pinged = now
+            self._t.send_ping()
+        else:
+            self._pinged = 0.0
+        idle = now - self._last_sent
+        if self.needs_silence() and idle >= SILENCE_AFTER:
+            if self.on_silence is not None:
+                self.on_silence(self._silence)
+            self.send_audio(self._silence)
+        elif self.keepalive_every and idle >= self.keepalive_every:
+            self._send_json({"type": "KeepAlive"})
 
-    async def _send_json(self, msg: dict) -> None:
-        assert self.ws is not None
-        self._last_sent = time.monotonic()
-        await self.ws.send(json.dumps(msg))
+    def _send_json(self, msg: dict) -> None:
+        self._last_sent = monotonic()
+        if not self._gone:
+            self._t.send(TEXT, orjson.dumps(msg))
 
-    async def send_audio(self, pcm: bytes) -> None:
-        self._last_sent = time.monotonic()
-        try:
-            await self.ws.send(pcm)
-        except ConnectionClosed:
-            pass  # the reader reports the loss
+    def send_audio(self, pcm: bytes) -> None:
+        self._last_sent = monotonic()
+        if not self._gone:
+            self._t.send(BINARY, pcm)  # a lost connection is reported by _on_disconnected
 
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
-        with contextlib.suppress(ConnectionClosed):
-            await self.close_stream()
+        self.close_stream()
 
-    async def close_stream(self) -> None:
-        await self._send_json({"type": "CloseStream"})
+    def close_stream(self) -> None:
+        self._send_json({"type": "CloseStream"})
 
     async def abort(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ws.close(), 2)
+        _ticker.discard(self)
+        if self._t is not None and not self._gone:
+            self._t.send_close(WSCloseCode.GOING_AWAY)
+            self._t.disconnect()
         self._finish()
 
     def fatal(self, msg: dict) -> UpstreamError:
