@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME = 320  # 20 ms endpointer frames
-STREAMS_PER_CORE = 3  # measured: ~3 real-time streams per core (docs/embedded-stt.md §8)
+# Default slots per core. 3 per core keep up in real time (docs/embedded-stt.md §8) and hold every issue #3 target
+# but one at 6 streams on 2 cores: EndOfTurn p50 0.32 s against 0.30 s; 2 per core hold them all
+# (docs/benchmarks.md, "Embedded recognizer"). LOCAL_MAX_STREAMS=6 trades that p50 for capacity.
+STREAMS_PER_CORE = 2
 
 
 def _env_float(name: str, default: float) -> float:
@@ -64,6 +67,8 @@ SPEC_SILENCE = _env_float("LOCAL_SPEC_SILENCE", 0.04)  # silence after speech th
 END_SILENCE = _env_float("LOCAL_END_SILENCE", 0.2)  # silence after speech that ends the turn
 PAD_SECONDS = _env_float("LOCAL_PAD_SECONDS", 0.5)  # tail added to final decodes (avoids "five, five, five")
 MODEL_END_SECONDS = 8.0  # turns at least this long also end where moonshine's own VAD ends a line
+INTERIM_SHARE = _env_float("LOCAL_INTERIM_SHARE", 2.0)  # interval >= last re-decode time x (this + worker's streams)
+MAX_INTERIM_GAP = 1.0  # seconds of audio: other streams' finals defer our interim re-decodes at most this long
 QUIET_SILENCE = _env_float("LOCAL_QUIET_SILENCE", 0.02)  # silence in an open turn that stops interim re-decodes
 # Soft tails (weak frames right after the speech): wait until the tail has been over for TAIL_QUIET seconds before
 # the speculative decode, and decode again (at most SPEC_REDOS times) if the tail goes on after it. Both off: they
@@ -376,7 +381,7 @@ class _Session:
             self._speculate()  # first: an interim re-decode of a long line would hold this thread for ~0.3 s
         young = self.ep.in_turn and not self.line_text
         interval = FORCE_INTERVAL if young else self._interim_interval()
-        if self.fed - self.last_update >= interval * RATE and not self._quiet():
+        if self.fed - self.last_update >= interval * RATE and not self._quiet(young):
             self.last_update = self.fed
             t = time.monotonic()
             self.stream.update_transcription(self.force_flag if young else 0)
@@ -446,15 +451,17 @@ class _Session:
                   file=sys.stderr, flush=True)
         self._commit(self.spec[0], "model")
 
-    def _quiet(self) -> bool:
+    def _quiet(self, young: bool) -> bool:
         """No interim re-decode now: a final is due (ours or, in this worker, another stream's), or we are behind."""
         if self._turn_open() and (self.ep.silence >= QUIET_SILENCE * RATE or self.inflight is not None):
             return True
+        if young or self.fed - self.last_update >= MAX_INTERIM_GAP * RATE:
+            return False  # other streams' finals must not starve our interims
         return self.decoder.pending > 0 or self.q.qsize() >= 2
 
     def _interim_interval(self) -> float:
         """Re-decoding a long line costs more: keep the interims' share of the worker bounded under load."""
-        return max(UPDATE_INTERVAL, self.interim_cost * (1 + self.decoder.sessions))
+        return max(UPDATE_INTERVAL, self.interim_cost * (INTERIM_SHARE + self.decoder.sessions))
 
     def _turn_open(self) -> bool:
         return self.heard
@@ -637,14 +644,18 @@ def _worker_main(fd: int) -> None:
     t0 = time.monotonic()
     tr = _load_transcriber()
     # warm-up: the first decode is slower (allocations); do it now, not in the first session
+    # (twice at once: finals are decoded on their own thread beside the streams' interim re-decodes)
+    from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
+    x = (np.random.default_rng(0).normal(0, 300, RATE) / 32768.0).astype(np.float32)
+    other = threading.Thread(target=decode_once, args=(tr, x, MOONSHINE_FLAG_FORCE_UPDATE))
+    other.start()
     warm = tr.create_stream(update_interval=1e9)
     warm.start()
-    x = (np.random.default_rng(0).normal(0, 300, RATE) / 32768.0).astype(np.float32).tolist()
-    warm.add_audio(x, RATE)
+    warm.add_audio(x.tolist(), RATE)
     warm.stop()
     warm.close()
+    other.join()
     send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
-    from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
     decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE)
     sessions: dict[int, _Session] = {}
     while True:
@@ -697,6 +708,7 @@ class _Worker:
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         parent, child = socket.socketpair()
         env = dict(os.environ, MOONSHINE_ORT_SINGLE_THREAD="1")
+        env.setdefault("MALLOC_ARENA_MAX", "2")  # per-thread malloc arenas: 628 MB instead of 559 MB at 6 streams
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "webapp.recognizer", str(child.fileno())],
