@@ -14,6 +14,8 @@ Definitions:
   CPU RTF per stream: CPU seconds of the web + worker processes / (streams x audio seconds);
   memory: summed RSS of the web process and the workers, sampled every 0.25 s.
 Every loop is bounded: fixed levels, fixed audio, a timeout per level.
+--verbose prints every clip of every stream. LOCAL_TRACE=1 in the environment makes the workers print one line per
+turn end on stderr (silence at the commit, queue waits, decode time of the final, ...).
 """
 from __future__ import annotations
 
@@ -194,7 +196,7 @@ async def main(args):
             print(f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
                   f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} keeps up {r['keeps_up']}", flush=True)
             if n == args.levels[0] or args.verbose:
-                for row in r["rows"][: len(clips)]:
+                for row in (r["rows"] if args.verbose else r["rows"][: len(clips)]):
                     print(f"    {row['clip']:10s} err {row['errors']} eot {row['eot'] if row['eot'] is None else round(row['eot'], 2)}"
                           f" first {row['first'] if row['first'] is None else round(row['first'], 2)}  {row['hyp']!r}")
             if not r["keeps_up"] and n >= 6:
