@@ -95,7 +95,7 @@ async def run_stream(settings, pcm: bytes, marks, t0: float):
     sent = []  # wall time chunk k was sent
     for k, i in enumerate(range(0, len(pcm), CHUNK)):
         await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK / (2 * RATE) - time.monotonic()))  # pacing only
-        await up.send_audio(pcm[i:i + CHUNK])
+        up.send_audio(pcm[i:i + CHUNK])
         sent.append(time.monotonic())
     await up.close()
     await asyncio.wait_for(task, 30)

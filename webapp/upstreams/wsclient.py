@@ -180,7 +180,6 @@ class WsUpstream(Upstream):
     # -- lifecycle --
     async def connect(self) -> None:
         timeout = self.settings.upstream_connect_timeout
-        ping = self.settings.upstream_ping_seconds
         loop = asyncio.get_running_loop()
         if self.greeting:
             self._ready = loop.create_future()  # the greeting can come in the same packet as the 101

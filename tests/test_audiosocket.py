@@ -1,0 +1,73 @@
+"""The capture socket's fast path (webapp/audiosocket.py) and the server shapes around it: the same session
+through caption-relay (direct socket) and through a plain ASGI server (the fallback), fragmented upstream
+messages, and `--workers` on one port."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from client import run_capture, tone_pcm
+from conftest import ROOT, TEST_DG_KEY, running_app
+from test_relay import SCRIPT_FINALS, assert_turn_order
+
+SERVERS = {
+    # as users run it: uvicorn with DirectWebSocketProtocol, messages by callback
+    "caption-relay": None,
+    # any other ASGI server: the relay falls back to ASGI receive/send
+    "plain uvicorn": ["-m", "uvicorn", "webapp.app:create_app", "--factory", "--host", "127.0.0.1",
+                      "--port", "{port}", "--ws", "websockets-sansio", "--log-level", "warning"],
+}
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+async def test_same_session_on_the_direct_socket_and_on_plain_asgi(server, simulator, session_tmp):
+    simulator.reset()
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen"}
+    pcm = tone_pcm(4.0)
+    with running_app(env, session_tmp, f"server-{server.replace(' ', '-')}", argv=SERVERS[server]) as app:
+        messages = await run_capture(f"{app.ws}/ws/listen", pcm)
+    assert_turn_order(messages)
+    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == SCRIPT_FINALS
+    assert messages[-1] == {"type": "closed", "reason": "client_closed"}
+    rec = simulator.records[0]
+    assert bytes(rec.audio[: len(pcm)]) == pcm  # every byte, in order
+    assert rec.controls[-2:] == ["ForceEndTurn", "CloseStream"]
+
+
+async def test_fragmented_upstream_messages_are_reassembled(flux_app, sim):
+    sim.faults.fragment = True  # every TurnInfo arrives as three frames (a text frame and two continuations)
+    messages = await run_capture(f"{flux_app.ws}/ws/listen", tone_pcm(4.0))
+    assert_turn_order(messages)
+    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == SCRIPT_FINALS
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY}, "REDIS_URL"),
+    ({"STT_BACKEND": "local", "REDIS_URL": "redis://127.0.0.1:1/0"}, "LOCAL_MAX_STREAMS"),
+])
+def test_workers_refused_where_they_would_misbehave(env, says, tmp_path):
+    full = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEEPGRAM_API_KEY", "STT_BACKEND")}
+    full.update(env, DATA_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "webapp", "--workers", "2", "--port", "1"], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert says in proc.stderr and "--workers" in proc.stderr
+
+
+async def test_two_workers_on_one_port_serve_sessions_and_stop_on_sigterm(simulator, session_tmp, redis_url):
+    simulator.reset()
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "REDIS_URL": redis_url}
+    argv = ["-m", "webapp", "--workers", "2", "--host", "127.0.0.1", "--port", "{port}"]
+    with running_app(env, session_tmp, "workers", argv=argv) as app:
+        results = await asyncio.gather(*(run_capture(f"{app.ws}/ws/listen", tone_pcm(4.0)) for _ in range(6)))
+        for messages in results:
+            assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == SCRIPT_FINALS
+        app.proc.send_signal(signal.SIGTERM)
+        assert app.proc.wait(20) == 0  # the supervisor passed the signal on and both workers stopped
+    assert app.log_text().count("Started server process") == 2  # two uvicorn servers on the shared port
