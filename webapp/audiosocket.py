@@ -37,11 +37,12 @@ class Listener(Protocol):
 class DirectSocket:
     """What the app gets from the scope: attach a listener, send without awaiting, flow control."""
 
-    __slots__ = ("_p", "listener")
+    __slots__ = ("_p", "listener", "batching")
 
     def __init__(self, protocol: "DirectWebSocketProtocol"):
         self._p = protocol
         self.listener: Listener | None = None
+        self.batching = False
 
     def attach(self, listener: Listener) -> None:
         """Deliver every later message to `listener`; messages that came before it are delivered first."""
@@ -75,8 +76,8 @@ class DirectSocket:
         return self._p.writable.is_set()
 
     def send_text(self, data: bytes) -> bool:
-        """Queue one text message (UTF-8 bytes); False when the socket is closing or gone. Messages queued
-        in one turn of the event loop (a final and its EndOfTurn, say) leave in one write."""
+        """Write one text message (UTF-8 bytes); False when the socket is closing or gone. Between begin()
+        and end() messages are held and leave in one write (a final and its EndOfTurn, say)."""
         p = self._p
         if p.close_sent or p.disconnected:
             return False
@@ -84,10 +85,21 @@ class DirectSocket:
             p.conn.send_text(data)
         except InvalidState:
             return False
-        if not p.flush_pending:
-            p.flush_pending = True
-            p.loop.call_soon(p.flush)
+        if not self.batching:
+            p.transport.write(b"".join(p.conn.data_to_send()))
         return True
+
+    def begin(self) -> None:
+        self.batching = True
+
+    def end(self) -> None:
+        """Write what was held since begin()."""
+        self.batching = False
+        p = self._p
+        if not p.disconnected:
+            out = p.conn.data_to_send()
+            if out:
+                p.transport.write(b"".join(out))
 
     def pause_reading(self) -> None:
         """Backpressure: the upstream cannot take audio as fast as the browser sends it."""
@@ -103,15 +115,6 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol; once a listener is attached, messages bypass the ASGI queue."""
 
     direct: DirectSocket | None = None
-    flush_pending = False
-
-    def flush(self) -> None:
-        """Write what DirectSocket.send_text queued (other writes on this socket flush it too, in order)."""
-        self.flush_pending = False
-        if not self.disconnected:
-            out = self.conn.data_to_send()
-            if out:
-                self.transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         direct = self.direct

@@ -380,6 +380,10 @@ class RelaySession:
         if self.direct is not None:
             self._pause_reading("upstream", full)
 
+    def _batch(self, start: bool) -> None:
+        """The events of one upstream message leave in one write."""
+        self.direct.begin() if start else self.direct.end()
+
     def _pause_reading(self, reason: str, pause: bool) -> None:
         was = bool(self._paused)
         self._paused.add(reason) if pause else self._paused.discard(reason)
@@ -439,6 +443,8 @@ class RelaySession:
         up = self.factory(self.settings, self.params)
         up.on_silence = self._silence_sent
         up.on_pressure = self._upstream_pressure
+        if self.direct is not None:
+            up.on_batch = self._batch
         up.listener = self._deliver
         self.upstream = up
         await up.connect()

@@ -121,6 +121,9 @@ class Upstream(abc.ABC):
     # Set by the relay: called with True when the upstream cannot take audio as fast as it comes (its send
     # buffer is full), and with False once it can again.
     on_pressure = None
+    # Set by the relay: called with True before the events of one provider message and with False after them,
+    # so that those events can leave in one write to the browser.
+    on_batch = None
 
     def __init__(self, settings: Settings, params: StreamParams):
         self.settings = settings

@@ -217,6 +217,9 @@ class WsUpstream(Upstream):
             return  # not JSON: nothing a provider documents
         if not isinstance(msg, dict):
             return
+        batch = self.on_batch
+        if batch is not None:
+            batch(True)
         try:
             if self._ready is not None and not self._ready.done():
                 self.greet(msg)
@@ -224,6 +227,9 @@ class WsUpstream(Upstream):
                 self.handle(msg)
         except (TypeError, ValueError, AttributeError) as exc:  # a malformed field: skip that message
             log.warning("upstream_bad_message", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
+        finally:
+            if batch is not None:
+                batch(False)
 
     def _on_disconnected(self) -> None:
         self._gone = True
