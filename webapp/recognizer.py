@@ -336,8 +336,7 @@ class _Session:
             if not self.heard:
                 return  # a line moonshine made up from noise or breath; never shown
             if TRACE:
-                print(f"TRACE sid={self.sid} modelend silence={self.ep.silence / RATE:.3f} text={line.text!r}",
-                      file=sys.stderr, flush=True)
+                log.info(f"trace sid={self.sid} modelend silence={self.ep.silence / RATE:.3f} text={line.text!r}")
             if (self.total - self._turn_start()) / RATE >= MODEL_END_SECONDS:
                 # a long turn that our endpointer does not end (noisy room, no pauses): moonshine's line end ends it
                 self._final(" ".join(filter(None, (self.prefix, line.text.strip()))), self.line_start, end, "model",
@@ -442,13 +441,12 @@ class _Session:
             return  # a re-decode will come
         if TRACE:
             now = time.monotonic()
-            print(f"TRACE sid={self.sid} commit silence={self.ep.silence / RATE:.3f} "
-                  f"since_speech={(self.total - self.ep.last_speech) / RATE:.3f} "
-                  f"weak_gap={(self.total - self.ep.last_weak) / RATE:.3f} "
-                  f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
-                  f"spec_age={(self.total - self.spec[1]) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
-                  f"redos={self.redos} pending={self.decoder.pending}",
-                  file=sys.stderr, flush=True)
+            log.info(f"trace sid={self.sid} commit silence={self.ep.silence / RATE:.3f} "
+                     f"since_speech={(self.total - self.ep.last_speech) / RATE:.3f} "
+                     f"weak_gap={(self.total - self.ep.last_weak) / RATE:.3f} "
+                     f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
+                     f"spec_age={(self.total - self.spec[1]) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
+                     f"redos={self.redos} pending={self.decoder.pending}")
         self._commit(self.spec[0], "model")
 
     def _quiet(self, young: bool) -> bool:
@@ -632,7 +630,7 @@ def _load_transcriber():
 
 
 def _worker_main(fd: int) -> None:
-    logging.basicConfig(level=os.environ.get("RECOGNIZER_LOG_LEVEL", "WARNING"),
+    logging.basicConfig(level="INFO" if TRACE else os.environ.get("RECOGNIZER_LOG_LEVEL", "WARNING"),
                         format="recognizer-worker %(process)d %(levelname)s %(message)s")
     conn = Connection(fd)
     lock = threading.Lock()
