@@ -4,14 +4,17 @@ messages, and `--workers` on one port."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
+from websockets.asyncio.client import connect
 
-from client import run_capture, tone_pcm
+from client import collect_until_closed, frames, run_capture, tone_pcm
 from conftest import ROOT, TEST_DG_KEY, running_app
 from test_relay import SCRIPT_FINALS, assert_turn_order
 
@@ -71,3 +74,32 @@ async def test_two_workers_on_one_port_serve_sessions_and_stop_on_sigterm(simula
         app.proc.send_signal(signal.SIGTERM)
         assert app.proc.wait(20) == 0  # the supervisor passed the signal on and both workers stopped
     assert app.log_text().count("Started server process") == 2  # two uvicorn servers on the shared port
+
+
+async def test_a_browser_that_stops_reading_loses_no_final(flux_app, sim):
+    """The page's socket stops reading (a frozen tab) while the recognizer keeps talking: once the browser's
+    buffers are full the relay holds events (dropping interims first, never finals) and sends them when it
+    reads again."""
+    # 200 turns of 16 long words: each interim repeats its turn's words, ~6 MB of events, more than the
+    # kernel buffers between the relay and the page hold (up to 4 MB on loopback)
+    script = [[f"w{t}x{i}" + "a" * 150 for i in range(16)] for t in range(200)]
+    sim.reset(script=script, word_ms=100, eot_ms=400)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: no window autotuning
+    sock.connect(("127.0.0.1", flux_app.port))
+    pcm = tone_pcm(410.0)  # the script spans 400 s
+    async with connect(f"{flux_app.ws}/ws/listen", sock=sock, compression=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"  # live: the audio goes straight through
+        ws.transport.pause_reading()  # the frozen tab: nothing more is read from the socket
+        for chunk in frames(pcm):  # 80 ms frames, sent as fast as the relay takes them; nothing is read
+            await ws.send(chunk)
+        ended = lambda: sim.records and sum(1 for m in sim.records[0].sent if m.get("event") == "EndOfTurn")  # noqa: E731
+        await sim.until(lambda: ended() == len(script), 60)
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        ws.transport.resume_reading()  # the tab wakes up
+        messages = await collect_until_closed(ws, timeout=60)
+    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == [" ".join(t) for t in script]
+    assert messages[-1]["type"] == "closed"
+    assert '"browser_slow"' in flux_app.log_text()  # the relay did hold events for this page
+    interims = sum(1 for m in messages if m["type"] == "transcript" and not m["final"])
+    assert interims < sum(len(turn) for turn in script)  # ... and let interims go to keep the finals

@@ -109,9 +109,10 @@ class Outbox:
     On a direct socket (webapp.audiosocket) an event is written at once while the browser keeps up, and
     queued only while its buffer is full; otherwise a writer task (run()) sends through ASGI."""
 
-    def __init__(self, ws: WebSocket, direct: DirectSocket | None = None):
+    def __init__(self, ws: WebSocket, direct: DirectSocket | None = None, session_id: str = ""):
         self.ws = ws
         self.direct = direct
+        self.session_id = session_id
         self.items: deque[dict[str, Any]] = deque()
         self.wake = asyncio.Event()
         self.closed = False
@@ -120,9 +121,11 @@ class Outbox:
         if self.closed:
             return
         direct = self.direct
-        if direct is not None and not self.items and direct.writable:
-            self._write(event)
-            return
+        if direct is not None and not self.items:
+            if direct.writable:
+                self._write(event)
+                return
+            log.info("browser_slow", extra=fields(session=self.session_id))  # its buffer is full: hold events
         self.items.append(event)
         if len(self.items) > OUTBOX_LIMIT:
             for i, item in enumerate(self.items):
@@ -225,7 +228,7 @@ class RelaySession:
         self.bps = params.bytes_per_second
         # uvicorn with webapp.audiosocket (as the CLI runs it): messages by callback, sends without awaiting
         self.direct: DirectSocket | None = ws.scope.get("extensions", {}).get(DIRECT)
-        self.out = Outbox(ws, self.direct)
+        self.out = Outbox(ws, self.direct, self.id)
         self._backlog: deque | None = None     # browser messages waiting behind a control message
         self._backlog_task: asyncio.Task | None = None
         self._paused: set[str] = set()         # why reading the browser is paused: "backlog", "upstream"
@@ -587,7 +590,7 @@ class RelaySession:
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     writer.cancel()
             code = 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
-            with contextlib.suppress(RuntimeError, OSError):
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # the browser may be gone
                 await self.ws.close(code)
             self.done.set()
             log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
