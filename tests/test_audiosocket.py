@@ -103,3 +103,18 @@ async def test_a_browser_that_stops_reading_loses_no_final(flux_app, sim):
     assert '"browser_slow"' in flux_app.log_text()  # the relay did hold events for this page
     interims = sum(1 for m in messages if m["type"] == "transcript" and not m["final"])
     assert interims < sum(len(turn) for turn in script)  # ... and let interims go to keep the finals
+
+
+def test_upstream_frame_masks_differ_between_processes():
+    """picows masks client frames with libc rand() (picows.pyx: `mask = <uint32_t>rand()`), which is the same
+    sequence in every process unless seeded: two relays must not mask their upstream audio alike (RFC 6455 §5.3)."""
+    probe = ("import ctypes, webapp.upstreams.wsclient\n"  # loading the upstream client seeds the masks
+             "libc = ctypes.CDLL(None)\n"
+             "print([libc.rand() for _ in range(4)])\n")
+    unseeded = "import ctypes; libc = ctypes.CDLL(None); print([libc.rand() for _ in range(4)])"
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            for code in (probe, probe, unseeded, unseeded)]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    first, second, plain1, plain2 = (run.stdout.strip() for run in runs)
+    assert plain1 == plain2  # what picows would use without the seed: the same keys in every process
+    assert first != second and first != plain1

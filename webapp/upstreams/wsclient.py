@@ -7,7 +7,9 @@ costs no task switch or coroutine on its way upstream (docs/benchmarks.md, "Rela
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +30,18 @@ CLEAN_CLOSE = frozenset((WSCloseCode.NO_INFO, WSCloseCode.OK, WSCloseCode.GOING_
 
 TEXT, CONT, BINARY, CLOSE = WSMsgType.TEXT, WSMsgType.CONTINUATION, WSMsgType.BINARY, WSMsgType.CLOSE
 monotonic = time.monotonic
+
+
+def seed_masks() -> None:
+    """picows masks client frames with libc rand(), which nobody seeds: every process would mask with the same
+    sequence, and the audio we mask comes from browsers. RFC 6455 §5.3 wants unpredictable masks, so seed it."""
+    try:
+        ctypes.CDLL(None).srand(int.from_bytes(os.urandom(4), "little"))
+    except (OSError, AttributeError):  # pragma: no cover - a libc without srand
+        log.warning("mask_seed_failed")
+
+
+seed_masks()
 
 
 class _Ticker:
