@@ -14,7 +14,7 @@ import sys
 import pytest
 from websockets.asyncio.client import connect
 
-from client import collect_until_closed, frames, run_capture, tone_pcm
+from client import collect_until_closed, finals, frames, run_capture, tone_pcm
 from conftest import ROOT, TEST_DG_KEY, running_app
 from test_relay import SCRIPT_FINALS, assert_turn_order
 
@@ -35,7 +35,7 @@ async def test_same_session_on_the_direct_socket_and_on_plain_asgi(server, simul
     with running_app(env, session_tmp, f"server-{server.replace(' ', '-')}", argv=SERVERS[server]) as app:
         messages = await run_capture(f"{app.ws}/ws/listen", pcm)
     assert_turn_order(messages)
-    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == SCRIPT_FINALS
+    assert finals(messages) == SCRIPT_FINALS
     assert messages[-1] == {"type": "closed", "reason": "client_closed"}
     rec = simulator.records[0]
     assert bytes(rec.audio[: len(pcm)]) == pcm  # every byte, in order
@@ -46,7 +46,7 @@ async def test_fragmented_upstream_messages_are_reassembled(flux_app, sim):
     sim.faults.fragment = True  # every TurnInfo arrives as three frames (a text frame and two continuations)
     messages = await run_capture(f"{flux_app.ws}/ws/listen", tone_pcm(4.0))
     assert_turn_order(messages)
-    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == SCRIPT_FINALS
+    assert finals(messages) == SCRIPT_FINALS
 
 
 @pytest.mark.parametrize("env, says", [
@@ -70,7 +70,7 @@ async def test_two_workers_on_one_port_serve_sessions_and_stop_on_sigterm(simula
     with running_app(env, session_tmp, "workers", argv=argv) as app:
         results = await asyncio.gather(*(run_capture(f"{app.ws}/ws/listen", tone_pcm(4.0)) for _ in range(6)))
         for messages in results:
-            assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == SCRIPT_FINALS
+            assert finals(messages) == SCRIPT_FINALS
         app.proc.send_signal(signal.SIGTERM)
         assert app.proc.wait(20) == 0  # the supervisor passed the signal on and both workers stopped
     assert app.log_text().count("Started server process") == 2  # two uvicorn servers on the shared port
@@ -98,7 +98,7 @@ async def test_a_browser_that_stops_reading_loses_no_final(flux_app, sim):
         await ws.send(json.dumps({"type": "CloseStream"}))
         ws.transport.resume_reading()  # the tab wakes up
         messages = await collect_until_closed(ws, timeout=60)
-    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == [" ".join(t) for t in script]
+    assert finals(messages) == [" ".join(t) for t in script]
     assert messages[-1]["type"] == "closed"
     assert '"browser_slow"' in flux_app.log_text()  # the relay did hold events for this page
     interims = sum(1 for m in messages if m["type"] == "transcript" and not m["final"])

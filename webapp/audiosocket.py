@@ -13,7 +13,6 @@ the app uses plain ASGI receive/send: see webapp/relay.py.
 """
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -21,8 +20,6 @@ from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 
 BINARY = Opcode.BINARY
-
-log = logging.getLogger(__name__)
 
 DIRECT = "caption-relay.direct"
 
@@ -66,11 +63,6 @@ class DirectSocket:
             p.transport.resume_reading()
 
     @property
-    def open(self) -> bool:
-        p = self._p
-        return not (p.close_sent or p.disconnected or p.transport.is_closing())
-
-    @property
     def writable(self) -> bool:
         """False while the kernel buffer to the browser is full (the browser reads slowly)."""
         return self._p.writable.is_set()
@@ -86,7 +78,7 @@ class DirectSocket:
         except InvalidState:
             return False
         if not self.batching:
-            p.transport.write(b"".join(p.conn.data_to_send()))
+            self._flush()
         return True
 
     def begin(self) -> None:
@@ -95,6 +87,9 @@ class DirectSocket:
     def end(self) -> None:
         """Write what was held since begin()."""
         self.batching = False
+        self._flush()
+
+    def _flush(self) -> None:
         p = self._p
         if not p.disconnected:
             out = p.conn.data_to_send()

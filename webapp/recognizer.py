@@ -302,6 +302,10 @@ class _Session:
         self.base = self.total  # moonshine times are relative to this sample
         self.fed = 0
         self.last_update = 0
+        self._new_turn()
+
+    def _new_turn(self) -> None:
+        """Forget the finished turn's lines and speculative decodes."""
         self.line_id = None
         self.line_text = ""
         self.line_start = None  # start of the turn's first moonshine line (seconds)
@@ -312,9 +316,6 @@ class _Session:
         self.turn_no += 1
         self.inflight = None
         self.redos = 0
-
-    def _add(self, stream, x: np.ndarray) -> None:
-        _add_audio(self.tr, stream, x)
 
     def _on_line(self, ev) -> None:
         kind = type(ev).__name__
@@ -370,7 +371,7 @@ class _Session:
             return
         self.total += len(x)
         self.buf = np.concatenate([self.buf, x])
-        self._add(self.stream, x)
+        _add_audio(self.tr, self.stream, x)
         self.fed += len(x)
         spoke = self.ep.process(x)
         self.heard = self.heard or self.ep.in_turn
@@ -509,9 +510,7 @@ class _Session:
         if restart:
             self._new_stream()
         else:
-            self.line_id, self.line_text, self.line_start, self.spec, self.prefix = None, "", None, None, ""
-            self.cur_start = None
-            self.gen, self.inflight, self.redos, self.turn_no = self.gen + 1, None, 0, self.turn_no + 1
+            self._new_turn()
 
     def _finalize(self, trigger: str) -> bool:
         if not self._turn_open():
@@ -530,7 +529,7 @@ class _Session:
                 if self.aborted and op != "abort":
                     continue
                 if op == "audio":
-                    self._audio(item[1], item[2] if len(item) > 2 else 0.0)
+                    self._audio(item[1], item[2])
                 elif op == "spec":
                     self._spec_done(*item[1:])
                 elif op == "error":

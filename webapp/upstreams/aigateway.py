@@ -83,10 +83,13 @@ class AIGatewayUpstream(WsUpstream):
         return self.flux and self.turns.open and not self._closing
 
     async def finalize(self) -> None:
-        # ForceEndTurn: see DeepgramUpstream.finalize
+        self._end_turn()
+
+    def _end_turn(self) -> None:
+        # ForceEndTurn: see DeepgramUpstream._end_turn
         self._send_json({"type": "ForceEndTurn" if self.flux else "Finalize"})
 
     def close_stream(self) -> None:
         if self.flux:
-            self._send_json({"type": "ForceEndTurn"})
+            self._end_turn()
         self._send_json({"type": "CloseStream"})

@@ -48,10 +48,13 @@ class DeepgramUpstream(WsUpstream):
         return self.turns.open and not self._closing
 
     async def finalize(self) -> None:
+        self._end_turn()
+
+    def _end_turn(self) -> None:
         # Sent even when no turn looks open here: StartOfTurn may still be in flight, and with no turn
         # Flux only answers a harmless Warning.
         self._send_json({"type": "ForceEndTurn"})
 
     def close_stream(self) -> None:
-        self._send_json({"type": "ForceEndTurn"})
+        self._end_turn()
         self._send_json({"type": "CloseStream"})

@@ -263,7 +263,7 @@ class WsUpstream(Upstream):
     # -- run by _Ticker every WATCHDOG_TICK --
     def _watch(self, now: float) -> None:
         if self._gone:
-            return _ticker.discard(self)
+            return  # discarded already; the tick iterates over a copy
         # A stalled provider (no data, no pong) is cut off about two ping periods after it went quiet.
         ping = self.settings.upstream_ping_seconds
         if self._pinged and self._last_recv < self._pinged:
