@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -675,7 +676,7 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
         print(f"| {mode} | {r['k']} | {r['frames_s']:.0f} | {fmt(r['p50'], 2)} | {fmt(r['p99'], 2)} | {fmt(add50, 2)} | "
               f"{fmt(add99, 2)} | {cpu_s if cpu is not None else '-'} | {fmt(r.get('us_per_frame'))} | "
               f"{fmt(ratio, 2) if ratio else '-'} | {fmt(r.get('kb_idle'), 0)} | {fmt(r.get('kb_busy'), 0)} | "
-              f"{r['lost']} / {r['reordered']} | {r['replies']}/{r['replies_expected']} | {fmt(r['lag_p99_ms'], 1)} | "
+              f"{r['lost']} / {r['reordered']} | {r['replies']:.0f}/{r['replies_expected']:.0f} | {fmt(r['lag_p99_ms'], 1)} | "
               f"{fmt(r['core1_pct'], 0)} | {fmt(r['other_pct'], 0)} | {verdict} |", file=file)
 
 
@@ -700,7 +701,8 @@ def orchestrate(args) -> int:
                                           "--turn-every", str(args.turn_every)]
                           + (["--aligned"] if args.aligned else []),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
-    rows: list[dict] = []
+    rows: list[dict] = []     # one per (mode, K): the medians of its rounds
+    rounds: list[dict] = []   # every measurement
     started = time.monotonic()
     try:
         up_port = json.loads(up.stdout.readline())["port"]
@@ -710,37 +712,15 @@ def orchestrate(args) -> int:
         for k in args.k:
             if not [m for m in active if m != "direct"]:
                 break
-            for mode in list(active):
-                if time.monotonic() - started > args.budget:
-                    print(f"time budget of {args.budget} s used up: stopping", flush=True)
-                    raise StopIteration
-                t = time.monotonic()
-                row = None
-                for attempt in range(1 + args.retries):
-                    try:
-                        got = run_point(mode, k, args, tmp, up, up_port)
-                    except (TimeoutError, EOFError, RuntimeError) as exc:
-                        print(f"  {mode:7s} K={k}: FAILED ({exc})", flush=True)
-                        continue
-                    got["attempts"] = attempt + 1
-                    if row is None or got["other_pct"] < row["other_pct"]:
-                        row = got
-                    if got["other_pct"] <= args.max_other and got["harness_ok"]:
-                        break
-                    print(f"  {mode:7s} K={k}: other tenants used {got['other_pct']:.0f} % of a core, loadgen lag p99 "
-                          f"{got['lag_p99_ms']} ms: measuring again", flush=True)
-                if row is None:
-                    print(f"  {mode:7s} K={k}: not run at larger K", flush=True)
-                    active.remove(mode)
+            point_rows = measure_k(k, active, args, tmp, up, up_port, started)
+            for mode in modes:
+                got = point_rows.get(mode)
+                if not got:
                     continue
+                row = summarize(got)
                 rows.append(row)
-                print(f"  {mode:7s} K={k:5d}: p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms, "
-                      f"cpu {fmt(row.get('cpu_pct'), 0)} %, {fmt(row.get('us_per_frame'))} µs/frame, "
-                      f"idle {fmt(row.get('kb_idle'), 0)} KB/stream, lost {row['lost']} reord {row['reordered']}, "
-                      f"replies {row['replies']}/{row['replies_expected']}, lag p99 {row['lag_p99_ms']} ms, "
-                      f"core1 {row['core1_pct']:.0f} %, other {row['other_pct']:.0f} %, keeps up {row['keeps_up']} ({time.monotonic() - t:.0f} s)",
-                      flush=True)
-                if not row["keeps_up"]:
+                rounds.extend(got)
+                if not row["keeps_up"] and mode in active:
                     if mode == "direct":
                         print(f"  direct itself falls behind at K={k}: the harness is the limit; stopping", flush=True)
                         active = []
@@ -758,6 +738,8 @@ def orchestrate(args) -> int:
         return 1
     print()
     print_table(rows)
+    if args.repeat > 1:
+        print_spread(rounds)
     d500 = [r for r in rows if r["k"] == 500]
     dd = {r["mode"]: r for r in d500}
     if "direct" in dd and "relay" in dd:
@@ -767,10 +749,91 @@ def orchestrate(args) -> int:
               f"added p99 {b['p99'] - a['p99']:.2f} ms")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"points": rows, "rounds": rounds}, indent=1))
         print(f"rows written to {args.json}")
     print(f"logs in {tmp}; total {time.monotonic() - started:.0f} s")
     return 0
+
+
+def measure_k(k: int, active: list[str], args, tmp: Path, up, up_port: int, started: float) -> dict[str, list[dict]]:
+    """Every mode at one K, `--repeat` times in turn (direct, relay, nginx, direct, relay, ...), so that each round's
+    modes are measured back to back under the same conditions."""
+    out: dict[str, list[dict]] = {}
+    for rnd in range(args.repeat):
+        for mode in list(active):
+            if out.get(mode) is None and rnd > 0:
+                continue  # it failed in an earlier round
+            if time.monotonic() - started > args.budget:
+                print(f"time budget of {args.budget} s used up: stopping", flush=True)
+                raise StopIteration
+            t = time.monotonic()
+            row = None
+            for attempt in range(1 + args.retries):
+                try:
+                    got = run_point(mode, k, args, tmp, up, up_port)
+                except (TimeoutError, EOFError, RuntimeError) as exc:
+                    print(f"  {mode:7s} K={k}: FAILED ({exc})", flush=True)
+                    continue
+                got["attempts"] = attempt + 1
+                if row is None or got["other_pct"] < row["other_pct"]:
+                    row = got
+                if got["other_pct"] <= args.max_other and got["harness_ok"]:
+                    break
+                print(f"  {mode:7s} K={k}: other tenants used {got['other_pct']:.0f} % of a core, loadgen lag p99 "
+                      f"{got['lag_p99_ms']} ms: measuring again", flush=True)
+            if row is None:
+                print(f"  {mode:7s} K={k}: not run at larger K", flush=True)
+                out[mode] = None
+                continue
+            row["round"] = rnd + 1
+            out.setdefault(mode, []).append(row)
+            print(f"  {mode:7s} K={k:5d} #{rnd + 1}: p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms, "
+                  f"cpu {fmt(row.get('cpu_pct'), 0)} %, {fmt(row.get('us_per_frame'))} µs/frame, "
+                  f"idle {fmt(row.get('kb_idle'), 0)} KB/stream, lost {row['lost']} reord {row['reordered']}, "
+                  f"replies {row['replies']}/{row['replies_expected']}, lag p99 {row['lag_p99_ms']} ms, "
+                  f"core1 {row['core1_pct']:.0f} %, other {row['other_pct']:.0f} %, keeps up {row['keeps_up']} ({time.monotonic() - t:.0f} s)",
+                  flush=True)
+    return {mode: rows for mode, rows in out.items() if rows}
+
+
+# Fields that are summed over a point's rounds (anything lost counts); the other numbers are medians.
+SUMMED = ("lost", "reordered", "dup", "no_final", "connect_failed", "relay_errors")
+
+
+def summarize(got: list[dict]) -> dict:
+    """One (mode, K) point from its rounds: medians, sums of what was lost, and 'keeps up' when most rounds did."""
+    if len(got) == 1:
+        return dict(got[0], repeats=1)
+    row = dict(got[0], repeats=len(got))
+    for key, value in got[0].items():
+        if key in SUMMED:
+            row[key] = sum(r[key] for r in got)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "k":
+            row[key] = statistics.median(r[key] for r in got)
+    for key in ("keeps_up", "harness_ok", "loss_ok"):
+        row[key] = sum(1 for r in got if r[key]) * 2 > len(got)
+    row["loss_ok"] = row["loss_ok"] and all(r["loss_ok"] for r in got)
+    row["keeps_up"] = row["keeps_up"] and row["loss_ok"]
+    return row
+
+
+def print_spread(rounds: list[dict], file=sys.stdout) -> None:
+    """Per K: relay/nginx CPU ratio of each round (measured back to back), and the spread of p99."""
+    print("\nround by round (each round measures the modes back to back):", file=file)
+    for k in sorted({r["k"] for r in rounds}):
+        at = [r for r in rounds if r["k"] == k]
+        by = {(r["mode"], r["round"]): r for r in at}
+        ratios = [by[("relay", n)]["us_per_frame"] / by[("nginx", n)]["us_per_frame"]
+                  for n in sorted({r["round"] for r in at}) if ("relay", n) in by and ("nginx", n) in by]
+        parts = []
+        if ratios:
+            parts.append(f"relay/nginx CPU per frame {', '.join(f'{x:.2f}' for x in ratios)} "
+                         f"(median {statistics.median(ratios):.2f})")
+        for mode in ("direct", "relay", "nginx", "relay2"):
+            p99 = [r["p99"] for r in at if r["mode"] == mode]
+            if p99:
+                parts.append(f"{mode} p99 {min(p99):.1f}–{max(p99):.1f} ms")
+        print(f"  K={k}: " + "; ".join(parts), file=file)
 
 
 def main(argv=None) -> int:
@@ -813,6 +876,8 @@ def main(argv=None) -> int:
                    help="measure a point again (keeping the quietest attempt) when other processes on the machine "
                         "used more than --max-other %% of a core or the load generator lagged")
     p.add_argument("--max-other", type=float, default=25.0)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure every point N times, the modes in turn each time; the table gives medians")
     p.add_argument("--behind-ms", type=float, default=100.0, help="p99 round trip above this = falls behind")
     p.add_argument("--repo", default=str(REPO), help="the caption-relay checkout to run (default: this one)")
     p.add_argument("--python", default=sys.executable, help="interpreter with the relay's dependencies")

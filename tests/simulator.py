@@ -67,6 +67,7 @@ class Simulator:
         self.script = script or DEFAULT_SCRIPT
         self.word_ms, self.eot_ms = word_ms, eot_ms
         self.gateway_shape = "results"
+        self.segment_words: int | None = None
         self.reference: bytes | None = None   # the speaker's whole audio, to place replayed audio on its timeline
         self.faults = Faults()
         self.records: list[Record] = []
@@ -80,6 +81,7 @@ class Simulator:
     def reset(self, **kw) -> None:
         self.script, self.word_ms, self.eot_ms = DEFAULT_SCRIPT, 300, 400
         self.gateway_shape = "results"
+        self.segment_words: int | None = None   # v1 shape: an is_final segment after every N words of a turn
         self.reference = None
         self.faults = Faults()
         for k, v in kw.items():
@@ -391,26 +393,39 @@ class FluxSession(ScriptedSession):
 
 
 class GatewaySession(ScriptedSession):
-    """v1-style Results: interim results carry the turn so far; the turn ends with is_final+speech_final."""
+    """v1-style Results: interim results carry the open segment so far (the turn, unless `segment_words` splits
+    it into is_final segments, as Deepgram does in long utterances); the turn ends with is_final+speech_final."""
 
     async def greet(self) -> None:
         self.last_interim = 0.0
+        self.seg, self.seg_t = 0, 0.0   # words of the open turn already settled in is_final segments; where they end
 
     async def results(self, is_final: bool, speech_final: bool = False, from_finalize: bool = False) -> None:
-        words = self.words()
-        await self.send({"type": "Results", "channel_index": [0, 1], "start": self.rel(self.turn_start),
-                         "duration": round(self.now - self.turn_start, 3), "is_final": is_final,
+        heard = self.heard[self.seg:]
+        start = self.seg_t if self.seg else self.turn_start
+        await self.send({"type": "Results", "channel_index": [0, 1], "start": self.rel(start),
+                         "duration": round(self.now - start, 3), "is_final": is_final,
                          "speech_final": speech_final, "from_finalize": from_finalize,
-                         "channel": {"alternatives": [{"transcript": " ".join(words), "confidence": 0.95, "words": [
+                         "channel": {"alternatives": [{"transcript": " ".join(w for w, _ in heard), "confidence": 0.95,
+                                                       "words": [
                              {"word": w.lower().strip(".,"), "punctuated_word": w, "confidence": 0.95,
                               "start": self.rel(t - self.sim.word_ms / 1000), "end": self.rel(t)}
-                             for w, t in self.heard]}]},
+                             for w, t in heard]}]},
                          "metadata": {"request_id": "sim", "model_info": {"name": "simulated"}}})
+
+    def next_turn(self) -> None:
+        super().next_turn()
+        self.seg = 0
 
     async def on_audio(self) -> None:
         step = self.advance()
         if step in ("start", "update"):
-            await self.results(False)
+            every = self.sim.segment_words
+            if every and len(self.heard) - self.seg >= every:
+                await self.results(True)  # a settled segment: its words are final, the turn goes on
+                self.seg, self.seg_t = len(self.heard), self.now
+            else:
+                await self.results(False)
         elif step == "end":
             await self.results(True, speech_final=True)
             self.next_turn()

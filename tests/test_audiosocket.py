@@ -80,7 +80,7 @@ async def test_a_browser_that_stops_reading_loses_no_final(flux_app, sim):
     """The page's socket stops reading (a frozen tab) while the recognizer keeps talking: once the browser's
     buffers are full the relay holds events (dropping interims first, never finals) and sends them when it
     reads again."""
-    # 200 turns of 16 long words: each interim repeats its turn's words, ~6 MB of events, more than the
+    # 200 turns of 16 long words: each interim repeats its turn's words (interim_words=true), ~6 MB of events, more than the
     # kernel buffers between the relay and the page hold (up to 4 MB on loopback)
     script = [[f"w{t}x{i}" + "a" * 150 for i in range(16)] for t in range(200)]
     sim.reset(script=script, word_ms=100, eot_ms=400)
@@ -88,7 +88,7 @@ async def test_a_browser_that_stops_reading_loses_no_final(flux_app, sim):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: no window autotuning
     sock.connect(("127.0.0.1", flux_app.port))
     pcm = tone_pcm(410.0)  # the script spans 400 s
-    async with connect(f"{flux_app.ws}/ws/listen", sock=sock, compression=None) as ws:
+    async with connect(f"{flux_app.ws}/ws/listen?interim_words=true", sock=sock, compression=None) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"  # live: the audio goes straight through
         ws.transport.pause_reading()  # the frozen tab: nothing more is read from the socket
         for chunk in frames(pcm):  # 80 ms frames, sent as fast as the relay takes them; nothing is read

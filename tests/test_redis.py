@@ -96,6 +96,38 @@ async def test_backend_contract(backend):
         backend.hub.remove("s1", viewer)
 
 
+async def test_sqlite_finals_of_many_sessions_share_one_commit_and_failures_reach_each_writer(tmp_path):
+    """A thousand streams end about 260 turns a second: each final waits for the write that stores it, but the
+    finals that arrive while a write is running go out together in the next one."""
+    backend = LocalBackend(tmp_path / "group.sqlite3")
+    await backend.start()
+    statements = []
+    await backend.db.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith("INSERT OR REPLACE INTO turns") else None)
+    published = []
+    backend.hub.deliver = lambda session_id, live: published.append((session_id, live.seq))  # what viewers would get
+    try:
+        def final(i):
+            event = {"type": "transcript", "turn": 0, "text": f"turn of {i}", "final": True, "start": 0.5, "end": 1.25,
+                     "words": [{"word": "é", "start": 0.5, "end": 0.7, "confidence": 0.9}]}
+            return backend.append_final(f"s{i}", 0, event, live_transcript(event, 0))
+        await asyncio.gather(*(final(i) for i in range(300)))
+        assert sorted(published) == sorted((f"s{i}", 0) for i in range(300))  # each published once, after its write
+        assert 1 <= len(statements) <= 5  # 300 finals, a handful of commits
+        for i in (0, 137, 299):
+            [turn] = await backend.get_turns(f"s{i}")
+            assert turn["text"] == f"turn of {i}" and turn["words"][0]["word"] == "é" and turn["end"] == 1.25
+
+        await backend.db.execute("ALTER TABLE turns RENAME TO turns_away")  # the next write fails
+        results = await asyncio.gather(*(final(i) for i in range(300, 310)), return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results)  # every writer hears it (and retries its own)
+        assert len(published) == 300  # nothing unstored was published
+        await backend.db.execute("ALTER TABLE turns_away RENAME TO turns")
+        await final(400)
+        assert (await backend.get_turns("s400"))[0]["text"] == "turn of 400" and ("s400", 0) in published
+    finally:
+        await backend.close()
+
+
 # ---- two processes --------------------------------------------------------------------------------
 
 

@@ -50,6 +50,26 @@ async def test_events_arrive_normalized_and_in_order(flux_app, sim):
     assert messages[-1] == {"type": "closed", "reason": "client_closed"}
 
 
+@pytest.mark.parametrize("app_name", ["flux_app", "gateway_app"])
+@pytest.mark.parametrize("query, interim_words", [("", False), ("?interim_words=true", True), ("?interim_words=false", False)])
+async def test_interims_carry_words_only_when_asked_finals_always(request, sim, app_name, query, interim_words):
+    app = request.getfixturevalue(app_name)
+    messages = await run_capture(f"{app.ws}/ws/listen{query}", tone_pcm(4.0))
+    assert_turn_order(messages)
+    interims = [m for m in messages if m["type"] == "transcript" and not m["final"]]
+    finals_ = [m for m in messages if m["type"] == "transcript" and m["final"]]
+    assert interims and [m["text"] for m in finals_] == SCRIPT_FINALS
+    for m in finals_:  # a final's words: ours, normalized, in the turn's window
+        assert [w["word"] for w in m["words"]] == m["text"].split()
+        assert all(set(w) == {"word", "start", "end", "confidence"} for w in m["words"])
+        assert all(m["start"] - 0.5 <= w["start"] <= w["end"] <= m["end"] + 0.01 for w in m["words"])
+    if interim_words:
+        assert all([w["word"] for w in m["words"]] == m["text"].split() for m in interims)
+        assert all(set(w) == {"word", "start", "end", "confidence"} for m in interims for w in m["words"])
+    else:
+        assert all(m["words"] == [] for m in interims)
+
+
 async def test_every_audio_byte_reaches_upstream_in_order_with_auth(flux_app, sim):
     pcm = tone_pcm(3.0)
     await run_capture(f"{flux_app.ws}/ws/listen", pcm)
@@ -232,6 +252,7 @@ async def test_bad_input_gets_an_error_and_the_session_survives(flux_app, sim, l
     ("&".join(["keyterm=a"] * 101), "keyterms"),
     ("model=nova-3", "unknown parameter"),
     ("sample_rate=16000&sample_rate=8000", "twice"),
+    ("interim_words=yes", "interim_words"),
 ])
 async def test_invalid_query_is_refused_before_any_upstream_connection(flux_app, sim, query, needle):
     async with connect(f"{flux_app.ws}/ws/listen?{query}") as ws:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from client import FRAME, finals, run_capture
-from conftest import TEST_DG_KEY, running_app
+from conftest import TEST_AIG_KEY, TEST_DG_KEY, running_app
 from test_relay import assert_turn_order
 
 SCRIPT = [["Good", "morning", "everyone."], ["Welcome", "to", "the", "service."],
@@ -82,6 +82,25 @@ async def test_upstream_fault_heals_without_losing_audio(resilient_app, sim, lab
     ends = [m["end"] for m in messages if m["type"] == "transcript" and m["final"]]
     assert all(abs(e - want) < 0.25 for e, want in zip(ends, (1.3, 2.9, 4.5, 6.4))), ends
     assert messages[-1] == {"type": "closed", "reason": "client_closed"}
+
+
+async def test_word_times_after_a_reconnect_move_onto_the_session_timeline_once(simulator, session_tmp):
+    """A new connection's times are shifted onto the session's timeline. The gateway's v1 shape settles long turns
+    in is_final segments whose words come again in every later interim of the turn and in its final: they must
+    be shifted once, not once per event."""
+    env = {"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": TEST_AIG_KEY,
+           "AIGATEWAY_REALTIME_URL": f"{simulator.url}/v1/realtime", "UPSTREAM_RETRY_SECONDS": "20"}
+    pcm = speaker_audio()
+    simulator.reset(script=SCRIPT, reference=pcm, segment_words=2)
+    simulator.faults.drop_after_bytes, simulator.faults.connections = 20 * FRAME, 1
+    with running_app(env, session_tmp, "gateway-resilient") as app:
+        messages = await run_capture(f"{app.ws}/ws/listen?interim_words=true", pcm, pace=PACE)
+    assert [m["state"] for m in messages if m["type"] == "status"][:2] == ["reconnecting", "live"]
+    turns = [m for m in messages if m["type"] == "transcript" and m["final"]]
+    assert [m["text"] for m in turns] == [" ".join(t) for t in SCRIPT]
+    assert all(abs(m["end"] - want) < 0.25 for m, want in zip(turns, (1.3, 2.9, 4.5, 6.4))), turns
+    for m in turns:  # each word inside its own turn, on the session's timeline
+        assert m["words"] and all(m["start"] - 0.3 <= w["start"] <= w["end"] <= m["end"] + 0.01 for w in m["words"]), m
 
 
 async def test_outage_longer_than_the_buffer_reports_the_gap(simulator, session_tmp):

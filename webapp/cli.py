@@ -15,6 +15,9 @@ from . import config, embed, logs
 # Young-generation collections every 10,000 (not 700) surviving allocations: at a thousand streams the default
 # ran one every ~40 ms, each stopping the loop for milliseconds (docs/benchmarks.md, "Relay performance").
 GC_THRESHOLDS = (10_000, 10, 10)
+# A WebSocket message over this closes its socket (1009); uvicorn's default, 16 MiB, is what each socket could be
+# made to buffer. Audio frames over 64 KiB are refused anyway (`frame_too_large`), and events are tiny.
+WS_MAX_SIZE = 2 ** 20
 
 
 def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
@@ -60,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from .audiosocket import DirectWebSocketProtocol
     from .server import DrainingServer
     app = create_app(settings)
-    server_config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
-                            http="httptools", ws=DirectWebSocketProtocol, ws_per_message_deflate=False, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=10,
-                            proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
+    server_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
+                                   ws=DirectWebSocketProtocol, ws_per_message_deflate=False, ws_max_size=WS_MAX_SIZE,
+                                   log_config=None, access_log=False, timeout_graceful_shutdown=10,
+                                   proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
     # The start-up heap (imports, templates) never dies: keep it out of every later collection.
     gc.collect()
     gc.freeze()

@@ -7,6 +7,7 @@ Events are plain dicts (JSON-ready) built by the helpers below; `docs/protocol.m
 from __future__ import annotations
 
 import math
+from math import floor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -30,6 +31,7 @@ class StreamParams:
     eot_threshold: float | None = None
     eager_eot_threshold: float | None = None
     eot_timeout_ms: int | None = None
+    interim_words: bool = False   # interim transcripts carry their words too (finals always do)
 
     @property
     def bytes_per_second(self) -> int:
@@ -50,7 +52,7 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     """Validate the query items of /ws/listen. Raises ParamError with a user-facing message."""
     single: dict[str, str] = {}
     keyterms: list[str] = []
-    allowed = {"sample_rate", "encoding", "keyterm", "eot_threshold", "eager_eot_threshold", "eot_timeout_ms",
+    allowed = {"sample_rate", "encoding", "keyterm", "eot_threshold", "eager_eot_threshold", "eot_timeout_ms", "interim_words",
                "resume", "key"}  # resume/key are read by later layers; accepted here so they are not "unknown"
     for name, value in items:
         if name not in allowed:
@@ -85,7 +87,10 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
         if not raw.isdigit() or not 500 <= int(raw) <= 60000:
             raise ParamError("eot_timeout_ms must be a whole number from 500 to 60000")
         timeout = int(raw)
-    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout)
+    interim_words = single.get("interim_words", "false")
+    if interim_words not in ("true", "false"):
+        raise ParamError("interim_words must be true or false")
+    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true")
 
 
 # ---- normalized events -------------------------------------------------------------------------
@@ -94,9 +99,33 @@ def word(text: str, start: float | None, end: float | None, confidence: float | 
     return {"word": text, "start": start, "end": end, "confidence": confidence}
 
 
+def words(raw: Any) -> list[dict[str, Any]]:
+    """A provider's word list as word objects; entries that are not objects are skipped. An entry that already
+    has exactly our four keys and a string word is kept as it is: no copy for every word of every interim."""
+    if type(raw) is not list:
+        return []
+    out = []
+    for w in raw:
+        if type(w) is dict:
+            if len(w) == 4 and type(w.get("word")) is str and "start" in w and "end" in w and "confidence" in w:
+                out.append(w)
+            else:
+                get = w.get
+                out.append(word(str(get("word", "")), get("start"), get("end"), get("confidence")))
+    return out
+
+
+def seconds(t: float) -> float:
+    """A time rounded to the millisecond, as round(t, 3) would do it for times >= 0 (which goes through a
+    decimal string and costs ten times more: every transcript event has two of them)."""
+    return floor(t * 1000.0 + 0.5) / 1000.0
+
+
 def transcript(turn: int, text: str, final: bool, start: float, end: float, words: list[dict] | None = None) -> dict[str, Any]:
+    # seconds(), inline: this runs for every interim of every stream
     return {"type": "transcript", "turn": turn, "text": text, "final": final,
-            "start": round(start, 3), "end": round(end, 3), "words": words or []}
+            "start": floor(start * 1000.0 + 0.5) / 1000.0, "end": floor(end * 1000.0 + 0.5) / 1000.0,
+            "words": words or []}
 
 
 def turn_event(turn: int, event: str) -> dict[str, Any]:

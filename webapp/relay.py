@@ -30,10 +30,11 @@ from . import protocol
 from .audiosocket import DIRECT, DirectSocket
 from .config import Settings
 from .logs import fields
-from .protocol import MAX_AUDIO_FRAME, StreamParams
+from .protocol import MAX_AUDIO_FRAME, StreamParams, seconds
 from .upstreams import Upstream, UpstreamError, make_upstream
 
 log = logging.getLogger(__name__)
+monotonic = time.monotonic
 
 MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
 OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly
@@ -46,7 +47,7 @@ class SessionSink:
     """Where a session's life is recorded (storage, live fan-out). The default records nothing.
 
     opened() runs before `ready` and returns extra fields for it (e.g. share_url); event() gets every
-    transcript/turn event as it is sent to the browser and must not block; closed() runs once at the end.
+    transcript event as it is sent to the browser and must not block; closed() runs once at the end.
     """
 
     async def opened(self, session: "RelaySession") -> dict[str, Any]:
@@ -123,7 +124,8 @@ class Outbox:
         direct = self.direct
         if direct is not None and not self.items:
             if direct.writable:
-                self._write(event)
+                if not direct.send_event(event) or event["type"] == "closed":
+                    self.closed = True  # sent the last message, or the browser is gone
                 return
             log.info("browser_slow", extra=fields(session=self.session_id))  # its buffer is full: hold events
         self.items.append(event)
@@ -134,14 +136,13 @@ class Outbox:
                     break
         self.wake.set()
 
-    def _write(self, event: dict[str, Any]) -> None:
-        if not self.direct.send_text(orjson.dumps(event)) or event["type"] == "closed":
-            self.closed = True  # sent the last message, or the browser is gone
-
     def flush(self) -> None:
         """Direct socket: the browser's buffer has room again."""
-        while self.items and not self.closed and self.direct.writable:
-            self._write(self.items.popleft())
+        direct = self.direct
+        while self.items and not self.closed and direct.writable:
+            event = self.items.popleft()
+            if not direct.send_event(event) or event["type"] == "closed":
+                self.closed = True
         self.wake.set()
 
     async def finish(self, timeout: float) -> None:
@@ -213,6 +214,12 @@ class AudioLog:
             pos = nxt
 
 
+def shift_word(w: dict[str, Any], shift: float) -> dict[str, Any]:
+    start, end = w.get("start"), w.get("end")
+    return {**w, "start": None if start is None else seconds(start + shift),
+            "end": None if end is None else seconds(end + shift)}
+
+
 class RelaySession:
     def __init__(self, ws: WebSocket, settings: Settings, params: StreamParams,
                  upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream,
@@ -230,6 +237,7 @@ class RelaySession:
         self.direct: DirectSocket | None = ws.scope.get("extensions", {}).get(DIRECT)
         self.out = Outbox(ws, self.direct, self.id)
         self._backlog: deque | None = None     # browser messages waiting behind a control message
+        self.on_bytes = self._on_audio         # the direct socket's audio: see on_text
         self._backlog_task: asyncio.Task | None = None
         self._paused: set[str] = set()         # why reading the browser is paused: "backlog", "upstream"
         self._browser_gone: asyncio.Future | None = None
@@ -241,6 +249,7 @@ class RelaySession:
         self.user_closed = False        # ...because the browser sent CloseStream
         self.sent_to = 0                # session offset sent on the current upstream connection
         self.conn_offset = 0            # session offset where the current connection's audio begins
+        self.shift = 0.0                # the same in seconds: added to the connection's times
         self.turn_base = 0              # finals delivered before the current connection
         self.finals = 0
         self.last_final: tuple[str, float] | None = None   # (text, end) of the last final delivered
@@ -290,7 +299,7 @@ class RelaySession:
             if self.user_closed:
                 self._bad("bad_message", "audio after CloseStream is ignored")
             return  # the server is ending the session (restart, limit): the page will resend on resume
-        self.last_audio = time.monotonic()
+        self.last_audio = monotonic()
         self.log.append(data, self.live)
         if self.limit_bytes is not None and self.log.end > self.limit_bytes:
             code, message, retry_after = self.on_limit()
@@ -339,16 +348,12 @@ class RelaySession:
             elif message.get("text") is not None:
                 await self._on_text(message["text"])
 
-    # The direct socket's listener (webapp.audiosocket): called from the socket's data_received.
-    def on_bytes(self, data: bytes) -> None:
-        if self._backlog is not None:
-            self._hold(data)
-        else:
-            self._on_audio(data)
-
+    # The direct socket's listener (webapp.audiosocket): called from the socket's data_received. Audio goes
+    # through the `on_bytes` attribute: _on_audio, or _hold while a control message is being applied.
     def on_text(self, text: str) -> None:
         if self._backlog is None:
             self._backlog = deque()
+            self.on_bytes = self._hold
             self._backlog_task = asyncio.get_running_loop().create_task(self._apply_backlog())
         self._hold(text)
 
@@ -369,6 +374,7 @@ class RelaySession:
                     self._on_audio(message)
         finally:
             self._backlog = None
+            self.on_bytes = self._on_audio
             self._pause_reading("backlog", False)
 
     def on_disconnect(self) -> None:
@@ -382,10 +388,6 @@ class RelaySession:
         """The upstream's send buffer is full (it reads slower than the browser sends): stop reading the browser."""
         if self.direct is not None:
             self._pause_reading("upstream", full)
-
-    def _batch(self, start: bool) -> None:
-        """The events of one upstream message leave in one write."""
-        self.direct.begin() if start else self.direct.end()
 
     def _pause_reading(self, reason: str, pause: bool) -> None:
         was = bool(self._paused)
@@ -412,18 +414,14 @@ class RelaySession:
     def _deliver(self, event: dict[str, Any]) -> None:
         """Put one upstream event on the session's timeline and numbering, drop replays, send it."""
         kind = event["type"]
-        if kind in ("transcript", "turn"):
-            event["turn"] += self.turn_base
         if kind == "transcript":
-            shift = self.conn_offset / self.bps
+            event["turn"] += self.turn_base
+            shift = self.shift
             if shift:
-                event["start"] = round(event["start"] + shift, 3)
-                event["end"] = round(event["end"] + shift, 3)
-                for w in event["words"]:
-                    if w.get("start") is not None:
-                        w["start"] = round(w["start"] + shift, 3)
-                    if w.get("end") is not None:
-                        w["end"] = round(w["end"] + shift, 3)
+                event["start"] = seconds(event["start"] + shift)
+                event["end"] = seconds(event["end"] + shift)
+                # New word objects: the upstream's turn keeps its own, and may send them again in the final.
+                event["words"] = [shift_word(w, shift) for w in event["words"]]
             if event["final"]:
                 if self.last_final and event["text"] == self.last_final[0] and event["start"] < self.last_final[1]:
                     self.skip_end_of = event["turn"]
@@ -431,14 +429,15 @@ class RelaySession:
                 self.last_final = (event["text"], event["end"])
                 self.finals += 1
                 self.log.trim(int(event["end"] * self.bps) & ~1)
+            self.sink.event(event)
         elif kind == "turn":
+            turn = event["turn"] = event["turn"] + self.turn_base
             if event["event"] == "StartOfTurn":
-                if event["turn"] <= self.announced:
+                if turn <= self.announced:
                     return  # the replay reopened a turn the browser already saw start
-                self.announced = event["turn"]
-            elif event["event"] == "EndOfTurn" and event["turn"] == self.skip_end_of:
+                self.announced = turn
+            elif event["event"] == "EndOfTurn" and turn == self.skip_end_of:
                 return
-        self.sink.event(event)
         self.out.put(event)
 
     async def _connect(self) -> None:
@@ -447,7 +446,7 @@ class RelaySession:
         up.on_silence = self._silence_sent
         up.on_pressure = self._upstream_pressure
         if self.direct is not None:
-            up.on_batch = self._batch
+            up.on_batch = self.direct.hold
         up.listener = self._deliver
         self.upstream = up
         await up.connect()
@@ -462,6 +461,7 @@ class RelaySession:
             self.out.put(ready)
         self._report_gaps()
         self.conn_offset = self.sent_to = self.log.start
+        self.shift = self.conn_offset / self.bps
         self.turn_base = self.finals
         marks = self.finalize_marks
         while marks and marks[0] <= self.sent_to:

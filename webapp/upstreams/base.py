@@ -62,19 +62,23 @@ def handshake_error(status: int, retry_after: str | None, provider: str) -> Upst
 class Turns:
     """Turns the provider's view of "the current turn's text" into StartOfTurn / interim / final / EndOfTurn.
 
-    Indices are ours and only increase, whatever the provider numbers its turns.
+    Indices are ours and only increase, whatever the provider numbers its turns. `words` are the provider's word
+    list as it came (normalized by protocol.words when sent): finals carry them, interims only when the stream
+    asked for it (`interim_words`). Providers repeat the whole turn's words in every update, and no page of ours
+    reads them before the final: normalizing and sending them was the largest cost of an interim.
     """
 
-    def __init__(self, emit):
+    def __init__(self, emit, interim_words: bool = False):
         self._emit = emit
+        self.interim_words = interim_words
         self.index = 0
         self.open = False
         self.text = ""
-        self.words: list[dict] = []
+        self.words: Any = []
         self.start = 0.0
         self.end = 0.0
 
-    def update(self, text: str, words: list[dict], start: float, end: float) -> None:
+    def update(self, text: str, words: Any, start: float, end: float) -> None:
         text = text.strip()
         if not self.open:
             if not text:
@@ -85,14 +89,15 @@ class Turns:
             self.end = max(self.end, end)
             return
         self.text, self.words, self.end = text, words, max(end, self.start)
-        self._emit(protocol.transcript(self.index, text, False, self.start, self.end, words))
+        self._emit(protocol.transcript(self.index, text, False, self.start, self.end,
+                                       protocol.words(words) if self.interim_words else None))
 
     def marker(self, event: str) -> None:
         """EagerEndOfTurn / TurnResumed, passed on only inside an open turn."""
         if self.open:
             self._emit(protocol.turn_event(self.index, event))
 
-    def end_turn(self, text: str | None = None, words: list[dict] | None = None, end: float | None = None) -> None:
+    def end_turn(self, text: str | None = None, words: Any = None, end: float | None = None) -> None:
         """Commit the open turn (with the provider's final text when it has one)."""
         if text is not None and text.strip():
             if not self.open:
@@ -102,7 +107,7 @@ class Turns:
             self.end = max(self.end, end)
         if not self.open:
             return
-        self._emit(protocol.transcript(self.index, self.text, True, self.start, self.end, self.words))
+        self._emit(protocol.transcript(self.index, self.text, True, self.start, self.end, protocol.words(self.words)))
         self._emit(protocol.turn_event(self.index, "EndOfTurn"))
         self.index += 1
         self.open, self.text, self.words = False, "", []
@@ -129,7 +134,7 @@ class Upstream(abc.ABC):
         self.settings = settings
         self.params = params
         self._queue: asyncio.Queue = asyncio.Queue()
-        self.turns = Turns(self._emit)
+        self.turns = Turns(self._emit, params.interim_words)
         self._ended = False
 
     # Set by the relay: receives each event at once, on the event loop, instead of through events().

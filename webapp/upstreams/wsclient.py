@@ -11,18 +11,17 @@ import ctypes
 import logging
 import os
 import time
-from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
-from .. import protocol
 from .base import Upstream, UpstreamError, handshake_error
 
 log = logging.getLogger(__name__)
 
 WATCHDOG_TICK = 0.25     # seconds between silence/keep-alive checks while the microphone is quiet
+WATCHDOG_SLICES = 10     # the connections are checked a tenth at a time, every WATCHDOG_TICK / 10
 SILENCE_AFTER = 0.5      # send silence once the microphone paused this long inside an open turn
 MAX_MESSAGE = 2 ** 20    # bytes; providers send small JSON messages
 # A close frame with these codes (0 = no status code, as Flux sends after CloseStream) is the end we asked for.
@@ -49,25 +48,34 @@ class _Ticker:
 
     A timer or a sleeping task per connection (picows' own auto-ping is one) creates objects that live long
     enough to reach the GC's old generation and die there; with a thousand streams, the full collections
-    they cause stop the event loop for over 100 ms (docs/benchmarks.md, "Relay performance")."""
+    they cause stop the event loop for over 100 ms (docs/benchmarks.md, "Relay performance"). Each tick checks
+    a tenth of the connections, so that a thousand of them never hold the loop for milliseconds at once; every
+    connection is checked at least every WATCHDOG_TICK."""
 
     def __init__(self) -> None:
         self.links: set[WsUpstream] = set()
         self.timer: asyncio.TimerHandle | None = None
+        self.round: list[WsUpstream] = []   # this round's connections, a snapshot
+        self.pos = 0
 
     def add(self, up: "WsUpstream") -> None:
         self.links.add(up)
         if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK, self._tick)
+            self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK / WATCHDOG_SLICES, self._tick)
 
     def discard(self, up: "WsUpstream") -> None:
         self.links.discard(up)
 
     def _tick(self) -> None:
+        if self.pos >= len(self.round):
+            self.round, self.pos = list(self.links), 0
+        step = -(-len(self.round) // WATCHDOG_SLICES)
         now = monotonic()
-        for up in list(self.links):
+        for up in self.round[self.pos:self.pos + step]:
             up._watch(now)
-        self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK, self._tick) if self.links else None
+        self.pos += step
+        more = self.links or self.pos < len(self.round)
+        self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK / WATCHDOG_SLICES, self._tick) if more else None
 
 
 _ticker = _Ticker()
@@ -78,18 +86,11 @@ def build_url(base: str, query: list[tuple[str, str]]) -> str:
     return f"{base}?{urlencode(query)}"
 
 
-def flux_words(raw: Any) -> list[dict]:
-    if not isinstance(raw, list):
-        return []
-    return [protocol.word(str(w.get("word", "")), w.get("start"), w.get("end"), w.get("confidence"))
-            for w in raw if isinstance(w, dict)]
-
-
 def apply_turninfo(up: Upstream, msg: dict, offset: float = 0.0) -> None:
     """Deepgram Flux TurnInfo -> normalized turn/transcript events (also used for gateway passthrough)."""
     event = msg.get("event")
     text = msg.get("transcript") or ""
-    words = flux_words(msg.get("words"))
+    words = msg.get("words")  # as the provider sent them: Turns normalizes what it sends
     start = float(msg.get("audio_window_start") or 0.0) + offset
     end = float(msg.get("audio_window_end") or 0.0) + offset
     if event in ("Update", "StartOfTurn"):
@@ -264,8 +265,10 @@ class WsUpstream(Upstream):
     def _watch(self, now: float) -> None:
         if self._gone:
             return  # discarded already; the tick iterates over a copy
-        # A stalled provider (no data, no pong) is cut off about two ping periods after it went quiet.
         ping = self.settings.upstream_ping_seconds
+        if not self._pinged and now - self._last_recv < ping and now - self._last_sent < SILENCE_AFTER:
+            return  # a busy link: nothing to check (KeepAlive intervals are longer than SILENCE_AFTER)
+        # A stalled provider (no data, no pong) is cut off about two ping periods after it went quiet.
         if self._pinged and self._last_recv < self._pinged:
             if now - self._pinged >= ping:
                 log.warning("upstream_stalled", extra={"fields": {"provider": self.name, "quiet_s": round(now - self._last_recv, 1)}})
