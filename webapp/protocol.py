@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from math import floor
+
+import orjson
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -100,10 +102,17 @@ def word(text: str, start: float | None, end: float | None, confidence: float | 
 
 
 def words(raw: Any) -> list[dict[str, Any]]:
-    """A provider's word list as word objects; entries that are not objects are skipped. An entry that already
-    has exactly our four keys and a string word is kept as it is: no copy for every word of every interim."""
+    """A provider's word list (or its JSON text, not parsed yet) as word objects; entries that are not objects are
+    skipped. An entry that already has exactly our four keys and a string word is kept as it is."""
     if type(raw) is not list:
-        return []
+        if raw is None:
+            return []
+        try:
+            raw = orjson.loads(memoryview(raw))
+        except (TypeError, ValueError):
+            return []
+        if type(raw) is not list:
+            return []
     out = []
     for w in raw:
         if type(w) is dict:

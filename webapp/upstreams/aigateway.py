@@ -23,6 +23,12 @@ class AIGatewayUpstream(WsUpstream):
         self._segments: list[str] = []  # is_final segments of the open turn (v1 shape)
         self._seg_words: list[dict] = []
 
+    flux_updates = True  # the passthrough may be Flux-shaped
+
+    def turn_update(self, update) -> None:
+        self.flux = True
+        super().turn_update(update)
+
     @property
     def keepalive_every(self) -> float | None:  # type: ignore[override]
         return None if self.flux else KEEPALIVE_EVERY

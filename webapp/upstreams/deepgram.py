@@ -14,6 +14,7 @@ class DeepgramUpstream(WsUpstream):
     name = "deepgram"
     provider = "Deepgram"
     greeting = True  # audio waits for `Connected`
+    flux_updates = True
 
     def url(self) -> str:
         p = self.params

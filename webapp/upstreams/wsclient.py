@@ -13,6 +13,7 @@ import os
 import time
 from urllib.parse import urlencode
 
+import msgspec
 import orjson
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
@@ -84,6 +85,22 @@ _ticker = _Ticker()
 def build_url(base: str, query: list[tuple[str, str]]) -> str:
     """Base URL from settings + parameters we chose and encoded (never a client's raw query string)."""
     return f"{base}?{urlencode(query)}"
+
+
+class FluxUpdate(msgspec.Struct):
+    """What an interim needs of a Flux TurnInfo: msgspec skips the other fields without building them and keeps the
+    words as raw JSON (they are read only if a final comes without its own). Parsing every field of every update
+    into dicts was the largest part of relaying it (docs/benchmarks.md, "Relay performance")."""
+    type: str = ""
+    event: str = ""
+    transcript: str = ""
+    audio_window_start: float = 0.0
+    audio_window_end: float = 0.0
+    words: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+_flux_update = msgspec.json.Decoder(FluxUpdate)
+UPDATES = frozenset(("Update", "StartOfTurn"))
 
 
 def apply_turninfo(up: Upstream, msg: dict, offset: float = 0.0) -> None:
@@ -185,6 +202,12 @@ class WsUpstream(Upstream):
     def handle(self, msg: dict) -> None:
         raise NotImplementedError
 
+    flux_updates = False  # the provider may send Flux TurnInfo: interim updates take the FluxUpdate path
+
+    def turn_update(self, update: FluxUpdate) -> None:
+        """A Flux TurnInfo Update or StartOfTurn (the same as apply_turninfo does with it)."""
+        self.turns.update(update.transcript, update.words, update.audio_window_start, update.audio_window_end)
+
     def on_remote_close(self) -> None:
         """Called when the provider closes after our CloseStream: commit what is left."""
         self.turns.end_turn()
@@ -226,6 +249,21 @@ class WsUpstream(Upstream):
         _ticker.add(self)
 
     def _on_message(self, raw: bytes) -> None:
+        if self.flux_updates and self._ready is None:
+            try:
+                update = _flux_update.decode(raw)
+            except msgspec.DecodeError:  # not this shape (or a field of another type): the general path decides
+                update = None
+            if update is not None and update.type == "TurnInfo" and update.event in UPDATES:
+                hold = self.on_batch
+                if hold is not None:
+                    hold(True)
+                try:
+                    self.turn_update(update)
+                finally:
+                    if hold is not None:
+                        hold(False)
+                return
         try:
             msg = orjson.loads(raw)
         except ValueError:

@@ -1,0 +1,104 @@
+"""Provider messages -> the app's normalized events, table-driven, through the real upstream classes.
+
+Interim updates in Flux's TurnInfo shape take a typed fast path (webapp/upstreams/wsclient.py, FluxUpdate); every
+other message, and any update the typed decoder refuses, the general one. Both must give the same events, keep
+anything provider-specific out, and skip what is malformed without ending the stream.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from webapp import config
+from webapp.protocol import StreamParams
+from webapp.upstreams.aigateway import AIGatewayUpstream
+from webapp.upstreams.deepgram import DeepgramUpstream
+
+W1 = {"word": "Hello", "confidence": 0.9, "start": 0.1, "end": 0.4}
+W2 = {"word": "world.", "confidence": 0.8, "start": 0.4, "end": 0.9}
+
+
+def turninfo(event: str, transcript: str, words=None, start=0.0, end=1.0, **extra) -> dict:
+    msg = {"type": "TurnInfo", "request_id": "r", "sequence_id": 1, "event": event, "turn_index": 0,
+           "audio_window_start": start, "audio_window_end": end, "transcript": transcript,
+           "words": [] if words is None else words, "end_of_turn_confidence": 0.5}
+    msg.update(extra)
+    return msg
+
+
+def run(cls, messages: list, interim_words: bool = False) -> list[dict]:
+    settings = config.load({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "k", "AIGATEWAY_API_KEY": "k",
+                            "DATA_DIR": "/tmp/unused-caption-relay"})
+    up = cls(settings, StreamParams(interim_words=interim_words))
+    events: list[dict] = []
+    up.listener = events.append
+    for m in messages:
+        up._on_message(m if isinstance(m, bytes) else json.dumps(m).encode())
+    return events
+
+
+def kinds(events):
+    return [(e["type"], e.get("event") or ("final" if e.get("final") else "interim"), e.get("text")) for e in events]
+
+
+CASES = [
+    ("update then end",
+     [turninfo("StartOfTurn", "Hello", [W1]), turninfo("Update", "Hello world.", [W1, W2]),
+      turninfo("EndOfTurn", "Hello world.", [W1, W2], end=1.2)],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello"), ("transcript", "interim", "Hello world."),
+      ("transcript", "final", "Hello world."), ("turn", "EndOfTurn", None)]),
+    ("same text again: no new interim",
+     [turninfo("Update", "Hello", [W1]), turninfo("Update", "Hello ", [W1], end=1.5)],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello")]),
+    ("unknown fields and events are tolerated",
+     [turninfo("Update", "Hello", [W1], new_field={"x": 1}), turninfo("SomethingNew", "ignored")],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello")]),
+    ("a transcript that is not text is skipped",
+     [turninfo("Update", 42), turninfo("Update", "Hello", [W1])],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello")]),
+    ("null times count as 0",
+     [turninfo("Update", "Hello", [W1], start=None, end=None)],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello")]),
+    ("not JSON, not an object",
+     [b"{not json", b"[1, 2]", turninfo("Update", "Hello", [W1])],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello")]),
+]
+
+
+@pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
+@pytest.mark.parametrize("label, messages, expected", CASES, ids=[c[0] for c in CASES])
+def test_flux_messages_become_normalized_events(cls, label, messages, expected):
+    assert kinds(run(cls, messages)) == expected
+
+
+@pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
+def test_words_in_finals_always_in_interims_when_asked(cls):
+    msgs = [turninfo("Update", "Hello world.", [W1, dict(W2, speaker=3)]), turninfo("EndOfTurn", "Hello world.", [W1, W2])]
+    plain = run(cls, msgs)
+    assert [e["words"] for e in plain if e["type"] == "transcript"] == [[], [W1, W2]]
+    asked = run(cls, msgs, interim_words=True)
+    interim = next(e for e in asked if e["type"] == "transcript" and not e["final"])
+    # normalized: our four keys only (the provider's `speaker` does not leak), in our order
+    assert interim["words"] == [W1, {"word": "world.", "start": 0.4, "end": 0.9, "confidence": 0.8}]
+    assert list(interim["words"][1]) == ["word", "start", "end", "confidence"]
+
+
+@pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
+def test_a_final_without_words_keeps_the_last_updates_words(cls):
+    events = run(cls, [turninfo("Update", "Hello world.", [W1, W2]), turninfo("EndOfTurn", "Hello world.", None)])
+    final = next(e for e in events if e["type"] == "transcript" and e["final"])
+    assert final["words"] == []  # the provider said the final has no words: it has none
+    events = run(cls, [turninfo("Update", "Hello world.", [W1, W2]),
+                       {k: v for k, v in turninfo("EndOfTurn", "Hello world.").items() if k != "words"}])
+    final = next(e for e in events if e["type"] == "transcript" and e["final"])
+    assert final["words"] == [W1, W2]  # no `words` field at all: the last update's words
+
+
+def test_the_gateway_knows_it_speaks_flux_from_the_first_update():
+    settings = config.load({"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": "k", "DATA_DIR": "/tmp/unused-caption-relay"})
+    up = AIGatewayUpstream(settings, StreamParams())
+    up.listener = lambda e: None
+    assert up.keepalive_every is not None  # v1 until shown otherwise
+    up._on_message(json.dumps(turninfo("Update", "Hello", [W1])).encode())
+    assert up.flux and up.keepalive_every is None  # KeepAlive would end a Flux stream
