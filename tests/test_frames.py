@@ -175,9 +175,8 @@ BAD = object()  # marks, in the table below, the frame after which the server mu
 STREAMS = {
     "one audio frame": [frame(2, audio(2560)), close()],
     "audio of every length class": [frame(2, audio(n, n)) for n in (0, 1, 125, 126, 2560, 65535, 65536)] + [close()],
-    "control messages between audio": [frame(2, audio(2560)), frame(1, b'{"type":"Finalize"}'),
-                                       frame(2, audio(2560, 1)), frame(9, b"ping!"), frame(10, b"unasked pong"),
-                                       frame(2, audio(100, 2)), close()],
+    "control messages between audio": [frame(2, audio(2560)), frame(1, b'{"type":"Finalize"}'), frame(2, audio(2560, 1)),
+                                       frame(9, b"ping!"), frame(10, b"unasked pong"), frame(2, audio(100, 2)), close()],
     "fragmented binary message": [frame(2, audio(1000), fin=False), frame(0, audio(500, 3), fin=False),
                                   frame(9, b"mid"), frame(0, audio(60, 4)), frame(2, audio(2560)), close()],
     "fragmented text message": [frame(1, "héllo ".encode(), fin=False), frame(0, "wörld".encode()), close()],

@@ -74,8 +74,7 @@ def test_flux_messages_become_normalized_events(cls, label, messages, expected):
 
 @pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
 def test_words_in_finals_always_in_interims_when_asked(cls):
-    msgs = [turninfo("Update", "Hello world.", [W1, dict(W2, speaker=3)]),
-            turninfo("EndOfTurn", "Hello world.", [W1, W2])]
+    msgs = [turninfo("Update", "Hello world.", [W1, dict(W2, speaker=3)]), turninfo("EndOfTurn", "Hello world.", [W1, W2])]
     plain = run(cls, msgs)
     assert [e["words"] for e in plain if e["type"] == "transcript"] == [[], [W1, W2]]
     asked = run(cls, msgs, interim_words=True)
@@ -97,8 +96,7 @@ def test_a_final_without_words_keeps_the_last_updates_words(cls):
 
 
 def test_the_gateway_knows_it_speaks_flux_from_the_first_update():
-    settings = config.load({"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": "k",
-                            "DATA_DIR": "/tmp/unused-caption-relay"})
+    settings = config.load({"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": "k", "DATA_DIR": "/tmp/unused-caption-relay"})
     up = AIGatewayUpstream(settings, StreamParams())
     up.listener = lambda e: None
     assert up.keepalive_every is not None  # v1 until shown otherwise

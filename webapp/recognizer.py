@@ -77,9 +77,6 @@ TAIL_QUIET = _env_float("LOCAL_TAIL_QUIET", 0.0)
 SPEC_REDOS = int(_env_float("LOCAL_SPEC_REDOS", 0))
 LOOK_BEHIND = 0.3  # audio kept before the detected speech onset
 MAX_LINE_SECONDS = 30.0
-OFFLOAD_TIMEOUT = 2.0  # seconds: a final decoded by another worker that has not come back is decoded again here
-OFFLOAD_PAUSE = 30.0  # seconds after such a timeout in which the stream decodes its finals itself
-OFFLOAD_ALWAYS = bool(os.environ.get("LOCAL_OFFLOAD_ALWAYS"))  # tests: every final to an idle other worker
 READY_TIMEOUT = 60.0
 TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
 
@@ -291,7 +288,6 @@ class _Session:
         self.sent_update = False
         self.heard = False  # our endpointer saw speech since the last turn ended
         self.rng = np.random.default_rng(sid)
-        self.offload_ok = 0.0  # finals may go to another worker from this time on
         self._new_stream()
         self.thread = threading.Thread(target=self._run, name=f"stt-{sid}", daemon=True)
         self.thread.start()
@@ -319,7 +315,6 @@ class _Session:
         self.gen += 1
         self.turn_no += 1
         self.inflight = None
-        self.offloaded = None  # when the in-flight decode went to another worker
         self.redos = 0
 
     def _on_line(self, ev) -> None:
@@ -380,10 +375,6 @@ class _Session:
         self.fed += len(x)
         spoke = self.ep.process(x)
         self.heard = self.heard or self.ep.in_turn
-        if self.offloaded is not None and time.monotonic() - self.offloaded > OFFLOAD_TIMEOUT:
-            log.warning("stream %s: a final sent to another worker did not come back; decoding here", self.sid)
-            self.offload_ok = time.monotonic() + OFFLOAD_PAUSE
-            spoke = True  # the worker decoding our final is gone or stuck: decode it again, here
         if spoke:
             self._drop_spec()
         if self._turn_open() and self._spec_due():
@@ -405,7 +396,6 @@ class _Session:
             self.spec, self.inflight = None, None
             self.gen += 1
         self.redos = 0
-        self.offloaded = None
 
     def _spec_due(self) -> bool:
         """Silence after the speech, and its soft tail (if any) has ended too."""
@@ -424,13 +414,7 @@ class _Session:
         if self.spec is not None:
             self.redos += 1
         self.inflight = self.total
-        tag = (self.gen, self.turn_no)
-        busy = self.decoder.pending or OFFLOAD_ALWAYS
-        if busy and self.decoder.idle_elsewhere and time.monotonic() >= self.offload_ok:
-            self.offloaded = time.monotonic()  # the web process hands it to an idle decoder (see _FinalDecoder)
-            self.send(("offload", self.sid, tag, self._region_audio(), self.total))
-        else:
-            self.decoder.submit(self, tag, self._region_audio(), self.total)
+        self.decoder.submit(self, (self.gen, self.turn_no), self._region_audio(), self.total)
 
     def _spec_done(self, tag: tuple, text: str, cutoff: int, seconds: float, length: float, waited: float) -> None:
         gen, turn_no = tag
@@ -443,7 +427,7 @@ class _Session:
                 self._send_update(text.strip(), cutoff)
                 self.last_update = self.fed
             return
-        self.inflight = self.offloaded = None
+        self.inflight = None
         self.spec = (text, cutoff)
         self.t_decode = (seconds, length)
         self.t_waited = waited
@@ -595,61 +579,41 @@ def _add_audio(tr, stream, x: np.ndarray) -> None:
 
 
 class _FinalDecoder:
-    """One thread per worker that runs speculative final decodes, first come first served. While one is queued or
-    running, the worker's streams skip their interim re-decodes, so finals do not wait behind them. Results go back
-    through each stream's own queue (its thread owns all of its state).
+    """One thread per worker that runs the streams' speculative final decodes, first come first served. While
+    one is queued or running, the worker's streams skip their interim re-decodes, so finals do not wait behind
+    them. Results go back through each stream's own queue (its thread owns all of its state)."""
 
-    Two decodes on one Transcriber largely serialize, so a final that would queue here behind another decode (at
-    one stream: one that speech overtook, up to ~0.4 s for a long line) goes, through the web process, to a worker
-    whose decoder is idle: its own Transcriber on its own core. The web process tells each worker whether one is."""
-
-    def __init__(self, tr, force_flag: int, send: Callable[[tuple], None]):
-        self.tr, self.force_flag, self.send = tr, force_flag, send
+    def __init__(self, tr, force_flag: int):
+        self.tr, self.force_flag = tr, force_flag
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = 0  # queued + running
-        self.idle_elsewhere = False  # another worker's decoder is idle
         self.sessions = 0  # streams open in this worker
         self.lock = threading.Lock()
         threading.Thread(target=self._run, name="stt-final", daemon=True).start()
 
-    def _count(self, step: int) -> None:
-        with self.lock:
-            self.pending += step
-            self.send(("pending", self.pending))
-
     def submit(self, session: "_Session", gen: tuple, audio: np.ndarray, cutoff: int) -> None:
-        self._count(1)
+        with self.lock:
+            self.pending += 1
         self.q.put((session, gen, audio, cutoff, time.monotonic()))
-
-    def submit_for(self, origin: int, sid: int, gen: tuple, audio: np.ndarray, cutoff: int) -> None:
-        """A final of a stream in worker `origin`."""
-        self._count(1)
-        self.q.put((None, (origin, sid, gen), audio, cutoff, time.monotonic()))
 
     def _run(self) -> None:
         while True:
             session, gen, audio, cutoff, queued = self.q.get()
             t = time.monotonic()
             try:
-                if session is not None and (session.aborted or gen[0] != session.gen):
+                if session.aborted or gen[0] != session.gen:
                     text = None  # stale already: skip the work
                 else:
                     text = decode_once(self.tr, audio, self.force_flag)
             except Exception as exc:
                 log.exception("final decode failed")
                 text = None
-                if session is not None:
-                    session.q.put(("error", exc))
+                session.q.put(("error", exc))
             finally:
-                self._count(-1)
-            if text is None:
-                continue
-            result = (text, cutoff, time.monotonic() - t, len(audio) / RATE, t - queued)
-            if session is None:
-                origin, sid, tag = gen
-                self.send(("decoded", origin, sid, tag, *result))
-            else:
-                session.q.put(("spec", gen, *result))
+                with self.lock:
+                    self.pending -= 1
+            if text is not None:
+                session.q.put(("spec", gen, text, cutoff, time.monotonic() - t, len(audio) / RATE, t - queued))
 
 
 def _load_transcriber():
@@ -689,7 +653,7 @@ def _worker_main(fd: int) -> None:
     warm.close()
     other.join()
     send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
-    decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE, send)
+    decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE)
     sessions: dict[int, _Session] = {}
     while True:
         try:
@@ -699,12 +663,6 @@ def _worker_main(fd: int) -> None:
         op = msg[0]
         if op == "quit":
             break
-        if op == "idle_elsewhere":
-            decoder.idle_elsewhere = msg[1]
-            continue
-        if op == "decode":  # another worker's final: (origin, sid, tag, audio, cutoff)
-            decoder.submit_for(*msg[1:])
-            continue
         sid = msg[1]
         if op == "open":
             sessions[sid] = _Session(sid, msg[2], tr, send, decoder)
@@ -715,8 +673,6 @@ def _worker_main(fd: int) -> None:
             continue
         if op == "audio":
             s.q.put(("audio", msg[2], time.monotonic()))
-        elif op == "spec":  # our final, decoded by another worker
-            s.q.put(("spec", *msg[2:]))
         elif op == "finalize":
             s.q.put(("finalize", msg[2]))
         elif op == "close":
@@ -746,8 +702,6 @@ class _Worker:
         self.streams: dict[int, RecognizerStream] = {}
         self.ready = threading.Event()
         self.dead = False
-        self.decoding = 0                 # finals queued or running in its decoder (it reports changes)
-        self.told_idle: bool | None = None  # what it was last told: another worker's decoder is idle
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         parent, child = socket.socketpair()
         env = dict(os.environ, MOONSHINE_ORT_SINGLE_THREAD="1")
@@ -786,20 +740,6 @@ class _Worker:
             if op == "ready":
                 log.info("recognizer worker %d ready (pid %s, %.1f s)", self.index, msg[1]["pid"], msg[1]["load_seconds"])
                 self.ready.set()
-                self.pool._tell_idle()
-                continue
-            if op == "pending":
-                self.decoding = msg[1]
-                self.pool._tell_idle()
-                continue
-            if op == "offload":  # (sid, tag, audio, cutoff): to the least busy decoder, this one if it must be
-                target = self.pool._decoder_for(self)
-                self.pool.offloads += target is not self
-                target.send(("decode", self.index, *msg[1:]))
-                continue
-            if op == "decoded":  # (origin, sid, tag, text, ...): back to the stream's own worker
-                origin = self.pool.workers[msg[1]]
-                origin.send(("spec", *msg[2:]))
                 continue
             stream = self.streams.get(msg[1])
             if stream is not None:
@@ -807,7 +747,6 @@ class _Worker:
         self.dead = True
         self.ready.set()
         self.out.put(None)
-        self.pool._tell_idle()
         if not self.pool.closing:
             log.error("recognizer worker %d exited (code %s)", self.index, self.proc.poll())
         for stream in list(self.streams.values()):
@@ -920,7 +859,6 @@ class Pool:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._active: set[RecognizerStream] = set()
-        self.offloads = 0  # finals decoded by another worker than their stream's
         self.workers = [_Worker(self, i) for i in range(self.n_workers)]
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -953,27 +891,6 @@ class Pool:
     def _release(self, stream: RecognizerStream) -> None:
         with self._lock:
             self._active.discard(stream)
-
-    def _live(self, w: _Worker) -> bool:
-        return not w.dead and w.ready.is_set()
-
-    def _tell_idle(self) -> None:
-        """Each worker learns whether another worker's decoder is idle (it then sends finals that would queue)."""
-        with self._lock:
-            for w in self.workers:
-                idle = any(o is not w and self._live(o) and o.decoding == 0 for o in self.workers)
-                if self._live(w) and idle != w.told_idle:
-                    w.told_idle = idle
-                    w.send(("idle_elsewhere", idle))
-
-    def _decoder_for(self, origin: _Worker) -> _Worker:
-        with self._lock:
-            live = [w for w in self.workers if w is not origin and self._live(w)]
-            target = min(live, key=lambda w: w.decoding) if live else origin
-            if target is not origin and target.decoding > origin.decoding:
-                target = origin
-            target.decoding += 1  # until it reports: another offload must not pick it as idle meanwhile
-            return target
 
     def shutdown(self) -> None:
         self.closing = True
