@@ -76,6 +76,24 @@ def real_clips() -> list[Clip]:
     return clips
 
 
+# The opening sentence of Dickens' "A Tale of Two Cities" (1859, public domain), as printed; moonshine-voice 0.1.0
+# ships a 44 s reading of it (assets/two_cities.wav).
+TWO_CITIES = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, "
+    "it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it was the season of "
+    "Darkness, it was the spring of hope, it was the winter of despair, we had everything before us, we had nothing "
+    "before us, we were all going direct to Heaven, we were all going direct the other way - in short, the period "
+    "was so far like the present period, that some of its noisiest authorities insisted on its being received, for "
+    "good or for evil, in the superlative degree of comparison only.")
+
+
+def long_clips() -> list[Clip]:
+    """Longer real speech with a known text: the public-domain reading bundled in the moonshine-voice wheel."""
+    import moonshine_voice
+    wav = Path(moonshine_voice.__file__).parent / "assets" / "two_cities.wav"
+    return [Clip("two-cities", TWO_CITIES, _read_pcm(wav))]
+
+
 def clip(name: str) -> Clip:
     for c in real_clips():
         if c.name == name:
@@ -156,13 +174,20 @@ def noise_floor_db(pcm: bytes) -> float:
     return float(np.percentile(_envelope_db(pcm), 10))
 
 
-def speech_bounds(pcm: bytes, frame: float = 0.02, margin_db: float = 15.0) -> tuple[float, float]:
+def speech_bounds(pcm: bytes, frame: float = 0.02, margin_db: float = 15.0,
+                  min_sound: float = 0.0) -> tuple[float, float]:
     """(onset, end) of speech in seconds from a 20 ms energy envelope: first/last frame whose energy is within
-    the loudest part minus 35 dB and above the clip's noise floor + margin."""
+    the loudest part minus 35 dB and above the clip's noise floor + margin. With min_sound, a burst of such frames
+    (gaps under 0.3 s joined) counts only if it has at least that many seconds of them: a click or a breath
+    well apart from the speech, before or after it, is not speech."""
     db = _envelope_db(pcm, frame)
     floor = np.percentile(db, 10)
     thr = max(floor + margin_db, np.max(db) - 35.0)
     idx = np.nonzero(db > thr)[0]
     if len(idx) == 0:
         return 0.0, len(pcm) / (2 * RATE)
+    if min_sound > 0:
+        bursts = np.split(idx, np.nonzero(np.diff(idx) * frame >= 0.3)[0] + 1)
+        kept = [b for b in bursts if len(b) * frame >= min_sound] or bursts
+        return float(kept[0][0] * frame), float((kept[-1][-1] + 1) * frame)
     return float(idx[0] * frame), float((idx[-1] + 1) * frame)

@@ -447,7 +447,8 @@ class _Session:
                      f"weak_gap={(self.total - self.ep.last_weak) / RATE:.3f} "
                      f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
                      f"spec_age={(self.total - self.spec[1]) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
-                     f"redos={self.redos} pending={self.decoder.pending}")
+                     f"redos={self.redos} pending={self.decoder.pending} "
+                     f"dec_spent={self.decoder.spent:.2f} dec_stale={self.decoder.stale:.2f}")
         self._commit(self.spec[0], "model")
 
     def _quiet(self, young: bool) -> bool:
@@ -588,6 +589,7 @@ class _FinalDecoder:
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = 0  # queued + running
         self.sessions = 0  # streams open in this worker
+        self.spent = self.stale = 0.0  # LOCAL_TRACE only
         self.lock = threading.Lock()
         threading.Thread(target=self._run, name="stt-final", daemon=True).start()
 
@@ -605,6 +607,11 @@ class _FinalDecoder:
                     text = None  # stale already: skip the work
                 else:
                     text = decode_once(self.tr, audio, self.force_flag)
+                    if TRACE:  # decoder seconds, and those spent on decodes that speech overtook meanwhile
+                        spent = time.monotonic() - t
+                        self.spent += spent
+                        if gen[0] != session.gen:
+                            self.stale += spent
             except Exception as exc:
                 log.exception("final decode failed")
                 text = None
