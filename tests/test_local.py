@@ -286,3 +286,28 @@ def test_recognizer_makes_no_network_access(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "FINALS" in out.stdout and "clubs" in out.stdout.lower(), out.stdout
     assert not record.exists(), record.read_text()
+
+
+@pytest.mark.parametrize("steps, expect", [
+    # (add text, at s, from s | None), then (end s -> expected cut text, cut at s)
+    ([("one", 1.0, None)], [(5.0, ("", None))]),                          # head under 2 s: not a cut
+    ([("one two", 2.5, None)], [(4.0, ("", None)), (4.5, ("one two", 2.5))]),  # the rest must be 2 s too
+    ([("a", 2.5, None), ("a b", 3.5, 2.5), ("a b c", 5.0, 2.5)],           # a part from the last cut under 2 s
+     [(6.9, ("a", 2.5)), (7.0, ("a b c", 5.0)), (9.0, ("a b c", 5.0))]),
+    ([("a", 3.0, None), ("late", 2.8, None)], [(6.0, ("a", 3.0))]),        # cuts only move forward
+])
+def test_cut_rule_keeps_both_parts_long(steps, expect, monkeypatch):
+    """A turn's decode may start at a cut (an earlier decode's text at a pause) only if the part before the cut and
+    the part after it are both CUT_MIN_SECONDS long: tiny-en decodes short fragments badly."""
+    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
+    s.ep = recognizer.Endpointer()
+    s.ep.onset, s.line_start, s.floor, s.buf_start = int(0.3 * 16000), None, 0, 0  # region starts at 0
+    s.cuts = []
+    monkeypatch.setattr(recognizer, "CUT_FROM_SECONDS", 0.0)
+    sec = lambda t: None if t is None else int(t * 16000)  # noqa: E731
+    for text, at, start in steps:
+        s._add_cut(text, sec(at), sec(start))
+    for end, (text, at) in expect:
+        assert s._cut_for(sec(end)) == (text, sec(at)), (end, s.cuts)
+    monkeypatch.setattr(recognizer, "CUT_FROM_SECONDS", 6.0)
+    assert s._cut_for(sec(5.9)) == ("", None)  # a turn under CUT_FROM_SECONDS decodes whole

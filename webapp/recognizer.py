@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME = 320  # 20 ms endpointer frames
-# Default slots per core: 3 per core keep up in real time with EndOfTurn p95 under 0.8 s at 6 streams on 2 cores,
-# and p50 at about 0.3 s (0.28-0.32 s over 7 runs; docs/benchmarks.md, "Embedded recognizer"). Turning away a
-# fifth speaker costs users more than 20 ms of end of turn; LOCAL_MAX_STREAMS=4 trades capacity for that p50.
+# Default slots per core: 3 per core keep up in real time on 2 cores in most runs, with EndOfTurn p50 0.32-0.36 s
+# and p95 0.61-0.99 s at 6 streams of continuous speech (docs/benchmarks.md, "Embedded recognizer"). Turning away a
+# fifth speaker costs users more than that; LOCAL_MAX_STREAMS=4 meets the latency targets (p95 0.52-0.71 s).
 STREAMS_PER_CORE = 3
 
 
@@ -75,6 +75,16 @@ QUIET_SILENCE = _env_float("LOCAL_QUIET_SILENCE", 0.02)  # silence in an open tu
 # cost ~0.05-0.08 s of EndOfTurn p50 and changed no word in the benchmark (docs/benchmarks.md).
 TAIL_QUIET = _env_float("LOCAL_TAIL_QUIET", 0.0)
 SPEC_REDOS = int(_env_float("LOCAL_SPEC_REDOS", 0))
+# A speculative decode made at a pause that speech then went on from (a pause at least CUT_PAUSE long, so between
+# words) is kept as a cut: a later decode of the turn may start there and append its text, if both parts are at
+# least CUT_MIN_SECONDS long (tiny-en decodes short fragments badly: "Made. Still more respect."). Without cuts,
+# every pause re-decodes the turn from its start, and at 6 streams half the final decoder's time went to decodes
+# that speech overtook (docs/benchmarks.md). LOCAL_CUT_PAUSE=0 turns it off.
+CUT_PAUSE = _env_float("LOCAL_CUT_PAUSE", 0.12)
+CUT_MIN_SECONDS = _env_float("LOCAL_CUT_MIN_SECONDS", 2.0)
+# Only turns at least this long are decoded from a cut: a shorter one decodes whole fast enough (~0.05 s per second
+# of speech), and the whole turn's context gets its words right more often than two parts do.
+CUT_FROM_SECONDS = _env_float("LOCAL_CUT_FROM_SECONDS", 6.0)
 LOOK_BEHIND = 0.3  # audio kept before the detected speech onset
 MAX_LINE_SECONDS = 30.0
 READY_TIMEOUT = 60.0
@@ -247,6 +257,10 @@ class Endpointer:
         return spoke
 
 
+def _join(head: str, tail: str) -> str:
+    return " ".join(filter(None, (head.strip(), tail.strip())))
+
+
 def collapse_repeats(text: str) -> str:
     """tiny-en sometimes repeats a whole short line ("Seven of clubs, seven of clubs."): keep one copy when the
     text is a phrase of 2+ words said 2+ times back to back. Single-word repeats ("no, no") are left alone."""
@@ -311,11 +325,13 @@ class _Session:
         self.line_start = None  # start of the turn's first moonshine line (seconds)
         self.cur_start = None
         self.prefix = ""  # text of moonshine lines that ended inside the open turn
-        self.spec = None  # (text, total-at-decode) of the speculative final
+        self.spec = None  # (text, total-at-decode, cut it was decoded from or None) of the speculative final
         self.gen += 1
         self.turn_no += 1
         self.inflight = None
         self.redos = 0
+        self.cuts: list[tuple[str, int]] = []  # (text, sample): the turn's audio up to sample decodes as text
+        self.cut_ok: int | None = None  # cutoff of an overtaken decode, still running, that may become a cut
 
     def _on_line(self, ev) -> None:
         kind = type(ev).__name__
@@ -373,10 +389,11 @@ class _Session:
         self.buf = np.concatenate([self.buf, x])
         _add_audio(self.tr, self.stream, x)
         self.fed += len(x)
+        speech_end = self.ep.last_speech
         spoke = self.ep.process(x)
         self.heard = self.heard or self.ep.in_turn
         if spoke:
-            self._drop_spec()
+            self._drop_spec(self.total - len(x) - speech_end)
         if self._turn_open() and self._spec_due():
             self._speculate()  # first: an interim re-decode of a long line would hold this thread for ~0.3 s
         young = self.ep.in_turn and not self.line_text
@@ -391,7 +408,13 @@ class _Session:
         self._trim()
 
     # -- speculative final decodes (on the worker's final-decoder thread) --
-    def _drop_spec(self) -> None:
+    def _drop_spec(self, pause: int = 0) -> None:
+        """Speech went on (after `pause` samples of silence, at least)."""
+        between_words = CUT_PAUSE > 0 and pause >= CUT_PAUSE * RATE
+        if self.spec is not None and between_words:
+            self._add_cut(*self.spec)  # its text covers the turn up to a point inside this pause
+        if self.inflight is not None:
+            self.cut_ok = self.inflight if between_words else None
         if self.spec is not None or self.inflight is not None:
             self.spec, self.inflight = None, None
             self.gen += 1
@@ -414,13 +437,17 @@ class _Session:
         if self.spec is not None:
             self.redos += 1
         self.inflight = self.total
-        self.decoder.submit(self, (self.gen, self.turn_no), self._region_audio(), self.total)
+        base, start = self._cut_for(self.total)
+        self.decoder.submit(self, (self.gen, self.turn_no, base, start), self._region_audio(start), self.total)
 
     def _spec_done(self, tag: tuple, text: str, cutoff: int, seconds: float, length: float, waited: float) -> None:
-        gen, turn_no = tag
+        gen, turn_no, base, start = tag
         if not self._turn_open() or turn_no != self.turn_no:
             return  # the turn ended while it was decoding
+        text = _join(base, text)
         if gen != self.gen:
+            if cutoff == self.cut_ok:
+                self._add_cut(text, cutoff, start)
             # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
             # with a tail), which saves the next interim re-decode
             if text.strip() and cutoff > self.interim_upto:
@@ -428,7 +455,7 @@ class _Session:
                 self.last_update = self.fed
             return
         self.inflight = None
-        self.spec = (text, cutoff)
+        self.spec = (text, cutoff, start)
         self.t_decode = (seconds, length)
         self.t_waited = waited
         if self._spec_due():
@@ -482,16 +509,33 @@ class _Session:
         start = (min(starts) if starts else self.total) - int(LOOK_BEHIND * RATE)
         return max(start, self.floor, self.buf_start)
 
-    def _region_audio(self) -> np.ndarray:
-        """The current line, with a synthetic noise tail."""
-        a = self.buf[self._region_start() - self.buf_start:]
+    def _add_cut(self, text: str, at: int, start: int | None) -> None:
+        """Keep a decoded head of the turn if its own part (from the cut it started at) is long enough."""
+        head = at - (self._region_start() if start is None else start)
+        if (not self.cuts or at > self.cuts[-1][1]) and head >= CUT_MIN_SECONDS * RATE:
+            self.cuts.append((text, at))
+
+    def _cut_for(self, end: int) -> tuple[str, int | None]:
+        """The latest cut that leaves at least CUT_MIN_SECONDS to decode: (its text, its sample), or ("", None)."""
+        if end - self._region_start() < CUT_FROM_SECONDS * RATE:
+            return "", None
+        for text, at in reversed(self.cuts):
+            if end - at >= CUT_MIN_SECONDS * RATE:
+                return text, at
+        return "", None
+
+    def _region_audio(self, start: int | None = None) -> np.ndarray:
+        """The current line (from `start`, a cut, if given), with a synthetic noise tail."""
+        start = self._region_start() if start is None else max(start, self.buf_start)
+        a = self.buf[start - self.buf_start:]
         pad = (self.rng.normal(0.0, 20.0, int(PAD_SECONDS * RATE)) / 32768.0).astype(np.float32)
         return np.ascontiguousarray(np.concatenate([a, pad]), dtype=np.float32)
 
     def _decode(self) -> str:
         t = time.monotonic()
-        audio = self._region_audio()
-        text = decode_once(self.tr, audio, self.force_flag)
+        base, start = self._cut_for(self.total)
+        audio = self._region_audio(start)
+        text = _join(base, decode_once(self.tr, audio, self.force_flag))
         self.t_decode = (time.monotonic() - t, len(audio) / RATE)
         return text
 
