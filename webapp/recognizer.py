@@ -408,7 +408,7 @@ class _Session:
         self._trim()
 
     # -- speculative final decodes (on the worker's final-decoder thread) --
-    def _drop_spec(self, pause: int = 0) -> None:
+    def _drop_spec(self, pause: int) -> None:
         """Speech went on (after `pause` samples of silence, at least)."""
         between_words = CUT_PAUSE > 0 and pause >= CUT_PAUSE * RATE
         if self.spec is not None and between_words:

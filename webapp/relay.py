@@ -124,8 +124,7 @@ class Outbox:
         direct = self.direct
         if direct is not None and not self.items:
             if direct.writable:
-                if not direct.send_event(event) or event["type"] == "closed":
-                    self.closed = True  # sent the last message, or the browser is gone
+                self._write(event)
                 return
             log.info("browser_slow", extra=fields(session=self.session_id))  # its buffer is full: hold events
         self.items.append(event)
@@ -136,13 +135,14 @@ class Outbox:
                     break
         self.wake.set()
 
+    def _write(self, event: dict[str, Any]) -> None:
+        if not self.direct.send_event(event) or event["type"] == "closed":
+            self.closed = True  # sent the last message, or the browser is gone
+
     def flush(self) -> None:
         """Direct socket: the browser's buffer has room again."""
-        direct = self.direct
-        while self.items and not self.closed and direct.writable:
-            event = self.items.popleft()
-            if not direct.send_event(event) or event["type"] == "closed":
-                self.closed = True
+        while self.items and not self.closed and self.direct.writable:
+            self._write(self.items.popleft())
         self.wake.set()
 
     async def finish(self, timeout: float) -> None:

@@ -110,7 +110,7 @@ def apply_turninfo(up: Upstream, msg: dict, offset: float = 0.0) -> None:
     words = msg.get("words")  # as the provider sent them: Turns normalizes what it sends
     start = float(msg.get("audio_window_start") or 0.0) + offset
     end = float(msg.get("audio_window_end") or 0.0) + offset
-    if event in ("Update", "StartOfTurn"):
+    if event in UPDATES:
         up.turns.update(text, words, start, end)
     elif event == "EagerEndOfTurn":
         up.turns.update(text, words, start, end)
@@ -249,32 +249,28 @@ class WsUpstream(Upstream):
         _ticker.add(self)
 
     def _on_message(self, raw: bytes) -> None:
+        update = msg = None
         if self.flux_updates and self._ready is None:
             try:
                 update = _flux_update.decode(raw)
             except msgspec.DecodeError:  # not this shape (or a field of another type): the general path decides
+                pass
+            if update is not None and not (update.type == "TurnInfo" and update.event in UPDATES):
                 update = None
-            if update is not None and update.type == "TurnInfo" and update.event in UPDATES:
-                hold = self.on_batch
-                if hold is not None:
-                    hold(True)
-                try:
-                    self.turn_update(update)
-                finally:
-                    if hold is not None:
-                        hold(False)
+        if update is None:
+            try:
+                msg = orjson.loads(raw)
+            except ValueError:
+                return  # not JSON: nothing a provider documents
+            if not isinstance(msg, dict):
                 return
-        try:
-            msg = orjson.loads(raw)
-        except ValueError:
-            return  # not JSON: nothing a provider documents
-        if not isinstance(msg, dict):
-            return
         batch = self.on_batch
         if batch is not None:
             batch(True)
         try:
-            if self._ready is not None and not self._ready.done():
+            if update is not None:
+                self.turn_update(update)
+            elif self._ready is not None and not self._ready.done():
                 self.greet(msg)
             else:
                 self.handle(msg)
