@@ -4,7 +4,9 @@ Layout (measured in docs/embedded-stt.md §8): one worker process per core, each
 streams on threads; the web process never runs add_audio. Moonshine only ends a line ~0.6-0.7 s after speech, so
 each stream runs its own energy endpointer on the PCM: after 0.04 s of silence it submits the line (plus a
 synthetic noise tail: without trailing audio tiny-en repeats or drops the last words, §6.3) to the worker's
-final-decoder thread, and once the silence reaches 0.2 s it commits that text as the final one. The decode is
+final-decoder thread, and once the silence reaches 0.2 s it commits that text as the final one. Final decodes run
+the same weights in onnxruntime (webapp/onnxdecoder.py): a turn that follows the previous one within CONTEXT_PAUSE
+is decoded after it, with that turn's tokens read back as the prefix (left context). The decode is
 speculative and runs beside the stream's thread, so it overlaps the silence window; if speech goes on, its text is
 sent as an interim instead. Finals come first in a worker: while one is queued or running, the worker's streams
 skip their interim re-decodes (which re-decode the whole line), and a stream in a pause skips them too.
@@ -43,13 +45,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .onnxdecoder import OnnxDecoder
+
 log = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME = 320  # 20 ms endpointer frames
-# Default slots per core: 3 per core keep up in real time on 2 cores in most runs, with EndOfTurn p50 0.32-0.36 s
-# and p95 0.61-0.99 s at 6 streams of continuous speech (docs/benchmarks.md, "Embedded recognizer"). Turning away a
-# fifth speaker costs users more than that; LOCAL_MAX_STREAMS=4 meets the latency targets (p95 0.52-0.71 s).
+# Default slots per core. With left context, 6 streams on 2 cores gave EndOfTurn p50 0.29-0.34 s and p95
+# 0.52-1.09 s, and kept their interims within 1.5 s in 1 run of 3 on this shared host. 4 streams met every target
+# (docs/benchmarks.md, "Embedded recognizer"). Turning away a fifth speaker costs users more than lagging interims
+# (their finals still came within 1.1 s, p95). LOCAL_MAX_STREAMS=4 is the setting for a busy host.
 STREAMS_PER_CORE = 3
 
 
@@ -88,6 +93,18 @@ CUT_FROM_SECONDS = _env_float("LOCAL_CUT_FROM_SECONDS", 6.0)
 LOOK_BEHIND = 0.3  # audio kept before the detected speech onset
 MAX_LINE_SECONDS = 30.0
 READY_TIMEOUT = 60.0
+# Final decodes in onnxruntime (webapp/onnxdecoder.py) with this many beams; 0 = libmoonshine's decode, no context.
+# With left context, 2 beams changed little (6 streams: 3.1 % WER against 3.5 %) and cost the latency targets at
+# 6 streams (p95 0.73 against 0.52 s, one stream's interims 1.56 s behind): docs/benchmarks.md.
+BEAMS = int(_env_float("LOCAL_BEAMS", 1))
+VERIFY_SECONDS = 2.0  # turns up to this long are decoded by libmoonshine first, to check that they hold speech
+# Left context: a turn that starts at most CONTEXT_PAUSE after the previous one is decoded together with it, the
+# decoder reading the previous turn's tokens instead of guessing them (webapp/onnxdecoder.py). Decoded alone, turns
+# cut at comma pauses lose words ("Ensure" for "in short", "a season", "For good or evil"): at 6 streams the
+# benchmark's WER went from 6.2-6.6 % to 3.1-3.5 % (docs/benchmarks.md). LOCAL_CONTEXT_SECONDS=0 turns it off.
+CONTEXT_SECONDS = _env_float("LOCAL_CONTEXT_SECONDS", 8.0)  # longest previous turn used as context
+CONTEXT_PAUSE = _env_float("LOCAL_CONTEXT_PAUSE", 1.2)  # longest pause between the two turns' speech
+CONTEXT_MAX_SECONDS = 16.0  # longest audio decoded with a context (previous turn, pause, this turn)
 TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
 
 
@@ -302,6 +319,7 @@ class _Session:
         self.sent_update = False
         self.heard = False  # our endpointer saw speech since the last turn ended
         self.rng = np.random.default_rng(sid)
+        self.context: tuple[int, int, tuple[int, ...]] | None = None  # previous turn: start, end of speech, ids
         self._new_stream()
         self.thread = threading.Thread(target=self._run, name=f"stt-{sid}", daemon=True)
         self.thread.start()
@@ -325,13 +343,14 @@ class _Session:
         self.line_start = None  # start of the turn's first moonshine line (seconds)
         self.cur_start = None
         self.prefix = ""  # text of moonshine lines that ended inside the open turn
-        self.spec = None  # (text, total-at-decode, cut it was decoded from or None) of the speculative final
+        self.spec = None  # (text, total-at-decode, cut it was decoded from or None, ids or None): speculative final
         self.gen += 1
         self.turn_no += 1
         self.inflight = None
         self.redos = 0
         self.cuts: list[tuple[str, int]] = []  # (text, sample): the turn's audio up to sample decodes as text
         self.cut_ok: int | None = None  # cutoff of an overtaken decode, still running, that may become a cut
+        self.checked = False  # a decode of this turn found words (the voice check need not run again)
 
     def _on_line(self, ev) -> None:
         kind = type(ev).__name__
@@ -412,7 +431,7 @@ class _Session:
         """Speech went on (after `pause` samples of silence, at least)."""
         between_words = CUT_PAUSE > 0 and pause >= CUT_PAUSE * RATE
         if self.spec is not None and between_words:
-            self._add_cut(*self.spec)  # its text covers the turn up to a point inside this pause
+            self._add_cut(*self.spec[:3])  # its text covers the turn up to a point inside this pause
         if self.inflight is not None:
             self.cut_ok = self.inflight if between_words else None
         if self.spec is not None or self.inflight is not None:
@@ -437,13 +456,37 @@ class _Session:
         if self.spec is not None:
             self.redos += 1
         self.inflight = self.total
-        base, start = self._cut_for(self.total)
-        self.decoder.submit(self, (self.gen, self.turn_no, base, start), self._region_audio(start), self.total)
+        base, start, job = self._job()
+        self.decoder.submit(self, (self.gen, self.turn_no, base, start), job, self.total)
 
-    def _spec_done(self, tag: tuple, text: str, cutoff: int, seconds: float, length: float, waited: float) -> None:
+    def _job(self) -> tuple[str, int | None, tuple]:
+        """What to decode now: the text before the cut the decode starts at, that cut, and the decoder's job."""
+        base, start = self._cut_for(self.total)
+        ctx = self._context() if start is None else None
+        if ctx is None:
+            return base, start, (self._region_audio(start), self._has_words(), self.checked)
+        own = self._region_start() - ctx[0]
+        return base, start, (self._region_audio(ctx[0]), self._has_words(), self.checked, ctx[2], own)
+
+    def _context(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """The previous turn, if this one follows it closely enough to be decoded with it."""
+        ctx = self.context
+        if ctx is None or self.ep.onset is None or self.ep.onset - ctx[1] > CONTEXT_PAUSE * RATE:
+            return None
+        if ctx[0] < self.buf_start or self.total - ctx[0] > CONTEXT_MAX_SECONDS * RATE:
+            return None  # tiny-en decodes up to ~30 s; longer decodes also cost more than they bring
+        return ctx
+
+    def _has_words(self) -> bool:
+        """The open turn has shown text (moonshine's voice detector heard speech in it)."""
+        return bool(self.line_text.strip())
+
+    def _spec_done(self, tag: tuple, text: str, ids: tuple[int, ...] | None, cutoff: int, seconds: float,
+                   length: float, waited: float) -> None:
         gen, turn_no, base, start = tag
         if not self._turn_open() or turn_no != self.turn_no:
             return  # the turn ended while it was decoding
+        self.checked = self.checked or bool(text.strip())
         text = _join(base, text)
         if gen != self.gen:
             if cutoff == self.cut_ok:
@@ -455,7 +498,7 @@ class _Session:
                 self.last_update = self.fed
             return
         self.inflight = None
-        self.spec = (text, cutoff, start)
+        self.spec = (text, cutoff, start, ids)
         self.t_decode = (seconds, length)
         self.t_waited = waited
         if self._spec_due():
@@ -476,7 +519,7 @@ class _Session:
                      f"spec_age={(self.total - self.spec[1]) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
                      f"redos={self.redos} pending={self.decoder.pending} "
                      f"dec_spent={self.decoder.spent:.2f} dec_stale={self.decoder.stale:.2f}")
-        self._commit(self.spec[0], "model")
+        self._commit(self.spec[0], "model", self.spec[3] if self.spec[2] is None else None)
 
     def _quiet(self, young: bool) -> bool:
         """No interim re-decode now: a final is due (ours or, in this worker, another stream's), or we are behind."""
@@ -499,6 +542,13 @@ class _Session:
         if self._turn_open():
             keep_from = min(keep_from, self._region_start())
             keep_from = max(keep_from, self.total - int(MAX_LINE_SECONDS * RATE))
+        ctx = self.context
+        if ctx is not None:
+            heard_at = self.total if self.ep.onset is None else self.ep.onset
+            if heard_at - ctx[1] > CONTEXT_PAUSE * RATE:
+                self.context = None  # the pause went on too long: the next turn is decoded alone
+            else:
+                keep_from = min(keep_from, ctx[0])
         keep_from = max(keep_from, self.buf_start)
         if keep_from > self.buf_start:
             self.buf = self.buf[keep_from - self.buf_start:]
@@ -531,18 +581,23 @@ class _Session:
         pad = (self.rng.normal(0.0, 20.0, int(PAD_SECONDS * RATE)) / 32768.0).astype(np.float32)
         return np.ascontiguousarray(np.concatenate([a, pad]), dtype=np.float32)
 
-    def _decode(self) -> str:
+    def _decode(self) -> tuple[str, tuple[int, ...] | None]:
+        """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
         t = time.monotonic()
-        base, start = self._cut_for(self.total)
-        audio = self._region_audio(start)
-        text = _join(base, decode_once(self.tr, audio, self.force_flag))
-        self.t_decode = (time.monotonic() - t, len(audio) / RATE)
-        return text
+        base, start, job = self._job()
+        text, ids = self.decoder.decode(*job)
+        self.t_decode = (time.monotonic() - t, len(job[0]) / RATE)
+        return _join(base, text), ids if start is None else None
 
-    def _commit(self, text: str, trigger: str) -> None:
-        start = self.line_start if self.line_start is not None else (self._region_start() + int(LOOK_BEHIND * RATE)) / RATE
+    def _commit(self, text: str, trigger: str, ids: tuple[int, ...] | None = None) -> None:
+        """End the turn with this text; `ids`, the whole turn's tokens, make it the next turn's left context."""
+        region = self._region_start()
+        start = self.line_start if self.line_start is not None else (region + int(LOOK_BEHIND * RATE)) / RATE
         end = max(self.ep.last_speech, int(start * RATE)) / RATE
+        speech_end = self.ep.last_speech
         self._final(text, start, end, trigger, restart=True)
+        if ids and CONTEXT_SECONDS > 0 and speech_end - region <= CONTEXT_SECONDS * RATE:
+            self.context = (region, speech_end, ids)
 
     def _final(self, text: str, start: float, end: float, trigger: str, restart: bool) -> None:
         text = collapse_repeats(text.strip())
@@ -551,6 +606,7 @@ class _Session:
             self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
         self.floor = self.total
         self.heard = False
+        self.context = None
         self.ep.reset()
         if restart:
             self._new_stream()
@@ -561,9 +617,12 @@ class _Session:
         if not self._turn_open():
             return False
         spec = self.spec
-        text = spec[0] if spec is not None and spec[1] == self.total else self._decode()
+        if spec is not None and spec[1] == self.total:
+            text, ids = spec[0], spec[3] if spec[2] is None else None
+        else:
+            text, ids = self._decode()
         had_text = bool(text.strip())
-        self._commit(text, trigger)
+        self._commit(text, trigger, ids)
         return had_text
 
     def _run(self) -> None:
@@ -628,8 +687,8 @@ class _FinalDecoder:
     one is queued or running, the worker's streams skip their interim re-decodes, so finals do not wait behind
     them. Results go back through each stream's own queue (its thread owns all of its state)."""
 
-    def __init__(self, tr, force_flag: int):
-        self.tr, self.force_flag = tr, force_flag
+    def __init__(self, tr, force_flag: int, onnx=None):
+        self.tr, self.force_flag, self.onnx = tr, force_flag, onnx
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = 0  # queued + running
         self.sessions = 0  # streams open in this worker
@@ -637,20 +696,38 @@ class _FinalDecoder:
         self.lock = threading.Lock()
         threading.Thread(target=self._run, name="stt-final", daemon=True).start()
 
-    def submit(self, session: "_Session", gen: tuple, audio: np.ndarray, cutoff: int) -> None:
+    def submit(self, session: "_Session", gen: tuple, job: tuple, cutoff: int) -> None:
         with self.lock:
             self.pending += 1
-        self.q.put((session, gen, audio, cutoff, time.monotonic()))
+        self.q.put((session, gen, job, cutoff, time.monotonic()))
+
+    def decode(self, audio: np.ndarray, words: bool, checked: bool, prefix: tuple[int, ...] = (), own: int = 0
+               ) -> tuple[str, tuple[int, ...] | None]:
+        """Text and (from the onnx decoder) token ids of audio[own:], the turn, with its tail; audio[:own] is the
+        previous turn (and the pause after it), already decoded as `prefix`.
+
+        libmoonshine's decode has a voice detector: it finds no speech in a breath or a click, where tiny-en
+        makes up "You" or "Mm-h". So a short turn goes to the onnx decoder only if that decode finds words in it (once per
+        turn: `checked`), and a longer one only once it has shown words (interims)."""
+        if self.onnx is None:
+            return decode_once(self.tr, audio[own:], self.force_flag), None
+        short = len(audio) - own <= (VERIFY_SECONDS + PAD_SECONDS) * RATE
+        if not checked and (short or not words):
+            text = decode_once(self.tr, audio[own:], self.force_flag)
+            if not text or (not words and not short):
+                return text, None
+        ids = tuple(self.onnx.decode_ids(audio, prefix))
+        return self.onnx.text(ids), ids
 
     def _run(self) -> None:
         while True:
-            session, gen, audio, cutoff, queued = self.q.get()
+            session, gen, job, cutoff, queued = self.q.get()
             t = time.monotonic()
             try:
                 if session.aborted or gen[0] != session.gen:
                     text = None  # stale already: skip the work
                 else:
-                    text = decode_once(self.tr, audio, self.force_flag)
+                    text, ids = self.decode(*job)
                     if TRACE:  # decoder seconds, and those spent on decodes that speech overtook meanwhile
                         spent = time.monotonic() - t
                         self.spent += spent
@@ -664,7 +741,7 @@ class _FinalDecoder:
                 with self.lock:
                     self.pending -= 1
             if text is not None:
-                session.q.put(("spec", gen, text, cutoff, time.monotonic() - t, len(audio) / RATE, t - queued))
+                session.q.put(("spec", gen, text, ids, cutoff, time.monotonic() - t, len(job[0]) / RATE, t - queued))
 
 
 def _load_transcriber():
@@ -703,8 +780,13 @@ def _worker_main(fd: int) -> None:
     warm.stop()
     warm.close()
     other.join()
+    onnx = None
+    if BEAMS > 0:
+        from moonshine_voice import get_model_path
+        onnx = OnnxDecoder(Path(get_model_path("tiny-en")), BEAMS)
+        onnx.decode(x)  # warm-up
     send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
-    decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE)
+    decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE, onnx)
     sessions: dict[int, _Session] = {}
     while True:
         try:

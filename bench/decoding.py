@@ -1,0 +1,92 @@
+"""How the final decode itself scores, apart from timing: the benchmark's real speech cut into the turns the live
+endpointer makes, each decoded by libmoonshine (greedy, as before beam search) or by webapp/onnxdecoder.py with 1 or 2
+beams, alone or after the previous turn (left context), with `tail` seconds of the real audio after the last speech
+frame (the live speculative decode starts 0.04 s into the silence and the 80 ms chunks round that up to 0.04-0.12 s).
+
+    PYTHONPATH=. .venv/bin/python bench/decoding.py [--tails 0.04,0.08,0.12,0.2]
+
+Deterministic (fixed audio; each turn gets its own noise tail, the same for every decoder), single-threaded, about a minute. Prints word errors of 215 (the 11
+pocketsphinx clips and the reading, without the breath that ends the reading: the live path never decodes it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import speech  # noqa: E402
+from webapp import recognizer  # noqa: E402
+from webapp.onnxdecoder import OnnxDecoder  # noqa: E402
+
+RATE = speech.RATE
+
+
+def turns(x: np.ndarray, tail: float) -> list[tuple[int, int, int]]:
+    """(start, end with `tail` of real audio, last speech) of each turn the endpointer ends."""
+    ep, out, floor = recognizer.Endpointer(), [], 0
+    for i in range(0, len(x), recognizer.FRAME):
+        ep.process(x[i:i + recognizer.FRAME])
+        if ep.in_turn and ep.ended(recognizer.END_SILENCE):
+            start = max(floor, ep.onset - int(recognizer.LOOK_BEHIND * RATE))
+            out.append((start, ep.last_speech + int(tail * RATE), ep.last_speech))
+            floor = ep.pos
+            ep.reset()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tails", default="0.04,0.08,0.12,0.2")
+    args = ap.parse_args()
+    from moonshine_voice import get_model_path
+    from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
+    model = Path(get_model_path("tiny-en"))
+    tr = recognizer._load_transcriber()
+    beams = {1: OnnxDecoder(model, 1), 2: OnnxDecoder(model, 2)}
+    clips = speech.real_clips() + speech.long_clips()
+    pads = np.random.default_rng(0).normal(0, 20, (64, int(recognizer.PAD_SECONDS * RATE))) / 32768
+    print("| tail | libmoonshine greedy | 1 beam | 2 beams | 1 beam + context | 2 beams + context "
+          "| CPU s: 1 beam, alone / + context | 2 beams, alone / + context |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tail in [float(t) for t in args.tails.split(",")]:
+        errors: dict[str, int] = {}
+        spent = {"1": 0.0, "1+ctx": 0.0, "2": 0.0, "2+ctx": 0.0}
+        for clip in clips:
+            x = np.frombuffer(clip.pcm, np.int16).astype(np.float32) / 32768
+            bounds = turns(x, tail)
+            if clip.name == "two-cities":
+                bounds = bounds[:-1]  # the breath after the last word
+            hyps: dict[str, list[str]] = {}
+            tails = [pads[i % len(pads)].astype(np.float32) for i in range(len(bounds))]
+            lm = [recognizer.decode_once(tr, np.concatenate([x[s:e], pad]), MOONSHINE_FLAG_FORCE_UPDATE)
+                  for (s, e, _), pad in zip(bounds, tails)]
+            hyps["greedy"] = lm
+            for k, dec in beams.items():
+                alone, joined, prev = [], [], None
+                for (s, e, last), pad in zip(bounds, tails):
+                    t = time.process_time()
+                    alone.append(dec.decode(np.concatenate([x[s:e], pad])))
+                    t2 = time.process_time()
+                    near = (prev is not None and s - prev[1] <= (recognizer.CONTEXT_PAUSE - recognizer.LOOK_BEHIND) * RATE
+                            and prev[1] - prev[0] <= recognizer.CONTEXT_SECONDS * RATE)
+                    ids = dec.decode_ids(np.concatenate([x[prev[0] if near else s:e], pad]), prev[2] if near else ())
+                    spent[str(k)] += t2 - t
+                    spent[f"{k}+ctx"] += time.process_time() - t2
+                    joined.append(dec.text(ids))
+                    prev = (s, last, ids)
+                hyps[str(k)], hyps[f"{k}+ctx"] = alone, joined
+            ref = speech.normalize(clip.ref)
+            for name, texts in hyps.items():
+                errors[name] = errors.get(name, 0) + speech.edit_distance(ref, speech.normalize(" ".join(texts)))
+        print(f"| {tail:.2f} s | {errors['greedy']} | {errors['1']} | {errors['2']} | {errors['1+ctx']} | "
+              f"{errors['2+ctx']} | {spent['1']:.1f} / {spent['1+ctx']:.1f} | {spent['2']:.1f} / {spent['2+ctx']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

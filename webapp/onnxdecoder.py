@@ -1,0 +1,142 @@
+"""Final decodes: Moonshine tiny-en's own ONNX files (inside moonshine-voice 0.1.0) run by onnxruntime, because
+libmoonshine cannot do what the final decode needs:
+
+* left context: `decode_ids(audio, prefix)` decodes audio that begins with the previous turn, and the decoder reads
+  that turn's tokens (`prefix`) instead of guessing them again, so only the new turn's tokens come out. Turns cut
+  at comma pauses and decoded alone lose words ("Ensure" for "in short", "a season", "For good or evil");
+* beam search (`beams` > 1), which libmoonshine does not have either.
+
+    dec = OnnxDecoder(model_dir, beams=1)     # two single-threaded sessions: one decode per worker thread
+    ids = dec.decode_ids(audio, prefix)       # float32 mono 16 kHz, with the noise tail already added
+    text = dec.text(ids)
+
+Without context the greedy decode gives libmoonshine's words (tests/test_onnxdecoder.py). Scores of the beams are
+summed token log-probabilities (no length normalisation: with it, "compassion" beat "comparison").
+Tiny-en makes up words on noise ("You", "Mm-h"), and this decoder has no voice detector: webapp/recognizer.py checks
+short turns with libmoonshine's decode, which has one. Measured in docs/benchmarks.md (embedded recognizer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BOS, EOS = 1, 2
+FIRST_TEXT_TOKEN = 3  # 0-2 are <unk>, <s>, </s>
+TOKENS_PER_SECOND = 6.5  # cap on the output length, as libmoonshine's max_tokens_per_second
+MIN_TOKENS = 8
+
+
+def load_tokens(path: Path) -> list[bytes]:
+    """moonshine's tokenizer.bin: each token's bytes, prefixed by their length (1 byte, or 2 as a varint)."""
+    data = path.read_bytes()
+    tokens, i = [], 0
+    while i < len(data):
+        n = data[i]
+        i += 1
+        if n & 0x80:
+            n = (n & 0x7F) | (data[i] << 7)
+            i += 1
+        tokens.append(data[i:i + n])
+        i += n
+    return tokens
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class OnnxDecoder:
+    def __init__(self, model_dir: Path, beams: int = 1):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # the worker has one decode thread per core's worth of streams (§8.4)
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        cpu = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(model_dir / "encoder_model.ort"), opts, providers=cpu)
+        self.decoder = ort.InferenceSession(str(model_dir / "decoder_model_merged.ort"), opts, providers=cpu)
+        self.tokens = load_tokens(model_dir / "tokenizer.bin")
+        self.beams = max(1, beams)
+        self.outputs = [o.name for o in self.decoder.get_outputs()]
+        # present.N.decoder.key -> past_key_values.N.decoder.key
+        self.self_kv = [n for n in self.outputs if ".decoder." in n]
+        self.cross_kv = [n for n in self.outputs if ".encoder." in n]
+        shape = next(i.shape for i in self.decoder.get_inputs() if i.name.endswith(".decoder.key"))
+        self.heads, self.head_dim = shape[1], shape[3]
+
+    def text(self, ids: list[int]) -> str:
+        raw = b"".join(self.tokens[t] for t in ids if t >= FIRST_TEXT_TOKEN)
+        return raw.decode("utf-8", "replace").replace("\u2581", " ").strip()
+
+    def _step(self, hidden: np.ndarray, mask: np.ndarray, ids: np.ndarray, past: dict, cached: bool):
+        feed = {"input_ids": ids, "encoder_hidden_states": hidden, "encoder_attention_mask": mask,
+                "use_cache_branch": np.array([cached])}
+        feed.update(past)
+        out = dict(zip(self.outputs, self.decoder.run(None, feed)))
+        return out["logits"][:, -1, :], out
+
+    def decode(self, audio: np.ndarray) -> str:
+        return self.text(self.decode_ids(audio))
+
+    def decode_ids(self, audio: np.ndarray, prefix: list[int] | tuple[int, ...] = ()) -> list[int]:
+        """Token ids of the text after `prefix`: the ids the audio's beginning was already decoded as, which
+        the decoder reads instead of guessing them again (left context at the cost of one decoder pass)."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
+        hidden = self.encoder.run(None, {"input_values": audio,
+                                         "attention_mask": np.ones(audio.shape, np.int64)})[0]
+        frames = hidden.shape[1]
+        limit = max(MIN_TOKENS, int(np.ceil(audio.shape[1] / 16000 * TOKENS_PER_SECOND)) - len(prefix))
+        empty = {}
+        for n in self.self_kv + self.cross_kv:
+            length = frames if ".encoder." in n else 0
+            empty[n.replace("present", "past_key_values")] = np.zeros((1, self.heads, length, self.head_dim),
+                                                                      np.float32)
+        # The decoder takes the mask of the audio samples (as the encoder does) and shrinks it to the frames itself:
+        # a mask of the frames' length shrinks to 1 or 2 entries, and breaks the broadcast from 9.3 s of audio on.
+        mask = np.ones((1, audio.shape[1]), np.int64)
+        logits, out = self._step(hidden, mask, np.array([[BOS, *prefix]], np.int64), empty, cached=False)
+        k = self.beams
+        # Every beam row shares the audio: the encoder side is computed once and repeated, never re-gathered.
+        hidden, mask = np.repeat(hidden, k, 0), np.repeat(mask, k, 0)
+        cross = {n.replace("present", "past_key_values"): np.repeat(out[n], k, 0) for n in self.cross_kv}
+        self_kv = {n: out[n] for n in self.self_kv}
+        scores = np.zeros(1, np.float64)
+        seqs: list[list[int]] = [[]]
+        best: tuple[float, list[int]] | None = None  # finished hypothesis with the highest score
+        for _ in range(limit):
+            logp = _log_softmax(logits.astype(np.float64))
+            total = scores[:, None] + logp  # (beams alive, vocabulary)
+            flat = total.ravel()
+            top = np.argpartition(-flat, 2 * k)[: 2 * k] if flat.size > 2 * k else np.arange(flat.size)
+            top = top[np.argsort(-flat[top])]
+            nxt_rows, nxt_seqs, nxt_scores, nxt_ids = [], [], [], []
+            for i in top:
+                row, tok = divmod(int(i), logp.shape[1])
+                score = float(flat[i])
+                if tok == EOS:
+                    if best is None or score > best[0]:
+                        best = (score, seqs[row])
+                    continue
+                nxt_rows.append(row)
+                nxt_seqs.append(seqs[row] + [tok])
+                nxt_scores.append(score)
+                nxt_ids.append(tok)
+                if len(nxt_rows) == k:
+                    break
+            # Scores only fall as tokens are added: once a finished hypothesis beats every live one, it has won.
+            if best is not None and best[0] >= nxt_scores[0]:
+                break
+            seqs, scores = nxt_seqs, np.array(nxt_scores)
+            rows = np.array(nxt_rows)  # after the first step all are 0: one row becomes k
+            past = {n.replace("present", "past_key_values"): v[rows] for n, v in self_kv.items()}
+            past.update(cross)
+            ids = np.array(nxt_ids, np.int64)[:, None]
+            logits, out = self._step(hidden, mask, ids, past, cached=True)
+            self_kv = {n: out[n] for n in self.self_kv}
+        else:
+            if best is None or scores[0] > best[0]:
+                best = (float(scores[0]), seqs[0])  # the cap stopped it: the best live one
+        return best[1] if best is not None else []
