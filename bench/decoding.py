@@ -5,8 +5,9 @@ frame (the live speculative decode starts 0.04 s into the silence and the 80 ms 
 
     PYTHONPATH=. .venv/bin/python bench/decoding.py [--tails 0.04,0.08,0.12,0.2]
 
-Deterministic (fixed audio; each turn gets its own noise tail, the same for every decoder), single-threaded, about a minute. Prints word errors of 215 (the 11
-pocketsphinx clips and the reading, without the breath that ends the reading: the live path never decodes it).
+Deterministic (fixed audio; each turn gets its own noise tail, the same for every decoder), single-threaded,
+about 1.5 minutes. Prints word errors of 215 (the 11 pocketsphinx clips and the reading, without the breath that ends
+the reading: the live path never decodes it).
 """
 from __future__ import annotations
 

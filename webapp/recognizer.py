@@ -101,7 +101,7 @@ VERIFY_SECONDS = 2.0  # turns up to this long are decoded by libmoonshine first,
 # Left context: a turn that starts at most CONTEXT_PAUSE after the previous one is decoded together with it, the
 # decoder reading the previous turn's tokens instead of guessing them (webapp/onnxdecoder.py). Decoded alone, turns
 # cut at comma pauses lose words ("Ensure" for "in short", "a season", "For good or evil"): at 6 streams the
-# benchmark's WER went from 6.2-6.6 % to 3.1-3.5 % (docs/benchmarks.md). LOCAL_CONTEXT_SECONDS=0 turns it off.
+# benchmark's WER went from 6.4-7.4 % to 3.5-5.5 % (docs/benchmarks.md). LOCAL_CONTEXT_SECONDS=0 turns it off.
 CONTEXT_SECONDS = _env_float("LOCAL_CONTEXT_SECONDS", 8.0)  # longest previous turn used as context
 CONTEXT_PAUSE = _env_float("LOCAL_CONTEXT_PAUSE", 1.2)  # longest pause between the two turns' speech
 CONTEXT_MAX_SECONDS = 16.0  # longest audio decoded with a context (previous turn, pause, this turn)
@@ -707,8 +707,8 @@ class _FinalDecoder:
         previous turn (and the pause after it), already decoded as `prefix`.
 
         libmoonshine's decode has a voice detector: it finds no speech in a breath or a click, where tiny-en
-        makes up "You" or "Mm-h". So a short turn goes to the onnx decoder only if that decode finds words in it (once per
-        turn: `checked`), and a longer one only once it has shown words (interims)."""
+        makes up "You" or "Mm-h". So a short turn goes to the onnx decoder only if that decode finds words in it
+        (once per turn: `checked`), and a longer one only once it has shown words (interims)."""
         if self.onnx is None:
             return decode_once(self.tr, audio[own:], self.force_flag), None
         short = len(audio) - own <= (VERIFY_SECONDS + PAD_SECONDS) * RATE
