@@ -28,19 +28,6 @@ from webapp.onnxdecoder import OnnxDecoder  # noqa: E402
 RATE = speech.RATE
 
 
-def turns(x: np.ndarray, tail: float) -> list[tuple[int, int, int]]:
-    """(start, end with `tail` of real audio, last speech) of each turn the endpointer ends."""
-    ep, out, floor = recognizer.Endpointer(), [], 0
-    for i in range(0, len(x), recognizer.FRAME):
-        ep.process(x[i:i + recognizer.FRAME])
-        if ep.in_turn and ep.ended(recognizer.END_SILENCE):
-            start = max(floor, ep.onset - int(recognizer.LOOK_BEHIND * RATE))
-            out.append((start, ep.last_speech + int(tail * RATE), ep.last_speech))
-            floor = ep.pos
-            ep.reset()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tails", default="0.04,0.08,0.12,0.2")
@@ -60,7 +47,8 @@ def main() -> None:
         spent = {"1": 0.0, "1+ctx": 0.0, "2": 0.0, "2+ctx": 0.0}
         for clip in clips:
             x = np.frombuffer(clip.pcm, np.int16).astype(np.float32) / 32768
-            bounds = turns(x, tail)
+            # each turn ends `tail` s after its last speech frame
+            bounds = [(s, last + int(tail * RATE), last) for s, _, last in speech.endpointer_turns(clip.pcm)]
             if clip.name == "two-cities":
                 bounds = bounds[:-1]  # the breath after the last word
             hyps: dict[str, list[str]] = {}
@@ -74,8 +62,8 @@ def main() -> None:
                     t = time.process_time()
                     alone.append(dec.decode(np.concatenate([x[s:e], pad])))
                     t2 = time.process_time()
-                    near = (prev is not None and s - prev[1] <= (recognizer.CONTEXT_PAUSE - recognizer.LOOK_BEHIND) * RATE
-                            and prev[1] - prev[0] <= recognizer.CONTEXT_SECONDS * RATE)
+                    near = (prev is not None and prev[1] - prev[0] <= recognizer.CONTEXT_SECONDS * RATE
+                            and s - prev[1] <= (recognizer.CONTEXT_PAUSE - recognizer.LOOK_BEHIND) * RATE)
                     ids = dec.decode_ids(np.concatenate([x[prev[0] if near else s:e], pad]), prev[2] if near else ())
                     spent[str(k)] += t2 - t
                     spent[f"{k}+ctx"] += time.process_time() - t2
@@ -86,7 +74,8 @@ def main() -> None:
             for name, texts in hyps.items():
                 errors[name] = errors.get(name, 0) + speech.edit_distance(ref, speech.normalize(" ".join(texts)))
         print(f"| {tail:.2f} s | {errors['greedy']} | {errors['1']} | {errors['2']} | {errors['1+ctx']} | "
-              f"{errors['2+ctx']} | {spent['1']:.1f} / {spent['1+ctx']:.1f} | {spent['2']:.1f} / {spent['2+ctx']:.1f} |")
+              f"{errors['2+ctx']} | {spent['1']:.1f} / {spent['1+ctx']:.1f} "
+              f"| {spent['2']:.1f} / {spent['2+ctx']:.1f} |")
 
 
 if __name__ == "__main__":

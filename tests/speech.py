@@ -191,3 +191,18 @@ def speech_bounds(pcm: bytes, frame: float = 0.02, margin_db: float = 15.0,
         kept = [b for b in bursts if len(b) * frame >= min_sound] or bursts
         return float(kept[0][0] * frame), float((kept[-1][-1] + 1) * frame)
     return float(idx[0] * frame), float((idx[-1] + 1) * frame)
+
+
+def endpointer_turns(pcm: bytes) -> list[tuple[int, int, int]]:
+    """The turns the recognizer's endpointer ends (0.2 s of silence) in 16 kHz s16 PCM, in samples:
+    (start with the look-behind, where the turn ended, just after its last speech frame)."""
+    from webapp import recognizer
+    x = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768
+    ep, out, floor = recognizer.Endpointer(), [], 0
+    for i in range(0, len(x), recognizer.FRAME):
+        ep.process(x[i:i + recognizer.FRAME])
+        if ep.in_turn and ep.ended(recognizer.END_SILENCE):
+            out.append((max(floor, ep.onset - int(recognizer.LOOK_BEHIND * RATE)), ep.pos, ep.last_speech))
+            floor = ep.pos
+            ep.reset()
+    return out

@@ -37,15 +37,7 @@ def with_tail(pcm: bytes, seed: int = 0) -> np.ndarray:
 
 def turn_bounds(pcm: bytes) -> list[tuple[int, int]]:
     """Where the recognizer's endpointer ends turns (0.2 s of silence): (first, end) samples of each."""
-    x = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768
-    ep, out, floor = recognizer.Endpointer(), [], 0
-    for i in range(0, len(x), recognizer.FRAME):
-        ep.process(x[i:i + recognizer.FRAME])
-        if ep.in_turn and ep.ended(recognizer.END_SILENCE):
-            out.append((max(floor, ep.onset - int(recognizer.LOOK_BEHIND * RATE)), ep.pos))
-            floor = ep.pos
-            ep.reset()
-    return out
+    return [(start, end) for start, end, _ in speech.endpointer_turns(pcm)]
 
 
 def turns(pcm: bytes) -> list[np.ndarray]:

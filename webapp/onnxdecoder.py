@@ -61,9 +61,10 @@ class OnnxDecoder:
         self.tokens = load_tokens(model_dir / "tokenizer.bin")
         self.beams = max(1, beams)
         self.outputs = [o.name for o in self.decoder.get_outputs()]
-        # present.N.decoder.key -> past_key_values.N.decoder.key
-        self.self_kv = [n for n in self.outputs if ".decoder." in n]
-        self.cross_kv = [n for n in self.outputs if ".encoder." in n]
+        # output present.N.decoder.key is fed back as input past_key_values.N.decoder.key
+        self.past = {n: n.replace("present", "past_key_values") for n in self.outputs if n.startswith("present.")}
+        self.self_kv = [n for n in self.past if ".decoder." in n]
+        self.cross_kv = [n for n in self.past if ".encoder." in n]
         shape = next(i.shape for i in self.decoder.get_inputs() if i.name.endswith(".decoder.key"))
         self.heads, self.head_dim = shape[1], shape[3]
 
@@ -89,11 +90,8 @@ class OnnxDecoder:
                                          "attention_mask": np.ones(audio.shape, np.int64)})[0]
         frames = hidden.shape[1]
         limit = max(MIN_TOKENS, int(np.ceil(audio.shape[1] / 16000 * TOKENS_PER_SECOND)) - len(prefix))
-        empty = {}
-        for n in self.self_kv + self.cross_kv:
-            length = frames if ".encoder." in n else 0
-            empty[n.replace("present", "past_key_values")] = np.zeros((1, self.heads, length, self.head_dim),
-                                                                      np.float32)
+        empty = {past: np.zeros((1, self.heads, frames if ".encoder." in n else 0, self.head_dim), np.float32)
+                 for n, past in self.past.items()}
         # The decoder takes the mask of the audio samples (as the encoder does) and shrinks it to the frames itself:
         # a mask of the frames' length shrinks to 1 or 2 entries, and breaks the broadcast from 9.3 s of audio on.
         mask = np.ones((1, audio.shape[1]), np.int64)
@@ -101,7 +99,7 @@ class OnnxDecoder:
         k = self.beams
         # Every beam row shares the audio: the encoder side is computed once and repeated, never re-gathered.
         hidden, mask = np.repeat(hidden, k, 0), np.repeat(mask, k, 0)
-        cross = {n.replace("present", "past_key_values"): np.repeat(out[n], k, 0) for n in self.cross_kv}
+        cross = {self.past[n]: np.repeat(out[n], k, 0) for n in self.cross_kv}
         self_kv = {n: out[n] for n in self.self_kv}
         scores = np.zeros(1, np.float64)
         seqs: list[list[int]] = [[]]
@@ -112,7 +110,7 @@ class OnnxDecoder:
             flat = total.ravel()
             top = np.argpartition(-flat, 2 * k)[: 2 * k] if flat.size > 2 * k else np.arange(flat.size)
             top = top[np.argsort(-flat[top])]
-            nxt_rows, nxt_seqs, nxt_scores, nxt_ids = [], [], [], []
+            nxt_rows, nxt_seqs, nxt_scores = [], [], []
             for i in top:
                 row, tok = divmod(int(i), logp.shape[1])
                 score = float(flat[i])
@@ -123,7 +121,6 @@ class OnnxDecoder:
                 nxt_rows.append(row)
                 nxt_seqs.append(seqs[row] + [tok])
                 nxt_scores.append(score)
-                nxt_ids.append(tok)
                 if len(nxt_rows) == k:
                     break
             # Scores only fall as tokens are added: once a finished hypothesis beats every live one, it has won.
@@ -131,9 +128,9 @@ class OnnxDecoder:
                 break
             seqs, scores = nxt_seqs, np.array(nxt_scores)
             rows = np.array(nxt_rows)  # after the first step all are 0: one row becomes k
-            past = {n.replace("present", "past_key_values"): v[rows] for n, v in self_kv.items()}
+            past = {self.past[n]: v[rows] for n, v in self_kv.items()}
             past.update(cross)
-            ids = np.array(nxt_ids, np.int64)[:, None]
+            ids = np.array([s[-1] for s in seqs], np.int64)[:, None]
             logits, out = self._step(hidden, mask, ids, past, cached=True)
             self_kv = {n: out[n] for n in self.self_kv}
         else:

@@ -343,7 +343,8 @@ class _Session:
         self.line_start = None  # start of the turn's first moonshine line (seconds)
         self.cur_start = None
         self.prefix = ""  # text of moonshine lines that ended inside the open turn
-        self.spec = None  # (text, total-at-decode, cut it was decoded from or None, ids or None): speculative final
+        # speculative final: (text, total-at-decode, cut it was decoded from or None, the whole turn's ids or None)
+        self.spec = None
         self.gen += 1
         self.turn_no += 1
         self.inflight = None
@@ -463,10 +464,9 @@ class _Session:
         """What to decode now: the text before the cut the decode starts at, that cut, and the decoder's job."""
         base, start = self._cut_for(self.total)
         ctx = self._context() if start is None else None
-        if ctx is None:
-            return base, start, (self._region_audio(start), self._has_words(), self.checked)
-        own = self._region_start() - ctx[0]
-        return base, start, (self._region_audio(ctx[0]), self._has_words(), self.checked, ctx[2], own)
+        audio_from, prefix = (start, ()) if ctx is None else (ctx[0], ctx[2])
+        own = 0 if ctx is None else self._region_start() - ctx[0]
+        return base, start, (self._region_audio(audio_from), self._has_words(), self.checked, prefix, own)
 
     def _context(self) -> tuple[int, int, tuple[int, ...]] | None:
         """The previous turn, if this one follows it closely enough to be decoded with it."""
@@ -498,7 +498,7 @@ class _Session:
                 self.last_update = self.fed
             return
         self.inflight = None
-        self.spec = (text, cutoff, start, ids)
+        self.spec = (text, cutoff, start, ids if start is None else None)  # a cut's ids are not the whole turn's
         self.t_decode = (seconds, length)
         self.t_waited = waited
         if self._spec_due():
@@ -519,7 +519,7 @@ class _Session:
                      f"spec_age={(self.total - self.spec[1]) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
                      f"redos={self.redos} pending={self.decoder.pending} "
                      f"dec_spent={self.decoder.spent:.2f} dec_stale={self.decoder.stale:.2f}")
-        self._commit(self.spec[0], "model", self.spec[3] if self.spec[2] is None else None)
+        self._commit(self.spec[0], "model", self.spec[3])
 
     def _quiet(self, young: bool) -> bool:
         """No interim re-decode now: a final is due (ours or, in this worker, another stream's), or we are behind."""
@@ -618,7 +618,7 @@ class _Session:
             return False
         spec = self.spec
         if spec is not None and spec[1] == self.total:
-            text, ids = spec[0], spec[3] if spec[2] is None else None
+            text, ids = spec[0], spec[3]
         else:
             text, ids = self._decode()
         had_text = bool(text.strip())
