@@ -141,6 +141,34 @@ async def test_capacity_refused_while_a_stream_keeps_working(pool):
     await again.abort()
 
 
+def _nice_values(pid: int) -> list[int]:
+    """The nice value of every thread of a process (field 19 of /proc/PID/task/TID/stat)."""
+    values = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        values.append(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return values
+
+
+async def test_stream_threads_yield_to_final_decodes(pool):
+    """Each stream's thread in a worker runs at LOCAL_STREAM_NICE (interims can wait); the final-decoder thread,
+    whose decodes speakers wait for, and the rest of the worker stay at nice 0."""
+    c = speech.clip("cards-002")
+    ups = [LocalUpstream(SETTINGS, StreamParams()) for _ in range(SLOTS)]
+    for up in ups:
+        await up.connect()
+    tasks = [asyncio.create_task(collect(up)) for up in ups]
+    await asyncio.gather(*(feed(up, c.pcm + silence(0.6)) for up in ups))
+    for up in ups:
+        await up.finalize()  # every stream's thread has handled audio by now
+    nice = [v for w in pool.workers for v in _nice_values(w.proc.pid)]
+    for up in ups:
+        await up.close()
+    await asyncio.gather(*tasks)
+    assert nice.count(recognizer.STREAM_NICE) == SLOTS and recognizer.STREAM_NICE > 0, nice
+    assert nice.count(0) >= 2 * len(pool.workers)  # at least each worker's main and final-decoder threads
+
+
 # ---- the Flux-compatible engine -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -311,3 +339,36 @@ def test_cut_rule_keeps_both_parts_long(steps, expect, monkeypatch):
         assert s._cut_for(sec(end)) == (text, sec(at)), (end, s.cuts)
     monkeypatch.setattr(recognizer, "CUT_FROM_SECONDS", 6.0)
     assert s._cut_for(sec(5.9)) == ("", None)  # a turn under CUT_FROM_SECONDS decodes whole
+
+
+@pytest.mark.parametrize("decoded_to, committed_at, next_onset, region", [
+    (4.1, 5.0, 5.1, 4.8),  # a late commit (slow decode): the next turn still gets its 0.3 s look-behind
+    (4.1, 4.3, 4.3, 4.1),  # a word right after the decoded audio: back to its end, not into the last turn
+    (4.1, 4.3, 6.0, 5.7),
+])
+def test_next_turn_looks_behind_to_the_decoded_audio_end(decoded_to, committed_at, next_onset, region):
+    """After a turn ends, the next turn's audio may start anywhere after the audio the final was decoded from.
+    It was cut at the commit instead: when a slow decode made the commit late, a word said right after it lost its
+    soft start ("We"), and the turn decoded after it as context came out "We all go and direct to heaven"."""
+    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
+    sec = lambda t: int(round(t * 16000))  # noqa: E731
+    s.sid, s.send, s.sent_update, s.buf_start, s.context = 1, (lambda msg: None), False, 0, None
+    s.ep = recognizer.Endpointer()
+    s._new_stream = lambda: None
+    s.total = sec(committed_at)
+    s._final("words", 1.0, decoded_to - 0.1, "model", restart=True, upto=sec(decoded_to))
+    s.ep.onset, s.line_start = sec(next_onset), None
+    assert s._region_start() == sec(region)
+
+
+@pytest.mark.parametrize("text, repeated", [
+    ("It was the epoch of incredulity. It was a season of light. It was a season of light.", True),
+    ("It was a season of light, it was a season of light", True),
+    ("It was the best of times, it was the worst of times.", False),
+    ("No. No.", False),  # one word said twice is speech, not the model looping
+    ("Seven of clubs.", False),
+])
+def test_a_cut_that_ends_in_a_repeated_phrase_is_not_kept(text, repeated):
+    """Tiny-en sometimes says a turn's last phrase twice; kept as a cut, that text would start every later decode of
+    the turn (seen: "It was a season of light. It was a season of light. It was the season of darkness.")."""
+    assert recognizer.ends_repeated(text) == repeated

@@ -83,6 +83,26 @@ def test_long_audio_and_a_long_prefix(model_dir):
     assert "best of times" not in rest and "age of wisdom" in rest, rest
 
 
+@pytest.mark.parametrize("beams, stop_at, stopped", [(1, None, False), (1, 1, True), (1, 4, True), (2, 4, True)])
+def test_a_decode_stops_between_steps(model_dir, beams, stop_at, stopped):
+    """The recognizer stops a speculative decode that speech overtook: `stop` is asked before the encoder and before
+    every decoder step, and a decode it never stops gives the same ids as one without it."""
+    dec = OnnxDecoder(model_dir, beams=beams)
+    audio = with_tail(speech.clip("lv-0930").pcm)
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return stop_at is not None and len(asked) >= stop_at
+
+    ids = dec.decode_ids(audio, stop=stop)
+    assert (ids is None) == stopped
+    if stopped:
+        assert len(asked) == stop_at  # it stopped at once
+    else:
+        assert ids == dec.decode_ids(audio) and len(asked) >= len(ids)  # asked before every step
+
+
 def test_two_beams_get_more_of_the_reading_right(model_dir):
     reading = speech.long_clips()[0]
     parts = turns(reading.pcm)
@@ -112,6 +132,7 @@ def test_final_decoder_checks_short_turns_for_speech(model_dir, transcriber):
     words = with_tail(speech.clip("cards-003").pcm)
     text, ids = final.decode(words, words=True, checked=False)
     assert text == beam.decode(words) == "Seven of clubs." and beam.text(list(ids)) == text
+    assert final.decode(words, words=True, checked=True, stop=lambda: True) == (None, None)  # stopped: no text
 
 
 def test_left_context_gets_more_of_the_reading_right(model_dir):
@@ -134,6 +155,30 @@ def test_left_context_gets_more_of_the_reading_right(model_dir):
     assert errors_joined < errors_alone, (errors_joined, errors_alone, joined, alone)
     assert errors_joined <= 6, (errors_joined, joined)  # 4 at the time of writing; 10 alone
     assert all(j.strip() for j in joined)  # no turn swallowed by its context
+
+
+async def test_a_long_turn_ends_at_moonshines_line_end_with_all_its_words(monkeypatch):
+    """A turn the endpointer does not end (here: it would need 5 s of silence, as in a room whose noise it takes for
+    speech) is ended by moonshine's line end once it is 8 s long. The lines moonshine ended before that belong to
+    the turn: none of their words may be lost."""
+    monkeypatch.setenv("LOCAL_END_SILENCE", "5")  # read by the worker process at its start
+    pool = recognizer.Pool(max_streams=1, workers=1)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, pool.wait_ready)
+        events: list[tuple[str, dict]] = []
+        stream = pool.open_stream(lambda kind, data: events.append((kind, data)))
+        reading = speech.long_clips()[0]
+        pcm = reading.pcm[: int(17.2 * RATE) * 2]  # up to "it was the season of Darkness"
+        for i in range(0, len(pcm), 2560):
+            stream.feed(pcm[i:i + 2560])
+            await asyncio.sleep(0.08)  # pacing only
+        await stream.close()
+    finally:
+        pool.shutdown()
+    finals = [d for kind, d in events if kind == "final"]
+    assert [f["trigger"] for f in finals][0] == "model" and finals[0]["end"] - finals[0]["start"] >= 8.0, finals
+    said = reading.ref[: reading.ref.index("Darkness") + len("Darkness")]
+    assert speech.wer(said, " ".join(f["text"] for f in finals)) <= 0.1, finals
 
 
 async def test_a_turn_after_a_short_pause_is_decoded_with_the_previous_one(pool):

@@ -18,6 +18,7 @@ short turns with libmoonshine's decode, which has one. Measured in docs/benchmar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -82,9 +83,13 @@ class OnnxDecoder:
     def decode(self, audio: np.ndarray) -> str:
         return self.text(self.decode_ids(audio))
 
-    def decode_ids(self, audio: np.ndarray, prefix: list[int] | tuple[int, ...] = ()) -> list[int]:
+    def decode_ids(self, audio: np.ndarray, prefix: list[int] | tuple[int, ...] = (),
+                   stop: Callable[[], bool] | None = None) -> list[int] | None:
         """Token ids of the text after `prefix`: the ids the audio's beginning was already decoded as, which
-        the decoder reads instead of guessing them again (left context at the cost of one decoder pass)."""
+        the decoder reads instead of guessing them again (left context at the cost of one decoder pass).
+        None if `stop()` turned true: it is asked before the encoder and before every decoder step."""
+        if stop is not None and stop():
+            return None
         audio = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
         hidden = self.encoder.run(None, {"input_values": audio,
                                          "attention_mask": np.ones(audio.shape, np.int64)})[0]
@@ -105,6 +110,8 @@ class OnnxDecoder:
         seqs: list[list[int]] = [[]]
         best: tuple[float, list[int]] | None = None  # finished hypothesis with the highest score
         for _ in range(limit):
+            if stop is not None and stop():
+                return None
             logp = _log_softmax(logits.astype(np.float64))
             total = scores[:, None] + logp  # (beams alive, vocabulary)
             flat = total.ravel()

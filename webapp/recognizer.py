@@ -8,8 +8,9 @@ final-decoder thread, and once the silence reaches 0.2 s it commits that text as
 the same weights in onnxruntime (webapp/onnxdecoder.py): a turn that follows the previous one within CONTEXT_PAUSE
 is decoded after it, with that turn's tokens read back as the prefix (left context). The decode is
 speculative and runs beside the stream's thread, so it overlaps the silence window; if speech goes on, its text is
-sent as an interim instead. Finals come first in a worker: while one is queued or running, the worker's streams
-skip their interim re-decodes (which re-decode the whole line), and a stream in a pause skips them too.
+sent as an interim instead, or stopped between decoder steps when it cannot serve as a cut. Finals come first in a
+worker: while one is queued or running, the worker's streams skip their interim re-decodes (which re-decode the
+whole line), a stream in a pause skips them too, and the streams' threads run at nice LOCAL_STREAM_NICE.
 Moonshine's streaming lines give the interims; its own line end only ends turns longer than MODEL_END_SECONDS
 (inside shorter turns its line ends are not finals: its lines split on short pauses and were decoded without a
 tail), and lines it makes up on noise (no speech heard by the endpointer) are never shown.
@@ -34,6 +35,7 @@ import itertools
 import logging
 import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -105,6 +107,12 @@ VERIFY_SECONDS = 2.0  # turns up to this long are decoded by libmoonshine first,
 CONTEXT_SECONDS = _env_float("LOCAL_CONTEXT_SECONDS", 8.0)  # longest previous turn used as context
 CONTEXT_PAUSE = _env_float("LOCAL_CONTEXT_PAUSE", 1.2)  # longest pause between the two turns' speech
 CONTEXT_MAX_SECONDS = 16.0  # longest audio decoded with a context (previous turn, pause, this turn)
+# A speculative decode that speech overtook (and that cannot become a cut) stops between decoder steps: at 6
+# streams, 63 % of the final decoder's time went to such decodes (30.5 of 48.8 s per worker; 21 s with stopping).
+STOP_OVERTAKEN = bool(int(_env_float("LOCAL_STOP_OVERTAKEN", 1)))
+# Nice value of the streams' threads (endpointer, interims): the final-decoder thread, at 0, gets the core first.
+# With both, 6 streams gave EndOfTurn p95 0.79-0.80 s against 0.75-1.35 s without (docs/benchmarks.md).
+STREAM_NICE = int(_env_float("LOCAL_STREAM_NICE", 10))
 TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
 
 
@@ -290,6 +298,13 @@ def collapse_repeats(text: str) -> str:
     return text
 
 
+def ends_repeated(text: str) -> bool:
+    """The text's last phrase (2+ words, between punctuation marks) is the one before it again."""
+    phrases = [p.split() for p in (re.sub(r"[^a-z' ]", " ", part.lower()) for part in re.split(r"[.,;:!?]", text))]
+    phrases = [p for p in phrases if p]
+    return len(phrases) >= 2 and len(phrases[-1]) >= 2 and phrases[-1] == phrases[-2]
+
+
 class _Session:
     """One client stream inside a worker; runs on its own thread."""
 
@@ -298,6 +313,7 @@ class _Session:
         self.force_flag = MOONSHINE_FLAG_FORCE_UPDATE
         self.sid, self.tr, self.send, self.decoder = sid, transcriber, send, decoder
         self.gen = 0  # bumped whenever a speculative decode in flight becomes stale
+        self.keep_gen = -1  # a stale decode of this generation still runs to its end (it may become a cut)
         self.turn_no = 0  # bumped when a turn ends
         self.interim_upto = 0  # audio (samples) the last interim covered
         self.inflight: int | None = None  # cutoff (total) of the speculative decode in flight
@@ -423,6 +439,8 @@ class _Session:
             t = time.monotonic()
             self.stream.update_transcription(self.force_flag if young else 0)
             self.interim_cost = time.monotonic() - t
+            if TRACE:
+                self.decoder.interims += self.interim_cost
         if self._turn_open():
             self._maybe_commit()
         self._trim()
@@ -435,6 +453,9 @@ class _Session:
             self._add_cut(*self.spec[:3])  # its text covers the turn up to a point inside this pause
         if self.inflight is not None:
             self.cut_ok = self.inflight if between_words else None
+            long_head = self.inflight - self._region_start() >= CUT_MIN_SECONDS * RATE
+            if (between_words and long_head) or not STOP_OVERTAKEN:
+                self.keep_gen = self.gen  # its text may become a cut (_add_cut): let it finish
         if self.spec is not None or self.inflight is not None:
             self.spec, self.inflight = None, None
             self.gen += 1
@@ -518,8 +539,9 @@ class _Session:
                      f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
                      f"spec_age={(self.total - self.spec[1]) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
                      f"redos={self.redos} pending={self.decoder.pending} "
-                     f"dec_spent={self.decoder.spent:.2f} dec_stale={self.decoder.stale:.2f}")
-        self._commit(self.spec[0], "model", self.spec[3])
+                     f"dec_spent={self.decoder.spent:.2f} dec_stale={self.decoder.stale:.2f} "
+                     f"interims={self.decoder.interims:.2f}")
+        self._commit(self.spec[0], "model", self.spec[3], upto=self.spec[1])
 
     def _quiet(self, young: bool) -> bool:
         """No interim re-decode now: a final is due (ours or, in this worker, another stream's), or we are behind."""
@@ -562,6 +584,8 @@ class _Session:
     def _add_cut(self, text: str, at: int, start: int | None) -> None:
         """Keep a decoded head of the turn if its own part (from the cut it started at) is long enough."""
         head = at - (self._region_start() if start is None else start)
+        if ends_repeated(text):
+            return  # tiny-en said its last phrase twice ("a season of light. It was a season of light."): not a base
         if (not self.cuts or at > self.cuts[-1][1]) and head >= CUT_MIN_SECONDS * RATE:
             self.cuts.append((text, at))
 
@@ -589,22 +613,27 @@ class _Session:
         self.t_decode = (time.monotonic() - t, len(job[0]) / RATE)
         return _join(base, text), ids if start is None else None
 
-    def _commit(self, text: str, trigger: str, ids: tuple[int, ...] | None = None) -> None:
-        """End the turn with this text; `ids`, the whole turn's tokens, make it the next turn's left context."""
+    def _commit(self, text: str, trigger: str, ids: tuple[int, ...] | None = None, upto: int | None = None) -> None:
+        """End the turn with this text, decoded from its audio up to sample `upto` (default: all so far); `ids`,
+        the whole turn's tokens, make it the next turn's left context."""
         region = self._region_start()
         start = self.line_start if self.line_start is not None else (region + int(LOOK_BEHIND * RATE)) / RATE
         end = max(self.ep.last_speech, int(start * RATE)) / RATE
         speech_end = self.ep.last_speech
-        self._final(text, start, end, trigger, restart=True)
+        self._final(text, start, end, trigger, restart=True, upto=upto)
         if ids and CONTEXT_SECONDS > 0 and speech_end - region <= CONTEXT_SECONDS * RATE:
             self.context = (region, speech_end, ids)
 
-    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool) -> None:
+    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool, upto: int | None = None
+               ) -> None:
         text = collapse_repeats(text.strip())
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False
             self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
-        self.floor = self.total
+        # The next turn's look-behind may reach back to the end of the audio this final was decoded from, not just
+        # to now: a late commit (a slow decode) must not cut the soft start of a word said right after it. (It did:
+        # "We had everything" lost its "We" in the next turn's context, and that turn came out "We all go and direct".)
+        self.floor = self.total if upto is None else upto
         self.heard = False
         self.context = None
         self.ep.reset()
@@ -626,6 +655,10 @@ class _Session:
         return had_text
 
     def _run(self) -> None:
+        if STREAM_NICE:
+            # Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to
+            # the worker's final-decoder thread, whose decodes the speakers are waiting for.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STREAM_NICE)
         while True:
             item = self.q.get()
             op = item[0]
@@ -692,7 +725,7 @@ class _FinalDecoder:
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = 0  # queued + running
         self.sessions = 0  # streams open in this worker
-        self.spent = self.stale = 0.0  # LOCAL_TRACE only
+        self.spent = self.stale = self.interims = 0.0  # LOCAL_TRACE only (interims: the streams' re-decodes)
         self.lock = threading.Lock()
         threading.Thread(target=self._run, name="stt-final", daemon=True).start()
 
@@ -701,22 +734,26 @@ class _FinalDecoder:
             self.pending += 1
         self.q.put((session, gen, job, cutoff, time.monotonic()))
 
-    def decode(self, audio: np.ndarray, words: bool, checked: bool, prefix: tuple[int, ...] = (), own: int = 0
-               ) -> tuple[str, tuple[int, ...] | None]:
+    def decode(self, audio: np.ndarray, words: bool, checked: bool, prefix: tuple[int, ...] = (), own: int = 0,
+               stop: Callable[[], bool] | None = None) -> tuple[str | None, tuple[int, ...] | None]:
         """Text and (from the onnx decoder) token ids of audio[own:], the turn, with its tail; audio[:own] is the
         previous turn (and the pause after it), already decoded as `prefix`.
 
         libmoonshine's decode has a voice detector: it finds no speech in a breath or a click, where tiny-en
-        makes up "You" or "Mm-h". So a short turn goes to the onnx decoder only if that decode finds words in it
-        (once per turn: `checked`), and a longer one only once it has shown words (interims)."""
+        makes up "You" or "Mm-h". So a turn goes to the onnx decoder only once that decode found words in it
+        (once per turn: `checked`), or, if it is longer than VERIFY_SECONDS, once it has shown words (interims).
+        Text None: `stop()` turned true during the onnx decode."""
         if self.onnx is None:
             return decode_once(self.tr, audio[own:], self.force_flag), None
         short = len(audio) - own <= (VERIFY_SECONDS + PAD_SECONDS) * RATE
         if not checked and (short or not words):
             text = decode_once(self.tr, audio[own:], self.force_flag)
-            if not text or (not words and not short):
+            if not text:
                 return text, None
-        ids = tuple(self.onnx.decode_ids(audio, prefix))
+        found = self.onnx.decode_ids(audio, prefix, stop)
+        if found is None:
+            return None, None
+        ids = tuple(found)
         return self.onnx.text(ids), ids
 
     def _run(self) -> None:
@@ -724,10 +761,13 @@ class _FinalDecoder:
             session, gen, job, cutoff, queued = self.q.get()
             t = time.monotonic()
             try:
-                if session.aborted or gen[0] != session.gen:
+                g = gen[0]
+                if session.aborted or g != session.gen:
                     text = None  # stale already: skip the work
                 else:
-                    text, ids = self.decode(*job)
+                    # speech overtook it (and it cannot become a cut): stop between decoder steps
+                    stale = lambda: session.aborted or (session.gen != g and session.keep_gen != g)  # noqa: E731
+                    text, ids = self.decode(*job, stop=stale)
                     if TRACE:  # decoder seconds, and those spent on decodes that speech overtook meanwhile
                         spent = time.monotonic() - t
                         self.spent += spent
