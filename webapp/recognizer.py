@@ -658,7 +658,10 @@ class _Session:
         if STREAM_NICE:
             # Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to
             # the worker's final-decoder thread, whose decodes the speakers are waiting for.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STREAM_NICE)
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STREAM_NICE)
+            except OSError as exc:  # a host that refuses it: same priority as the final decodes, still correct
+                log.warning("could not set the stream thread's nice value: %s", exc)
         while True:
             item = self.q.get()
             op = item[0]
