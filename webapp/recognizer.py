@@ -111,8 +111,9 @@ CONTEXT_MAX_SECONDS = 16.0  # longest audio decoded with a context (previous tur
 # streams, 63 % of the final decoder's time went to such decodes (30.5 of 48.8 s per worker; 21 s with stopping).
 STOP_OVERTAKEN = bool(int(_env_float("LOCAL_STOP_OVERTAKEN", 1)))
 # Nice value of the streams' threads (endpointer, interims): the final-decoder thread, at 0, gets the core first.
-# With both, 6 streams gave EndOfTurn p95 0.79-0.80 s against 0.75-1.35 s without (docs/benchmarks.md).
-STREAM_NICE = int(_env_float("LOCAL_STREAM_NICE", 10))
+# 5, not 10: at 10 the interims starved (one stream 4.8-5.0 s behind at 6 streams); at 5, 6 streams kept up in both
+# rounds, with EndOfTurn p95 0.75-0.89 s (docs/benchmarks.md).
+STREAM_NICE = int(_env_float("LOCAL_STREAM_NICE", 5))
 TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
 
 
