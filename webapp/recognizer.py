@@ -287,11 +287,16 @@ def _join(head: str, tail: str) -> str:
     return " ".join(filter(None, (head.strip(), tail.strip())))
 
 
+def _norm_words(words: list[str]) -> list[str]:
+    """Words compared as spoken: lower case, letters and digits only."""
+    return ["".join(ch for ch in w.lower() if ch.isalnum()) for w in words]
+
+
 def collapse_repeats(text: str) -> str:
     """tiny-en sometimes repeats a whole short line ("Seven of clubs, seven of clubs."): keep one copy when the
     text is a phrase of 2+ words said 2+ times back to back. Single-word repeats ("no, no") are left alone."""
     words = text.split()
-    norm = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in words]
+    norm = _norm_words(words)
     n = len(norm)
     for size in range(2, n // 2 + 1):
         if n % size == 0 and norm == norm[:size] * (n // size):
@@ -301,7 +306,7 @@ def collapse_repeats(text: str) -> str:
 
 def ends_repeated(text: str) -> bool:
     """The text's last phrase (2+ words, between punctuation marks) is the one before it again."""
-    phrases = [p.split() for p in (re.sub(r"[^a-z' ]", " ", part.lower()) for part in re.split(r"[.,;:!?]", text))]
+    phrases = [[w for w in _norm_words(part.split()) if w] for part in re.split(r"[.,;:!?]", text)]
     phrases = [p for p in phrases if p]
     return len(phrases) >= 2 and len(phrases[-1]) >= 2 and phrases[-1] == phrases[-2]
 
@@ -454,8 +459,7 @@ class _Session:
             self._add_cut(*self.spec[:3])  # its text covers the turn up to a point inside this pause
         if self.inflight is not None:
             self.cut_ok = self.inflight if between_words else None
-            long_head = self.inflight - self._region_start() >= CUT_MIN_SECONDS * RATE
-            if (between_words and long_head) or not STOP_OVERTAKEN:
+            if (between_words and self._long_head(self.inflight)) or not STOP_OVERTAKEN:
                 self.keep_gen = self.gen  # its text may become a cut (_add_cut): let it finish
         if self.spec is not None or self.inflight is not None:
             self.spec, self.inflight = None, None
@@ -582,12 +586,15 @@ class _Session:
         start = (min(starts) if starts else self.total) - int(LOOK_BEHIND * RATE)
         return max(start, self.floor, self.buf_start)
 
+    def _long_head(self, at: int, start: int | None = None) -> bool:
+        """A decode up to `at` (from the cut `start`, or the turn's start) covers enough to be a cut."""
+        return at - (self._region_start() if start is None else start) >= CUT_MIN_SECONDS * RATE
+
     def _add_cut(self, text: str, at: int, start: int | None) -> None:
         """Keep a decoded head of the turn if its own part (from the cut it started at) is long enough."""
-        head = at - (self._region_start() if start is None else start)
         if ends_repeated(text):
             return  # tiny-en said its last phrase twice ("a season of light. It was a season of light."): not a base
-        if (not self.cuts or at > self.cuts[-1][1]) and head >= CUT_MIN_SECONDS * RATE:
+        if (not self.cuts or at > self.cuts[-1][1]) and self._long_head(at, start):
             self.cuts.append((text, at))
 
     def _cut_for(self, end: int) -> tuple[str, int | None]:
