@@ -113,7 +113,7 @@ def score(events, sent, marks):
             if not ev["final"]:
                 t.setdefault("first", wall)
                 t.setdefault("start", ev["start"])
-                lags.append(wall - wall_at(ev["end"]))
+                lags.append((wall - wall_at(ev["end"]), ev["end"], ev["text"][-60:]))
             else:
                 t.update(text=ev["text"], end=ev["end"], start=t.get("start", ev["start"]))
         elif ev["type"] == "turn" and ev["event"] == "EndOfTurn":
@@ -129,7 +129,7 @@ def score(events, sent, marks):
         out.append({"clip": c.name, "words": len(speech.normalize(c.ref)), "errors": errors, "hyp": hyp,
                     "eot": None if eot is None else eot - wall_at(eos),
                     "first": None if first is None else first - wall_at(onset)})
-    return out, (max(lags) if lags else 0.0)
+    return out, max(lags, default=(0.0, 0.0, ""))  # the most behind interim: (lag, its end, its text's end)
 
 
 def pct(values, q):
@@ -161,7 +161,8 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     await st
     cpu = sum(cpu_seconds(p) for p in procs) - cpu0
     rows = [r for res, _ in results for r in res]
-    max_lag = max(lag for _, lag in results)
+    worst = max((lag for _, lag in results), key=lambda lag: lag[0])
+    max_lag = worst[0]
     eots = [r["eot"] for r in rows if r["eot"] is not None]
     firsts = [r["first"] for r in rows if r["first"] is not None]
     missing = sum(r["eot"] is None for r in rows)
@@ -170,7 +171,7 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     keeps_up = missing == 0 and max_lag <= 1.5
     return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
             "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
-            "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
+            "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag, "worst": worst,
             "peak_mb": peak[0] / 1024, "keeps_up": keeps_up, "rows": rows}
 
 
@@ -195,7 +196,8 @@ async def main(args):
             r = await run_level(settings, pool, clips, n, args.gap, timeout=args.timeout)
             results.append(r)
             print(f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
-                  f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} keeps up {r['keeps_up']}", flush=True)
+                  f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} (at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
+                  f"keeps up {r['keeps_up']}", flush=True)
             sets = {}
             for row in r["rows"]:
                 e = sets.setdefault("reading" if row["clip"] == "two-cities" else "clips", [0, 0])

@@ -372,3 +372,22 @@ def test_a_cut_that_ends_in_a_repeated_phrase_is_not_kept(text, repeated):
     """Tiny-en sometimes says a turn's last phrase twice; kept as a cut, that text would start every later decode of
     the turn (seen: "It was a season of light. It was a season of light. It was the season of darkness.")."""
     assert recognizer.ends_repeated(text) == repeated
+
+
+@pytest.mark.parametrize("interim, cut, draft", [
+    ("It was the best of times, it was the worst", None, "It was the best of times, it was the worst"),
+    ("It was the best of times, it was the worst", ("It was the best of times,", 2.5), "it was the worst"),
+    ("", None, ""),  # no interim yet: token by token
+])
+def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
+    """The final decoder checks the interims' words instead of decoding token by token (webapp/onnxdecoder.py);
+    a decode that starts at a cut gets the words after the cut's."""
+    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
+    sec = lambda t: int(round(t * 16000))  # noqa: E731
+    s.ep = recognizer.Endpointer()
+    s.ep.onset, s.line_start, s.floor, s.buf_start, s.total = sec(0.3), None, 0, 0, sec(8.0)
+    s.buf, s.rng, s.context, s.checked = np.zeros(sec(8.0), np.float32), np.random.default_rng(0), None, False
+    s.line_text, s.cuts = interim, [] if cut is None else [(cut[0], sec(cut[1]))]
+    base, start, job = s._job()
+    assert (base, start) == (("", None) if cut is None else (cut[0], sec(cut[1])))
+    assert job[-1] == draft

@@ -6,7 +6,8 @@ each stream runs its own energy endpointer on the PCM: after 0.04 s of silence i
 synthetic noise tail: without trailing audio tiny-en repeats or drops the last words, §6.3) to the worker's
 final-decoder thread, and once the silence reaches 0.2 s it commits that text as the final one. Final decodes run
 the same weights in onnxruntime (webapp/onnxdecoder.py): a turn that follows the previous one within CONTEXT_PAUSE
-is decoded after it, with that turn's tokens read back as the prefix (left context). The decode is
+is decoded after it, with that turn's tokens read back as the prefix (left context), and the interim text is its
+draft (checked in one decoder pass instead of decoded token by token: webapp/onnxdecoder.py). The decode is
 speculative and runs beside the stream's thread, so it overlaps the silence window; if speech goes on, its text is
 sent as an interim instead, or stopped between decoder steps when it cannot serve as a cut. Finals come first in a
 worker: while one is queued or running, the worker's streams skip their interim re-decodes (which re-decode the
@@ -414,7 +415,12 @@ class _Session:
         self.sent_update = True
         self.interim_upto = upto
         start = self.line_start if self.line_start is not None else self._turn_start() / RATE
-        self.send(("ev", self.sid, "update", {"text": text, "start": start, "end": upto / RATE if end is None else end}))
+        end = upto / RATE if end is None else end
+        if TRACE:
+            log.info(f"trace sid={self.sid} update behind={self.total / RATE - end:.3f} "
+                     f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
+                     f"end={end:.2f} text={text[-40:]!r}")
+        self.send(("ev", self.sid, "update", {"text": text, "start": start, "end": end}))
 
     def _turn_start(self) -> int:
         return self.ep.onset if self.ep.onset is not None else int((self.line_start or 0) * RATE)
@@ -492,7 +498,9 @@ class _Session:
         ctx = self._context() if start is None else None
         audio_from, prefix = (start, ()) if ctx is None else (ctx[0], ctx[2])
         own = 0 if ctx is None else self._region_start() - ctx[0]
-        return base, start, (self._region_audio(audio_from), self._has_words(), self.checked, prefix, own)
+        # the interims' words after the cut's, as the decoder's draft (webapp/onnxdecoder.py: fewer decoder passes)
+        draft = " ".join(self.line_text.split()[len(base.split()):])
+        return base, start, (self._region_audio(audio_from), self._has_words(), self.checked, prefix, own, draft)
 
     def _context(self) -> tuple[int, int, tuple[int, ...]] | None:
         """The previous turn, if this one follows it closely enough to be decoded with it."""
@@ -746,13 +754,14 @@ class _FinalDecoder:
         self.q.put((session, gen, job, cutoff, time.monotonic()))
 
     def decode(self, audio: np.ndarray, words: bool, checked: bool, prefix: tuple[int, ...] = (), own: int = 0,
-               stop: Callable[[], bool] | None = None) -> tuple[str | None, tuple[int, ...] | None]:
+               draft: str = "", stop: Callable[[], bool] | None = None) -> tuple[str | None, tuple[int, ...] | None]:
         """Text and (from the onnx decoder) token ids of audio[own:], the turn, with its tail; audio[:own] is the
         previous turn (and the pause after it), already decoded as `prefix`.
 
         libmoonshine's decode has a voice detector: it finds no speech in a breath or a click, where tiny-en
         makes up "You" or "Mm-h". So a turn goes to the onnx decoder only once that decode found words in it
         (once per turn: `checked`), or, if it is longer than VERIFY_SECONDS, once it has shown words (interims).
+        `draft`: what the interims said the turn is (the onnx decoder checks it instead of stepping token by token).
         Text None: `stop()` turned true during the onnx decode."""
         if self.onnx is None:
             return decode_once(self.tr, audio[own:], self.force_flag), None
@@ -761,7 +770,7 @@ class _FinalDecoder:
             text = decode_once(self.tr, audio[own:], self.force_flag)
             if not text:
                 return text, None
-        found = self.onnx.decode_ids(audio, prefix, stop)
+        found = self.onnx.decode_ids(audio, prefix, stop, self.onnx.tokenize(draft))
         if found is None:
             return None, None
         ids = tuple(found)
