@@ -391,28 +391,3 @@ def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
     base, start, job = s._job()
     assert (base, start) == (("", None) if cut is None else (cut[0], sec(cut[1])))
     assert job[-1] == draft
-
-
-@pytest.mark.parametrize("kind, line, shown, prefix", [
-    ("LineTextChanged", (0.9, 0.4, "You"), None, ""),  # ended before the turn's onset at 2.0 s: noise or a breath
-    ("LineCompleted", (0.9, 0.4, "You"), None, ""),
-    ("LineTextChanged", (1.8, 0.8, "It was the"), "It was the", ""),  # a soft start before the onset: the turn's
-    ("LineCompleted", (1.8, 0.8, "It was the"), None, "It was the"),
-])
-def test_a_moonshine_line_that_ended_before_the_turn_is_not_its_text(kind, line, shown, prefix):
-    """Tiny-en makes up "You" on noise; such a line, reported once our endpointer has heard the turn start, showed
-    as the turn's interim (with an end 1.3-1.5 s old), and at the head of its next interims."""
-    from types import SimpleNamespace
-    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
-    sent = []
-    s.sid, s.send, s.base, s.total, s.heard, s.completed = 1, sent.append, 0, 2 * 16000 + 12800, True, set()
-    s.ep = recognizer.Endpointer()
-    s.ep.onset = 2 * 16000
-    s._new_turn = lambda: None
-    s.line_id, s.line_start, s.cur_start, s.prefix, s.line_text, s.sent_update = None, None, None, "", "", False
-    start, duration, text = line
-    ev = type(kind, (), {"line": SimpleNamespace(line_id=7, text=text, start_time=start, duration=duration)})()
-    s._on_line(ev)
-    assert [m[3]["text"] for m in sent if m[2] == "update"] == ([shown] if shown else [])
-    assert s.prefix == prefix and s.line_start == start  # the final decode still starts at the line
-    assert (7 in s.completed) == (kind == "LineCompleted")

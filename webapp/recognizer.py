@@ -391,12 +391,6 @@ class _Session:
             self.line_id, self.cur_start = line.line_id, start
         if self.heard and self.line_start is None:
             self.line_start = self.cur_start  # the turn's first line (lines before it were noise)
-        if self.heard and self.ep.onset is not None and end * RATE <= self.ep.onset:
-            # a line that ended before our endpointer heard the turn begin: tiny-en's "You" on noise or a breath,
-            # or a soft word, which the final decode still gets (the turn's audio starts at the line)
-            if kind == "LineCompleted":
-                self.completed.add(line.line_id)
-            return  # not an interim, nor the head of the next ones
         if kind == "LineCompleted":
             self.completed.add(line.line_id)
             if not self.heard:
