@@ -1,14 +1,15 @@
 """How the final decode itself scores, apart from timing: the benchmark's real speech cut into the turns the live
 endpointer makes, each decoded by libmoonshine (greedy, as before beam search) or by webapp/onnxdecoder.py with 1 or 2
 beams, alone or after the previous turn (left context), and with one beam, context and the interim text as the
-draft (libmoonshine's decode of the turn without the tail: what the interims showed), with `tail` seconds of the real audio after the last speech
-frame (the live speculative decode starts 0.04 s into the silence and the 80 ms chunks round that up to 0.04-0.12 s).
+draft (libmoonshine's decode of the turn without the tail: what the interims showed), with `tail` seconds of the
+real audio after the last speech frame (the live speculative decode starts 0.04 s into the silence and the 80 ms
+chunks round that up to 0.04-0.12 s).
 
     PYTHONPATH=. .venv/bin/python bench/decoding.py [--tails 0.04,0.08,0.12,0.2]
 
 Deterministic (fixed audio; each turn gets its own noise tail, the same for every decoder), single-threaded,
-about 1.5 minutes. Prints word errors of 215 (the 11 pocketsphinx clips and the reading, without the breath that ends
-the reading: the live path never decodes it).
+about 2 minutes (80 s for three tails). Prints word errors of 215 (the 11 pocketsphinx clips and the reading,
+without the breath that ends the reading: the live path never decodes it).
 """
 from __future__ import annotations
 

@@ -171,7 +171,8 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     keeps_up = missing == 0 and max_lag <= 1.5
     return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
             "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
-            "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag, "worst": worst,
+            "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
+            "worst": worst,
             "peak_mb": peak[0] / 1024, "keeps_up": keeps_up, "rows": rows}
 
 
@@ -196,7 +197,8 @@ async def main(args):
             r = await run_level(settings, pool, clips, n, args.gap, timeout=args.timeout)
             results.append(r)
             print(f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
-                  f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} (at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
+                  f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} "
+                  f"(at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
                   f"keeps up {r['keeps_up']}", flush=True)
             sets = {}
             for row in r["rows"]:

@@ -115,8 +115,8 @@ def test_draft_text_becomes_ids_that_read_back_as_the_text(model_dir, text):
 @pytest.mark.parametrize("name", ["lv-0870", "cards-005", "goforward"])
 def test_the_decoders_own_text_tokenizes_back_to_its_ids(model_dir, name):
     """Drafts are split as the model splits text (BPE merges in the order of the ids), so a draft with the right
-    words is confirmed whole (longest pieces first split 3 of the benchmark's 27 turns otherwise: lv-0870 took 13 decoder passes
-    instead of at most 2)."""
+    words is confirmed whole (longest pieces first split 3 of the benchmark's 27 turns otherwise: lv-0870 took 13
+    decoder passes instead of at most 2)."""
     dec = OnnxDecoder(model_dir)
     ids = dec.decode_ids(with_tail(speech.clip(name).pcm))
     assert dec.tokenize(dec.text(ids)) == ids

@@ -203,8 +203,8 @@ class OnnxDecoder:
                 kept += 1
             seq += proposed[:kept]
             nxt = int(choices[kept])
-            if nxt == EOS or len(seq) >= limit:
-                return seq[:limit]
+            if nxt == EOS or len(seq) >= limit:  # (proposals are capped, so seq never passes the limit)
+                return seq
             seq.append(nxt)
             if len(seq) >= limit:
                 return seq
