@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -68,6 +69,10 @@ async def test_two_workers_on_one_port_serve_sessions_and_stop_on_sigterm(simula
            "REDIS_URL": redis_url}
     argv = ["-m", "webapp", "--workers", "2", "--host", "127.0.0.1", "--port", "{port}"]
     with running_app(env, session_tmp, "workers", argv=argv) as app:
+        # /healthz answers once one child serves; the other may still be importing (a cold first run took >1 s)
+        deadline = time.monotonic() + 30
+        while app.log_text().count("Application startup complete.") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # polling a log file: there is no event to await
         results = await asyncio.gather(*(run_capture(f"{app.ws}/ws/listen", tone_pcm(4.0)) for _ in range(6)))
         for messages in results:
             assert finals(messages) == SCRIPT_FINALS
