@@ -388,6 +388,47 @@ def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
     s.ep.onset, s.line_start, s.floor, s.buf_start, s.total = sec(0.3), None, 0, 0, sec(8.0)
     s.buf, s.rng, s.context, s.checked = np.zeros(sec(8.0), np.float32), np.random.default_rng(0), None, False
     s.line_text, s.cuts = interim, [] if cut is None else [(cut[0], sec(cut[1]))]
+    s.vad, s.decoder = None, type("D", (), {"onnx": None})()
     base, start, job = s._job()
     assert (base, start) == (("", None) if cut is None else (cut[0], sec(cut[1])))
     assert job[-1] == draft
+
+
+@pytest.mark.parametrize("heard, voiced, seconds, onnx", [
+    (True, [1.0, 1.032, 1.064], 3.0, True),  # an open turn with voice in it: the onnx decoder reads it
+    (True, [1.0, 1.032], 3.0, False),        # two chunks of voice (a breath had one): not yet
+    (True, [0.0, 0.032, 0.064], 3.0, False),  # voice before the turn began (its look-behind): not this turn's
+    (False, [1.0, 1.032, 1.064], 3.0, False),  # no turn open: nothing to decode
+    (True, [1.0, 1.032, 1.064], 9.0, False),   # a long turn: libmoonshine's line end is what may end it
+])
+def test_interims_come_from_the_onnx_decoder_once_the_turn_has_voice(heard, voiced, seconds, onnx, monkeypatch):
+    monkeypatch.setattr(recognizer, "ONNX_INTERIMS", True)
+    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
+    s.ep = recognizer.Endpointer()
+    s.ep.onset, s.line_start, s.total, s.floor, s.buf_start = int(0.3 * 16000), None, int(seconds * 16000), 0, 0
+    s.heard = heard
+    s.vad = recognizer.StreamVad(None)
+    s.vad.voiced = [int(t * 16000) for t in voiced]
+    s.decoder = type("D", (), {"onnx": object()})()
+    assert s._onnx_interims() == onnx
+
+
+async def test_interims_follow_the_audio_with_the_decoders_words(pool):
+    """A 7 s turn of the reading: after the first interim (libmoonshine's), the interims are the onnx decoder's
+    reading of all the audio so far, so they end where the audio was when they were decoded and grow to the final's
+    words."""
+    reading = speech.long_clips()[0]
+    up = LocalUpstream(SETTINGS, StreamParams())
+    await up.connect()
+    task = asyncio.create_task(collect(up))
+    await feed(up, silence(0.3) + reading.pcm[: int(6.9 * 16000) * 2] + silence(1.0))
+    await up.close()
+    events = await asyncio.wait_for(task, 30)
+    check_turns(events)
+    first = [e for e in events if e["type"] == "transcript"]
+    turn = [e for e in first if e["turn"] == first[0]["turn"]]
+    interims, final = [e for e in turn if not e["final"]], turn[-1]
+    assert final["final"] and len(interims) >= 4, turn
+    ends = [e["end"] for e in interims[1:]]
+    assert ends == sorted(ends) and all(round(e * 12.5, 3).is_integer() for e in ends), ends  # whole 80 ms chunks
+    assert speech.wer(final["text"], interims[-1]["text"]) <= 0.25, (interims[-1], final)

@@ -11,10 +11,13 @@ draft (checked in one decoder pass instead of decoded token by token: webapp/onn
 speculative and runs beside the stream's thread, so it overlaps the silence window; if speech goes on, its text is
 sent as an interim instead, or stopped between decoder steps when it cannot serve as a cut. Finals come first in a
 worker: while one is queued or running, the worker's streams skip their interim re-decodes (which re-decode the
-whole line), a stream in a pause skips them too, and the streams' threads run at nice LOCAL_STREAM_NICE.
-Moonshine's streaming lines give the interims; its own line end only ends turns longer than MODEL_END_SECONDS
-(inside shorter turns its line ends are not finals: its lines split on short pauses and were decoded without a
-tail), and lines it makes up on noise (no speech heard by the endpointer) are never shown.
+whole turn), a stream in a pause skips them too, and the streams' threads run at nice LOCAL_STREAM_NICE.
+Interims are the onnx decoder's too (on the stream's thread, the last interim as the draft), once the stream's own
+voice detector (webapp/vad.py: libmoonshine's Silero model with a state per stream) is sure the turn holds speech.
+Moonshine's streaming lines only serve turns longer than MODEL_END_SECONDS, which its line end may end (a noisy
+room the endpointer takes for speech); its lines inside shorter turns are not finals (they split on short pauses
+and were decoded without a tail), and lines it makes up on noise (no speech heard by the endpointer) are never
+shown. LOCAL_ONNX_INTERIMS=0 gives the interims back to moonshine's streaming lines.
 
 API (asyncio side):
     pool = await get_pool(settings)          # starts and warms the workers once
@@ -49,6 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .onnxdecoder import OnnxDecoder
+from .vad import CHUNK as VAD_CHUNK, StreamVad, load_session
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,14 @@ STOP_OVERTAKEN = bool(int(_env_float("LOCAL_STOP_OVERTAKEN", 1)))
 # 5, not 10: at 10 the interims starved (one stream 4.8-5.0 s behind at 6 streams); at 5, 6 streams kept up in both
 # rounds, with EndOfTurn p95 0.75-0.89 s (docs/benchmarks.md).
 STREAM_NICE = int(_env_float("LOCAL_STREAM_NICE", 5))
+# Interims come from the onnx decoder: the turn's audio so far, the last interim's words as the draft (checked in
+# one decoder pass, so the words are the decoder's own, not read back), once the stream's own voice detector
+# (webapp/vad.py) has heard VOICE_CHUNKS chunks of speech in the turn (tiny-en makes up "You" on a breath).
+# libmoonshine's interims re-decode its whole line token by token, report a line that ends 0.3-1 s before the audio
+# it has, and start by its VAD, whose state is shared by every stream of the process. Turns longer than
+# MODEL_END_SECONDS go back to libmoonshine's interims: its line end is what ends them. LOCAL_ONNX_INTERIMS=0: off.
+ONNX_INTERIMS = bool(int(_env_float("LOCAL_ONNX_INTERIMS", 1)))
+VOICE_CHUNKS = 3  # 32 ms chunks of confident speech (webapp/vad.py): a breath at the end of the reading had none
 TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
 
 
@@ -331,6 +343,7 @@ class _Session:
         self.t_waited = 0.0
         self.resampler = Resampler(rate) if rate != RATE else None
         self.ep = Endpointer()
+        self.vad = StreamVad(decoder.vad) if decoder.vad is not None else None
         self.total = 0  # 16 kHz samples received
         self.buf = np.zeros(0, np.float32)
         self.buf_start = 0  # absolute sample index of buf[0]
@@ -375,6 +388,7 @@ class _Session:
         self.cuts: list[tuple[str, int]] = []  # (text, sample): the turn's audio up to sample decodes as text
         self.cut_ok: int | None = None  # cutoff of an overtaken decode, still running, that may become a cut
         self.checked = False  # a decode of this turn found words (the voice check need not run again)
+        self.forced = False  # the turn's first interim decode ran
 
     def _on_line(self, ev) -> None:
         kind = type(ev).__name__
@@ -397,7 +411,9 @@ class _Session:
                 return  # a line moonshine made up from noise or breath; never shown
             if TRACE:
                 log.info(f"trace sid={self.sid} modelend silence={self.ep.silence / RATE:.3f} text={line.text!r}")
-            if (self.total - self._turn_start()) / RATE >= MODEL_END_SECONDS:
+            # (by the line's own end: with onnx interims, the lines that ended earlier in the turn are reported
+            # only once libmoonshine's updates resume at MODEL_END_SECONDS, all at once)
+            if end - self._turn_start() / RATE >= MODEL_END_SECONDS:
                 # a long turn that our endpointer does not end (noisy room, no pauses): moonshine's line end ends it
                 self._final(" ".join(filter(None, (self.prefix, line.text.strip()))), self.line_start, end, "model",
                             restart=False)
@@ -436,6 +452,8 @@ class _Session:
         self.total += len(x)
         self.buf = np.concatenate([self.buf, x])
         _add_audio(self.tr, self.stream, x)
+        if self.vad is not None:
+            self.vad.process(x)
         self.fed += len(x)
         speech_end = self.ep.last_speech
         spoke = self.ep.process(x)
@@ -446,16 +464,52 @@ class _Session:
             self._speculate()  # first: an interim re-decode of a long line would hold this thread for ~0.3 s
         young = self.ep.in_turn and not self.line_text
         interval = FORCE_INTERVAL if young else self._interim_interval()
-        if self.fed - self.last_update >= interval * RATE and not self._quiet(young):
+        # the turn's first interim decode as soon as it can run, not at the interval's phase (that came 0-0.24 s
+        # later, by when the previous turn's commit happened to fall)
+        due = self.fed - self.last_update >= interval * RATE or (young and not self.forced)
+        waiting = self._onnx_mode() and self._turn_open() and not self._long_turn() and not self._voiced()
+        if due and not waiting and not self._quiet(young):  # (waiting: no voice heard in the turn yet)
+            self.forced = self.forced or young
             self.last_update = self.fed
             t = time.monotonic()
-            self.stream.update_transcription(self.force_flag if young else 0)
+            if self._onnx_interims():
+                self._onnx_interim()
+            else:
+                self.stream.update_transcription(self.force_flag if young else 0)
             self.interim_cost = time.monotonic() - t
             if TRACE:
                 self.decoder.interims += self.interim_cost
         if self._turn_open():
             self._maybe_commit()
         self._trim()
+
+    def _onnx_mode(self) -> bool:
+        return ONNX_INTERIMS and self.decoder.onnx is not None and self.vad is not None
+
+    def _long_turn(self) -> bool:
+        return self.total - self._turn_start() >= MODEL_END_SECONDS * RATE
+
+    def _voiced(self) -> bool:
+        """The stream's voice detector heard speech in the open turn."""
+        if self.vad is None or self.ep.onset is None:
+            return False
+        # from the endpointer's onset, not the look-behind: the previous turn's last word may still be in that
+        return self.vad.voiced_since(self.ep.onset - VAD_CHUNK) >= VOICE_CHUNKS
+
+    def _onnx_interims(self) -> bool:
+        """Only in an open turn with voice in it (tiny-en makes up "You" on noise and breaths)."""
+        return self._onnx_mode() and self._turn_open() and not self._long_turn() and self._voiced()
+
+    def _onnx_interim(self) -> None:
+        """The turn so far (from its latest cut, if any), decoded on this thread with the last interim as draft."""
+        base, start = self._cut_for(self.total)
+        upto = self.total
+        draft = " ".join(self.line_text.split()[len(base.split()):])
+        onnx = self.decoder.onnx
+        ids = onnx.decode_ids(self._region_audio(start), (), None, onnx.tokenize(draft))
+        text = _join(base, onnx.text(ids or ()))
+        if text and not ends_repeated(text):  # tiny-en repeats a phrase at a cut-off word end: keep the last one
+            self._send_update(text, upto)
 
     # -- speculative final decodes (on the worker's final-decoder thread) --
     def _drop_spec(self, pause: int) -> None:
@@ -512,8 +566,9 @@ class _Session:
         return ctx
 
     def _has_words(self) -> bool:
-        """The open turn has shown text (moonshine's voice detector heard speech in it)."""
-        return bool(self.line_text.strip())
+        """A voice detector heard speech in the open turn: the stream's own (webapp/vad.py), or moonshine's (its
+        interims showed text)."""
+        return self._voiced() if self._onnx_mode() else bool(self.line_text.strip())
 
     def _spec_done(self, tag: tuple, text: str, ids: tuple[int, ...] | None, cutoff: int, seconds: float,
                    length: float, waited: float) -> None:
@@ -739,8 +794,8 @@ class _FinalDecoder:
     one is queued or running, the worker's streams skip their interim re-decodes, so finals do not wait behind
     them. Results go back through each stream's own queue (its thread owns all of its state)."""
 
-    def __init__(self, tr, force_flag: int, onnx=None):
-        self.tr, self.force_flag, self.onnx = tr, force_flag, onnx
+    def __init__(self, tr, force_flag: int, onnx=None, vad=None):
+        self.tr, self.force_flag, self.onnx, self.vad = tr, force_flag, onnx, vad  # vad: the Silero session
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = 0  # queued + running
         self.sessions = 0  # streams open in this worker
@@ -845,8 +900,9 @@ def _worker_main(fd: int) -> None:
         from moonshine_voice import get_model_path
         onnx = OnnxDecoder(Path(get_model_path("tiny-en")), BEAMS)
         onnx.decode(x)  # warm-up
+    vad = load_session(tr._lib) if onnx is not None and ONNX_INTERIMS else None
     send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
-    decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE, onnx)
+    decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE, onnx, vad)
     sessions: dict[int, _Session] = {}
     while True:
         try:
