@@ -58,10 +58,10 @@ log = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME = 320  # 20 ms endpointer frames
-# Default slots per core. With left context, 6 streams on 2 cores gave EndOfTurn p50 0.29-0.43 s and p95
-# 0.52-1.18 s, and kept their interims within 1.5 s in 1 run of 5 on this shared host. 4 streams met every target
-# (docs/benchmarks.md, "Embedded recognizer"). Turning away a fifth speaker costs users more than lagging interims
-# (their finals still came within 1.2 s, p95). LOCAL_MAX_STREAMS=4 is the setting for a busy host.
+# Default slots per core. With onnx interims, 6 streams on 2 cores met every target in every run, also beside
+# a core's worth of other load, and 8 streams held too (docs/benchmarks.md, "Embedded recognizer"). On a host whose
+# other load took half the CPU (earlier sessions), 6 streams let interims fall behind in some runs; 3 per core
+# leaves that margin. LOCAL_MAX_STREAMS=4 is the setting for a busy host.
 STREAMS_PER_CORE = 3
 
 
