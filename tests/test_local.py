@@ -21,7 +21,7 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speech  # noqa: E402
 
-from webapp import config, recognizer  # noqa: E402
+from webapp import config, recognizer, vad  # noqa: E402
 from webapp.engine import build_engine_app  # noqa: E402
 from webapp.protocol import StreamParams  # noqa: E402
 from webapp.upstreams.base import UpstreamError  # noqa: E402
@@ -411,12 +411,50 @@ def test_interims_come_from_the_onnx_decoder_once_the_turn_has_voice(heard, voic
     s.vad.voiced = [int(t * 16000) for t in voiced]
     s.decoder = type("D", (), {"onnx": object()})()
     assert s._onnx_interims() == onnx
+    # no voice yet: no interim at all for up to VOICE_WAIT, then libmoonshine's (a quiet voice still gets interims)
+    s.vad.voiced = []
+    for at, waits in ((1.2, heard), (0.3 + recognizer.VOICE_WAIT, False)):
+        s.total = int(at * 16000)
+        assert s._waiting_for_voice() == waits, at
+
+
+class RecordingSession:
+    """Stands in for the Silero session: records each window and says "speech" for windows with a loud sample."""
+
+    def __init__(self):
+        self.windows = []
+
+    def run(self, _, feed):
+        self.windows.append(feed["input"][0].copy())
+        loud = float(np.abs(feed["input"][0, vad.CONTEXT:]).max() > 0.5)
+        return np.array([[loud]], np.float32), feed["state"] + 1
+
+
+@pytest.mark.parametrize("pieces", [[100] * 42, [1000, 2000, 1200], [4200], [511, 1, 513, 3175]])
+def test_voice_detector_windows_are_the_stream_whatever_the_chunking(pieces):
+    """Each 512-sample chunk goes to the model with the 64 samples before it (as Silero's own wrapper feeds it),
+    however the audio arrives; the chunks with speech are counted from a sample on."""
+    x = np.random.default_rng(3).uniform(-0.4, 0.4, sum(pieces)).astype(np.float32)
+    x[2100] = 0.9  # speech in the chunk at 2048
+    x[3600] = 0.9  # and in the chunk at 3584
+    rec = RecordingSession()
+    v = vad.StreamVad(rec)
+    at = 0
+    for n in pieces:
+        v.process(x[at:at + n])
+        at += n
+    padded = np.concatenate([np.zeros(64, np.float32), x])
+    assert len(rec.windows) == len(x) // 512
+    for k, w in enumerate(rec.windows):
+        assert np.array_equal(w, padded[k * 512:k * 512 + 576]), k
+    assert v.pos == len(rec.windows) * 512 and float(v.state.max()) == len(rec.windows)  # the state is carried
+    assert v.voiced == [2048, 3584]
+    assert [v.voiced_since(s) for s in (0, 2048, 2049, 3584, 3585)] == [2, 2, 1, 1, 0]
 
 
 async def test_interims_follow_the_audio_with_the_decoders_words(pool):
-    """A 7 s turn of the reading: after the first interim (libmoonshine's), the interims are the onnx decoder's
-    reading of all the audio so far, so they end where the audio was when they were decoded and grow to the final's
-    words."""
+    """A 7 s turn of the reading: the interims are the onnx decoder's reading of all the audio so far, so they end
+    where the audio was when they were decoded (whole 80 ms chunks) and grow to the final's words."""
     reading = speech.long_clips()[0]
     up = LocalUpstream(SETTINGS, StreamParams())
     await up.connect()
@@ -429,6 +467,6 @@ async def test_interims_follow_the_audio_with_the_decoders_words(pool):
     turn = [e for e in first if e["turn"] == first[0]["turn"]]
     interims, final = [e for e in turn if not e["final"]], turn[-1]
     assert final["final"] and len(interims) >= 4, turn
-    ends = [e["end"] for e in interims[1:]]
+    ends = [e["end"] for e in interims]
     assert ends == sorted(ends) and all(round(e * 12.5, 3).is_integer() for e in ends), ends  # whole 80 ms chunks
     assert speech.wer(final["text"], interims[-1]["text"]) <= 0.25, (interims[-1], final)

@@ -167,8 +167,13 @@ def test_a_draft_after_a_prefix(model_dir):
     plain = dec.decode_ids(x, head)
     fed = counting(dec)
     drafted = dec.decode_ids(x, head, draft=dec.tokenize(dec.text(plain)))
-    assert drafted == plain and "age of wisdom" in dec.text(plain).lower()
-    assert len(fed) == 1 and fed[0] == 1 + len(head) + len(plain)  # BOS, the prefix and the draft: one pass
+    # The same words. Not always the same ids: a pass over many tokens rounds differently from single steps, and a
+    # near-tie may go the other way (a fresh machine read "times. It" where this one reads "times, it").
+    assert speech.normalize(dec.text(drafted)) == speech.normalize(dec.text(plain))
+    assert "age of wisdom" in dec.text(plain).lower()
+    assert fed[0] == 1 + len(head) + len(plain)  # BOS, the prefix and the whole draft in the first pass
+    assert drafted != plain or len(fed) == 1  # and nothing more when the decoder agrees with all of it
+    assert len(fed) <= len(plain) // 2, fed  # token by token takes len(plain) + 1 passes
 
 
 def test_two_beams_do_no_worse_on_the_reading(model_dir):

@@ -11,7 +11,7 @@ libmoonshine cannot do what the final decode needs:
   The same tokens as token-by-token greedy but for float rounding at near-ties (26 of the benchmark's 27 turns alike;
   the other read "spring" where token by token read "swin"), in 86 decoder passes instead of 309.
 
-    dec = OnnxDecoder(model_dir, beams=1)     # two single-threaded sessions: one decode per worker thread
+    dec = OnnxDecoder(model_dir, beams=1)     # two single-threaded sessions; run() from any thread, at once
     ids = dec.decode_ids(audio, prefix)       # float32 mono 16 kHz, with the noise tail already added
     ids = dec.decode_ids(audio, prefix, draft=dec.tokenize("what the interims said"))  # the same ids, sooner
     text = dec.text(ids)

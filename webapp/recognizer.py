@@ -127,6 +127,7 @@ STREAM_NICE = int(_env_float("LOCAL_STREAM_NICE", 5))
 # MODEL_END_SECONDS go back to libmoonshine's interims: its line end is what ends them. LOCAL_ONNX_INTERIMS=0: off.
 ONNX_INTERIMS = bool(int(_env_float("LOCAL_ONNX_INTERIMS", 1)))
 VOICE_CHUNKS = 3  # 32 ms chunks of confident speech (webapp/vad.py): a breath at the end of the reading had none
+VOICE_WAIT = 1.0  # seconds of an open turn without them, after which libmoonshine's interims take over (a quiet voice)
 TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
 
 
@@ -467,8 +468,7 @@ class _Session:
         # the turn's first interim decode as soon as it can run, not at the interval's phase (that came 0-0.24 s
         # later, by when the previous turn's commit happened to fall)
         due = self.fed - self.last_update >= interval * RATE or (young and not self.forced)
-        waiting = self._onnx_mode() and self._turn_open() and not self._long_turn() and not self._voiced()
-        if due and not waiting and not self._quiet(young):  # (waiting: no voice heard in the turn yet)
+        if due and not self._waiting_for_voice() and not self._quiet(young):
             self.forced = self.forced or young
             self.last_update = self.fed
             t = time.monotonic()
@@ -494,7 +494,12 @@ class _Session:
         if self.vad is None or self.ep.onset is None:
             return False
         # from the endpointer's onset, not the look-behind: the previous turn's last word may still be in that
-        return self.vad.voiced_since(self.ep.onset - VAD_CHUNK) >= VOICE_CHUNKS
+        return self.vad.voiced_since(self.ep.onset - VAD_CHUNK + 1) >= VOICE_CHUNKS
+
+    def _waiting_for_voice(self) -> bool:
+        """No interim yet: the turn is open, but its voice detector has not heard speech (for VOICE_WAIT at most)."""
+        return (self._onnx_mode() and self._turn_open() and not self._voiced()
+                and self.total - self._turn_start() < VOICE_WAIT * RATE)
 
     def _onnx_interims(self) -> bool:
         """Only in an open turn with voice in it (tiny-en makes up "You" on noise and breaths)."""
@@ -554,7 +559,10 @@ class _Session:
         own = 0 if ctx is None else self._region_start() - ctx[0]
         # the interims' words after the cut's, as the decoder's draft (webapp/onnxdecoder.py: fewer decoder passes)
         draft = " ".join(self.line_text.split()[len(base.split()):])
-        return base, start, (self._region_audio(audio_from), self._has_words(), self.checked, prefix, own, draft)
+        # a turn the stream's voice detector is sure of needs no check by libmoonshine's decode (whose VAD state
+        # comes from the other streams: it could return nothing and wipe the interims the turn showed)
+        checked = self.checked or (self._onnx_mode() and self._voiced())
+        return base, start, (self._region_audio(audio_from), self._has_words(), checked, prefix, own, draft)
 
     def _context(self) -> tuple[int, int, tuple[int, ...]] | None:
         """The previous turn, if this one follows it closely enough to be decoded with it."""
@@ -900,7 +908,14 @@ def _worker_main(fd: int) -> None:
         from moonshine_voice import get_model_path
         onnx = OnnxDecoder(Path(get_model_path("tiny-en")), BEAMS)
         onnx.decode(x)  # warm-up
-    vad = load_session(tr._lib) if onnx is not None and ONNX_INTERIMS else None
+    vad = None
+    if onnx is not None and ONNX_INTERIMS:
+        try:
+            vad = load_session(tr._lib)
+            StreamVad(vad).process(x[:2048])  # warm-up, and a check of the model's inputs
+        except Exception:  # another libmoonshine build: libmoonshine's interims, as with LOCAL_ONNX_INTERIMS=0
+            log.exception("no voice detector per stream; interims come from moonshine's streaming lines")
+            vad = None
     send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
     decoder = _FinalDecoder(tr, MOONSHINE_FLAG_FORCE_UPDATE, onnx, vad)
     sessions: dict[int, _Session] = {}
