@@ -470,3 +470,21 @@ async def test_interims_follow_the_audio_with_the_decoders_words(pool):
     ends = [e["end"] for e in interims]
     assert ends == sorted(ends) and all(round(e * 12.5, 3).is_integer() for e in ends), ends  # whole 80 ms chunks
     assert speech.wer(final["text"], interims[-1]["text"]) <= 0.25, (interims[-1], final)
+
+
+async def test_a_killed_worker_is_replaced_and_captions_go_on(pool):
+    """A recognizer worker killed from outside (the OOM killer, a crash in libmoonshine): the next session still
+    gets captions. Before, every later session failed with upstream_unavailable until the app was restarted."""
+    victim = pool.workers[0]
+    victim.proc.kill()
+    await asyncio.get_running_loop().run_in_executor(None, victim.proc.wait)
+    c = speech.clip("cards-003")
+    for _ in range(2):  # two sessions: the one on the replaced worker and the other
+        up = LocalUpstream(SETTINGS, StreamParams())
+        await up.connect()
+        task = asyncio.create_task(collect(up))
+        await feed(up, silence(0.3) + c.pcm + silence(1.0), realtime=False)
+        await up.close()
+        finals = check_turns(await asyncio.wait_for(task, 30))
+        assert speech.wer(c.ref, " ".join(finals)) <= 0.34, finals
+    assert pool.workers[0] is not victim and all(w.proc.poll() is None for w in pool.workers)

@@ -1143,14 +1143,23 @@ class Pool:
                 raise RuntimeError("the recognizer pool is shut down")
             if len(self._active) >= self.max_streams:
                 raise CapacityError(self.max_streams)
-            for i, w in enumerate(self.workers):
-                if w.dead and not self.closing:  # replace a crashed worker
-                    log.warning("restarting recognizer worker %d", i)
-                    self.workers[i] = _Worker(self, i)
+            self._revive_locked()
             worker = min((w for w in self.workers if not w.dead), key=lambda w: len(w.streams))
             stream = RecognizerStream(self, worker, next(self._ids), sample_rate, on_event, loop)
             self._active.add(stream)
         return stream
+
+    def revive(self) -> None:
+        """Replace the workers that died (killed, crashed): the next sessions get captions again."""
+        with self._lock:
+            self._revive_locked()
+
+    def _revive_locked(self) -> None:
+        for i, w in enumerate(self.workers):
+            if (w.dead or w.proc.poll() is not None) and not self.closing:
+                log.warning("restarting recognizer worker %d (exit code %s)", i, w.proc.poll())
+                w.dead = True  # its reader thread may not have seen the end yet: send nothing more to it
+                self.workers[i] = _Worker(self, i)
 
     def _release(self, stream: RecognizerStream) -> None:
         with self._lock:
@@ -1174,6 +1183,7 @@ async def get_pool(settings=None) -> Pool:
             max_streams = getattr(settings, "local_max_streams", 0) or 0
             _pool = Pool(max_streams)
         pool = _pool
+    pool.revive()  # a worker that died since (killed, crashed) is replaced, or every session would fail
     await asyncio.get_running_loop().run_in_executor(None, pool.wait_ready)
     return pool
 
