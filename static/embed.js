@@ -66,6 +66,11 @@ window.addEventListener('message', (e) => {
   const d = e.data;
   if (!d || typeof d !== 'object' || d.source !== 'caption-relay-host') return;
   hooks.commands.push(d.command);
+  // The host may have missed the first announcement (its listener attached after this frame loaded): repeat it.
+  if (d.command === 'state') {
+    if (hooks.state) post('state', { state: hooks.state });
+    return;
+  }
   if (MODE !== 'capture') return;
   if (d.command === 'start') start();
   else if (d.command === 'stop') stop();

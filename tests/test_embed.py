@@ -423,3 +423,23 @@ def test_view_mode_follows_a_live_session_in_a_host_page(flux_app, sim, keys, ho
     speaker.join(10)
     assert result["messages"][-1]["type"] == "closed"
     page.close()
+
+
+def test_a_host_that_listens_late_still_learns_the_widgets_state(flux_app, keys, host, chromium):
+    """The widget announces its state once, when it loads; a host page whose listener comes later (here: attached
+    after the frame has loaded) asks with the `state` command and gets it."""
+    key = keys.mint([host.origin])
+    url = host.page("late.html", f"{flux_app.http}/embed?key={key}")
+    page = chromium.new_page()
+    page.goto(url)
+    frame = widget_frame(page, flux_app)
+    expect(frame.locator("#status")).to_have_attribute("data-state", "idle")
+    got = page.evaluate("""(origin) => new Promise((resolve) => {
+        const frame = document.getElementById('captions');
+        window.addEventListener('message', (e) => {
+            if (e.origin === origin && e.data?.source === 'caption-relay' && e.data.type === 'state') resolve(e.data);
+        });
+        frame.contentWindow.postMessage({ source: 'caption-relay-host', command: 'state' }, origin);
+    })""", flux_app.http)
+    assert got == {"source": "caption-relay", "type": "state", "state": "idle"}
+    page.close()
