@@ -43,16 +43,15 @@ window.addEventListener('message', (event) => {
       break;
   }
 });
-// The widget announces its state as soon as it loads, which may be before this script ran: ask for it again once
-// the listener is in place, and when the frame (re)loads.
-const askState = () => frame.contentWindow?.postMessage({ source: 'caption-relay-host', command: 'state' }, widgetOrigin);
-frame.addEventListener('load', askState);
-askState();
-
 
 function command(name) {
   frame.contentWindow.postMessage({ source: 'caption-relay-host', command: name }, widgetOrigin);
 }
+
+// The widget announces its state as soon as it loads, which may be before this script ran: ask for it again once
+// the listener is in place, and when the frame (re)loads.
+frame.addEventListener('load', () => command('state'));
+command('state');
 
 $('start').addEventListener('click', () => command('start'));
 $('stop').addEventListener('click', () => command('stop'));

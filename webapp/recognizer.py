@@ -509,9 +509,8 @@ class _Session:
         """The turn so far (from its latest cut, if any), decoded on this thread with the last interim as draft."""
         base, start = self._cut_for(self.total)
         upto = self.total
-        draft = " ".join(self.line_text.split()[len(base.split()):])
         onnx = self.decoder.onnx
-        ids = onnx.decode_ids(self._region_audio(start), (), None, onnx.tokenize(draft))
+        ids = onnx.decode_ids(self._region_audio(start), (), None, onnx.tokenize(self._draft(base)))
         text = _join(base, onnx.text(ids or ()))
         if text and not ends_repeated(text):  # tiny-en repeats a phrase at a cut-off word end: keep the last one
             self._send_update(text, upto)
@@ -557,12 +556,16 @@ class _Session:
         ctx = self._context() if start is None else None
         audio_from, prefix = (start, ()) if ctx is None else (ctx[0], ctx[2])
         own = 0 if ctx is None else self._region_start() - ctx[0]
-        # the interims' words after the cut's, as the decoder's draft (webapp/onnxdecoder.py: fewer decoder passes)
-        draft = " ".join(self.line_text.split()[len(base.split()):])
+        draft = self._draft(base)
         # a turn the stream's voice detector is sure of needs no check by libmoonshine's decode (whose VAD state
         # comes from the other streams: it could return nothing and wipe the interims the turn showed)
         checked = self.checked or (self._onnx_mode() and self._voiced())
         return base, start, (self._region_audio(audio_from), self._has_words(), checked, prefix, own, draft)
+
+    def _draft(self, base: str) -> str:
+        """The interim's words after `base` (the text of the cut a decode starts at), as the decoder's draft
+        (webapp/onnxdecoder.py: fewer decoder passes)."""
+        return " ".join(self.line_text.split()[len(base.split()):])
 
     def _context(self) -> tuple[int, int, tuple[int, ...]] | None:
         """The previous turn, if this one follows it closely enough to be decoded with it."""
