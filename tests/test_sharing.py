@@ -470,3 +470,24 @@ def test_browser_viewer_follows_a_capture_live(flux_app, sim):
             assert errors == []
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("other_wins", [False, True])
+def test_the_generated_secret_key_is_one_key_when_workers_start_together(tmp_path, monkeypatch, other_wins):
+    """`--workers` starts processes on a fresh DATA_DIR at once. One of them crashed with FileExistsError when
+    another created the key file between its read and its write (seen in a fresh-machine run). Here the other
+    process writes its key at that moment: this one must use it, and leave no file of its own behind."""
+    from webapp import config, security
+    settings = config.load({"DATA_DIR": str(tmp_path)})
+    real = security.secrets.token_urlsafe
+
+    def token(n):
+        if other_wins:
+            (tmp_path / "secret_key").write_text("the-other-workers-key")
+        return real(n)
+
+    monkeypatch.setattr(security.secrets, "token_urlsafe", token)
+    key = security.load_secret_key(settings)
+    assert key == ("the-other-workers-key" if other_wins else (tmp_path / "secret_key").read_text())
+    assert security.load_secret_key(settings) == key  # and it is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret_key"]

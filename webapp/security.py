@@ -56,11 +56,21 @@ def load_secret_key(settings: Settings) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        return key
+        pass
+    # `--workers` starts several processes on a fresh DATA_DIR at once: the key is written whole to a file of this
+    # process and linked into place (atomic, and only one link can win); a loser reads the winner's key.
+    key = secrets.token_urlsafe(48)
+    tmp = path.with_name(f".secret_key.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return key
 
 
 def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
