@@ -1,0 +1,117 @@
+"""Credentials (issue 17, item 6): logs hold no bearer credential, cookies are Secure behind a TLS proxy, a new or
+turned-off link lets go of its viewers, and access-token guessing is throttled. Real app processes, the upstream
+simulator, real HTTP and WebSocket clients, a real redis-server."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from conftest import TEST_DG_KEY, running_app, start_app, stop_app
+from test_sharing import FIRST_TURN_AUDIO, Socket, http, open_viewer, start_speaker
+
+ACCESS = "door-token-0123456789"
+
+
+def flux_env(sim, **extra) -> dict[str, str]:
+    return {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{sim.url}/v2/listen",
+            "UPSTREAM_RETRY_SECONDS": "0", **{k: str(v) for k, v in extra.items()}}
+
+
+def set_cookies(headers) -> dict[str, str]:
+    """name -> value of every Set-Cookie of a response."""
+    out = {}
+    for line in headers.get_all("Set-Cookie") or []:
+        name, _, value = line.split(";")[0].partition("=")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def login(app, token: str = ACCESS, headers: dict | None = None):
+    return http("POST", app.http + "/login", {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+                f"token={token}".encode())
+
+
+# ---- logs ---------------------------------------------------------------------------------------------------
+
+
+async def test_debug_logs_hold_no_token_cookie_or_key(simulator, session_tmp):
+    """LOG_LEVEL=debug through a day's use: log in, capture, drop and resume, watch through the share link, open
+    its export, use Bearer and an embed key. None of those credentials may appear anywhere in the log."""
+    from webapp.embed import EmbedKeys
+    simulator.reset()
+    app = start_app(flux_env(simulator, ACCESS_TOKEN=ACCESS, LOG_LEVEL="debug"), session_tmp, "creds-logs")
+    try:
+        assert login(app, "wrong-guess-1234")[0] == 401
+        status, headers, _ = login(app)
+        assert status == 303
+        login_cookie = set_cookies(headers)["cr_login"]
+        status, headers, _ = http("GET", app.http + "/", {"Cookie": f"cr_login={login_cookie}"})
+        owner_cookie = set_cookies(headers)["cr_owner"]
+        cookies = f"cr_login={login_cookie}; cr_owner={owner_cookie}"
+
+        speaker, share = await start_speaker(app, cookies)
+        first_resume = speaker.ready["resume_token"]
+        viewer = await open_viewer(app, share)
+        await speaker.send_audio(FIRST_TURN_AUDIO)
+        await viewer.until(lambda v: v.seen_finals())
+        assert http("GET", f"{app.http}/s/{share}")[0] == 200
+        assert http("GET", f"{app.http}/s/{share}/transcript.txt")[0] == 200
+        speaker.ws.transport.abort()  # a network drop; the page resumes with ?resume=
+        resumed = await Socket.open(f"{app.ws}/ws/listen?resume={first_resume}",
+                                    additional_headers={"Cookie": cookies})
+        await resumed.until(lambda s: s.ready)
+        second_resume = resumed.ready["resume_token"]
+        await resumed.send_audio(0.5)
+        await resumed.close_stream()
+        await viewer.until_closed()
+
+        bearer = await Socket.open(f"{app.ws}/ws/listen", additional_headers={"Authorization": f"Bearer {ACCESS}"})
+        await bearer.until(lambda s: s.ready)
+        await bearer.close_stream()
+
+        data = session_tmp / "data-creds-logs"
+        key = EmbedKeys((data / "secret_key").read_text().strip(), data).mint([app.http])
+        assert http("GET", f"{app.http}/embed?key={key}")[0] == 200
+        widget = await Socket.open(f"{app.ws}/ws/listen?key={key}", origin=app.http)
+        await widget.until(lambda s: s.ready)
+        await widget.close_stream()
+    finally:
+        stop_app(app)
+    text = app.log_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(line["level"] == "debug" for line in lines)  # debug logging was on
+    credentials = {"access token": ACCESS, "login cookie": login_cookie, "owner cookie": owner_cookie,
+                   "share token": share, "resume token": first_resume, "second resume token": second_resume,
+                   "embed key": key}
+    # not even a signature alone (the part after the last dot)
+    leaked = [what for what, value in credentials.items() if value.rsplit(".", 1)[-1] in text]
+    assert leaked == []
+    # the socket lines are still there, naming their routes
+    assert "/ws/watch/[redacted]" in text and "resume=[redacted]" in text and "key=[redacted]" in text
+
+
+@pytest.mark.parametrize("raw, hidden", [
+    ('127.0.0.1:5 - "WebSocket /ws/listen?resume=abc.def.ghi&sample_rate=16000" [accepted]', "abc.def.ghi"),
+    ('"WebSocket /ws/watch/WzEsMl0.aGk.c2ln" 403', "WzEsMl0.aGk.c2ln"),
+    ('"GET /s/WzEsMl0.aGk.c2ln/transcript.txt HTTP/1.1" 200', "WzEsMl0.aGk.c2ln"),
+    ('"GET /embed?theme=dark&key=eyJrIjoxfQ.c2ln HTTP/1.1" 200', "eyJrIjoxfQ.c2ln"),
+    ('"GET /embed?share=WzEsMl0.aGk.c2ln HTTP/1.1" 200', "WzEsMl0.aGk.c2ln"),
+    ("/x?access_token=t0k3n&api_key=k3y", "t0k3n"),
+    ("/x?access_token=t0k3n&api_key=k3y", "k3y"),
+    ("< Cookie: cr_owner=b3duZXI.c2ln; cr_login=bG9naW4.c2ln", "b3duZXI.c2ln"),
+    ("< Cookie: cr_owner=b3duZXI.c2ln; cr_login=bG9naW4.c2ln", "bG9naW4.c2ln"),
+    ("> Set-Cookie: __Host-cr_login=bG9naW4.c2ln; HttpOnly", "bG9naW4.c2ln"),
+    ("< Authorization: Bearer s3cr3t-t0k3n", "s3cr3t-t0k3n"),
+])
+def test_the_log_formatter_redacts_credentials_in_any_line(raw, hidden):
+    """The last line of defence, whatever logger wrote the line: URLs' credential parameters and token path
+    segments, cookie values and Bearer tokens are replaced."""
+    import logging
+
+    from webapp.logs import JsonFormatter
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, raw, (), None)
+    line = JsonFormatter().format(record)
+    assert hidden not in line and "[redacted]" in line
+    assert json.loads(line)["event"].startswith(raw[:8])  # the rest of the line stays readable
