@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import TEST_DG_KEY, running_app, start_app, stop_app
-from test_sharing import FIRST_TURN_AUDIO, Socket, http, open_viewer, start_speaker
+from test_sharing import FIRST_TURN_AUDIO, Socket, http, open_viewer, owner_cookie, start_speaker
 
 ACCESS = "door-token-0123456789"
 
@@ -115,3 +115,61 @@ def test_the_log_formatter_redacts_credentials_in_any_line(raw, hidden):
     line = JsonFormatter().format(record)
     assert hidden not in line and "[redacted]" in line
     assert json.loads(line)["event"].startswith(raw[:8])  # the rest of the line stays readable
+
+
+# ---- share links: a retired link lets go of its viewers ---------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_env(request) -> dict[str, str]:
+    return {"REDIS_URL": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
+
+
+async def until_revoked(viewer: Socket) -> None:
+    messages = await viewer.until_closed(timeout=5)
+    assert messages[-1] == {"type": "revoked"} and viewer.ws.close_code == 1000
+
+
+async def test_new_link_and_turn_off_disconnect_viewers_of_the_old_link(simulator, session_tmp, store_env):
+    simulator.reset()
+    name = "relink-redis" if store_env else "relink"
+    with running_app(flux_env(simulator, **store_env), session_tmp, name) as app:
+        cookie = owner_cookie(app)
+        speaker, first = await start_speaker(app, cookie)
+        old_viewers = [await open_viewer(app, first) for _ in range(2)]
+        session_id = json.loads(http("GET", f"{app.http}/api/sessions", {"Cookie": cookie})[2])["sessions"][0]["id"]
+        api = f"{app.http}/api/sessions/{session_id}/share"
+
+        status, _, body = http("POST", api, {"Cookie": cookie})  # "New link"
+        assert status == 201
+        second = json.loads(body)["share_url"][3:]
+        for viewer in old_viewers:
+            await until_revoked(viewer)
+        stale = await Socket.open(f"{app.ws}/ws/watch/{first}")
+        assert [m["code"] for m in await stale.until_closed()] == ["not_found"]
+
+        # the new link's viewers stay and go on following
+        current = await open_viewer(app, second)
+        await speaker.send_audio(FIRST_TURN_AUDIO)
+        await current.until(lambda v: v.seen_finals())
+        assert not current.closed
+
+        assert http("DELETE", api, {"Cookie": cookie})[0] == 204  # "Turn off link"
+        await until_revoked(current)
+        await speaker.close_stream()
+
+
+def test_a_revocation_retires_only_older_links():
+    """A viewer that joined through the new link is not cut off by the announcement of that very link (it can
+    arrive after the viewer registered: Redis delivers it later, to every process)."""
+    from webapp.store import Live, Viewer, live_revoked
+    async def nothing(_text):
+        pass
+    wire = Live.decode(live_revoked(3).text)  # as another process hears it through Redis
+    for version, retired in ((2, True), (3, False), (None, True)):
+        viewer = Viewer(nothing, version)
+        viewer.put(wire)
+        assert bool(viewer.items) == retired, version
+    unversioned = Viewer(nothing, 5)  # as an older process announces it: every link is retired
+    unversioned.put(Live.decode(live_revoked().text))
+    assert unversioned.items
