@@ -173,3 +173,65 @@ def test_a_revocation_retires_only_older_links():
     unversioned = Viewer(nothing, 5)  # as an older process announces it: every link is retired
     unversioned.put(Live.decode(live_revoked().text))
     assert unversioned.items
+
+
+# ---- cookies behind a TLS proxy -----------------------------------------------------------------------------
+
+
+def cookie_lines(headers) -> dict[str, str]:
+    """name -> the whole Set-Cookie line."""
+    return {line.split("=", 1)[0]: line for line in headers.get_all("Set-Cookie") or []}
+
+
+def flags(line: str) -> set[str]:
+    return {part.strip().split("=")[0].lower() for part in line.split(";")[1:]}
+
+
+async def test_cookies_are_secure_host_cookies_behind_a_trusted_tls_proxy(simulator, session_tmp):
+    simulator.reset()
+    tls = {"X-Forwarded-Proto": "https"}  # what the proxy in front (TRUSTED_PROXIES) says of the browser's scheme
+    env = flux_env(simulator, ACCESS_TOKEN=ACCESS, TRUSTED_PROXIES="127.0.0.1")
+    with running_app(env, session_tmp, "tls-proxy") as app:
+        # over HTTPS: __Host- names, Secure, Path=/, no Domain
+        owner_line = cookie_lines(http("GET", app.http + "/", tls)[1])["__Host-cr_owner"]
+        status, headers, _ = login(app, headers=tls)
+        assert status == 303
+        login_line = cookie_lines(headers)["__Host-cr_login"]
+        for line in (owner_line, login_line):
+            assert {"secure", "httponly", "path"} <= flags(line) and "domain" not in flags(line)
+            assert "path=/;" in line.lower().replace(" ", "") + ";"
+        owner = owner_line.split(";")[0]
+        cookies = f"{login_line.split(';')[0]}; {owner}"
+        speaker, share = await start_speaker(app, cookies)  # the capture socket takes both __Host- cookies
+        await speaker.close_stream()
+        mine = json.loads(http("GET", f"{app.http}/api/sessions", {"Cookie": owner, **tls})[2])["sessions"]
+        assert [s["share_url"] for s in mine] == [f"/s/{share}"]
+        assert http("GET", app.http + "/", {"Cookie": owner, **tls})[1].get("Set-Cookie") is None  # kept as it is
+
+        # an owner cookie from before (plain name) keeps its sessions, and moves to the __Host- name
+        legacy = set_cookies(http("GET", app.http + "/")[1])["cr_owner"]  # plain http: the bare name, not Secure
+        assert "secure" not in flags(cookie_lines(http("GET", app.http + "/")[1])["cr_owner"])
+        login_cookie = set_cookies(login(app)[1])["cr_login"]
+        speaker, old_share = await start_speaker(app, f"cr_login={login_cookie}; cr_owner={legacy}")
+        await speaker.close_stream()
+        moved = cookie_lines(http("GET", app.http + "/", {"Cookie": f"cr_owner={legacy}", **tls})[1])
+        assert moved["__Host-cr_owner"].startswith(f"__Host-cr_owner={legacy};") and "secure" in flags(moved["__Host-cr_owner"])
+        assert "max-age=0" in moved["cr_owner"].lower().replace(" ", "")  # the old name is cleared
+        mine = json.loads(http("GET", f"{app.http}/api/sessions", {"Cookie": f"__Host-cr_owner={legacy}"})[2])["sessions"]
+        assert [s["share_url"] for s in mine] == [f"/s/{old_share}"]
+
+        # logging out over HTTPS clears both names
+        status, headers, _ = http("POST", app.http + "/logout", {"Cookie": cookies, **tls})
+        cleared = cookie_lines(headers)
+        assert status == 303 and {"cr_login", "__Host-cr_login"} <= set(cleared)
+        assert all("max-age=0" in line.lower().replace(" ", "") for line in cleared.values())
+
+
+async def test_forwarded_proto_from_an_untrusted_peer_is_ignored(simulator, session_tmp):
+    simulator.reset()
+    env = flux_env(simulator, ACCESS_TOKEN=ACCESS, TRUSTED_PROXIES="10.0.0.0/8")  # 127.0.0.1 is no proxy of ours
+    with running_app(env, session_tmp, "tls-untrusted") as app:
+        lines = cookie_lines(http("GET", app.http + "/", {"X-Forwarded-Proto": "https"})[1])
+        assert set(lines) == {"cr_owner"} and "secure" not in flags(lines["cr_owner"])
+        lines = cookie_lines(login(app, headers={"X-Forwarded-Proto": "https"})[1])
+        assert set(lines) == {"cr_login"} and "secure" not in flags(lines["cr_login"])

@@ -23,8 +23,7 @@ from .logs import fields
 from .protocol import ParamError, parse_params
 from .quotas import QuotaError, Quotas
 from .relay import LiveSessions, RelaySession
-from .security import (LOGIN_COOKIE, LOGIN_MAX_AGE, Login, ResumeTokens, SecurityHeaders, load_secret_key,
-                       origin_allowed)
+from .security import Cookies, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
 from .viewer import Sharing
 
 log = logging.getLogger(__name__)
@@ -46,13 +45,14 @@ def _asset_version() -> str:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or config_mod.load()
     secret_key = load_secret_key(settings)  # one read of DATA_DIR/secret_key for every signer below
-    login = Login(settings, secret_key)
+    cookies = Cookies(settings)  # __Host- names and Secure over HTTPS
+    login = Login(settings, secret_key, cookies)
     resume_tokens = ResumeTokens(secret_key)
     quotas = Quotas(settings)
     live = LiveSessions()
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     asset_version = _asset_version()
-    sharing = Sharing(settings, secret_key, asset_version)  # sessions, share links, viewers
+    sharing = Sharing(settings, secret_key, asset_version, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, asset_version)  # the /embed widget and its keys
 
     async def index(request: Request) -> Response:
@@ -76,13 +76,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "backend": settings.backend, "needs_login": True, "login_error": "That access token is not right.",
                 "asset_version": asset_version}, status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(LOGIN_COOKIE, login.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        login.set_cookie(request, response)
         return response
 
     async def logout(request: Request) -> Response:
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(LOGIN_COOKIE)
+        login.delete_cookie(request, response)
         return response
 
     async def favicon(request: Request) -> Response:

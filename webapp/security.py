@@ -11,11 +11,14 @@ from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 
 from .config import Settings
+from .quotas import Quotas
 
 LOGIN_COOKIE = "cr_login"
 LOGIN_MAX_AGE = 30 * 24 * 3600
+HOST_PREFIX = "__Host-"  # a browser takes such a cookie only Secure, Path=/ and without Domain
 
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
             "media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
@@ -73,6 +76,42 @@ def load_secret_key(settings: Settings) -> str:
     return key
 
 
+class Cookies:
+    """Cookie names and flags by the browser's scheme. Over HTTPS (the connection's own, or `X-Forwarded-Proto`
+    from a TRUSTED_PROXIES peer) a cookie is `__Host-<name>` and Secure: no plain-http page or other subdomain can
+    set or overwrite it. Over plain http (http://127.0.0.1) it keeps its bare name. Both names are read, the
+    `__Host-` one first, so cookies set before, or over http, keep working."""
+
+    def __init__(self, settings: Settings):
+        self._trusted = Quotas(settings)._trusted  # the one judgement of TRUSTED_PROXIES (webapp/quotas.py)
+
+    def https(self, conn: HTTPConnection) -> bool:
+        if conn.url.scheme in ("https", "wss"):
+            return True
+        if not self._trusted(conn.client.host if conn.client else ""):
+            return False  # anyone can send the header: believed only from a trusted proxy
+        # The first value is the scheme the browser used with the outermost proxy.
+        return conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() in ("https", "wss")
+
+    def name(self, conn: HTTPConnection, name: str) -> str:
+        """The name this connection's cookie `name` is set under."""
+        return HOST_PREFIX + name if self.https(conn) else name
+
+    @staticmethod
+    def values(conn: HTTPConnection, name: str) -> list[str]:
+        """The values the browser sent for `name`, the `__Host-` one first."""
+        return [v for v in (conn.cookies.get(HOST_PREFIX + name), conn.cookies.get(name)) if v]
+
+    def set(self, conn: HTTPConnection, response: Response, name: str, value: str, **kw) -> None:
+        secure = self.https(conn)
+        response.set_cookie(HOST_PREFIX + name if secure else name, value, secure=secure, path="/", **kw)
+
+    def delete(self, conn: HTTPConnection, response: Response, name: str, samesite: str = "lax") -> None:
+        response.delete_cookie(name, path="/", samesite=samesite)
+        if self.https(conn):
+            response.delete_cookie(HOST_PREFIX + name, path="/", secure=True, samesite=samesite)
+
+
 def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
     """Same origin as this server, or listed in ALLOWED_ORIGINS. No Origin header = not a browser: allowed
     (a browser always sends one, so a page elsewhere can never ride a visitor's session)."""
@@ -88,9 +127,10 @@ def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
 
 
 class Login:
-    def __init__(self, settings: Settings, secret_key: str):
+    def __init__(self, settings: Settings, secret_key: str, cookies: Cookies | None = None):
         self.token = settings.access_token
         self.signer = URLSafeTimedSerializer(secret_key, salt="caption-relay.login")
+        self.cookies = cookies or Cookies(settings)
 
     @property
     def required(self) -> bool:
@@ -109,15 +149,22 @@ class Login:
         auth = conn.headers.get("authorization", "")
         if auth.lower().startswith("bearer ") and self.check_token(auth[7:].strip()):
             return True
-        cookie = conn.cookies.get(LOGIN_COOKIE)
-        if not cookie:
-            return False
+        return any(self._cookie_ok(c) for c in self.cookies.values(conn, LOGIN_COOKIE))
+
+    def _cookie_ok(self, cookie: str) -> bool:
         try:
             data = self.signer.loads(cookie, max_age=LOGIN_MAX_AGE)
         except BadSignature:
             return False
         expected = hmac.new(self.token.encode(), b"login", "sha256").hexdigest()[:16]
         return isinstance(data, dict) and hmac.compare_digest(str(data.get("t", "")), expected)
+
+    def set_cookie(self, conn: HTTPConnection, response: Response) -> None:
+        self.cookies.set(conn, response, LOGIN_COOKIE, self.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True,
+                         samesite="strict")
+
+    def delete_cookie(self, conn: HTTPConnection, response: Response) -> None:
+        self.cookies.delete(conn, response, LOGIN_COOKIE, samesite="strict")
 
 
 class ResumeTokens:

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import exports
 from .config import Settings
 from .logs import fields
-from .security import origin_allowed
+from .security import Cookies, origin_allowed
 from .sharing import Owners, ShareLinks
 from .store import REVOKED, Backend, Recorder, Viewer, live_revoked, make_backend
 
@@ -56,11 +56,12 @@ def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 class Sharing:
-    def __init__(self, settings: Settings, secret_key: str, asset_version: str = "", backend: Backend | None = None):
+    def __init__(self, settings: Settings, secret_key: str, asset_version: str = "", backend: Backend | None = None,
+                 cookies: Cookies | None = None):
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self.links = ShareLinks(secret_key, settings.share_ttl_days)
-        self.owners = Owners(secret_key)
+        self.owners = Owners(secret_key, cookies or Cookies(settings))
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.asset_version = asset_version
         self.retention_task: asyncio.Task | None = None
