@@ -235,3 +235,104 @@ async def test_forwarded_proto_from_an_untrusted_peer_is_ignored(simulator, sess
         assert set(lines) == {"cr_owner"} and "secure" not in flags(lines["cr_owner"])
         lines = cookie_lines(login(app, headers={"X-Forwarded-Proto": "https"})[1])
         assert set(lines) == {"cr_login"} and "secure" not in flags(lines["cr_login"])
+
+
+# ---- access-token guessing ----------------------------------------------------------------------------------
+
+
+def http_from(source: str, method: str, url: str, headers: dict | None = None, data: bytes | None = None):
+    """(status, headers, body) of a request sent from the loopback address `source` (another client)."""
+    import http.client
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, parts.path, body=data, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read().decode()
+    finally:
+        conn.close()
+
+
+def login_from(source: str, app, token: str):
+    return http_from(source, "POST", app.http + "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                     f"token={token}".encode())
+
+
+async def bearer_from(source: str, app, token: str) -> list[dict]:
+    """Open /ws/listen from `source` with a Bearer token; the messages until it closes (or `ready`)."""
+    sock = await Socket.open(f"{app.ws}/ws/listen", additional_headers={"Authorization": f"Bearer {token}"},
+                             local_addr=(source, 0))
+    await sock.until(lambda s: s.ready or s.closed)
+    if sock.ready:
+        await sock.close_stream()
+    return sock.messages
+
+
+async def test_failed_logins_lock_the_client_out_and_no_one_else(simulator, session_tmp):
+    simulator.reset()
+    with running_app(flux_env(simulator, ACCESS_TOKEN=ACCESS), session_tmp, "throttle") as app:
+        guesser, other, bearer_guesser = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+        cookie = set_cookies(login_from(guesser, app, ACCESS)[1])["cr_login"]  # logged in before it went wrong
+        assert [login_from(guesser, app, f"guess-{i}")[0] for i in range(4)] == [401] * 4
+        status, headers, page = login_from(guesser, app, "guess-4")  # the fifth in a minute
+        assert status == 429 and headers["Retry-After"] == "60"
+        # locked: the right token is refused too, over the form and as a Bearer token
+        status, headers, page = login_from(guesser, app, ACCESS)
+        assert status == 429 and 0 < int(headers["Retry-After"]) <= 60 and "Set-Cookie" not in headers
+        refused = await bearer_from(guesser, app, ACCESS)
+        assert refused[0]["code"] == "login_throttled" and 0 < refused[0]["retry_after"] <= 60
+        assert refused[-1] == {"type": "closed", "reason": "login_throttled"}
+        # its login cookie is proof of an earlier login, not a guess: still good
+        capture = await Socket.open(f"{app.ws}/ws/listen", additional_headers={"Cookie": f"cr_login={cookie}"},
+                                    local_addr=(guesser, 0))
+        await capture.until(lambda s: s.ready)
+        await capture.close_stream()
+
+        # another client is not affected
+        assert login_from(other, app, "a-typo")[0] == 401
+        assert login_from(other, app, ACCESS)[0] == 303
+        assert (await bearer_from(other, app, ACCESS))[0]["type"] == "ready"
+
+        # Bearer guesses count the same way
+        codes = [(await bearer_from(bearer_guesser, app, f"guess-{i}"))[0]["code"] for i in range(5)]
+        assert codes == ["unauthorized"] * 4 + ["login_throttled"]
+        assert login_from(bearer_guesser, app, ACCESS)[0] == 429
+    assert ACCESS not in app.log_text() and "guess-" not in app.log_text()  # nor the guesses
+
+
+def test_lockouts_grow_and_the_table_stays_bounded():
+    from webapp.security import LoginThrottle
+    now = [1000.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+
+    def guess(client: str, times: int) -> list[int | None]:
+        return [throttle.failed(client) for _ in range(times)]
+
+    lockouts = []
+    for _ in range(8):
+        assert guess("198.51.100.7", 4) == [None] * 4  # four wrong ones in a minute are a typist's
+        lockouts.append(throttle.failed("198.51.100.7"))
+        assert throttle.locked("198.51.100.7") == lockouts[-1]
+        now[0] += lockouts[-1]
+        assert throttle.locked("198.51.100.7") is None
+    assert lockouts == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    # failures spread out (fewer than five a minute) never lock
+    for _ in range(20):
+        assert throttle.failed("198.51.100.8") is None
+        now[0] += 16
+    assert throttle.locked("198.51.100.8") is None
+    # a right token clears the record; an hour's quiet forgets a client
+    throttle.passed("198.51.100.8")
+    assert "198.51.100.8" not in throttle.clients
+    # one IPv6 /64 is one client
+    guess("2001:db8:1:2::1", 3)
+    assert guess("2001:db8:1:2:ffff::9", 2) == [None, 60]
+    assert throttle.locked("2001:db8:1:2::77") == 60 and throttle.locked("2001:db8:1:3::1") is None
+    # bounded: a flood of addresses keeps at most MAX_CLIENTS entries
+    for i in range(LoginThrottle.MAX_CLIENTS + 5000):
+        throttle.failed(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert len(throttle.clients) == LoginThrottle.MAX_CLIENTS
+    now[0] += LoginThrottle.MAX_LOCKOUT + 1
+    throttle.failed("192.0.2.1")
+    assert list(throttle.clients) == ["192.0.2.1"]  # the quiet ones are forgotten
