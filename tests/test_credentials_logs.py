@@ -336,3 +336,32 @@ def test_lockouts_grow_and_the_table_stays_bounded():
     now[0] += LoginThrottle.MAX_LOCKOUT + 1
     throttle.failed("192.0.2.1")
     assert list(throttle.clients) == ["192.0.2.1"]  # the quiet ones are forgotten
+
+
+def test_browser_logs_in_and_captures_with_host_cookies_behind_a_tls_proxy_and_over_plain_http(simulator, session_tmp):
+    """Chromium through the login form, a capture and the owner's /sessions page: with the TLS proxy's header it
+    holds __Host-, Secure cookies; over plain http://127.0.0.1 the bare names, as before."""
+    from playwright.sync_api import expect
+
+    from browser import browser
+    simulator.reset()
+    env = flux_env(simulator, ACCESS_TOKEN=ACCESS, TRUSTED_PROXIES="127.0.0.1")
+    with running_app(env, session_tmp, "tls-browser") as app, browser(None) as b:
+        for proxied, names in ((True, {"__Host-cr_login", "__Host-cr_owner"}), (False, {"cr_login", "cr_owner"})):
+            context = b.new_context(extra_http_headers={"X-Forwarded-Proto": "https"} if proxied else {})
+            page = context.new_page()
+            page.goto(app.http + "/")
+            page.fill("#token", ACCESS)
+            with page.expect_navigation():  # to / once its scripts ran (waits for "load")
+                page.press("#token", "Enter")
+            expect(page.locator("#start")).to_be_visible(timeout=10000)
+            jar = {c["name"]: c for c in context.cookies()}
+            assert set(jar) == names and all(jar[n]["secure"] is proxied and jar[n]["path"] == "/" for n in names)
+            page.click("#start")
+            expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=15000)
+            share = page.locator("#share-link").inner_text()
+            page.click("#stop")
+            expect(page.locator("#conn-state")).not_to_have_attribute("data-state", "live", timeout=15000)
+            page.goto(app.http + "/sessions")
+            assert share.split(app.http)[-1] in page.content()  # the owner cookie found its session
+            context.close()
