@@ -3,7 +3,6 @@ turned-off link lets go of its viewers, and access-token guessing is throttled. 
 simulator, real HTTP and WebSocket clients, a real redis-server."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -215,9 +214,11 @@ async def test_cookies_are_secure_host_cookies_behind_a_trusted_tls_proxy(simula
         speaker, old_share = await start_speaker(app, f"cr_login={login_cookie}; cr_owner={legacy}")
         await speaker.close_stream()
         moved = cookie_lines(http("GET", app.http + "/", {"Cookie": f"cr_owner={legacy}", **tls})[1])
-        assert moved["__Host-cr_owner"].startswith(f"__Host-cr_owner={legacy};") and "secure" in flags(moved["__Host-cr_owner"])
+        new_line = moved["__Host-cr_owner"]
+        assert new_line.startswith(f"__Host-cr_owner={legacy};") and "secure" in flags(new_line)  # the same owner id
         assert "max-age=0" in moved["cr_owner"].lower().replace(" ", "")  # the old name is cleared
-        mine = json.loads(http("GET", f"{app.http}/api/sessions", {"Cookie": f"__Host-cr_owner={legacy}"})[2])["sessions"]
+        moved_cookie = {"Cookie": f"__Host-cr_owner={legacy}"}
+        mine = json.loads(http("GET", f"{app.http}/api/sessions", moved_cookie)[2])["sessions"]
         assert [s["share_url"] for s in mine] == [f"/s/{old_share}"]
 
         # logging out over HTTPS clears both names

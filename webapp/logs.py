@@ -20,8 +20,8 @@ _QUERY = re.compile(r"(?i)([?&;](?:resume|key|share|token|api_key|apikey|access_
 # Path segments that are tokens: /s/<share token>…, /ws/watch/<share token>
 _PATH = re.compile(r"(/s/|/ws/watch/)[^/?#\s\"'\\]+")
 # Header values: everything after the name, to the end of the value (websockets' debug lines, tracebacks)
-_HEADER = re.compile(r"(?i)\b((?:set-)?cookie|authorization|proxy-authorization|x-api-key)(\\?[\"']?\s*[:=]\s*(?:\\?[\"'])?)"
-                     r"[^\n\"\\]*")
+_HEADER = re.compile(r"(?i)\b((?:set-)?cookie|authorization|proxy-authorization|x-api-key)"
+                     r"(\\?[\"']?\s*[:=]\s*(?:\\?[\"'])?)[^\n\"\\]*")
 # Our cookies and Bearer tokens wherever else they turn up
 _COOKIE = re.compile(r"((?:__Host-)?cr_[a-z]+=)[^;,\s\"'\\]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"'\\,;]+")
