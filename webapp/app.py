@@ -23,8 +23,7 @@ from .logs import fields
 from .protocol import ParamError, parse_params
 from .quotas import QuotaError, Quotas
 from .relay import LiveSessions, RelaySession
-from .security import (LOGIN_COOKIE, LOGIN_MAX_AGE, Login, ResumeTokens, SecurityHeaders, load_secret_key,
-                       origin_allowed)
+from .security import Cookies, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
 from .viewer import Sharing
 
 log = logging.getLogger(__name__)
@@ -46,13 +45,14 @@ def _asset_version() -> str:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or config_mod.load()
     secret_key = load_secret_key(settings)  # one read of DATA_DIR/secret_key for every signer below
-    login = Login(settings, secret_key)
-    resume_tokens = ResumeTokens(secret_key)
     quotas = Quotas(settings)
+    cookies = Cookies(settings)  # __Host- names and Secure over HTTPS
+    login = Login(settings, secret_key, cookies, quotas.client_ip)  # token attempts throttled per client
+    resume_tokens = ResumeTokens(secret_key)
     live = LiveSessions()
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     asset_version = _asset_version()
-    sharing = Sharing(settings, secret_key, asset_version)  # sessions, share links, viewers
+    sharing = Sharing(settings, secret_key, asset_version, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, asset_version)  # the /embed widget and its keys
 
     async def index(request: Request) -> Response:
@@ -70,19 +70,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         form = dict(parse_qsl(body[:4096].decode("utf-8", "replace")))
         if not login.required:
             return RedirectResponse("/", status_code=303)
-        if not login.check_token(form.get("token", "")):
-            log.info("login_failed", extra=fields(client=request.client.host if request.client else None))
+        right, wait = login.try_token(quotas.client_ip(request), form.get("token", ""))
+        if not right:
+            error, status, headers = "That access token is not right.", 401, None
+            if wait is not None:
+                error, status, headers = _throttled(wait), 429, {"Retry-After": str(wait)}
             return templates.TemplateResponse(request, "index.html", {
-                "backend": settings.backend, "needs_login": True, "login_error": "That access token is not right.",
-                "asset_version": asset_version}, status_code=401)
+                "backend": settings.backend, "needs_login": True, "login_error": error,
+                "asset_version": asset_version}, status_code=status, headers=headers)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(LOGIN_COOKIE, login.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        login.set_cookie(request, response)
         return response
 
     async def logout(request: Request) -> Response:
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(LOGIN_COOKIE)
+        login.delete_cookie(request, response)
         return response
 
     async def favicon(request: Request) -> Response:
@@ -101,9 +103,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except EmbedRefused as exc:
             await _refuse(ws, exc.code, exc.message)
             return
-        if embed_key is None and not login.allowed(ws):
-            await _refuse(ws, "unauthorized", "This server needs its access token: reload the page and log in.")
-            return
+        if embed_key is None:
+            allowed, wait = login.admit(ws)
+            if wait is not None:
+                await _refuse(ws, "login_throttled", _throttled(wait), retry_after=wait)
+                return
+            if not allowed:
+                await _refuse(ws, "unauthorized", "This server needs its access token: reload the page and log in.")
+                return
         try:
             params = parse_params(ws.query_params.multi_items())
         except ParamError as exc:
@@ -205,6 +212,10 @@ class NoCache:
                 message["headers"] = list(message.get("headers", [])) + [(b"cache-control", b"no-cache")]
             await send(message)
         await self.app(scope, receive, send_no_cache)
+
+
+def _throttled(seconds: int) -> str:
+    return f"Too many wrong access tokens from your address. Try again in {seconds} seconds."
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, retry_after: float | None = None) -> None:

@@ -4,18 +4,30 @@ ACCESS_TOKEN login (a signed HttpOnly cookie for browsers, `Authorization: Beare
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
+import math
 import os
 import secrets
+import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 
 from .config import Settings
+from .logs import fields
+from .quotas import Quotas
+
+log = logging.getLogger(__name__)
 
 LOGIN_COOKIE = "cr_login"
 LOGIN_MAX_AGE = 30 * 24 * 3600
+HOST_PREFIX = "__Host-"  # a browser takes such a cookie only Secure, Path=/ and without Domain
 
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
             "media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
@@ -73,6 +85,42 @@ def load_secret_key(settings: Settings) -> str:
     return key
 
 
+class Cookies:
+    """Cookie names and flags by the browser's scheme. Over HTTPS (the connection's own, or `X-Forwarded-Proto`
+    from a TRUSTED_PROXIES peer) a cookie is `__Host-<name>` and Secure: no plain-http page or other subdomain can
+    set or overwrite it. Over plain http (http://127.0.0.1) it keeps its bare name. Both names are read, the
+    `__Host-` one first, so cookies set before, or over http, keep working."""
+
+    def __init__(self, settings: Settings):
+        self._trusted = Quotas(settings)._trusted  # the one judgement of TRUSTED_PROXIES (webapp/quotas.py)
+
+    def https(self, conn: HTTPConnection) -> bool:
+        if conn.url.scheme in ("https", "wss"):
+            return True
+        if not self._trusted(conn.client.host if conn.client else ""):
+            return False  # anyone can send the header: believed only from a trusted proxy
+        # The first value is the scheme the browser used with the outermost proxy.
+        return conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() in ("https", "wss")
+
+    def name(self, conn: HTTPConnection, name: str) -> str:
+        """The name this connection's cookie `name` is set under."""
+        return HOST_PREFIX + name if self.https(conn) else name
+
+    @staticmethod
+    def values(conn: HTTPConnection, name: str) -> list[str]:
+        """The values the browser sent for `name`, the `__Host-` one first."""
+        return [v for v in (conn.cookies.get(HOST_PREFIX + name), conn.cookies.get(name)) if v]
+
+    def set(self, conn: HTTPConnection, response: Response, name: str, value: str, **kw) -> None:
+        secure = self.https(conn)
+        response.set_cookie(HOST_PREFIX + name if secure else name, value, secure=secure, path="/", **kw)
+
+    def delete(self, conn: HTTPConnection, response: Response, name: str, samesite: str = "lax") -> None:
+        response.delete_cookie(name, path="/", samesite=samesite)
+        if self.https(conn):
+            response.delete_cookie(HOST_PREFIX + name, path="/", secure=True, samesite=samesite)
+
+
 def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
     """Same origin as this server, or listed in ALLOWED_ORIGINS. No Origin header = not a browser: allowed
     (a browser always sends one, so a page elsewhere can never ride a visitor's session)."""
@@ -87,10 +135,75 @@ def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
     return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
 
 
+class LoginThrottle:
+    """Failed access-token attempts per client. MAX_FAILURES wrong tokens within WINDOW seconds lock the client
+    out for LOCKOUT seconds, doubled for each lockout since it was last quiet (up to MAX_LOCKOUT). While locked,
+    every token is refused unchecked, the right one too: otherwise guessing would go on at full speed. At most
+    MAX_CLIENTS are remembered (the least recently failed is forgotten first); an IPv6 client is its /64."""
+
+    MAX_FAILURES = 5
+    WINDOW = 60.0
+    LOCKOUT = 60.0
+    MAX_LOCKOUT = 3600.0
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        # client -> [window start, failures in it, locked until, lockouts so far, last failure]
+        self.clients: OrderedDict[str, list[float]] = OrderedDict()
+
+    @staticmethod
+    def key(client: str) -> str:
+        try:
+            ip = ipaddress.ip_address(client)
+        except ValueError:
+            return client[:64]
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+    def _forget_quiet(self, now: float) -> None:
+        """Drop clients quiet for MAX_LOCKOUT since their last failure and lockout (oldest first: amortized O(1))."""
+        while self.clients:
+            entry = next(iter(self.clients.values()))
+            if now - max(entry[2], entry[4]) < self.MAX_LOCKOUT:
+                break
+            self.clients.popitem(last=False)
+
+    def locked(self, client: str) -> int | None:
+        """Seconds until `client` may try a token again, or None."""
+        entry = self.clients.get(self.key(client))
+        left = entry[2] - self.clock() if entry else 0
+        return math.ceil(left) if left > 0 else None
+
+    def failed(self, client: str) -> int | None:
+        """Count a wrong token; returns the lockout's seconds when this failure starts one."""
+        now, key = self.clock(), self.key(client)
+        self._forget_quiet(now)
+        entry = self.clients.pop(key, None) or [now, 0, 0.0, 0, now]
+        self.clients[key] = entry  # most recent last
+        if len(self.clients) > self.MAX_CLIENTS:
+            self.clients.popitem(last=False)
+        if now - entry[0] > self.WINDOW:
+            entry[0], entry[1] = now, 0
+        entry[1] += 1
+        entry[4] = now
+        if entry[1] < self.MAX_FAILURES:
+            return None
+        seconds = min(self.LOCKOUT * 2 ** entry[3], self.MAX_LOCKOUT)
+        entry[0], entry[1], entry[2], entry[3] = now, 0, now + seconds, entry[3] + 1
+        return math.ceil(seconds)
+
+    def passed(self, client: str) -> None:
+        self.clients.pop(self.key(client), None)
+
+
 class Login:
-    def __init__(self, settings: Settings, secret_key: str):
+    def __init__(self, settings: Settings, secret_key: str, cookies: Cookies | None = None,
+                 client_ip: Callable[[HTTPConnection], str] | None = None):
         self.token = settings.access_token
         self.signer = URLSafeTimedSerializer(secret_key, salt="caption-relay.login")
+        self.cookies = cookies or Cookies(settings)
+        self.client_ip = client_ip or Quotas(settings).client_ip
+        self.throttle = LoginThrottle()
 
     @property
     def required(self) -> bool:
@@ -103,21 +216,46 @@ class Login:
         # Bound to a digest of the token so changing ACCESS_TOKEN logs every browser out.
         return self.signer.dumps({"t": hmac.new(self.token.encode(), b"login", "sha256").hexdigest()[:16]})
 
-    def allowed(self, conn: HTTPConnection) -> bool:
+    def try_token(self, client: str, candidate: str) -> tuple[bool, int | None]:
+        """(right, retry_after): every token attempt goes through here; retry_after is set while `client` is locked
+        out for guessing (then even the right token is refused)."""
+        if (wait := self.throttle.locked(client)) is not None:
+            return False, wait
+        if self.check_token(candidate):
+            self.throttle.passed(client)
+            return True, None
+        wait = self.throttle.failed(client)
+        log.info("login_failed", extra=fields(client=client, locked_s=wait))
+        return False, wait
+
+    def admit(self, conn: HTTPConnection) -> tuple[bool, int | None]:
+        """(allowed, retry_after) for a page or socket: a good login cookie, or a Bearer token (throttled)."""
         if not self.required:
-            return True
+            return True, None
+        if any(self._cookie_ok(c) for c in self.cookies.values(conn, LOGIN_COOKIE)):
+            return True, None  # proof of an earlier login: not a guess, never throttled
         auth = conn.headers.get("authorization", "")
-        if auth.lower().startswith("bearer ") and self.check_token(auth[7:].strip()):
-            return True
-        cookie = conn.cookies.get(LOGIN_COOKIE)
-        if not cookie:
-            return False
+        if not auth.lower().startswith("bearer "):
+            return False, None
+        return self.try_token(self.client_ip(conn), auth[7:].strip())
+
+    def allowed(self, conn: HTTPConnection) -> bool:
+        return self.admit(conn)[0]
+
+    def _cookie_ok(self, cookie: str) -> bool:
         try:
             data = self.signer.loads(cookie, max_age=LOGIN_MAX_AGE)
         except BadSignature:
             return False
         expected = hmac.new(self.token.encode(), b"login", "sha256").hexdigest()[:16]
         return isinstance(data, dict) and hmac.compare_digest(str(data.get("t", "")), expected)
+
+    def set_cookie(self, conn: HTTPConnection, response: Response) -> None:
+        self.cookies.set(conn, response, LOGIN_COOKIE, self.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True,
+                         samesite="strict")
+
+    def delete_cookie(self, conn: HTTPConnection, response: Response) -> None:
+        self.cookies.delete(conn, response, LOGIN_COOKIE, samesite="strict")
 
 
 class ResumeTokens:

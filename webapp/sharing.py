@@ -2,8 +2,9 @@
 
 A share token is itsdangerous-signed [session_id, version] with its mint time; it expires after SHARE_TTL.
 Revoking bumps the session's share_version, so every earlier token stops matching (404) without keeping a
-deny list. The owner credential is the signed HttpOnly `cr_owner` cookie holding a random owner id: the page
-response sets it, the capture socket's handshake carries it, and the session records it.
+deny list. The owner credential is the signed HttpOnly `cr_owner` cookie (`__Host-cr_owner`, Secure, over HTTPS)
+holding a random owner id: the page response sets it, the capture socket's handshake carries it, and the session
+records it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+
+from .security import Cookies
 
 OWNER_COOKIE = "cr_owner"
 OWNER_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers honour
@@ -57,11 +60,11 @@ class ShareLinks:
 
 
 class Owners:
-    def __init__(self, secret_key: str):
+    def __init__(self, secret_key: str, cookies: Cookies):
         self.serializer = URLSafeSerializer(secret_key, salt="caption-relay.owner")
+        self.cookies = cookies
 
-    def read(self, conn: HTTPConnection) -> str | None:
-        raw = conn.cookies.get(OWNER_COOKIE)
+    def _load(self, raw: str | None) -> str | None:
         if not raw or len(raw) > 200:
             return None
         try:
@@ -70,11 +73,19 @@ class Owners:
             return None
         return value if isinstance(value, str) and value else None
 
+    def read(self, conn: HTTPConnection) -> str | None:
+        """The owner id of the first good cookie (`__Host-cr_owner`, then `cr_owner`)."""
+        return next((o for raw in self.cookies.values(conn, OWNER_COOKIE) if (o := self._load(raw))), None)
+
     def ensure_cookie(self, conn: HTTPConnection, response: Response) -> str:
-        """Give this browser an owner id if it has none (or a forged one); returns the id."""
-        owner = self.read(conn)
+        """Give this browser an owner id if it has none (or a forged one); returns the id. A browser whose cookie is
+        under the other name (`cr_owner` from before, now over HTTPS) gets it under this scheme's name, same id."""
+        name = self.cookies.name(conn, OWNER_COOKIE)
+        owner = self._load(conn.cookies.get(name))
         if owner is None:
-            owner = secrets.token_urlsafe(16)
-            response.set_cookie(OWNER_COOKIE, self.serializer.dumps(owner), max_age=OWNER_MAX_AGE, httponly=True,
-                                samesite="lax", secure=conn.url.scheme in ("https", "wss"), path="/")
+            owner = self.read(conn) or secrets.token_urlsafe(16)
+            self.cookies.set(conn, response, OWNER_COOKIE, self.serializer.dumps(owner), max_age=OWNER_MAX_AGE,
+                             httponly=True, samesite="lax")
+            if name != OWNER_COOKIE and conn.cookies.get(OWNER_COOKIE):
+                response.delete_cookie(OWNER_COOKIE, path="/")  # moved to __Host-cr_owner
         return owner

@@ -45,12 +45,16 @@ class Live:
     text: str                 # the JSON a viewer receives
     turn: int | None = None   # recognizer turn index (transcripts)
     seq: int | None = None    # position among the session's stored finals (finals)
+    version: int | None = None  # revoked: links of a lower share version are retired (None: every link)
 
     @classmethod
     def decode(cls, text: str) -> "Live":
         msg = json.loads(text)
         if msg.get("type") == "transcript":
             return cls("final" if msg.get("final") else "interim", text, msg.get("turn"), msg.get("seq"))
+        if msg.get("type") == "revoked":
+            version = msg.get("share_version")
+            return cls("revoked", text, version=version if isinstance(version, int) else None)
         return cls(msg.get("type", "?"), text)
 
 
@@ -72,8 +76,14 @@ def live_ended(reason: str, ended_at: float) -> Live:
     return Live("ended", _encode({"type": "ended", "reason": reason, "ended_at": ended_at}))
 
 
-def live_revoked() -> Live:
-    return Live("revoked", _encode({"type": "revoked"}))
+REVOKED = _encode({"type": "revoked"})  # what a viewer gets of a revocation
+
+
+def live_revoked(version: int | None = None) -> Live:
+    """Links below share version `version` stop working ("New link", "Turn off link"); None: every link."""
+    if version is None:
+        return Live("revoked", REVOKED)
+    return Live("revoked", _encode({"type": "revoked", "share_version": version}), version=version)
 
 
 # ---- viewers ------------------------------------------------------------------------------------
@@ -84,10 +94,11 @@ class Viewer:
     interim updates (a newer interim of the same turn replaces an unsent one; past VIEWER_QUEUE the oldest
     interim goes), never finals. One so far behind that VIEWER_BACKLOG finals wait is cut off."""
 
-    __slots__ = ("send", "items", "wake", "min_seq", "done_turn", "overflow", "closed")
+    __slots__ = ("send", "version", "items", "wake", "min_seq", "done_turn", "overflow", "closed")
 
-    def __init__(self, send: Callable[[str], Awaitable[None]]):
+    def __init__(self, send: Callable[[str], Awaitable[None]], version: int | None = None):
         self.send = send
+        self.version = version    # the share version of the link it watches through (None: unknown)
         self.items: deque[Live] = deque()
         self.wake = asyncio.Event()
         self.min_seq = 0          # finals below this were in the snapshot
@@ -98,6 +109,8 @@ class Viewer:
     def put(self, msg: Live) -> None:
         if self.closed:
             return
+        if msg.kind == "revoked" and None not in (msg.version, self.version) and self.version >= msg.version:
+            return  # it watches through the new link (or a later one): not retired
         items = self.items
         if msg.kind == "interim" and items and items[-1].kind == "interim" and items[-1].turn == msg.turn:
             items[-1] = msg
@@ -130,7 +143,7 @@ class Viewer:
                 msg = self.items.popleft()
                 if self._stale(msg):
                     continue
-                await self.send(msg.text)
+                await self.send(REVOKED if msg.kind == "revoked" else msg.text)
                 if msg.kind == "final":
                     self.min_seq = max(self.min_seq, (msg.seq or 0) + 1)
                     if msg.turn is not None:

@@ -23,9 +23,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import exports
 from .config import Settings
 from .logs import fields
-from .security import origin_allowed
+from .security import Cookies, origin_allowed
 from .sharing import Owners, ShareLinks
-from .store import Backend, Recorder, Viewer, live_revoked, make_backend
+from .store import REVOKED, Backend, Recorder, Viewer, live_revoked, make_backend
 
 log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -56,11 +56,12 @@ def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 class Sharing:
-    def __init__(self, settings: Settings, secret_key: str, asset_version: str = "", backend: Backend | None = None):
+    def __init__(self, settings: Settings, secret_key: str, asset_version: str = "", backend: Backend | None = None,
+                 cookies: Cookies | None = None):
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self.links = ShareLinks(secret_key, settings.share_ttl_days)
-        self.owners = Owners(secret_key)
+        self.owners = Owners(secret_key, cookies or Cookies(settings))
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.asset_version = asset_version
         self.retention_task: asyncio.Task | None = None
@@ -185,13 +186,17 @@ class Sharing:
                 await ws.close(1008)
             return
         session_id = meta["id"]
-        viewer = Viewer(ws.send_text)
+        viewer = Viewer(ws.send_text, meta["share_version"])  # a later "New link" or "Turn off link" closes it
         # Register before reading the snapshot: whatever is published from here on is queued, and the
         # viewer drops what the snapshot already holds (finals by seq, interims of finished turns).
         self.backend.hub.add(session_id, viewer)
         sender = reader = None
         try:
             meta = await self.backend.get_session(session_id) or meta
+            if meta.get("share_version") != viewer.version:  # retired while it was resolved: its announcement went by
+                await ws.send_text(REVOKED)
+                await ws.close(1000)
+                return
             turns = await self.backend.get_turns(session_id)
             await ws.send_text(json.dumps({
                 "type": "snapshot", "live": meta["live"], "end_reason": meta.get("end_reason"),
@@ -235,14 +240,16 @@ class Sharing:
         return meta if meta is not None and meta.get("owner") == owner else None
 
     async def _revoke(self, meta: dict[str, Any]) -> None:
-        await self.backend.set_share(meta["id"], meta["share_version"] + 1, None)
-        await self.backend.publish(meta["id"], live_revoked())  # open viewer sockets close now
+        version = meta["share_version"] + 1
+        await self.backend.set_share(meta["id"], version, None)
+        await self.backend.publish(meta["id"], live_revoked(version))  # open viewer sockets close now
         log.info("share_revoked", extra=fields(session=meta["id"]))
 
     async def _new_link(self, meta: dict[str, Any]) -> str:
         version = meta["share_version"] + 1  # a new link also retires the previous one
         token = self.links.mint(meta["id"], version)
         await self.backend.set_share(meta["id"], version, token)
+        await self.backend.publish(meta["id"], live_revoked(version))  # viewers of the old link close now
         log.info("share_created", extra=fields(session=meta["id"]))
         return token
 
