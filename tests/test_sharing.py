@@ -287,9 +287,11 @@ async def test_owner_revokes_lists_and_relinks(flux_app, sim):
     assert status == 201 and new_url != f"/s/{token}"
     assert http("GET", f"{flux_app.http}{new_url}")[0] == 200
     assert http("GET", f"{flux_app.http}/s/{token}")[0] == 404
-    # The no-JavaScript form on /sessions does the same.
-    status, headers, _ = http("POST", f"{flux_app.http}/sessions/{session_id}/revoke", {"Cookie": cookie}, b"")
-    assert status == 303 and headers["Location"] == "/sessions"
+    # The no-JavaScript form on /sessions does the same, with the page's signed token (tests/test_browser_flows.py
+    # clicks it in Chromium and tries it from another site).
+    csrf = re.search(r'name="csrf" value="([^"]+)"', http("GET", f"{flux_app.http}/sessions", {"Cookie": cookie})[2]).group(1)
+    status, headers, _ = http("POST", f"{flux_app.http}/sessions/{session_id}/revoke", {"Cookie": cookie}, f"csrf={csrf}".encode())
+    assert status == 303 and headers["Location"] == "/sessions?done=off"
     assert http("GET", f"{flux_app.http}{new_url}")[0] == 404
     await speaker.close_stream()
 

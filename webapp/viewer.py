@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -37,6 +38,23 @@ EXPORTS = {
     "vtt": "text/vtt; charset=utf-8",
     "json": "application/json; charset=utf-8",
 }
+
+FORM_LIMIT = 4096  # bytes of a /sessions form post (one hidden field)
+FORM_NOTICES = {  # what the /sessions page says after one of its buttons (?done=…)
+    "off": "The share link is turned off: it no longer opens the captions.",
+    "new": "A new share link is on; any earlier link no longer works.",
+    "missing": "That session is no longer in your list.",
+}
+
+
+async def _small_form(request: Request) -> dict[str, str] | None:
+    """A urlencoded form of at most FORM_LIMIT bytes (None when larger); parsed here, no python-multipart."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            return None
+    return dict(parse_qsl(body.decode("utf-8", "replace")))
 
 
 def _when(ts: float | None) -> str:
@@ -259,14 +277,29 @@ class Sharing:
         return JSONResponse({"share_url": f"/s/{token}"}, status_code=201)
 
     async def revoke_form(self, request: Request) -> Response:
-        if origin_allowed(request, self.settings) and (meta := await self._owned(request)) is not None:
-            await self._revoke(meta)
-        return RedirectResponse("/sessions", status_code=303)
+        return await self._owner_form(request, self._revoke, "off")
 
     async def new_link_form(self, request: Request) -> Response:
-        if origin_allowed(request, self.settings) and (meta := await self._owned(request)) is not None:
-            await self._new_link(meta)
-        return RedirectResponse("/sessions", status_code=303)
+        return await self._owner_form(request, self._new_link, "new")
+
+    async def _owner_form(self, request: Request, action, done: str) -> Response:
+        """A /sessions button. Browsers post these with `Origin: null` (Referrer-Policy: no-referrer), so the
+        defence is the page's signed per-session token, plus Sec-Fetch-Site (or a foreign Origin) for what
+        browsers mark as another site's. A refusal is a page that says so, never a silent redirect."""
+        session_id = request.path_params["session_id"][:64]
+        site = request.headers.get("sec-fetch-site")
+        origin = request.headers.get("origin")
+        form = await _small_form(request)
+        if (site not in (None, "same-origin", "none") or (origin not in (None, "null") and not origin_allowed(request, self.settings))
+                or form is None or not self.owners.form_token_ok(self.owners.read(request), session_id, form.get("csrf", ""))):
+            log.info("form_refused", extra=fields(session=session_id, sec_fetch_site=site, origin=origin))
+            return self.templates.TemplateResponse(request, "form_refused.html", {"asset_version": self.asset_version},
+                                                   status_code=403, headers={"Cache-Control": "no-store"})
+        meta = await self._owned(request)
+        if meta is None:
+            return RedirectResponse("/sessions?done=missing", status_code=303)  # deleted since the page was shown
+        await action(meta)
+        return RedirectResponse(f"/sessions?done={done}", status_code=303)
 
     async def owner_export(self, request: Request) -> Response:
         meta = await self._owned(request)
@@ -280,6 +313,7 @@ class Sharing:
             return []
         rows = await self.backend.list_sessions(owner)
         for row in rows:
+            row["form_token"] = self.owners.form_token(owner, row["id"])  # the page's forms only, never the API
             row["share_url"] = f"/s/{row['share_token']}" if row.get("share_token") else None
             row["started"] = _when(row["started_at"])
         return rows
@@ -292,6 +326,7 @@ class Sharing:
     async def sessions_page(self, request: Request) -> Response:
         rows = await self._listing(request)
         response = self.templates.TemplateResponse(request, "sessions.html", {
-            "sessions": rows, "formats": list(EXPORTS), "asset_version": self.asset_version},
+            "sessions": rows, "formats": list(EXPORTS), "asset_version": self.asset_version,
+            "notice": FORM_NOTICES.get(request.query_params.get("done", ""))},
             headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
         return self.ensure_owner_cookie(request, response)
