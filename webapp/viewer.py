@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,12 +22,12 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import exports
+from . import exports, store
 from .config import Settings
 from .logs import fields
 from .security import origin_allowed
 from .sharing import Owners, ShareLinks
-from .store import Backend, Recorder, Viewer, live_revoked, make_backend
+from .store import PAUSING_REASONS, Backend, Recorder, Viewer, live_revoked, make_backend
 
 log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -65,6 +66,13 @@ def _when(ts: float | None) -> str:
 
 def _iso(ts: float | None) -> str:
     return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _pause_left(meta: dict[str, Any]) -> float:
+    """Seconds a viewer should still wait for a session that a server restart (or crash) stopped; 0 if none."""
+    if meta["live"] or meta.get("end_reason") not in PAUSING_REASONS or meta.get("ended_at") is None:
+        return 0.0
+    return max(0.0, store.PAUSE_GRACE - (time.time() - meta["ended_at"]))
 
 
 def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +174,7 @@ class Sharing:
             return self._link_error(request, status)
         turns = await self.backend.get_turns(meta["id"])
         return self.templates.TemplateResponse(request, "viewer.html", {
-            "session": meta, "turns": turns, "token": token, "started": _when(meta["started_at"]),
+            "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0, "started": _when(meta["started_at"]),
             "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS), "asset_version": self.asset_version},
             headers=NOINDEX)
 
@@ -211,13 +219,16 @@ class Sharing:
         try:
             meta = await self.backend.get_session(session_id) or meta
             turns = await self.backend.get_turns(session_id)
+            wait = _pause_left(meta)  # stopped by a restart: its speaker's page is expected back
             await ws.send_text(json.dumps({
-                "type": "snapshot", "live": meta["live"], "end_reason": meta.get("end_reason"),
+                "type": "snapshot", "live": meta["live"], "paused": wait > 0, "end_reason": meta.get("end_reason"),
                 "turns": [{"seq": t["seq"], "turn": t["turn"], "text": t["text"], "start": t["start"], "end": t["end"]}
                           for t in turns]}, separators=(",", ":"), ensure_ascii=False))
-            if not meta["live"]:
+            if not meta["live"] and not wait:
                 await ws.close(1000)
                 return
+            if wait:
+                viewer.paused_until = time.monotonic() + wait
             viewer.min_seq = len(turns)
             viewer.done_turn = max((t["turn"] for t in turns if isinstance(t["turn"], int)), default=-1)
             sender = asyncio.create_task(viewer.run())
@@ -226,6 +237,12 @@ class Sharing:
             if sender in done and not sender.exception():
                 why = sender.result()
                 log.debug("viewer_done", extra=fields(session=session_id, why=why))
+                if why == "not_resumed":
+                    meta = await self.backend.get_session(session_id)
+                    if meta is not None and not meta["live"]:  # the speaker did not come back: it is over
+                        await ws.send_text(json.dumps({"type": "ended", "reason": meta.get("end_reason"),
+                                                       "ended_at": meta.get("ended_at")}))
+                        why = "ended"
                 await ws.close(1000 if why in ("ended", "revoked") else 1013)  # 1013: try again (overflow)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the viewer left
