@@ -174,7 +174,8 @@ class Sharing:
             return self._link_error(request, status)
         turns = await self.backend.get_turns(meta["id"])
         return self.templates.TemplateResponse(request, "viewer.html", {
-            "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0, "started": _when(meta["started_at"]),
+            "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0,
+            "started": _when(meta["started_at"]),
             "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS), "asset_version": self.asset_version},
             headers=NOINDEX)
 
@@ -307,9 +308,12 @@ class Sharing:
         site = request.headers.get("sec-fetch-site")
         origin = request.headers.get("origin")
         form = await _small_form(request)
-        if (site not in (None, "same-origin", "none") or (origin not in (None, "null") and not origin_allowed(request, self.settings))
-                or form is None or not self.owners.form_token_ok(self.owners.read(request), session_id, form.get("csrf", ""))):
-            log.info("form_refused", extra=fields(session=session_id, sec_fetch_site=site, origin=origin))
+        other_site = site not in (None, "same-origin", "none") or (
+            origin not in (None, "null") and not origin_allowed(request, self.settings))
+        if other_site or form is None or not self.owners.form_token_ok(self.owners.read(request), session_id,
+                                                                       form.get("csrf", "")):
+            log.info("form_refused", extra=fields(session=session_id, sec_fetch_site=(site or "")[:40],
+                                                  origin=(origin or "")[:200], other_site=other_site))
             return self.templates.TemplateResponse(request, "form_refused.html", {"asset_version": self.asset_version},
                                                    status_code=403, headers={"Cache-Control": "no-store"})
         meta = await self._owned(request)
