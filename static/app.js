@@ -103,9 +103,16 @@ function clearMessages() {
   el.messages.replaceChildren();
 }
 
-function fail(code, message) {
+function fail(code, message, key = null) {
   hooks.lastError = { code, message };
-  showMessage(message);
+  if (key) notice(key, message, 'error'); // replaces the notice it concludes (e.g. "retrying…")
+  else showMessage(message);
+}
+
+// Server messages are phrases or sentences: end them with one full stop before adding more text.
+function sentence(text) {
+  const t = String(text || '').trim();
+  return /[.!?…]$/.test(t) ? t : `${t}.`;
 }
 
 function storage(key, value) {
@@ -254,6 +261,14 @@ function onServerMessage(s, c, msg) {
       break;
     case 'status':
       if (!s.fatal && (msg.state === 'live' || msg.state === 'reconnecting')) setState(msg.state);
+      if (msg.state === 'reconnecting' && msg.message) {
+        // the server retries the recognizer by itself: say why while it does, once, updated in place
+        s.upstreamDown = true;
+        notice('upstream', `Waiting for the speech recognizer: ${sentence(msg.message)} Retrying…`, 'info');
+      } else if (msg.state === 'live' && s.upstreamDown) {
+        s.upstreamDown = false;
+        notice('upstream', 'The speech recognizer answers again; captions continue.', 'info');
+      }
       break;
     case 'transcript':
     case 'turn': {
@@ -284,11 +299,18 @@ function onServerMessage(s, c, msg) {
         notice('conn', `${msg.message || 'The server reported an error.'} Reconnecting…`, 'info');
         break;
       }
-      fail(msg.code, text);
-      if (!msg.retryable) {
-        s.fatal = true;
-        setState('error');
+      if (msg.retryable) {
+        // a passing fault, but this session ends (the server gave up before it was ever live): say what to do
+        s.failed = true;
+        const again = msg.retry_after ? `in ${Math.ceil(msg.retry_after)} s` : 'to try again';
+        const operator = String(msg.code).startsWith('upstream') ? '; if this keeps happening, tell whoever runs this server' : '';
+        fail(msg.code, `Captioning stopped: ${sentence(msg.message || 'the server reported an error')} Press Start ${again}${operator}.`,
+          s.upstreamDown ? 'upstream' : null);
+        break;
       }
+      fail(msg.code, text, s.upstreamDown ? 'upstream' : null);
+      s.fatal = true;
+      setState('error');
       break;
     }
     case 'closed':

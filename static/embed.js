@@ -369,7 +369,14 @@ function watch() {
           hooks.finals.push(t.text);
         }
         if (msg.live) setState('live');
+        else if (msg.paused) setState('reconnecting'); // stopped by a server restart: its speaker is expected back
         else stopWatching('ended');
+        break;
+      case 'paused':
+        setState('reconnecting');
+        break;
+      case 'resumed':
+        setState('live');
         break;
       case 'transcript':
         if (msg.final) {

@@ -22,6 +22,7 @@ window.__viewer = hooks;
 let interimEl = null;
 let follow = true;
 let done = document.body.dataset.live !== 'true';
+let paused = document.body.dataset.paused === 'true'; // stopped by a server restart: its speaker is expected back
 
 function atBottom() {
   return box.scrollHeight - box.scrollTop - box.clientHeight < 48;
@@ -64,7 +65,22 @@ function snapshot(msg) {
   keepFollowing();
 }
 
+// The connection to the speaker is interrupted (a dropped socket, a server restart): not the end.
+function reconnecting() {
+  hooks.state = 'reconnecting';
+  setBadge('reconnecting', 'Reconnecting…');
+  badge.title = 'The captions were interrupted; they continue when the connection is back.';
+}
+
+function live() {
+  paused = false;
+  hooks.state = 'live';
+  setBadge('live', 'Live');
+  badge.removeAttribute('title');
+}
+
 function transcript(msg) {
+  if (paused) live();
   $('empty-note')?.remove();
   if (msg.final) {
     if (box.querySelector(`p.final[data-seq="${msg.seq}"]`)) return; // already shown
@@ -93,6 +109,8 @@ function transcript(msg) {
 
 function finish(state, label) {
   done = true;
+  paused = false;
+  badge.removeAttribute('title');
   hooks.state = state;
   setBadge(state === 'ended' ? 'ended' : 'gone', label);
   interimEl?.remove();
@@ -104,12 +122,17 @@ function onWatchMessage(msg) {
   switch (msg.type) {
     case 'snapshot':
       snapshot(msg);
-      if (msg.live) {
-        hooks.state = 'live';
-        setBadge('live', 'Live');
-      } else {
-        finish('ended', 'Ended');
-      }
+      paused = !msg.live && Boolean(msg.paused);
+      if (msg.live) live();
+      else if (paused) reconnecting();
+      else finish('ended', 'Ended');
+      break;
+    case 'paused':
+      paused = true;
+      reconnecting();
+      break;
+    case 'resumed':
+      live();
       break;
     case 'transcript':
       transcript(msg);
@@ -131,10 +154,7 @@ function onWatchMessage(msg) {
 function connect() {
   watchLive(document.body.dataset.watch, {
     message: onWatchMessage,
-    down: () => {
-      hooks.state = 'reconnecting';
-      setBadge('reconnecting', 'Reconnecting…');
-    },
+    down: reconnecting,
     isDone: () => done,
   });
 }
@@ -168,5 +188,6 @@ keepFollowing();
 if (done) {
   hooks.state = 'ended';
 } else {
+  if (paused) reconnecting();
   connect();
 }

@@ -146,7 +146,7 @@ def secret_of(session_tmp: Path, name: str) -> str:
 async def test_speaker_and_viewers_see_the_same_finals_in_order(flux_app, sim):
     speaker, token = await start_speaker(flux_app)
     early = [await open_viewer(flux_app, token) for _ in range(3)]
-    assert all(v.of("snapshot")[0] == {"type": "snapshot", "live": True, "end_reason": None, "turns": []} for v in early)
+    assert all(v.of("snapshot")[0] == {"type": "snapshot", "live": True, "paused": False, "end_reason": None, "turns": []} for v in early)
 
     await speaker.send_audio(FIRST_TURN_AUDIO)
     await early[0].until(lambda v: v.seen_finals())  # a viewer has it, so it is stored (stored, then published)
@@ -287,9 +287,11 @@ async def test_owner_revokes_lists_and_relinks(flux_app, sim):
     assert status == 201 and new_url != f"/s/{token}"
     assert http("GET", f"{flux_app.http}{new_url}")[0] == 200
     assert http("GET", f"{flux_app.http}/s/{token}")[0] == 404
-    # The no-JavaScript form on /sessions does the same.
-    status, headers, _ = http("POST", f"{flux_app.http}/sessions/{session_id}/revoke", {"Cookie": cookie}, b"")
-    assert status == 303 and headers["Location"] == "/sessions"
+    # The no-JavaScript form on /sessions does the same, with the page's signed token (tests/test_browser_flows.py
+    # clicks it in Chromium and tries it from another site).
+    csrf = re.search(r'name="csrf" value="([^"]+)"', http("GET", f"{flux_app.http}/sessions", {"Cookie": cookie})[2]).group(1)
+    status, headers, _ = http("POST", f"{flux_app.http}/sessions/{session_id}/revoke", {"Cookie": cookie}, f"csrf={csrf}".encode())
+    assert status == 303 and headers["Location"] == "/sessions?done=off"
     assert http("GET", f"{flux_app.http}{new_url}")[0] == 404
     await speaker.close_stream()
 
@@ -317,8 +319,8 @@ async def test_turns_survive_sigkill(simulator, session_tmp):
         assert [t["text"] for t in doc["turns"]] == SCRIPT_FINALS[:1]
         assert [w["word"] for w in doc["turns"][0]["words"]] == DEFAULT_SCRIPT[0]
         assert doc["session"]["live"] is False and doc["session"]["end_reason"] == "interrupted"
-        page = http("GET", f"{app.http}/s/{token}")[2]
-        assert SCRIPT_FINALS[0] in page and 'class="badge ended"' in page
+        page = http("GET", f"{app.http}/s/{token}")[2]  # just after the crash its speaker's page may resume it
+        assert SCRIPT_FINALS[0] in page and 'class="badge reconnecting"' in page and 'data-paused="true"' in page
         assert '"event": "sessions_interrupted"' in app.log_text()
     finally:
         stop_app(app)

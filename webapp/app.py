@@ -56,8 +56,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     embeds = Embeds(settings, secret_key, asset_version)  # the /embed widget and its keys
 
     async def index(request: Request) -> Response:
+        allowed = login.allowed(request)
         response = templates.TemplateResponse(request, "index.html", {
-            "backend": settings.backend, "needs_login": login.required and not login.allowed(request),
+            "backend": settings.backend, "needs_login": not allowed, "logged_in": login.required and allowed,
             "asset_version": asset_version})
         return sharing.ensure_owner_cookie(request, response)  # the capture socket carries it to the session
 

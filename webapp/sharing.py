@@ -8,6 +8,7 @@ records it.
 """
 from __future__ import annotations
 
+import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -63,6 +64,14 @@ class Owners:
     def __init__(self, secret_key: str, cookies: Cookies):
         self.serializer = URLSafeSerializer(secret_key, salt="caption-relay.owner")
         self.cookies = cookies
+        self.form_key = hmac.new(secret_key.encode(), b"caption-relay.form", "sha256").digest()
+
+    def form_token(self, owner: str, session_id: str) -> str:
+        """The hidden field of the /sessions forms: only a page this server rendered for this owner has it."""
+        return hmac.new(self.form_key, f"{owner}|{session_id}".encode(), "sha256").hexdigest()[:32]
+
+    def form_token_ok(self, owner: str | None, session_id: str, token: str) -> bool:
+        return owner is not None and hmac.compare_digest(self.form_token(owner, session_id).encode(), token.encode())
 
     def _load(self, raw: str | None) -> str | None:
         if not raw or len(raw) > 200:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 VIEWER_QUEUE = 64          # messages queued for one viewer before its oldest interim is dropped
 VIEWER_BACKLOG = 2000      # finals queued for one viewer before it is cut off (it reconnects to a snapshot)
+# A session stopped by a server restart (or a crash) is continued by its page's resume: viewers wait this
+# long for it (the capture page gives up after 120 s, static/reconnect.js GIVE_UP_MS), then hear `ended`.
+PAUSE_GRACE = 150.0
+PAUSING_REASONS = ("server_restart", "interrupted")
 WRITE_QUEUE = 512          # events a session's writer may lag behind (a stalled store) before interims drop
 SESSION_FIELDS = ("id", "owner", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
                   "audio_seconds", "end_reason", "share_version", "share_token")
@@ -41,7 +45,7 @@ SESSION_FIELDS = ("id", "owner", "backend", "model", "sample_rate", "started_at"
 @dataclass(frozen=True, slots=True)
 class Live:
     """One live message, encoded once per process and sent as is to every viewer."""
-    kind: str                 # "interim", "final", "ended" or "revoked"
+    kind: str                 # "interim", "final", "ended", "revoked", "paused" or "resumed"
     text: str                 # the JSON a viewer receives
     turn: int | None = None   # recognizer turn index (transcripts)
     seq: int | None = None    # position among the session's stored finals (finals)
@@ -73,6 +77,8 @@ def live_transcript(event: dict[str, Any], seq: int | None = None) -> Live:
 
 
 def live_ended(reason: str, ended_at: float) -> Live:
+    if reason in PAUSING_REASONS:  # the speaker's page resumes it: viewers wait instead of giving up
+        return Live("paused", _encode({"type": "paused", "reason": reason}))
     return Live("ended", _encode({"type": "ended", "reason": reason, "ended_at": ended_at}))
 
 
@@ -86,6 +92,10 @@ def live_revoked(version: int | None = None) -> Live:
     return Live("revoked", _encode({"type": "revoked", "share_version": version}), version=version)
 
 
+def live_resumed() -> Live:
+    return Live("resumed", _encode({"type": "resumed"}))
+
+
 # ---- viewers ------------------------------------------------------------------------------------
 
 
@@ -94,7 +104,7 @@ class Viewer:
     interim updates (a newer interim of the same turn replaces an unsent one; past VIEWER_QUEUE the oldest
     interim goes), never finals. One so far behind that VIEWER_BACKLOG finals wait is cut off."""
 
-    __slots__ = ("send", "version", "items", "wake", "min_seq", "done_turn", "overflow", "closed")
+    __slots__ = ("send", "version", "items", "wake", "min_seq", "done_turn", "overflow", "closed", "paused_until")
 
     def __init__(self, send: Callable[[str], Awaitable[None]], version: int | None = None):
         self.send = send
@@ -105,6 +115,7 @@ class Viewer:
         self.done_turn = -1       # interims of turns up to this one are stale
         self.overflow = False
         self.closed = False
+        self.paused_until: float | None = None  # monotonic deadline while the session waits for its speaker
 
     def put(self, msg: Live) -> None:
         if self.closed:
@@ -133,9 +144,16 @@ class Viewer:
         return False
 
     async def run(self) -> str:
-        """Send until the session ends or the link is revoked; returns why it stopped."""
+        """Send until the session ends or the link is revoked; returns why it stopped ("not_resumed" when a
+        paused session was not continued within PAUSE_GRACE)."""
         while True:
-            await self.wake.wait()
+            if self.paused_until is None:
+                await self.wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.paused_until - time.monotonic())
+                except asyncio.TimeoutError:
+                    return "not_resumed"
             self.wake.clear()
             if self.overflow:
                 return "overflow"
@@ -150,6 +168,10 @@ class Viewer:
                         self.done_turn = max(self.done_turn, msg.turn)
                 elif msg.kind in ("ended", "revoked"):
                     return msg.kind
+                if msg.kind == "paused":
+                    self.paused_until = time.monotonic() + PAUSE_GRACE
+                elif msg.kind in ("resumed", "final", "interim"):
+                    self.paused_until = None
 
 
 class Hub:
@@ -596,6 +618,7 @@ class Recorder(SessionSink):
                 return None
             self.seq = len(await self.backend.get_turns(session.id))
             await self.backend.reopen_session(session.id)
+            await self.backend.publish(session.id, live_resumed())  # viewers waiting since the pause follow on
         except Exception as exc:
             log.error("session_reopen_failed", extra=fields(session=session.id, error=repr(exc)))
             return None

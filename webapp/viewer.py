@@ -11,8 +11,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -20,12 +22,12 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import exports
+from . import exports, store
 from .config import Settings
 from .logs import fields
 from .security import Cookies, origin_allowed
 from .sharing import Owners, ShareLinks
-from .store import REVOKED, Backend, Recorder, Viewer, live_revoked, make_backend
+from .store import PAUSING_REASONS, REVOKED, Backend, Recorder, Viewer, live_revoked, make_backend
 
 log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -38,6 +40,23 @@ EXPORTS = {
     "json": "application/json; charset=utf-8",
 }
 
+FORM_LIMIT = 4096  # bytes of a /sessions form post (one hidden field)
+FORM_NOTICES = {  # what the /sessions page says after one of its buttons (?done=…)
+    "off": "The share link is turned off: it no longer opens the captions.",
+    "new": "A new share link is on; any earlier link no longer works.",
+    "missing": "That session is no longer in your list.",
+}
+
+
+async def _small_form(request: Request) -> dict[str, str] | None:
+    """A urlencoded form of at most FORM_LIMIT bytes (None when larger); parsed here, no python-multipart."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            return None
+    return dict(parse_qsl(body.decode("utf-8", "replace")))
+
 
 def _when(ts: float | None) -> str:
     if ts is None:
@@ -47,6 +66,13 @@ def _when(ts: float | None) -> str:
 
 def _iso(ts: float | None) -> str:
     return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _pause_left(meta: dict[str, Any]) -> float:
+    """Seconds a viewer should still wait for a session that a server restart (or crash) stopped; 0 if none."""
+    if meta["live"] or meta.get("end_reason") not in PAUSING_REASONS or meta.get("ended_at") is None:
+        return 0.0
+    return max(0.0, store.PAUSE_GRACE - (time.time() - meta["ended_at"]))
 
 
 def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +175,8 @@ class Sharing:
             return self._link_error(request, status)
         turns = await self.backend.get_turns(meta["id"])
         return self.templates.TemplateResponse(request, "viewer.html", {
-            "session": meta, "turns": turns, "token": token, "started": _when(meta["started_at"]),
+            "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0,
+            "started": _when(meta["started_at"]),
             "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS), "asset_version": self.asset_version},
             headers=NOINDEX)
 
@@ -198,13 +225,16 @@ class Sharing:
                 await ws.close(1000)
                 return
             turns = await self.backend.get_turns(session_id)
+            wait = _pause_left(meta)  # stopped by a restart: its speaker's page is expected back
             await ws.send_text(json.dumps({
-                "type": "snapshot", "live": meta["live"], "end_reason": meta.get("end_reason"),
+                "type": "snapshot", "live": meta["live"], "paused": wait > 0, "end_reason": meta.get("end_reason"),
                 "turns": [{"seq": t["seq"], "turn": t["turn"], "text": t["text"], "start": t["start"], "end": t["end"]}
                           for t in turns]}, separators=(",", ":"), ensure_ascii=False))
-            if not meta["live"]:
+            if not meta["live"] and not wait:
                 await ws.close(1000)
                 return
+            if wait:
+                viewer.paused_until = time.monotonic() + wait
             viewer.min_seq = len(turns)
             viewer.done_turn = max((t["turn"] for t in turns if isinstance(t["turn"], int)), default=-1)
             sender = asyncio.create_task(viewer.run())
@@ -213,6 +243,12 @@ class Sharing:
             if sender in done and not sender.exception():
                 why = sender.result()
                 log.debug("viewer_done", extra=fields(session=session_id, why=why))
+                if why == "not_resumed":
+                    meta = await self.backend.get_session(session_id)
+                    if meta is not None and not meta["live"]:  # the speaker did not come back: it is over
+                        await ws.send_text(json.dumps({"type": "ended", "reason": meta.get("end_reason"),
+                                                       "ended_at": meta.get("ended_at")}))
+                        why = "ended"
                 await ws.close(1000 if why in ("ended", "revoked") else 1013)  # 1013: try again (overflow)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the viewer left
@@ -266,14 +302,32 @@ class Sharing:
         return JSONResponse({"share_url": f"/s/{token}"}, status_code=201)
 
     async def revoke_form(self, request: Request) -> Response:
-        if origin_allowed(request, self.settings) and (meta := await self._owned(request)) is not None:
-            await self._revoke(meta)
-        return RedirectResponse("/sessions", status_code=303)
+        return await self._owner_form(request, self._revoke, "off")
 
     async def new_link_form(self, request: Request) -> Response:
-        if origin_allowed(request, self.settings) and (meta := await self._owned(request)) is not None:
-            await self._new_link(meta)
-        return RedirectResponse("/sessions", status_code=303)
+        return await self._owner_form(request, self._new_link, "new")
+
+    async def _owner_form(self, request: Request, action, done: str) -> Response:
+        """A /sessions button. Browsers post these with `Origin: null` (Referrer-Policy: no-referrer), so the
+        defence is the page's signed per-session token, plus Sec-Fetch-Site (or a foreign Origin) for what
+        browsers mark as another site's. A refusal is a page that says so, never a silent redirect."""
+        session_id = request.path_params["session_id"][:64]
+        site = request.headers.get("sec-fetch-site")
+        origin = request.headers.get("origin")
+        form = await _small_form(request)
+        other_site = site not in (None, "same-origin", "none") or (
+            origin not in (None, "null") and not origin_allowed(request, self.settings))
+        if other_site or form is None or not self.owners.form_token_ok(self.owners.read(request), session_id,
+                                                                       form.get("csrf", "")):
+            log.info("form_refused", extra=fields(session=session_id, sec_fetch_site=(site or "")[:40],
+                                                  origin=(origin or "")[:200], other_site=other_site))
+            return self.templates.TemplateResponse(request, "form_refused.html", {"asset_version": self.asset_version},
+                                                   status_code=403, headers={"Cache-Control": "no-store"})
+        meta = await self._owned(request)
+        if meta is None:
+            return RedirectResponse("/sessions?done=missing", status_code=303)  # deleted since the page was shown
+        await action(meta)
+        return RedirectResponse(f"/sessions?done={done}", status_code=303)
 
     async def owner_export(self, request: Request) -> Response:
         meta = await self._owned(request)
@@ -287,6 +341,7 @@ class Sharing:
             return []
         rows = await self.backend.list_sessions(owner)
         for row in rows:
+            row["form_token"] = self.owners.form_token(owner, row["id"])  # the page's forms only, never the API
             row["share_url"] = f"/s/{row['share_token']}" if row.get("share_token") else None
             row["started"] = _when(row["started_at"])
         return rows
@@ -299,6 +354,7 @@ class Sharing:
     async def sessions_page(self, request: Request) -> Response:
         rows = await self._listing(request)
         response = self.templates.TemplateResponse(request, "sessions.html", {
-            "sessions": rows, "formats": list(EXPORTS), "asset_version": self.asset_version},
+            "sessions": rows, "formats": list(EXPORTS), "asset_version": self.asset_version,
+            "notice": FORM_NOTICES.get(request.query_params.get("done", ""))},
             headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
         return self.ensure_owner_cookie(request, response)
