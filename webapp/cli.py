@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = config.load()
+        if args.command != "engine":  # the start-up checks of the files and services the app needs
+            config.check_data_dir(settings.data_dir)
+            if settings.redis_url and args.command is None and args.workers <= 1:  # --workers: each child checks
+                config.check_redis(settings.redis_url)
     except config.ConfigError as exc:
         print(f"caption-relay: configuration error: {exc}", file=sys.stderr)
         return 2
