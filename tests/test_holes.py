@@ -3,6 +3,7 @@ that must be one line naming the variable, the embedded recognizer's LOCAL_* kno
 connections (slowloris)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -169,3 +170,79 @@ def test_bad_local_value_stops_the_app_with_one_line(var, tmp_path):
     proc, took = _start({var: "abc"}, tmp_path)
     _assert_one_line_naming(proc, var)
     assert took < 10
+
+
+# ---- exports: one line per caption text, no control characters ------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from webapp import exports  # noqa: E402
+
+NASTY_TURNS = [
+    {"turn": 0, "text": "hello wor\n\nld\x07 again", "start": 0.0, "end": 2.0, "words": [
+        {"word": "hello", "start": 0.0, "end": 0.5, "confidence": 0.9},
+        {"word": "wor\n\nld\x07", "start": 0.5, "end": 1.2, "confidence": 0.9},
+        {"word": "again\r\n", "start": 1.2, "end": 2.0, "confidence": 0.9}]},
+    {"turn": 1, "text": "bell\x07 \x1b[31mred\u2028line\x00\t\x85end \u200dok", "start": 3.0, "end": 5.0, "words": []},
+]
+
+
+def test_line_breaks_and_controls_in_words_give_one_clean_cue():
+    """Before: "wor\\n\\nld" put a blank line inside cue 1 (a new SRT cue for every player), and BEL, ESC, NUL and
+    U+2028 reached the .txt/.srt/.vtt files."""
+    assert exports.to_srt(NASTY_TURNS) == (
+        "1\n00:00:00,000 --> 00:00:02,000\nhello wor ld again\n\n"
+        "2\n00:00:03,000 --> 00:00:05,000\nbell [31mred line end \u200dok\n")
+    assert exports.to_vtt(NASTY_TURNS) == (
+        "WEBVTT\n\n1\n00:00:00.000 --> 00:00:02.000\nhello wor ld again\n\n"
+        "2\n00:00:03.000 --> 00:00:05.000\nbell [31mred line end \u200dok\n")
+    assert exports.to_txt(NASTY_TURNS) == "hello wor ld again\nbell [31mred line end \u200dok\n"
+    doc = json.loads(exports.to_json({"id": "s"}, NASTY_TURNS))
+    assert [w["word"] for w in doc["turns"][0]["words"]] == ["hello", "wor ld", "again"]
+    assert doc["turns"][1]["text"] == "bell [31mred line end \u200dok" and doc["turns"][1]["words"] == []
+    # times and confidences are kept as they were
+    assert doc["turns"][0]["words"][1] == {"word": "wor ld", "start": 0.5, "end": 1.2, "confidence": 0.9}
+
+
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")  # all but "\n", the files' own
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.text(min_size=0, max_size=12), min_size=1, max_size=12), max_size=5))
+def test_no_export_carries_controls_or_stray_lines(raw_turns):
+    turns, t = [], 0.0
+    for index, words in enumerate(raw_turns):
+        ws = [{"word": w, "start": t + i * 0.3, "end": t + i * 0.3 + 0.2, "confidence": 1.0} for i, w in enumerate(words)]
+        turns.append({"turn": index, "text": " ".join(words), "start": t, "end": t + 0.3 * len(words), "words": ws})
+        t += 0.3 * len(words) + 1
+    srt, vtt, txt = exports.to_srt(turns), exports.to_vtt(turns), exports.to_txt(turns)
+    for text in (srt, vtt, txt):
+        assert not CONTROL.search(text), repr(text)
+        text.encode("utf-8")  # no lone surrogate: the file can be written
+    for block in srt.rstrip("\n").split("\n\n") if srt else []:  # each cue: number, timing, 1-2 non-empty lines
+        lines = block.split("\n")
+        assert re.fullmatch(r"\d+", lines[0]) and " --> " in lines[1] and 1 <= len(lines[2:]) <= 2 and all(lines[2:]), block
+    assert "\n\n\n" not in srt and "\n\n\n" not in vtt
+    assert len(txt.splitlines()) <= len(turns)
+    out = exports.to_json({"id": "s"}, turns)
+    out.encode("utf-8")
+    assert len(json.loads(out)["turns"]) == len(turns)
+
+
+async def test_exports_of_a_live_session_are_clean(flux_app, sim):
+    """The same through the app: the recognizer's words carry a line break and controls; the share link's exports
+    are clean."""
+    from test_sharing import start_speaker
+    sim.reset(script=[["Hello", "wor\nld\x07", "again\u2028now."]])
+    speaker, token = await start_speaker(flux_app)
+    await speaker.send_audio(2.0)
+    await speaker.close_stream()
+    status, _, srt = http("GET", f"{flux_app.http}/s/{token}/transcript.srt")
+    assert status == 200 and srt == "1\n" + srt.split("\n")[1] + "\nHello wor ld again now.\n", repr(srt)
+    status, _, txt = http("GET", f"{flux_app.http}/s/{token}/transcript.txt")
+    assert status == 200 and txt == "Hello wor ld again now.\n", repr(txt)
+    status, _, vtt = http("GET", f"{flux_app.http}/s/{token}/transcript.vtt")
+    assert status == 200 and not CONTROL.search(vtt) and vtt.count(" --> ") == 1, repr(vtt)
+    status, _, body = http("GET", f"{flux_app.http}/s/{token}/transcript.json")
+    assert [w["word"] for w in json.loads(body)["turns"][0]["words"]] == ["Hello", "wor ld", "again now."]
