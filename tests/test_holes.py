@@ -246,3 +246,115 @@ async def test_exports_of_a_live_session_are_clean(flux_app, sim):
     assert status == 200 and not CONTROL.search(vtt) and vtt.count(" --> ") == 1, repr(vtt)
     status, _, body = http("GET", f"{flux_app.http}/s/{token}/transcript.json")
     assert [w["word"] for w in json.loads(body)["turns"][0]["words"]] == ["Hello", "wor ld", "again now."]
+
+
+# ---- slowloris: slow requests are cut, surplus connections refused, /healthz answers ------------------------------
+
+import asyncio  # noqa: E402
+import urllib.request  # noqa: E402
+
+from websockets.exceptions import InvalidStatus  # noqa: E402
+
+from conftest import running_app  # noqa: E402
+
+REQUEST_TIMEOUT = 1  # seconds (the default is 10): the tests wait it out
+
+
+@pytest.fixture(scope="module")
+def guarded_app(simulator, session_tmp):
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "UPSTREAM_RETRY_SECONDS": "0", "REQUEST_TIMEOUT": str(REQUEST_TIMEOUT), "MAX_CONNECTIONS": "16"}
+    with running_app(env, session_tmp, "guarded") as app:
+        yield app
+        # cut requests are no application errors (a login cut mid-body raised ClientDisconnect)
+        assert "Exception in ASGI application" not in app.log_text()
+
+
+def _healthz_seconds(app) -> float:
+    started = time.monotonic()
+    with urllib.request.urlopen(f"{app.http}/healthz", timeout=5) as r:
+        assert r.status == 200
+    return time.monotonic() - started
+
+
+async def _trickle(port: int, head: bytes, drip: bytes, every: float = 0.2, limit: float = 6.0) -> tuple[float, bytes]:
+    """Send `head`, then a byte of `drip` every `every` seconds until the server closes; (seconds open, reply)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    writer.write(head)
+    reply = b""
+    try:
+        for i in range(int(limit / every)):
+            try:
+                chunk = await asyncio.wait_for(reader.read(4096), every)
+            except asyncio.TimeoutError:
+                if drip:
+                    writer.write(drip[i % len(drip):i % len(drip) + 1])  # still "sending its request"
+                continue
+            if not chunk:
+                break  # closed by the server
+            reply += chunk
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+    return time.monotonic() - started, reply
+
+
+SLOW_REQUESTS = [
+    ("nothing at all", b"", b""),
+    ("request line, byte by byte", b"GE", b"T / HTTP/1.1\r\n"),
+    ("headers, byte by byte", b"GET / HTTP/1.1\r\nHost: x\r\n", b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    ("body, byte by byte", b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\ntoken=", b"a"),
+    ("second request on a keep-alive connection", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n", b"X-Slow: a"),
+]
+
+
+@pytest.mark.parametrize("label, head, drip", SLOW_REQUESTS, ids=[r[0] for r in SLOW_REQUESTS])
+async def test_slow_requests_are_cut_after_the_request_timeout(guarded_app, label, head, drip):
+    """Before: uvicorn bounded only idle keep-alive time, and a request trickling in kept its connection for ever."""
+    took, reply = await _trickle(guarded_app.port, head, drip)
+    assert took < REQUEST_TIMEOUT + 1.5, f"{label}: still open after {took:.1f} s"
+    assert took >= REQUEST_TIMEOUT - 0.2 or reply.startswith(b"HTTP/1.1 200"), took  # not cut before its time
+    assert b"408 Request Timeout" in reply, reply[-300:]
+
+
+async def test_many_slow_clients_leave_healthz_and_captions_working(guarded_app, sim):
+    """12 slowloris sockets (under the limit of 16) at once: /healthz answers in under a second meanwhile, a capture
+    session longer than the request timeout runs to its end, and every slow socket is closed in time."""
+    slow = [asyncio.create_task(_trickle(guarded_app.port, b"GET / HTTP/1.1\r\n", b"X-a: b")) for _ in range(12)]
+    await asyncio.sleep(0.3)  # let them connect: the point is /healthz *while* they hold their sockets
+    took = await asyncio.to_thread(_healthz_seconds, guarded_app)
+    assert took < 1.0, took
+    messages = await run_capture(f"{guarded_app.ws}/ws/listen", tone_pcm(3.0), pace=0.08 * 0.8)  # ~2.5 s
+    assert messages[-1] == {"type": "closed", "reason": "client_closed"}, messages[-3:]
+    assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]], messages
+    results = await asyncio.gather(*slow)
+    assert all(t < REQUEST_TIMEOUT + 1.5 and b"408" in r for t, r in results), [(round(t, 2), r[:30]) for t, r in results]
+
+
+async def test_connections_over_the_limit_are_refused_and_healthz_still_answers(guarded_app, sim):
+    """MAX_CONNECTIONS=16: with 15 capture sockets open, one more WebSocket and plain pages get 503 at once;
+    /healthz still answers; once sockets close, new ones are accepted again."""
+    from websockets.asyncio.client import connect as ws_connect
+    sockets = []
+    try:
+        for _ in range(15):
+            ws = await ws_connect(f"{guarded_app.ws}/ws/listen")
+            assert json.loads(await ws.recv())["type"] == "ready"
+            sockets.append(ws)
+        with pytest.raises(InvalidStatus) as refused:
+            await ws_connect(f"{guarded_app.ws}/ws/listen", open_timeout=5)
+        assert refused.value.response.status_code == 503
+        status, _, _ = await asyncio.to_thread(http, "GET", f"{guarded_app.http}/")
+        assert status == 503
+        assert await asyncio.to_thread(_healthz_seconds, guarded_app) < 1.0
+    finally:
+        for ws in sockets:
+            await ws.close()
+    for _ in range(50):  # the server sees the closes a moment later
+        if (await asyncio.to_thread(http, "GET", f"{guarded_app.http}/"))[0] == 200:
+            break
+        await asyncio.sleep(0.1)  # polling the server's count of open connections: no event reaches the client
+    messages = await run_capture(f"{guarded_app.ws}/ws/listen", tone_pcm(0.5))
+    assert messages[0]["type"] == "ready" and messages[-1]["type"] == "closed"

@@ -53,6 +53,7 @@ class Settings:
     client_minutes_per_day: int = 0
     trusted_proxies: tuple[str, ...] = ()
     max_connections: int = 4096          # open connections (HTTP and WebSocket) per process; more get 503
+    request_timeout: int = 10            # seconds for a request (line, headers, body) to arrive; then 408
 
     @property
     def api_key(self) -> str:
@@ -242,6 +243,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         client_minutes_per_day=_int(env, "CLIENT_MINUTES_PER_DAY", 0, 0, 1440),
         trusted_proxies=_proxies(env.get("TRUSTED_PROXIES", "")),
         max_connections=_int(env, "MAX_CONNECTIONS", Settings.max_connections, 16, 1_000_000),
+        request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
     )
     local_tuning(env)  # read again by webapp/recognizer.py (and its workers); here only so a bad value stops the app
     values.update(overrides)
