@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -67,7 +67,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def login_submit(request: Request) -> Response:
         # A one-field urlencoded form: parsed here rather than pulling in python-multipart.
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # gone mid-body (or cut by the request timeout, webapp/server.py): nobody to answer
+            return Response(status_code=400)
         form = dict(parse_qsl(body[:4096].decode("utf-8", "replace")))
         if not login.required:
             return RedirectResponse("/", status_code=303)

@@ -18,6 +18,8 @@ GC_THRESHOLDS = (10_000, 10, 10)
 # A WebSocket message over this closes its socket (1009); uvicorn's default, 16 MiB, is what each socket could be
 # made to buffer. Audio frames over 64 KiB are refused anyway (`frame_too_large`), and events are tiny.
 WS_MAX_SIZE = 2 ** 20
+# An idle keep-alive connection is closed after this (uvicorn's default, said here: it bounds what idle clients hold).
+KEEP_ALIVE_SECONDS = 5
 
 
 def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = config.load()
+        if args.command != "engine":  # the start-up checks of the files and services the app needs
+            config.check_data_dir(settings.data_dir)
+            if settings.redis_url and args.command is None and args.workers <= 1:  # --workers: each child checks
+                config.check_redis(settings.redis_url)
     except config.ConfigError as exc:
         print(f"caption-relay: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -61,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
     from .audiosocket import DirectWebSocketProtocol
-    from .server import DrainingServer
+    from .server import DrainingServer, guarded_http
     app = create_app(settings)
-    server_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
+    server_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http=guarded_http(settings.request_timeout),
+                                   limit_concurrency=settings.max_connections, timeout_keep_alive=KEEP_ALIVE_SECONDS,
                                    ws=DirectWebSocketProtocol, ws_per_message_deflate=False, ws_max_size=WS_MAX_SIZE,
                                    log_config=None, access_log=False, timeout_graceful_shutdown=10,
                                    proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)

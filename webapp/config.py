@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
+
+from .protocol import decimal_number, whole_number
 
 BACKENDS = ("local", "aigateway", "deepgram")
 DEFAULT_MODELS = {"aigateway": "deepgram/flux", "deepgram": "flux-general-en", "local": "moonshine-tiny-en"}
@@ -49,6 +52,8 @@ class Settings:
     max_session_minutes: int = 0
     client_minutes_per_day: int = 0
     trusted_proxies: tuple[str, ...] = ()
+    max_connections: int = 4096          # open connections (HTTP and WebSocket) per process; more get 503
+    request_timeout: int = 10            # seconds for a request (line, headers, body) to arrive; then 408
 
     @property
     def api_key(self) -> str:
@@ -80,10 +85,9 @@ def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> in
     raw = env.get(var, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{var}: {raw!r} is not a whole number") from None
+    value = whole_number(raw)  # ASCII digits only
+    if value is None:
+        raise ConfigError(f"{var}: {raw!r} is not a whole number")
     if not lo <= value <= hi:
         raise ConfigError(f"{var}: {value} is out of range ({lo}..{hi})")
     return value
@@ -103,19 +107,90 @@ def _days(env: Mapping[str, str], var: str, default: float, lo: float, hi: float
     raw = env.get(var, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{var}: {raw!r} is not a number of days (e.g. 30, or 0.5 for 12 hours)") from None
-    if not lo <= value <= hi:  # also refuses nan and inf
+    value = decimal_number(raw)  # ASCII digits only; no nan or inf
+    if value is None:
+        raise ConfigError(f"{var}: {raw!r} is not a number of days (e.g. 30, or 0.5 for 12 hours)")
+    if not lo <= value <= hi:
         raise ConfigError(f"{var}: {raw} days is out of range ({lo:g}..{hi:g})")
     return value
+
+
+# The embedded recognizer's tuning knobs (webapp/recognizer.py, which its worker processes import with the same
+# environment): variable -> (kind, default, lo, hi). "seconds" and "number" are decimals, "whole" whole numbers,
+# "flag" 0 or 1. Checked here at start-up so that a bad value stops the app instead of being ignored.
+LOCAL_TUNING: dict[str, tuple[str, float, float, float]] = {
+    "LOCAL_SPEC_SILENCE": ("seconds", 0.04, 0, 10),
+    "LOCAL_END_SILENCE": ("seconds", 0.2, 0, 10),
+    "LOCAL_PAD_SECONDS": ("seconds", 0.5, 0, 5),
+    "LOCAL_INTERIM_SHARE": ("number", 2.0, 0, 100),
+    "LOCAL_QUIET_SILENCE": ("seconds", 0.02, 0, 10),
+    "LOCAL_TAIL_QUIET": ("seconds", 0.0, 0, 10),
+    "LOCAL_SPEC_REDOS": ("whole", 0, 0, 10),
+    "LOCAL_CUT_PAUSE": ("seconds", 0.12, 0, 10),
+    "LOCAL_CUT_MIN_SECONDS": ("seconds", 2.0, 0, 30),
+    "LOCAL_CUT_FROM_SECONDS": ("seconds", 6.0, 0, 30),
+    "LOCAL_BEAMS": ("whole", 1, 0, 8),
+    "LOCAL_CONTEXT_SECONDS": ("seconds", 8.0, 0, 30),
+    "LOCAL_CONTEXT_PAUSE": ("seconds", 1.2, 0, 30),
+    "LOCAL_STOP_OVERTAKEN": ("flag", 1, 0, 1),
+    "LOCAL_STREAM_NICE": ("whole", 5, 0, 19),
+    "LOCAL_ONNX_INTERIMS": ("flag", 1, 0, 1),
+    "LOCAL_TRACE": ("flag", 0, 0, 1),
+}
+
+
+def local_tuning(env: Mapping[str, str]) -> dict[str, float]:
+    """Every LOCAL_TUNING knob's value (its default when unset or empty); ConfigError naming the first bad one."""
+    out: dict[str, float] = {}
+    for var, (kind, default, lo, hi) in LOCAL_TUNING.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            out[var] = default
+            continue
+        value = decimal_number(raw) if kind in ("seconds", "number") else whole_number(raw)
+        if value is None or not lo <= value <= hi:
+            what = {"seconds": f"a number of seconds from {lo:g} to {hi:g} (e.g. {default:g})",
+                    "number": f"a number from {lo:g} to {hi:g} (e.g. {default:g})",
+                    "whole": f"a whole number from {lo:g} to {hi:g}",
+                    "flag": "0 (off) or 1 (on)"}[kind]
+            raise ConfigError(f"{var}: {raw[:40]!r} is not valid; use {what}, or unset it for the default ({default:g})")
+        out[var] = value
+    return out
 
 
 def _redis_url(value: str) -> str:
     if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError("REDIS_URL: must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)")
     return value
+
+
+def check_data_dir(path: str) -> None:
+    """DATA_DIR exists (it is created) and this process can write files in it; else ConfigError naming it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR: cannot write to {path!r} ({exc.strerror or type(exc).__name__}); point DATA_DIR "
+                          "at a directory this user may create and write") from None
+
+
+def check_redis(url: str, timeout: float = 5.0) -> None:
+    """REDIS_URL answers a PING; else ConfigError naming it. Its message never repeats the URL (a password)."""
+    import redis
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
+        reason = str(exc).replace(url, "…")[:200] or type(exc).__name__
+        raise ConfigError(f"REDIS_URL: cannot reach Redis at {where} ({reason}); start Redis there, or fix or unset "
+                          "REDIS_URL") from None
 
 
 def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -167,6 +242,9 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         max_session_minutes=_int(env, "MAX_SESSION_MINUTES", 0, 0, 100000),
         client_minutes_per_day=_int(env, "CLIENT_MINUTES_PER_DAY", 0, 0, 1440),
         trusted_proxies=_proxies(env.get("TRUSTED_PROXIES", "")),
+        max_connections=_int(env, "MAX_CONNECTIONS", Settings.max_connections, 16, 1_000_000),
+        request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
     )
+    local_tuning(env)  # read again by webapp/recognizer.py (and its workers); here only so a bad value stops the app
     values.update(overrides)
     return Settings(**values)

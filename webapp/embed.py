@@ -252,9 +252,10 @@ class WidgetQuery:
 
 
 def _bounded(name: str, raw: str, lo: int, hi: int, unit: str = "") -> int:
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    value = protocol.whole_number(raw)
+    if value is None or not lo <= value <= hi:
         raise EmbedParamError(f"{name} must be a whole number from {lo} to {hi}{unit} (got {raw[:20]!r})")
-    return int(raw)
+    return value
 
 
 def parse_query(items: Iterable[tuple[str, str]]) -> WidgetQuery:

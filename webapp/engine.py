@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import uuid
 
 from starlette.applications import Starlette
@@ -23,7 +22,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import recognizer
-from .protocol import SAMPLE_RATES
+from .protocol import SAMPLE_RATES, decimal_number
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +40,10 @@ class BadParams(ValueError):
 def _range(q, name: str, lo: float, hi: float) -> float | None:
     if name not in q:
         return None
-    try:
-        v = float(q[name])
-    except ValueError:
-        raise BadParams(f"{name} must be a number") from None
-    if not math.isfinite(v) or not lo <= v <= hi:
+    v = decimal_number(q[name])  # ASCII digits only, as Flux
+    if v is None:
+        raise BadParams(f"{name} must be a number")
+    if not lo <= v <= hi:
         raise BadParams(f"{name} must be between {lo:g} and {hi:g}")
     return v
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -19,6 +20,21 @@ LINE_CHARS = 42
 MAX_LINES = 2
 MAX_CUE_SECONDS = 6.0
 MIN_CUE_SECONDS = 1.0
+
+
+# Recognizers and stored sessions may hand us any string. A line break inside a word or a text would start a new
+# caption line (a blank one: a new SRT cue) or a new .txt line, and control characters reach players and editors:
+# line-breaking controls become a space, the other C0/C1 controls (and lone surrogates, which no UTF-8 file can
+# hold) go. Format characters (Cf: joiners, direction marks) are kept: scripts need them.
+_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff]")
+_SPACES = re.compile(" {2,}")
+
+
+def clean(text: Any) -> str:
+    """`text` as one line of printable text: breaks are spaces, controls removed, runs of spaces one space."""
+    text = _CONTROLS.sub("", _BREAKS.sub(" ", str(text)))
+    return _SPACES.sub(" ", text).strip()
 
 
 @dataclass(frozen=True)
@@ -42,12 +58,12 @@ def _num(value: Any) -> float | None:
 def timed_words(turn: dict[str, Any], fallback_start: float = 0.0) -> list[Word]:
     """The turn's words, each with a start and end. Missing times are interpolated across the turn,
     weighting each word by its length (a fair proxy for how long it takes to say)."""
-    raw = [w for w in (turn.get("words") or []) if isinstance(w, dict) and str(w.get("word", "")).strip()]
+    raw = [w for w in (turn.get("words") or []) if isinstance(w, dict) and clean(w.get("word", ""))]
     if not raw:  # no word list: the text's words, untimed
-        raw = [{"word": t} for t in str(turn.get("text") or "").split()]
+        raw = [{"word": t} for t in clean(turn.get("text") or "").split()]
     if not raw:
         return []
-    texts = [str(w["word"]).strip() for w in raw]
+    texts = [clean(w["word"]) for w in raw]
     starts = [_num(w.get("start")) for w in raw]
     ends = [_num(w.get("end")) for w in raw]
     t0 = _num(turn.get("start"))
@@ -170,12 +186,20 @@ def to_vtt(turns: Iterable[dict[str, Any]]) -> str:
 
 def to_txt(turns: Iterable[dict[str, Any]]) -> str:
     """One line per turn, as people read a transcript."""
-    lines = [str(t.get("text") or "").strip() for t in turns]
+    lines = [clean(t.get("text") or "") for t in turns]
     return "".join(line + "\n" for line in lines if line)
+
+
+def _keep_type(value: Any) -> Any:
+    return clean(value) if isinstance(value, str) else value  # JSON: a null stays null
+
+
+def _clean_word(w: Any) -> Any:
+    return {**w, "word": clean(w["word"])} if isinstance(w, dict) and isinstance(w.get("word"), str) else w
 
 
 def to_json(meta: dict[str, Any], turns: Iterable[dict[str, Any]]) -> str:
     doc = {"session": meta, "turns": [
-        {"turn": t.get("turn"), "text": t.get("text", ""), "start": t.get("start"), "end": t.get("end"),
-         "words": t.get("words") or []} for t in turns]}
+        {"turn": t.get("turn"), "text": _keep_type(t.get("text", "")), "start": t.get("start"), "end": t.get("end"),
+         "words": [_clean_word(w) for w in t.get("words") or []]} for t in turns]}
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"

@@ -6,7 +6,7 @@ Events are plain dicts (JSON-ready) built by the helpers below; `docs/protocol.m
 """
 from __future__ import annotations
 
-import math
+import re
 from math import floor
 
 import orjson
@@ -40,12 +40,26 @@ class StreamParams:
         return self.sample_rate * 2
 
 
+# ASCII only: str.isdigit() takes "²" (which int() then refuses) and int()/float() take "١٢" or "1_0"
+_WHOLE = re.compile(r"[0-9]{1,12}", re.ASCII)
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12}", re.ASCII)
+
+
+def whole_number(raw: str) -> int | None:
+    """The value of a plain ASCII whole number ("250"), else None."""
+    return int(raw) if _WHOLE.fullmatch(raw) else None
+
+
+def decimal_number(raw: str) -> float | None:
+    """The value of a plain ASCII decimal ("0.7", "1", ".5"), else None (no signs, exponents, nan or inf)."""
+    return float(raw) if _DECIMAL.fullmatch(raw) else None
+
+
 def _float(name: str, raw: str, lo: float, hi: float) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ParamError(f"{name} must be a number between {lo} and {hi}") from None
-    if not math.isfinite(value) or not lo <= value <= hi:
+    value = decimal_number(raw)
+    if value is None:
+        raise ParamError(f"{name} must be a number between {lo} and {hi}")
+    if not lo <= value <= hi:
         raise ParamError(f"{name} must be between {lo} and {hi}")
     return value
 
@@ -85,10 +99,9 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
         raise ParamError("eager_eot_threshold must not exceed eot_threshold (default 0.7)")
     timeout = None
     if "eot_timeout_ms" in single:
-        raw = single["eot_timeout_ms"]
-        if not raw.isdigit() or not 500 <= int(raw) <= 60000:
+        timeout = whole_number(single["eot_timeout_ms"])
+        if timeout is None or not 500 <= timeout <= 60000:
             raise ParamError("eot_timeout_ms must be a whole number from 500 to 60000")
-        timeout = int(raw)
     interim_words = single.get("interim_words", "false")
     if interim_words not in ("true", "false"):
         raise ParamError("interim_words must be true or false")

@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .config import local_tuning
 from .onnxdecoder import OnnxDecoder
 from .vad import CHUNK as VAD_CHUNK, StreamVad, load_session
 
@@ -65,12 +66,14 @@ FRAME = 320  # 20 ms endpointer frames
 STREAMS_PER_CORE = 3
 
 
+# Tuning knobs, read in the worker processes too (they inherit the environment). config.load() has refused bad
+# values at start-up; a worker started with one anyway fails at import, naming the variable.
+_TUNING = local_tuning(os.environ)
+
+
 def _env_float(name: str, default: float) -> float:
-    """Tuning knobs (seconds); read in the worker processes, which inherit the environment."""
-    try:
-        return float(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
+    """A tuning knob's value (its default is config.LOCAL_TUNING's, which `default` documents here)."""
+    return _TUNING[name]
 
 
 UPDATE_INTERVAL = 0.32  # seconds of audio between interim re-decodes
@@ -128,7 +131,7 @@ STREAM_NICE = int(_env_float("LOCAL_STREAM_NICE", 5))
 ONNX_INTERIMS = bool(int(_env_float("LOCAL_ONNX_INTERIMS", 1)))
 VOICE_CHUNKS = 3  # 32 ms chunks of confident speech (webapp/vad.py): a breath at the end of the reading had none
 VOICE_WAIT = 1.0  # seconds of an open turn without them, after which libmoonshine's interims take over (a quiet voice)
-TRACE = bool(os.environ.get("LOCAL_TRACE"))  # one timing line per turn end on the workers' stderr
+TRACE = bool(_TUNING["LOCAL_TRACE"])  # one timing line per turn end on the workers' stderr
 
 
 class CapacityError(Exception):

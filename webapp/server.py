@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .relay import LiveSessions
 
@@ -36,3 +37,84 @@ class DrainingServer(uvicorn.Server):
             await self.live.drain(DRAIN_TIMEOUT)
         finally:
             super().handle_exit(sig, frame)
+
+
+# ---- slow and surplus connections (slowloris) ------------------------------------------------------------------
+
+# uvicorn bounds an idle keep-alive connection (timeout_keep_alive) but not a request that arrives slowly: a client
+# sending a header byte every few seconds held its connection (and a file descriptor) for ever.
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     b"content-length: 16\r\nconnection: close\r\n\r\nRequest Timeout\n")
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                  b"content-length: 20\r\nretry-after: 5\r\nconnection: close\r\n\r\nService Unavailable\n")
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with two bounds:
+
+    - each request (request line, headers, body) must have arrived `request_timeout` seconds after its first byte
+      (after the connection opened, for the first one), else 408 and the connection is closed;
+    - at `limit_concurrency` open connections (HTTP and WebSocket, uvicorn counts both) a WebSocket upgrade is
+      refused with 503 too (uvicorn's own check, which answers plain HTTP requests with 503, skips upgrades).
+      /healthz is answered even then: a full server is alive, and an orchestrator that restarted it for a failed
+      health check would end every live stream.
+    """
+
+    request_timeout = 10.0
+    _request_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._request_timer is None:
+            self._request_timer = self.loop.call_later(self.request_timeout, self._request_timed_out)
+
+    def _disarm(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+    def _request_timed_out(self) -> None:
+        self._request_timer = None
+        if not self.transport.is_closing():
+            cycle = self.cycle  # None, the last request's (answered), or this one's (the app waits for its body)
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        if self.limit_concurrency is not None and self.url.split(b"?", 1)[0] == b"/healthz":
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                return super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:  # as uvicorn counts
+            self.logger.warning("Exceeded concurrency limit.")
+            self.transport.write(_BUSY_RESPONSE)
+            self.transport.close()
+            return
+        super().handle_websocket_upgrade()
+
+
+def guarded_http(request_timeout: float) -> type[GuardedHttpProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with this request timeout."""
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"request_timeout": request_timeout})

@@ -42,9 +42,9 @@ _STATUS_CODES = {401: "upstream_auth", 403: "upstream_auth", 402: "upstream_paym
 
 def handshake_error(status: int, retry_after: str | None, provider: str) -> UpstreamError:
     """Map a refused upgrade to the app's error codes; messages say what the operator should do."""
-    seconds = None
-    if retry_after and retry_after.strip().isdigit():
-        seconds = float(retry_after.strip())
+    # delay-seconds only (an HTTP date gets no number); ASCII digits: "²" passes isdigit() but not float()
+    whole = protocol.whole_number(retry_after.strip()) if retry_after else None
+    seconds = float(whole) if whole is not None else None
     code = _STATUS_CODES.get(status, "upstream_unavailable" if status >= 500 else "upstream_error")
     messages = {
         "upstream_auth": f"{provider} refused the server's API key (HTTP {status}). The operator must check the key.",
