@@ -371,6 +371,7 @@ async def test_access_token(simulator, session_tmp):
     ({"DEEPGRAM_API_KEY": "k", "DEEPGRAM_URL": "wss://x.example/v2/listen?model=x"}, "query"),
     ({"ALLOWED_ORIGINS": "example.org"}, "ALLOWED_ORIGINS"),
     ({"PORT": "eighty"}, "PORT"),
+    ({"SLOW_CLIENT_SECONDS": "0"}, "SLOW_CLIENT_SECONDS"),
 ])
 def test_configuration_errors_are_clear(env, needle, tmp_path):
     clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("STT_", "DEEPGRAM", "AIGATEWAY"))}
