@@ -123,9 +123,10 @@ def sim(simulator):
 @pytest.fixture(scope="session")
 def flux_app(simulator, session_tmp):
     """App with STT_BACKEND=deepgram pointed at the simulator's Flux endpoint; upstream failures are
-    reported at once (no retries), so each failure's own mapping shows."""
+    reported at once (no retries), so each failure's own mapping shows. A page may stop reading for up to
+    60 s (a frozen tab, test_audiosocket) before it is closed as slow_client."""
     env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
-           "ALLOWED_ORIGINS": "http://allowed.example", "UPSTREAM_RETRY_SECONDS": "0"}
+           "ALLOWED_ORIGINS": "http://allowed.example", "UPSTREAM_RETRY_SECONDS": "0", "SLOW_CLIENT_SECONDS": "60"}
     with running_app(env, session_tmp, "flux") as app:
         yield app
 

@@ -9,6 +9,15 @@ Transcripts are scripted and clocked by the audio it receives: each word of the 
 `word_ms` of audio, a turn ends `eot_ms` after its last word, so output depends on real bytes arriving.
 It records every connection (path, query, headers, audio bytes, text messages) and can inject faults:
 a refused handshake (status + Retry-After), an Error message or a dropped connection after N audio bytes.
+
+Hostile modes (tests/test_relay_hardening.py):
+  flap          `sim.flap(after_bytes)`: every connection is accepted (Flux says Connected) and then dropped once
+                it has received `after_bytes` of audio, forever: a broken provider, or a stretch of audio it
+                chokes on. `sim.connection_count` and `sim.audio_bytes` count what the relay made it do.
+  error_text    the Error message's description; "{auth}" in it is replaced by the request's Authorization
+                header, as a gateway that echoes the credential would.
+  nonfinite     a JSON value (e.g. `NaN`, `Infinity`, `1e999`, `"Infinity"`) sent as audio_window_end of every
+                Flux Update, raw: Python's json writes NaN/Infinity literals that strict parsers refuse.
 """
 from __future__ import annotations
 
@@ -37,6 +46,8 @@ class Faults:
     stall_after_bytes: int | None = None     # stop reading and answering (pings too) after this much audio
     fragment: bool = False                   # send each JSON message as several WebSocket frames (RFC 6455 §5.4)
     connections: int = 10 ** 9               # how many connections (or handshakes) the faults above hit
+    error_text: str | None = None            # the Error's description ("{auth}": the request's Authorization)
+    nonfinite: str | None = None             # raw JSON value for audio_window_end of every Flux Update
 
 
 @dataclass
@@ -87,6 +98,19 @@ class Simulator:
         for k, v in kw.items():
             setattr(self, k, v)
         self.records.clear()
+
+    def flap(self, after_bytes: int = 0) -> None:
+        """Accept every connection, then drop it once it has received `after_bytes` of audio (0: the first frame)."""
+        self.faults.drop_after_bytes, self.faults.connections = max(after_bytes, 1), 10 ** 9
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.records)
+
+    @property
+    def audio_bytes(self) -> int:
+        """Audio received over all connections: what a provider would bill."""
+        return sum(len(r.audio) for r in self.records)
 
     @property
     def url(self) -> str:
@@ -245,6 +269,8 @@ class ScriptedSession:
     async def send(self, msg: dict) -> None:
         self.rec.sent.append(msg)
         text = json.dumps(msg)
+        if '"__RAW__"' in text:  # a value JSON cannot carry (nonfinite), written as it is
+            text = text.replace('"__RAW__"', self.sim.faults.nonfinite)
         if self.sim.faults.fragment and len(text) > 2:
             third = len(text) // 3  # websockets sends an iterable as one fragmented message
             await self.ws.send([text[:third], text[third:2 * third], text[2 * third:]])
@@ -306,8 +332,10 @@ class ScriptedSession:
                         return
                     if faults.error_after_bytes is not None and n >= faults.error_after_bytes and not self.error_sent:
                         self.error_sent = True
+                        text = faults.error_text or "simulated upstream failure"
+                        text = text.replace("{auth}", self.rec.headers.get("Authorization", ""))
                         await self.send({"type": "Error", "sequence_id": self.next_seq(), "code": "INTERNAL_SERVER_ERROR",
-                                         "description": "simulated upstream failure"})
+                                         "description": text})
                         await self.ws.close(1011, "simulated failure")
                         return
                     await self.on_audio()
@@ -351,6 +379,8 @@ class FluxSession(ScriptedSession):
                "end_of_turn_confidence": 0.9 if event == "EndOfTurn" else 0.05}
         if event == "EndOfTurn":
             msg["trigger"] = trigger or "model"
+        if event == "Update" and self.sim.faults.nonfinite is not None and self.rec.faulty:
+            msg["audio_window_end"] = "__RAW__"
         await self.send(msg)
 
     async def on_audio(self) -> None:

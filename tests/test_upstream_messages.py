@@ -102,3 +102,83 @@ def test_the_gateway_knows_it_speaks_flux_from_the_first_update():
     assert up.keepalive_every is not None  # v1 until shown otherwise
     up._on_message(json.dumps(turninfo("Update", "Hello", [W1])).encode())
     assert up.flux and up.keepalive_every is None  # KeepAlive would end a Flux stream
+
+
+# ---- non-finite numbers (NaN, Infinity) make a message malformed: skipped, the turn is not poisoned ----------
+# orjson and msgspec refuse the NaN/Infinity literals and 1e999 (the message is not JSON to them), but a provider
+# may send the times as strings, which float() turns into nan/inf.
+
+def results(text: str, start, duration, is_final=False, speech_final=False) -> dict:
+    return {"type": "Results", "start": start, "duration": duration, "is_final": is_final, "speech_final": speech_final,
+            "channel": {"alternatives": [{"transcript": text, "words": []}]}}
+
+
+NON_FINITE = [
+    ("Flux: an Infinity end", DeepgramUpstream,
+     [turninfo("Update", "Hello", [W1], end="Infinity"), turninfo("Update", "Hello", [W1]),
+      turninfo("EndOfTurn", "Hello world.", [W1, W2], end=1.2)],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello"), ("transcript", "final", "Hello world."),
+      ("turn", "EndOfTurn", None)]),
+    ("Flux: a NaN start opening the turn", DeepgramUpstream,
+     [turninfo("StartOfTurn", "Hello", [W1], start="NaN"), turninfo("Update", "Hello", [W1]),
+      turninfo("EndOfTurn", "Hello world.", [W1, W2], end=1.2)],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello"), ("transcript", "final", "Hello world."),
+      ("turn", "EndOfTurn", None)]),
+    ("gateway v1: a NaN start, then good results", AIGatewayUpstream,
+     [results("Hello", "NaN", 0.5), results("Hello", 0.0, 0.5), results("Hello world.", 0.0, "-Infinity", True, True),
+      results("Hello world.", 0.0, 1.0, True, True)],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello"), ("transcript", "interim", "Hello world."),
+      ("transcript", "final", "Hello world."), ("turn", "EndOfTurn", None)]),
+    ("literals and 1e999 are not JSON to the parsers", DeepgramUpstream,
+     [b'{"type":"TurnInfo","event":"Update","transcript":"Hi","audio_window_start":0,"audio_window_end":NaN}',
+      b'{"type":"TurnInfo","event":"Update","transcript":"Hi","audio_window_start":0,"audio_window_end":1e999}',
+      turninfo("Update", "Hello", [W1])],
+     [("turn", "StartOfTurn", None), ("transcript", "interim", "Hello")]),
+]
+
+
+@pytest.mark.parametrize("label, cls, messages, expected", NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_non_finite_times_make_a_message_malformed(label, cls, messages, expected):
+    events = run(cls, messages)
+    assert kinds(events) == expected
+    assert all(e["start"] - e["start"] == 0 and e["end"] - e["end"] == 0 for e in events if e["type"] == "transcript")
+
+
+@pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
+def test_word_times_that_are_not_finite_numbers_become_null(cls):
+    bad = {"word": "Hello", "confidence": "0.9", "start": "NaN", "end": "Infinity"}
+    events = run(cls, [turninfo("EndOfTurn", "Hello", [bad, dict(W2, start=True)])])
+    final = next(e for e in events if e["type"] == "transcript" and e["final"])
+    assert final["words"] == [{"word": "Hello", "start": None, "end": None, "confidence": None},
+                              {"word": "world.", "start": None, "end": 0.9, "confidence": 0.8}]
+
+
+# ---- provider `Error` messages: our code and our message per class, never the provider's text ----------------
+
+PROVIDER_ERRORS = [
+    ("INVALID_AUTH", "Invalid credentials for key dg-SECRET", "upstream_auth", False),
+    ("", "Forbidden: API key Bearer sk-SECRET not allowed", "upstream_auth", False),
+    ("INSUFFICIENT_CREDITS", "Your balance is 0", "upstream_payment", False),
+    ("", "Project quota exceeded", "upstream_payment", False),
+    ("TOO_MANY_REQUESTS", "slow down", "rate_limited", True),
+    ("INVALID_PARAMETER", "sample_rate 12345 not supported", "upstream_bad_request", False),
+    ("INTERNAL_SERVER_ERROR", "worker 7 crashed at /srv/dg", "upstream_error", True),
+    ("", "", "upstream_error", True),
+]
+
+
+@pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
+@pytest.mark.parametrize("code, description, mapped, retryable", PROVIDER_ERRORS)
+def test_provider_errors_get_our_message_per_class(cls, code, description, mapped, retryable):
+    settings = config.load({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "k", "AIGATEWAY_API_KEY": "k",
+                            "DATA_DIR": "/tmp/unused-caption-relay"})
+    up = cls(settings, StreamParams())
+    up.listener = lambda e: None
+    up._on_message(json.dumps({"type": "Error", "code": code, "description": description}).encode())
+    error = up._queue.get_nowait()
+    assert (error.code, error.retryable) == (mapped, retryable)
+    event = error.event()
+    shown = json.dumps(event)
+    assert "SECRET" not in shown and (not description or description not in shown)
+    assert not code or code not in event["message"]
+    assert up.provider in event["message"]

@@ -19,6 +19,7 @@ Python cost per audio frame.
 """
 from __future__ import annotations
 
+from asyncio import get_running_loop
 from typing import Protocol
 
 from orjson import dumps
@@ -32,6 +33,17 @@ AUDIO_FRAME = 0x82              # first header byte of an audio frame: FIN, no R
 _TEXT_HEADS = [bytes((0x81, n)) for n in range(126)]
 
 DIRECT = "caption-relay.direct"
+
+
+def _text_frame(event: dict) -> bytes:
+    """One event as an unmasked, unfragmented text frame."""
+    data = dumps(event)
+    n = len(data)
+    if n < 126:
+        return _TEXT_HEADS[n] + data
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + data
+    return b"\x81\x7f" + n.to_bytes(8, "big") + data
 
 
 class Listener(Protocol):
@@ -82,14 +94,7 @@ class DirectSocket:
         p = self._p
         if p.close_sent or p.disconnected or p.conn.state is not OPEN:
             return False
-        data = dumps(event)
-        n = len(data)
-        if n < 126:
-            frame = _TEXT_HEADS[n] + data
-        elif n < 65536:
-            frame = b"\x81\x7e" + n.to_bytes(2, "big") + data
-        else:
-            frame = b"\x81\x7f" + n.to_bytes(8, "big") + data
+        frame = _text_frame(event)
         held = self.held
         if held is None:
             p.transport.write(frame)
@@ -106,6 +111,25 @@ class DirectSocket:
         held, self.held = self.held, None
         if held and not self._p.disconnected:
             self._p.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def drop(self, code: int, reason: str, last: list[dict], grace: float) -> None:
+        """Give up on a browser that does not read: write `last` and a close frame behind what its buffer holds
+        (whatever the flow control says), and cut the connection if it has not taken them within `grace` s."""
+        p = self._p
+        self.held = None
+        if p.disconnected:
+            return
+        data = b""
+        if not p.close_sent and p.conn.state is OPEN:
+            data = b"".join(_text_frame(e) for e in last)
+            p.conn.send_close(code, reason)
+            data += b"".join(p.conn.data_to_send())
+            p.close_sent = True
+        transport = p.transport
+        if data:
+            transport.write(data)
+        transport.close()  # once the buffer is taken; a reader that never reads is aborted below
+        get_running_loop().call_later(grace, transport.abort)
 
     def pause_reading(self) -> None:
         """Backpressure: the upstream cannot take audio as fast as the browser sends it."""

@@ -47,6 +47,7 @@ class Settings:
     replay_seconds: int = 60             # audio after the last final kept for replay after a reconnect
     upstream_ping_seconds: float = 5.0   # ping interval/timeout that detects a stalled upstream
     idle_timeout: int = 60               # close a session that receives no audio for this long
+    slow_client_seconds: int = 10        # close a browser socket that takes none of its waiting events for this long
     max_streams: int = 0                 # 0 = unlimited
     max_streams_per_client: int = 0
     max_session_minutes: int = 0
@@ -236,6 +237,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         upstream_retry_seconds=_int(env, "UPSTREAM_RETRY_SECONDS", Settings.upstream_retry_seconds, 0, 3600),
         replay_seconds=_int(env, "REPLAY_SECONDS", Settings.replay_seconds, 1, 600),
         idle_timeout=_int(env, "IDLE_TIMEOUT", Settings.idle_timeout, 1, 86400),
+        slow_client_seconds=_int(env, "SLOW_CLIENT_SECONDS", Settings.slow_client_seconds, 1, 3600),
         upstream_ping_seconds=float(_int(env, "UPSTREAM_PING_SECONDS", int(Settings.upstream_ping_seconds), 1, 300)),
         max_streams=_int(env, "MAX_STREAMS", 0, 0, 100000),
         max_streams_per_client=_int(env, "MAX_STREAMS_PER_CLIENT", 0, 0, 100000),

@@ -110,8 +110,27 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
 
 # ---- normalized events -------------------------------------------------------------------------
 
+_NUMBERS = frozenset((int, float, type(None)))
+
+
+def number(value: Any) -> float | int | None:
+    """A provider's number as it is, or None when it is not a finite number (a string, NaN, Infinity)."""
+    if type(value) in (int, float) and value - value == 0:  # inf - inf and nan - nan are nan
+        return value
+    return None
+
+
+def finite(value: Any) -> float:
+    """A provider's time: a number (or a numeric string, or null = 0). NaN and Infinity raise ValueError, so
+    the message is skipped as malformed instead of poisoning the turn's times."""
+    t = float(value or 0.0)
+    if t - t != 0.0:
+        raise ValueError("not a finite number")
+    return t
+
+
 def word(text: str, start: float | None, end: float | None, confidence: float | None) -> dict[str, Any]:
-    return {"word": text, "start": start, "end": end, "confidence": confidence}
+    return {"word": text, "start": number(start), "end": number(end), "confidence": number(confidence)}
 
 
 def words(raw: Any) -> list[dict[str, Any]]:
@@ -129,7 +148,8 @@ def words(raw: Any) -> list[dict[str, Any]]:
     out = []
     for w in raw:
         if type(w) is dict:
-            if len(w) == 4 and type(w.get("word")) is str and "start" in w and "end" in w and "confidence" in w:
+            if len(w) == 4 and type(w.get("word")) is str and type(w.get("start")) in _NUMBERS \
+                    and type(w.get("end")) in _NUMBERS and type(w.get("confidence")) in _NUMBERS:
                 out.append(w)
             else:
                 get = w.get

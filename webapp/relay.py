@@ -37,10 +37,14 @@ log = logging.getLogger(__name__)
 monotonic = time.monotonic
 
 MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
-OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly
+OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly (then interims are dropped)
+OUTBOX_HARD_LIMIT = 4096       # events (finals, errors…) queued for a browser that does not read: it is given up on
+BAD_INPUT_EVERY = 1.0          # seconds: at most one error per bad-input code in this time, the rest are counted
+CLOSE_GRACE = 5.0              # seconds a browser given up on has to take its last events before it is cut off
 BACKLOG_PAUSE = 64             # browser messages held behind a control message before reading pauses
 CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
 BACKOFF_FIRST, BACKOFF_CAP = 0.25, 5.0
+HEALTHY_SECONDS = 5.0          # a connection up this long (or that delivered a new final) ends an outage
 
 
 class SessionSink:
@@ -108,32 +112,101 @@ class Outbox:
     """The browser's send queue, bounded: when a reader falls behind, interim updates go first, never finals.
 
     On a direct socket (webapp.audiosocket) an event is written at once while the browser keeps up, and
-    queued only while its buffer is full; otherwise a writer task (run()) sends through ASGI."""
+    queued only while its buffer is full; otherwise a writer task (run()) sends through ASGI.
+    Every put costs O(1) whatever the browser does: queued interims are tracked in their own deque (a holder
+    [event], emptied when dropped), so dropping the oldest needs no scan. A browser that takes none of its
+    waiting events for `slow_after` seconds, or lets OUTBOX_HARD_LIMIT events pile up, is given up on:
+    on_slow() is called once and nothing more is queued (see RelaySession._slow_client)."""
 
-    def __init__(self, ws: WebSocket, direct: DirectSocket | None = None, session_id: str = ""):
+    def __init__(self, ws: WebSocket, direct: DirectSocket | None = None, session_id: str = "",
+                 slow_after: float = 10.0):
         self.ws = ws
         self.direct = direct
         self.session_id = session_id
-        self.items: deque[dict[str, Any]] = deque()
+        self.items: deque = deque()           # events, or [event] holders of interims ([None] once dropped)
+        self.interims: deque[list] = deque()  # holders of the queued interims, oldest first
+        self.queued = 0                       # live events in items
+        self.sending = False                  # ASGI: a send is in progress (its event is out of items)
         self.wake = asyncio.Event()
         self.closed = False
+        self.slow = False                     # given up on: the browser does not read
+        self.slow_after = slow_after
+        self.on_slow: Callable[[str], None] | None = None
+        self.waiting_since = 0.0              # since when events wait with nothing written
+        self._timer: asyncio.TimerHandle | None = None
 
     def put(self, event: dict[str, Any]) -> None:
         if self.closed:
             return
         direct = self.direct
-        if direct is not None and not self.items:
-            if direct.writable:
-                self._write(event)
+        if not self.queued and not self.sending:
+            if direct is not None:
+                if direct.writable:
+                    self._write(event)
+                    return
+                log.info("browser_slow", extra=fields(session=self.session_id))  # its buffer is full: hold events
+            self._waiting()
+        if event["type"] == "transcript" and not event["final"]:
+            holder = [event]
+            self.items.append(holder)
+            self.interims.append(holder)
+        else:
+            self.items.append(event)
+        self.queued += 1
+        if self.queued > OUTBOX_LIMIT:
+            if self.interims:
+                self.interims.popleft()[0] = None  # the oldest interim: a later one of its turn replaces it
+                self.queued -= 1
+            elif self.queued > OUTBOX_HARD_LIMIT:
+                self._give_up(f"{self.queued} events waiting")
                 return
-            log.info("browser_slow", extra=fields(session=self.session_id))  # its buffer is full: hold events
-        self.items.append(event)
-        if len(self.items) > OUTBOX_LIMIT:
-            for i, item in enumerate(self.items):
-                if item.get("type") == "transcript" and not item.get("final"):
-                    del self.items[i]
-                    break
         self.wake.set()
+
+    def _pop(self) -> dict[str, Any] | None:
+        items = self.items
+        while items:
+            item = items.popleft()
+            if type(item) is list:
+                if item[0] is None:
+                    continue  # dropped
+                self.interims.popleft()  # it is the oldest live interim
+                item = item[0]
+            self.queued -= 1
+            return item
+        return None
+
+    def _waiting(self) -> None:
+        """Events start to wait: the browser has `slow_after` seconds to take some."""
+        self.waiting_since = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.slow_after, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.closed or not (self.queued or self.sending):
+            return
+        left = self.waiting_since + self.slow_after - time.monotonic()
+        if left > 0:  # it took some since: check again when the new period ends
+            self._timer = asyncio.get_running_loop().call_later(left, self._check)
+        else:
+            self._give_up(f"nothing taken for {self.slow_after:g} s")
+
+    def _give_up(self, why: str) -> None:
+        if self.slow:
+            return
+        log.warning("browser_not_reading", extra=fields(session=self.session_id, queued=self.queued, why=why))
+        self.slow = self.closed = True
+        self.items.clear()
+        self.interims.clear()
+        self.queued = 0
+        self.wake.set()
+        if self.on_slow is not None:
+            self.on_slow(why)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _write(self, event: dict[str, Any]) -> None:
         if not self.direct.send_event(event) or event["type"] == "closed":
@@ -141,14 +214,19 @@ class Outbox:
 
     def flush(self) -> None:
         """Direct socket: the browser's buffer has room again."""
-        while self.items and not self.closed and self.direct.writable:
-            self._write(self.items.popleft())
+        wrote = False
+        while self.queued and not self.closed and self.direct.writable:
+            event = self._pop()
+            self._write(event)
+            wrote = True
+        if wrote:
+            self.waiting_since = time.monotonic()
         self.wake.set()
 
     async def finish(self, timeout: float) -> None:
         """Direct socket: give a slow reader up to `timeout` seconds to take what is queued."""
         deadline = time.monotonic() + timeout
-        while self.items and not self.closed:
+        while self.queued and not self.closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -162,12 +240,16 @@ class Outbox:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                while self.items:
-                    event = self.items.popleft()
+                while not self.closed and (event := self._pop()) is not None:
+                    self.sending = True
                     await self.ws.send_text(orjson.dumps(event).decode())
+                    self.sending = False
+                    self.waiting_since = time.monotonic()
                     if event.get("type") == "closed":
                         self.closed = True
                         return
+                if self.slow:
+                    return
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True  # the browser is gone; nothing more can be delivered
 
@@ -235,7 +317,9 @@ class RelaySession:
         self.bps = params.bytes_per_second
         # uvicorn with webapp.audiosocket (as the CLI runs it): messages by callback, sends without awaiting
         self.direct: DirectSocket | None = ws.scope.get("extensions", {}).get(DIRECT)
-        self.out = Outbox(ws, self.direct, self.id)
+        self.out = Outbox(ws, self.direct, self.id, settings.slow_client_seconds)
+        self.out.on_slow = self._slow_client
+        self._bad_input: dict[str, list] = {}  # code -> [window start, count not sent, last message, timer]
         self._backlog: deque | None = None     # browser messages waiting behind a control message
         self.on_bytes = self._on_audio         # the direct socket's audio: see on_text
         self._backlog_task: asyncio.Task | None = None
@@ -287,7 +371,32 @@ class RelaySession:
     # ---- browser -> relay ----------------------------------------------------------------------
 
     def _bad(self, code: str, message: str) -> None:
-        self.out.put(protocol.error(code, message, retryable=False))
+        """Tell the browser about bad input: at most one error per code per BAD_INPUT_EVERY seconds, the others
+        counted and reported at the end of that time (a flood of bad frames costs O(1) each and sends little)."""
+        now = monotonic()
+        entry = self._bad_input.get(code)
+        if entry is None or now - entry[0] >= BAD_INPUT_EVERY and not entry[1]:
+            self._bad_input[code] = [now, 0, message, None]
+            self.out.put(protocol.error(code, message, retryable=False))
+            return
+        entry[1] += 1
+        entry[2] = message
+        if entry[3] is None:
+            entry[3] = asyncio.get_running_loop().call_at(entry[0] + BAD_INPUT_EVERY, self._bad_summary, code)
+
+    def _bad_summary(self, code: str) -> None:
+        start, count, message, timer = self._bad_input.pop(code)
+        if timer is not None:
+            timer.cancel()
+        if count:
+            self._bad_input[code] = [monotonic(), 0, message, None]  # a new window: the next one waits for it
+            more = f"{count} more like it" if count > 1 else "1 more like it"
+            self.out.put(protocol.error(code, f"{message} ({more} dropped)", retryable=False))
+
+    def _slow_client(self, why: str) -> None:
+        """The browser takes none of its events (Outbox gave up on it): finalize, record, and close it."""
+        self.request_stop("slow_client", protocol.error(
+            "slow_client", "This page stopped reading the captions, so the session was closed. Reload to caption again."))
 
     def _on_audio(self, data: bytes) -> None:
         n = len(data)
@@ -479,20 +588,29 @@ class RelaySession:
             await up.close()
 
     async def _upstream_lifecycle(self) -> dict[str, Any] | None:
-        """Run the upstream, reconnecting while it fails retryably. Returns the fatal error event, or None."""
+        """Run the upstream, reconnecting while it fails retryably. Returns the fatal error event, or None.
+
+        A run of failures is one outage, bounded by UPSTREAM_RETRY_SECONDS however it happens: refused
+        handshakes, or connections that open and fail soon after (a flapping upstream, a stretch of audio it
+        chokes on, each replayed). Backoff and budget start again only after a connection proved healthy: it
+        stayed up HEALTHY_SECONDS or delivered a new final."""
         outage_since: float | None = None
         attempt = 0
+        said_live = True  # the page's view: the next failure is announced with `status: reconnecting`
         while True:
+            connected_at: float | None = None
+            finals_before = self.finals
             try:
                 await self._connect()
+                connected_at = time.monotonic()
                 if outage_since is not None:
-                    gap_ms = round((time.monotonic() - outage_since) * 1000)
+                    gap_ms = round((connected_at - outage_since) * 1000)
                     self.out.put({"type": "status", "state": "live"})
                     log.info("upstream_reconnected", extra=fields(session=self.id, outage_ms=gap_ms, attempts=attempt))
                 elif not self.ever_live:
                     log.info("session_live", extra=fields(session=self.id, backend=self.settings.backend,
-                                                          connect_ms=round((time.monotonic() - self.started) * 1000)))
-                self.ever_live, outage_since, attempt = True, None, 0
+                                                          connect_ms=round((connected_at - self.started) * 1000)))
+                self.ever_live, said_live = True, True
                 async for event in self.upstream.events():
                     self._deliver(event)  # only when an upstream ignores its listener
                 return None
@@ -503,21 +621,30 @@ class RelaySession:
                 if self.upstream is not None:
                     await self.upstream.abort()
                 now = time.monotonic()
+                if connected_at is not None and (now - connected_at >= HEALTHY_SECONDS or self.finals > finals_before):
+                    outage_since, attempt = None, 0  # it worked for a while: a new outage
                 outage_since = outage_since or now
                 attempt += 1
-                # First retry at once (a dropped connection usually reconnects fine), then capped backoff.
-                delay = 0.0 if attempt == 1 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 2)) * random.uniform(0.8, 1.2)
+                # First retry at once (a dropped connection usually reconnects fine), then capped backoff with jitter.
+                delay = 0.0 if attempt == 1 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 2)) * random.uniform(0.5, 1.0)
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
-                budget = self.settings.upstream_retry_seconds - (now - outage_since)
+                spent = now - outage_since
+                budget = self.settings.upstream_retry_seconds - spent
                 # A full embedded recognizer is answered at once: the user may retry, the relay should not wait.
                 if not exc.retryable or exc.code == "capacity" or delay >= budget:
                     self.close_reason = "capacity" if exc.code == "capacity" else "upstream_error"
-                    log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt))
+                    log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt,
+                                                                outage_ms=round(spent * 1000)))
+                    if attempt > 1 and exc.retryable and exc.code not in ("capacity", "rate_limited"):
+                        return protocol.error("upstream_unavailable", f"The recognizer kept failing for {spent:.0f} s "
+                                              f"({attempt} attempts), so captioning stopped. Press Start to try again.",
+                                              retryable=True)
                     return exc.event()
                 log.info("upstream_retry", extra=fields(session=self.id, code=exc.code, attempt=attempt,
                                                         delay_ms=round(delay * 1000)))
-                if attempt == 1:
+                if said_live:
+                    said_live = False
                     self.out.put({"type": "status", "state": "reconnecting", "code": exc.code,
                                   "message": exc.message})
                 await asyncio.sleep(delay)  # backoff before the next attempt
@@ -568,6 +695,8 @@ class RelaySession:
             for task in (reader, upstream_done, idle, stopper, self._backlog_task):
                 if task is not None:
                     task.cancel()
+            for code in list(self._bad_input):
+                self._bad_summary(code)  # counted bad input is reported before `closed`
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await upstream_done
             if self.upstream is not None:
@@ -579,19 +708,30 @@ class RelaySession:
                     log.exception("sink_close_failed", extra=fields(session=self.id))
             if self.on_end is not None:
                 self.on_end(self)
-            if error is not None:
-                self.out.put(error)
-            self.out.put({"type": "closed", "reason": self.close_reason})
-            if writer is None:
-                await self.out.finish(5)
+            closed = {"type": "closed", "reason": self.close_reason}
+            if not self.out.slow:
+                if error is not None:
+                    self.out.put(error)
+                self.out.put(closed)
+                if writer is None:
+                    await self.out.finish(5)
+                else:
+                    try:
+                        await asyncio.wait_for(writer, 5)
+                    except (asyncio.TimeoutError, asyncio.CancelledError):
+                        writer.cancel()
+            self.out.cancel()
+            if writer is None and (self.out.slow or self.out.queued):
+                # It does not read: its last events go behind what its buffer holds, with the close frame.
+                last = [e for e in (error, closed) if e is not None] if self.out.slow else []
+                self.direct.drop(1008, "slow_client", last, CLOSE_GRACE)
             else:
-                try:
-                    await asyncio.wait_for(writer, 5)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    writer.cancel()
-            code = 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
-            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # the browser may be gone
-                await self.ws.close(code)
+                if self.out.slow:
+                    writer.cancel()  # ASGI: a send blocked on a browser that does not read is abandoned
+                code = 1008 if self.out.slow else 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
+                with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, asyncio.TimeoutError):
+                    # the browser may be gone, or not read (a server's close may wait for it)
+                    await asyncio.wait_for(self.ws.close(code, "slow_client" if self.out.slow else None), CLOSE_GRACE)
             self.done.set()
             log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
                                                  audio_s=round(self.audio_seconds, 2), finals=self.finals,

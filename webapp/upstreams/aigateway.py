@@ -63,8 +63,8 @@ class AIGatewayUpstream(WsUpstream):
         words = [protocol.word(str(w.get("punctuated_word") or w.get("word") or ""), w.get("start"), w.get("end"),
                                w.get("confidence"))
                  for w in alt.get("words") or [] if isinstance(w, dict)]
-        start = float(msg.get("start") or 0.0)
-        end = start + float(msg.get("duration") or 0.0)
+        start = protocol.finite(msg.get("start"))  # NaN/Infinity: a malformed message, skipped
+        end = start + protocol.finite(msg.get("duration"))
         if msg.get("is_final"):
             if text:
                 self._segments.append(text)

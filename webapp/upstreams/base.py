@@ -59,6 +59,41 @@ def handshake_error(status: int, retry_after: str | None, provider: str) -> Upst
     return UpstreamError(code, message, retryable=code in ("rate_limited", "upstream_unavailable"), retry_after=seconds)
 
 
+# An upstream `Error` message, classified by its code (or, without a known code, its text): first match wins.
+# (class, retryable, needles in the code, phrases in the text)
+_ERROR_CLASSES = (
+    ("upstream_auth", False, ("AUTH", "CREDENTIAL", "FORBIDDEN", "PERMISSION", "API_KEY", "INVALID_KEY", "TOKEN"),
+     ("credential", "api key", "unauthori", "forbidden", "authenticat", "permission")),
+    ("upstream_payment", False, ("PAYMENT", "CREDIT", "BALANCE", "BILLING", "QUOTA", "INSUFFICIENT"),
+     ("payment", "credit", "balance", "billing", "quota")),
+    ("rate_limited", True, ("TOO_MANY", "RATE_LIMIT", "THROTTL"), ("rate limit", "too many", "throttl")),
+    ("upstream_bad_request", False, ("INVALID", "BAD_REQUEST", "UNSUPPORTED", "UNKNOWN_MESSAGE", "MALFORMED"),
+     ("invalid", "unsupported", "malformed", "bad request")),
+)
+_PROVIDER_MESSAGES = {
+    "upstream_auth": "{} refused the server's credentials. The operator must check the API key.",
+    "upstream_payment": "{} says the account is out of credit or quota. The operator must top it up.",
+    "rate_limited": "{} is rate limiting this server. Try again shortly.",
+    "upstream_bad_request": "{} rejected what the server sent. The operator should check the server's log.",
+    "upstream_error": "{} reported an error in the stream. Try again shortly.",
+}
+
+
+def provider_error(provider: str, code: str, text: str) -> UpstreamError:
+    """An error the provider reported mid-stream, as our code and our own message: never the provider's text."""
+    code, text = code.upper(), text.lower()
+    mapped, retryable = "upstream_error", True
+    for where in ("code", "text"):
+        for name, again, needles, phrases in _ERROR_CLASSES:
+            if any(n in code for n in needles) if where == "code" else any(p in text for p in phrases):
+                mapped, retryable = name, again
+                break
+        else:
+            continue
+        break
+    return UpstreamError(mapped, _PROVIDER_MESSAGES[mapped].format(provider), retryable=retryable)
+
+
 class Turns:
     """Turns the provider's view of "the current turn's text" into StartOfTurn / interim / final / EndOfTurn.
 

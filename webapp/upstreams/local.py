@@ -40,8 +40,8 @@ class LocalUpstream(Upstream):
             pool = await recognizer.get_pool(self.settings)
         except Exception as exc:
             log.exception("local recognizer unavailable")
-            raise UpstreamError("upstream_unavailable", f"The embedded recognizer could not start: {exc}",
-                                retryable=True) from exc
+            raise UpstreamError("upstream_unavailable", "The embedded recognizer could not start; the operator "
+                                "should check the server's log.", retryable=True) from exc
         try:
             self._stream = pool.open_stream(self._on_event, self.params.sample_rate)
         except recognizer.CapacityError as exc:
@@ -54,7 +54,8 @@ class LocalUpstream(Upstream):
         elif kind == "final":
             self.turns.end_turn(data["text"] or None, [], data["end"])
         elif kind == "error":
-            self._finish(UpstreamError("upstream_unavailable", f"The embedded recognizer failed: {data['message']}",
+            log.warning("local_recognizer_failed", extra={"fields": {"error": str(data.get("message"))[:300]}})
+            self._finish(UpstreamError("upstream_unavailable", "The embedded recognizer failed; try again shortly.",
                                        retryable=True))
 
     def send_audio(self, pcm: bytes) -> None:

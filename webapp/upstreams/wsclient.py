@@ -17,7 +17,8 @@ import msgspec
 import orjson
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
-from .base import Upstream, UpstreamError, handshake_error
+from ..protocol import finite
+from .base import Upstream, UpstreamError, handshake_error, provider_error
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ def apply_turninfo(up: Upstream, msg: dict, offset: float = 0.0) -> None:
     event = msg.get("event")
     text = msg.get("transcript") or ""
     words = msg.get("words")  # as the provider sent them: Turns normalizes what it sends
-    start = float(msg.get("audio_window_start") or 0.0) + offset
-    end = float(msg.get("audio_window_end") or 0.0) + offset
+    start = finite(msg.get("audio_window_start")) + offset  # NaN/Infinity: a malformed message, skipped
+    end = finite(msg.get("audio_window_end")) + offset
     if event in UPDATES:
         up.turns.update(text, words, start, end)
     elif event == "EagerEndOfTurn":
@@ -274,7 +275,7 @@ class WsUpstream(Upstream):
                 self.greet(msg)
             else:
                 self.handle(msg)
-        except (TypeError, ValueError, AttributeError) as exc:  # a malformed field: skip that message
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # a malformed field: skip that message
             log.warning("upstream_bad_message", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
         finally:
             if batch is not None:
@@ -348,11 +349,13 @@ class WsUpstream(Upstream):
         self._finish()
 
     def fatal(self, msg: dict) -> UpstreamError:
-        """A provider `Error` message: pass it on and end the stream."""
-        code = str(msg.get("code") or "").upper()
-        description = str(msg.get("description") or msg.get("message") or "")[:300]
-        mapped = "rate_limited" if "TOO_MANY" in code or "RATE" in code else "upstream_error"
-        error = UpstreamError(mapped, f"{self.provider} reported an error: {description or code or 'unknown'}",
-                              retryable=True)
+        """A provider `Error` message: end the stream with our own message for its class. The provider's text
+        may echo anything (a gateway has been seen to echo the credential): it goes to the log only, where
+        the formatter redacts every configured secret."""
+        code = str(msg.get("code") or msg.get("err_code") or msg.get("type") or "")[:80]
+        description = str(msg.get("description") or msg.get("message") or msg.get("err_msg") or "")[:300]
+        error = provider_error(self.provider, code, description)
+        log.warning("upstream_error_message", extra={"fields": {"provider": self.name, "mapped": error.code,
+                                                                 "provider_code": code, "provider_text": description}})
         self._finish(error)
         return error
