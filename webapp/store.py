@@ -421,7 +421,7 @@ class LocalBackend(Backend):
                 # One multi-row statement is one transaction in autocommit mode: all or nothing, and nothing
                 # else on the connection can land inside it.
                 await self.db.execute(_insert_turns(len(batch)), [v for row, _, _ in batch for v in row])
-            except Exception as exc:  # each waiter retries its own final (Recorder._store_final)
+            except Exception as exc:  # each waiter retries its own final (Recorder._write)
                 for _, _, stored in batch:
                     if not stored.done():
                         stored.set_exception(exc)
