@@ -277,6 +277,7 @@ function onServerMessage(s, c, msg) {
       break;
     }
     case 'gap':
+    case 'notice': // e.g. finals_lost: the recording lacks some turns (this page's captions are whole)
       if (msg.message) showMessage(msg.message, 'info');
       break;
     case 'error': {

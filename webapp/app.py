@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import sqlite3
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -24,6 +25,7 @@ from .protocol import ParamError, parse_params
 from .quotas import QuotaError, Quotas
 from .relay import LiveSessions, RelaySession
 from .security import Cookies, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
+from .store import RedisError
 from .viewer import Sharing
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return sharing.ensure_owner_cookie(request, response)  # the capture socket carries it to the session
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "backend": settings.backend})
+        # 200 while degraded too: captions still flow without the store, and every instance shares it.
+        store = await sharing.backend.health()
+        ok = store["store"] == "ok" and store.get("live", "ok") == "ok"
+        return JSONResponse({"status": "ok" if ok else "degraded", "backend": settings.backend, **store},
+                            headers={"Cache-Control": "no-store"})
 
     async def login_submit(request: Request) -> Response:
         # A one-field urlencoded form: parsed here rather than pulling in python-multipart.
@@ -197,7 +203,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *embeds.routes(),  # /embed (the widget, framable by the sites its key names), /embed/snippet
         Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("store_unavailable", extra=fields(error=type(exc).__name__))  # not the path: it may hold a share token
+        return JSONResponse({"error": "store_unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={RedisError: store_unavailable, sqlite3.Error: store_unavailable})
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
     app.state.live = live  # the CLI drains it on SIGTERM

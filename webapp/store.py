@@ -18,6 +18,8 @@ import contextlib
 import functools
 import json
 import logging
+import random
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -38,6 +40,14 @@ VIEWER_BACKLOG = 2000      # finals queued for one viewer before it is cut off (
 PAUSE_GRACE = 150.0
 PAUSING_REASONS = ("server_restart", "interrupted")
 WRITE_QUEUE = 512          # events a session's writer may lag behind (a stalled store) before interims drop
+# A store outage (Redis down or unreachable): what the app holds, and how it waits.
+FINALS_HELD = 2000         # finals one session may hold unstored (the store is down) before new ones are lost...
+FINALS_HELD_BYTES = 1 << 20  # ...or this many bytes of their JSON (1 MiB: ~1,000 turns of ten words, an hour of speech)
+STORE_RETRY = (0.2, 5.0)   # seconds: first and longest wait between tries of a down store (doubling, with jitter)
+CLOSE_WAIT = 15.0          # seconds a session's end waits for its record to be written, while the store answers
+SHUTDOWN_FLUSH = 2.0       # seconds the process gives unwritten records at exit before counting them lost
+REDIS_TIMEOUT = 2.0        # seconds: connect and read timeout of every Redis call, so no request hangs on it
+HEALTH_TIMEOUT = 0.5       # seconds /healthz waits for the store's answer
 SESSION_FIELDS = ("id", "owner", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
                   "audio_seconds", "end_reason", "share_version", "share_token")
 
@@ -60,6 +70,19 @@ class Live:
             version = msg.get("share_version")
             return cls("revoked", text, version=version if isinstance(version, int) else None)
         return cls(msg.get("type", "?"), text)
+
+
+def backoff(attempt: int, first: float = STORE_RETRY[0], cap: float = STORE_RETRY[1]) -> float:
+    """Wait before try `attempt` (1, 2, ...): doubling from `first` up to `cap`, at a random point of its upper half (jitter)."""
+    delay = min(cap, first * 2 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+try:  # what a store raises when it cannot answer (the request gets a 503, a recorder holds its finals)
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - redis is a dependency
+    RedisError = OSError
+STORE_ERRORS = (RedisError, sqlite3.Error, OSError, asyncio.TimeoutError)
 
 
 def _encode(msg: dict[str, Any]) -> str:
@@ -102,13 +125,20 @@ def live_resumed() -> Live:
 class Viewer:
     """One watching socket's queue. put() never blocks the publisher: a viewer that falls behind loses
     interim updates (a newer interim of the same turn replaces an unsent one; past VIEWER_QUEUE the oldest
-    interim goes), never finals. One so far behind that VIEWER_BACKLOG finals wait is cut off."""
+    interim goes), never finals. One so far behind that VIEWER_BACKLOG finals wait is cut off.
 
-    __slots__ = ("send", "version", "items", "wake", "min_seq", "done_turn", "overflow", "closed", "paused_until")
+    With `replay` (the store's finals from a seq on), a viewer fills gaps itself: when the live feed was
+    down (a Redis outage) it is asked to catch_up(), and a final that skips a seq fetches the missing ones first."""
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], version: int | None = None):
+    __slots__ = ("send", "version", "items", "wake", "min_seq", "done_turn", "overflow", "closed", "paused_until",
+                 "replay", "behind")
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], version: int | None = None,
+                 replay: Callable[[int], Awaitable[list[Live]]] | None = None):
         self.send = send
         self.version = version    # the share version of the link it watches through (None: unknown)
+        self.replay = replay
+        self.behind = False       # the live feed was interrupted: fetch what it missed before going on
         self.items: deque[Live] = deque()
         self.wake = asyncio.Event()
         self.min_seq = 0          # finals below this were in the snapshot
@@ -136,6 +166,11 @@ class Viewer:
                     self.overflow = len(items) > VIEWER_BACKLOG
         self.wake.set()
 
+    def catch_up(self) -> None:
+        if self.replay is not None and not self.closed:
+            self.behind = True
+            self.wake.set()
+
     def _stale(self, msg: Live) -> bool:
         if msg.kind == "final":
             return msg.seq is not None and msg.seq < self.min_seq
@@ -157,21 +192,46 @@ class Viewer:
             self.wake.clear()
             if self.overflow:
                 return "overflow"
+            if self.behind and (why := await self._replay()):
+                return why
             while self.items:
                 msg = self.items.popleft()
                 if self._stale(msg):
                     continue
-                await self.send(REVOKED if msg.kind == "revoked" else msg.text)
-                if msg.kind == "final":
-                    self.min_seq = max(self.min_seq, (msg.seq or 0) + 1)
-                    if msg.turn is not None:
-                        self.done_turn = max(self.done_turn, msg.turn)
-                elif msg.kind in ("ended", "revoked"):
-                    return msg.kind
-                if msg.kind == "paused":
-                    self.paused_until = time.monotonic() + PAUSE_GRACE
-                elif msg.kind in ("resumed", "final", "interim"):
-                    self.paused_until = None
+                if msg.kind == "final" and self.replay is not None and (msg.seq or 0) > self.min_seq:
+                    if why := await self._replay():  # a gap: the missing finals first, in order
+                        return why
+                    if self._stale(msg):
+                        continue
+                if why := await self._send(msg):
+                    return why
+
+    async def _send(self, msg: Live) -> str | None:
+        await self.send(REVOKED if msg.kind == "revoked" else msg.text)
+        if msg.kind == "final":
+            self.min_seq = max(self.min_seq, (msg.seq or 0) + 1)
+            if msg.turn is not None:
+                self.done_turn = max(self.done_turn, msg.turn)
+        elif msg.kind in ("ended", "revoked"):
+            return msg.kind
+        if msg.kind == "paused":
+            self.paused_until = time.monotonic() + PAUSE_GRACE
+        elif msg.kind in ("resumed", "final", "interim"):
+            self.paused_until = None
+        return None
+
+    async def _replay(self) -> str | None:
+        """Send the stored finals from min_seq on (and `ended` if it ended), then carry on live."""
+        self.behind = False
+        try:
+            missed = await self.replay(self.min_seq)
+        except STORE_ERRORS as exc:  # still down: the next catch_up() (the feed is back) tries again
+            log.debug("viewer_replay_failed", extra=fields(error=type(exc).__name__))
+            return None
+        for msg in missed:
+            if not self._stale(msg) and (why := await self._send(msg)):
+                return why
+        return None
 
 
 class Hub:
@@ -195,6 +255,12 @@ class Hub:
         for viewer in self.topics.get(session_id, ()):
             viewer.put(msg)
 
+    def catch_up(self) -> None:
+        """The live feed was interrupted: every viewer fetches what it missed from the store."""
+        for group in self.topics.values():
+            for viewer in group:
+                viewer.catch_up()
+
     def count(self, session_id: str | None = None) -> int:
         if session_id is not None:
             return len(self.topics.get(session_id, ()))
@@ -209,12 +275,57 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self.hub = Hub()
+        self.held = 0                    # finals of this process's sessions not yet stored (the store is down)
+        self.lost = 0                    # finals given up since start (held past FINALS_HELD, or at exit)
+        self.writers: set[asyncio.Task] = set()   # recorders' writer tasks, which may outlive their session
+        self.restored = asyncio.Event()  # set while the store answers; a fresh one is made when it stops
+        self.restored.set()
+
+    @property
+    def available(self) -> bool:
+        return self.restored.is_set()
+
+    def store_down(self) -> None:
+        if self.restored.is_set():
+            self.restored = asyncio.Event()
+
+    def store_up(self) -> None:
+        self.restored.set()
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         pass
+
+    async def health(self) -> dict[str, Any]:
+        """For /healthz; answers within HEALTH_TIMEOUT whatever the store does."""
+        return {"store": "ok", "finals_held": self.held, "finals_lost": self.lost}
+
+    async def finish_writers(self, timeout: float = SHUTDOWN_FLUSH) -> None:
+        """At exit: give the records still being written `timeout` seconds, then count what is left as lost."""
+        pending = {t for t in self.writers if not t.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            if not task.done():
+                task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def catch_up(self, session_id: str, seq: int) -> list[Live]:
+        """What a viewer that has finals below `seq` missed: the later stored finals, then `ended` if it ended."""
+        out = [live_transcript({**t, "final": True}, t["seq"]) for t in await self.get_turns(session_id) if t["seq"] >= seq]
+        meta = await self.get_session(session_id)
+        if meta is not None and not meta["live"]:
+            out.append(live_ended(meta.get("end_reason") or "ended", meta.get("ended_at") or 0.0))
+        return out
+
+    async def stored_finals(self, session_id: str) -> int | None:
+        """How many finals the session has stored (its next seq), to retry a write that may have landed;
+        None where a repeated write is harmless."""
+        return None
 
     @abc.abstractmethod
     async def create_session(self, meta: dict[str, Any]) -> None: ...
@@ -346,7 +457,7 @@ class LocalBackend(Backend):
                 # One multi-row statement is one transaction in autocommit mode: all or nothing, and nothing
                 # else on the connection can land inside it.
                 await self.db.execute(_insert_turns(len(batch)), [v for row, _, _ in batch for v in row])
-            except Exception as exc:  # each waiter retries its own final (Recorder._store_final)
+            except Exception as exc:  # each waiter retries its own final (Recorder._write)
                 for _, _, stored in batch:
                     if not stored.done():
                         stored.set_exception(exc)
@@ -426,7 +537,10 @@ class RedisBackend(Backend):
     """Keys (prefix `cr:`): s:<id> hash (session), t:<id> stream (final turns, field d = JSON),
     sessions zset (by start time, for retention), o:<owner> zset (the owner's sessions), and channel
     live:<id>. Every process holds one pattern subscription to live:*, made before it serves, so a viewer
-    needs no per-session subscribe round trip and cannot miss a message published after it registered."""
+    needs no per-session subscribe round trip and cannot miss a message published after it registered.
+
+    Redis down: every call fails within REDIS_TIMEOUT (no retry loop inside the client); the listener retries
+    with backoff (STORE_RETRY) and, once subscribed again, has every viewer here fetch what it missed."""
 
     def __init__(self, url: str, prefix: str = "cr:"):
         super().__init__()
@@ -438,7 +552,12 @@ class RedisBackend(Backend):
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
-        self.redis = aioredis.from_url(self.url, decode_responses=True)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        # One immediate retry: a pooled connection that died with a restarted Redis reconnects; more would
+        # only make a request wait (the client's default is ten, about 4 s against a stopped Redis).
+        self.redis = aioredis.from_url(self.url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
+                                       socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 1))
         await self.redis.ping()  # fail at start-up, with a clear log, rather than at the first capture
         await self._subscribe()
         self.listener = asyncio.create_task(self._listen(), name="redis-live-listener")
@@ -447,43 +566,67 @@ class RedisBackend(Backend):
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         await self.pubsub.psubscribe(f"{self.p}live:*")
         # Wait for the confirmation: from here on every PUBLISH reaches this process.
+        deadline = time.monotonic() + REDIS_TIMEOUT
         while True:
-            msg = await self.pubsub.get_message(timeout=5.0)
+            msg = await self.pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
             if msg is None:
                 raise ConnectionError("redis did not confirm the live:* subscription")
             if msg["type"] == "psubscribe":
                 return
 
+    async def _drop_pubsub(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()
+            self.pubsub = None
+
     async def _listen(self) -> None:
         prefix_len = len(f"{self.p}live:")
+        failures = 0
         while True:
             try:
+                if self.pubsub is None:
+                    await self._subscribe()
+                    log.info("redis_listener_restored", extra=fields(tries=failures))
+                    failures = 0
+                    self.store_up()
+                    self.hub.catch_up()  # what was published while we were away is in the streams
                 async for msg in self.pubsub.listen():
                     if msg["type"] != "pmessage":
                         continue
                     session_id = msg["channel"][prefix_len:]
                     if session_id in self.hub.topics:  # decode only what someone here watches
                         self.hub.deliver(session_id, Live.decode(msg["data"]))
+                # listen() also ends, at once and without an error, when nothing is subscribed: never loop on it
+                raise ConnectionError("the live:* subscription ended")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # connection lost: resubscribe; viewers re-sync from their snapshot
-                log.warning("redis_listener_error", extra=fields(error=type(exc).__name__))
-                with contextlib.suppress(Exception):
-                    await self.pubsub.aclose()
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    await self._subscribe()
+            except Exception as exc:  # connection lost or refused: wait, then subscribe again
+                failures += 1
+                if failures == 1:
+                    log.warning("redis_listener_lost", extra=fields(error=type(exc).__name__))
+                self.store_down()
+                await self._drop_pubsub()
+                await asyncio.sleep(backoff(failures))
 
     async def close(self) -> None:
         if self.listener:
             self.listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.listener
-        if self.pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self.pubsub.aclose()
+        await self._drop_pubsub()
         if self.redis is not None:
-            await self.redis.aclose()
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(self.redis.ping(), HEALTH_TIMEOUT)
+            store = "ok"
+        except Exception:
+            store = "unavailable"
+        return {"store": store, "live": "ok" if self.pubsub is not None else "reconnecting",
+                "finals_held": self.held, "finals_lost": self.lost}
 
     def _k(self, kind: str, session_id: str) -> str:
         return f"{self.p}{kind}:{session_id}"
@@ -523,6 +666,29 @@ class RedisBackend(Backend):
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         return self._meta(await self.redis.hgetall(self._k("s", session_id)))
+
+    async def stored_finals(self, session_id: str) -> int | None:
+        last = await self.redis.xrevrange(self._k("t", session_id), count=1)
+        return int(last[0][1]["seq"]) + 1 if last else 0
+
+    async def catch_up(self, session_id: str, seq: int) -> list[Live]:
+        # From the stream's end back to `seq`: a viewer usually missed the last few finals of a long session.
+        key, out, top = self._k("t", session_id), [], "+"
+        while True:
+            page = await self.redis.xrevrange(key, max=top, min="-", count=100)
+            older = [(sid, e) for sid, e in page if int(e["seq"]) >= seq]
+            out.extend(older)
+            if len(older) < len(page) or len(page) < 100:
+                break
+            top = f"({page[-1][0]}"
+        lives = []
+        for _, entry in reversed(out):
+            turn = json.loads(entry["d"])
+            lives.append(live_transcript({**turn, "final": True}, int(entry["seq"])))
+        meta = await self.get_session(session_id)
+        if meta is not None and not meta["live"]:
+            lives.append(live_ended(meta.get("end_reason") or "ended", meta.get("ended_at") or 0.0))
+        return lives
 
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
         out = []
@@ -570,27 +736,50 @@ def make_backend(settings) -> Backend:
 
 # ---- the relay's sink ---------------------------------------------------------------------------
 
-_END = object()
+@dataclass(slots=True)
+class _Final:
+    turn: dict[str, Any]
+    size: int      # bytes of its JSON, for FINALS_HELD_BYTES
+
+
+@dataclass(slots=True)
+class _End:
+    values: dict[str, Any]
+    live: Live
 
 
 class Recorder(SessionSink):
     """Records one capture session and fans its events out. event() only queues; one writer task per
-    session stores each final before publishing it, in the recognizer's order. If the store is down the
-    captions still flow to the speaker; only recording and sharing are lost (and logged)."""
+    session stores each final before publishing it, in the recognizer's order. The speaker's captions never
+    wait on it.
+
+    While the store is down the writer holds the session's finals (at most FINALS_HELD, FINALS_HELD_BYTES),
+    tries again with backoff and writes them in order once it answers; finals past the bound are lost,
+    counted (/healthz), logged (`finals_lost`) and told to the page (a `notice`), never silently. Interims
+    are dropped meanwhile. A session that ends during the outage is closed at once; its writer goes on in
+    the background until the store is back or the process exits (Backend.finish_writers)."""
 
     def __init__(self, backend: Backend, mint: Callable[[str, int], str], owner: str | None):
         self.backend = backend
         self.mint = mint
         self.owner = owner
+        self.session = None                  # the RelaySession: its page gets our notices
         self.session_id: str | None = None
         self.started_at = 0.0
-        self.queue: deque[Any] = deque()
+        self.queue: deque[Any] = deque()     # interim events (dicts), _Final, then one _End
         self.wake = asyncio.Event()
         self.writer: asyncio.Task | None = None
-        self.seq = 0
-        self.last_end = 0.0
+        self.seq = 0                         # the next final's seq: a final's place among the stored ones
+        self.held = 0                        # finals queued and not yet stored, and their bytes
+        self.held_bytes = 0
+        self.lost = 0                        # finals lost in the current outage
+        self.recovering = False              # the store came back: held finals are being written
+        self.flushed = 0                     # ...this many so far
+        self.stalled = asyncio.Event()       # set while the store fails this session's writes
+        self.ending = False
 
     async def opened(self, session) -> dict[str, Any]:
+        self.session = session
         if getattr(session, "resumed", False):
             reopened = await self._reopen(session)
             if reopened is not None:
@@ -607,7 +796,7 @@ class Recorder(SessionSink):
             log.error("session_record_failed", extra=fields(session=session.id, error=repr(exc)))
             self.session_id = None
             return {}
-        self.writer = asyncio.create_task(self._write(), name=f"recorder-{session.id}")
+        self._start_writer()
         return {"share_url": f"/s/{token}"}
 
     async def _reopen(self, session) -> dict[str, Any] | None:
@@ -623,8 +812,25 @@ class Recorder(SessionSink):
             log.error("session_reopen_failed", extra=fields(session=session.id, error=repr(exc)))
             return None
         self.session_id, self.started_at = session.id, meta["started_at"]
-        self.writer = asyncio.create_task(self._write(), name=f"recorder-{session.id}")
+        self._start_writer()
         return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
+
+    def _start_writer(self) -> None:
+        self.writer = asyncio.create_task(self._write(), name=f"recorder-{self.session_id}")
+        self.backend.writers.add(self.writer)
+        self.writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        self.backend.writers.discard(task)
+        failed = not task.cancelled() and task.exception() is not None
+        if failed:
+            log.error("recorder_failed", extra=fields(session=self.session_id, error=repr(task.exception())))
+        if self.held:  # stopped at exit (or by a bug) with finals unwritten
+            held, self.held, self.held_bytes = self.held, 0, 0
+            self.backend.held -= held
+            self._lose(held, "error" if failed else "exit")
+        if self.queue and isinstance(self.queue[-1], _End):
+            log.error("session_end_record_failed", extra=fields(session=self.session_id))
 
     async def resume_state(self, session_id: str) -> dict[str, Any] | None:
         """Where a stored session stands, for a page that reconnects after a server restart."""
@@ -639,58 +845,112 @@ class Recorder(SessionSink):
                 "reason": meta.get("end_reason")}
 
     def event(self, event: dict[str, Any]) -> None:
-        if self.writer is None:
+        if self.writer is None or self.ending:
             return
         queue = self.queue
-        if not event["final"] and (len(queue) >= WRITE_QUEUE or not self.backend.has_viewers(self.session_id)):
-            return  # interims are only for live viewers, and expendable when the store is stalled
-        queue.append(event)
+        if event["final"]:
+            turn = {"turn": event.get("turn"), "text": event.get("text", ""), "start": event.get("start"),
+                    "end": event.get("end"), "words": event.get("words") or []}
+            size = len(orjson.dumps(turn))
+            if self.held >= FINALS_HELD or self.held_bytes + size > FINALS_HELD_BYTES:
+                return self._lose(1, "held_full")
+            self.held += 1
+            self.held_bytes += size
+            self.backend.held += 1
+            queue.append(_Final(turn, size))
+        elif (len(queue) >= WRITE_QUEUE or self.stalled.is_set() or not self.backend.available
+              or not self.backend.has_viewers(self.session_id)):
+            return  # interims are only for live viewers, and expendable when the store is stalled or down
+        else:
+            queue.append(event)
         self.wake.set()
+
+    def _lose(self, count: int, why: str) -> None:
+        first = self.lost == 0
+        self.lost += count
+        self.backend.lost += count
+        log.error("finals_lost", extra=fields(session=self.session_id, count=count, lost=self.lost, why=why))
+        if first or why != "held_full":
+            self._notice()
+
+    def _notice(self) -> None:
+        """Tell the speaker's page how many finals its recording lacks (its own captions are all there)."""
+        out = getattr(self.session, "out", None)
+        if out is not None:
+            out.put({"type": "notice", "code": "finals_lost", "lost": self.lost,
+                     "message": f"The session store was unavailable: {self.lost} caption line(s) could not be "
+                                "saved to the recording or the share link. Live captions continue."})
 
     async def _write(self) -> None:
         backend, session_id = self.backend, self.session_id
+        failures = 0
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue:
-                event = self.queue.popleft()
-                if event is _END:
-                    return
-                if not event.get("final"):
-                    with contextlib.suppress(Exception):  # a lost interim is replaced by the next one
-                        await backend.publish(session_id, live_transcript(event))
-                    continue
-                turn = {"turn": event.get("turn"), "text": event.get("text", ""), "start": event.get("start"),
-                        "end": event.get("end"), "words": event.get("words") or []}
-                seq, self.seq = self.seq, self.seq + 1
-                await self._store_final(seq, turn, live_transcript(event, seq))
-                if isinstance(turn["end"], (int, float)):
-                    self.last_end = max(self.last_end, float(turn["end"]))
-
-    async def _store_final(self, seq: int, turn: dict[str, Any], live: Live) -> None:
-        for attempt in range(4):
+            while not self.queue:
+                self.wake.clear()
+                await self.wake.wait()
+            item = self.queue[0]
+            if isinstance(item, dict):  # an interim: a lost one is replaced by the next
+                self.queue.popleft()
+                if not failures:
+                    with contextlib.suppress(Exception):
+                        await backend.publish(session_id, live_transcript(item))
+                continue
             try:
-                await self.backend.append_final(self.session_id, seq, turn, live)
+                if isinstance(item, _Final):
+                    seq = self.seq
+                    # After a failure the write may have landed (only its reply was lost): never store it twice.
+                    if not (failures and (stored := await backend.stored_finals(session_id)) is not None and stored > seq):
+                        await backend.append_final(session_id, seq, item.turn, live_transcript({**item.turn, "final": True}, seq))
+                else:
+                    await backend.end_session(session_id, item.values, item.live)
+            except STORE_ERRORS as exc:
+                failures += 1
+                if failures == 1:
+                    self.stalled.set()
+                    log.warning("store_unavailable", extra=fields(session=session_id, held=self.held, error=type(exc).__name__))
+                # Back off; wake early when the backend hears the store is back (its listener resubscribed).
+                restored, delay = backend.restored, backoff(failures)
+                if restored.is_set():
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(restored.wait(), delay)
+                continue
+            self.queue.popleft()
+            if failures:
+                log.info("store_restored", extra=fields(session=session_id, tries=failures, held=self.held))
+                failures = 0
+                self.stalled.clear()
+                self.recovering, self.flushed = True, 0
+            if isinstance(item, _End):
+                log.info("session_recorded", extra=fields(session=session_id, finals=self.seq, reason=item.values["end_reason"]))
                 return
-            except Exception as exc:
-                log.warning("final_store_retry", extra=fields(session=self.session_id, seq=seq, attempt=attempt, error=repr(exc)))
-                await asyncio.sleep(0.25 * 2 ** attempt)  # back off: the store may be restarting
-        log.error("final_lost", extra=fields(session=self.session_id, seq=seq))
+            self.seq += 1
+            self.held -= 1
+            self.held_bytes -= item.size
+            backend.held -= 1
+            if self.recovering:
+                self.flushed += 1
+                if self.held == 0:
+                    log.info("finals_flushed", extra=fields(session=session_id, flushed=self.flushed, lost=self.lost))
+                    if self.lost:
+                        self._notice()  # the outage's final count
+                    self.recovering, self.lost = False, 0
 
     async def closed(self, session, reason: str) -> None:
         if self.writer is None:
             return
-        self.queue.append(_END)
-        self.wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.writer), 15)
-        except asyncio.TimeoutError:
-            log.error("recorder_drain_timeout", extra=fields(session=self.session_id, pending=len(self.queue)))
         ended_at = time.time()
         values = {"ended_at": ended_at, "duration": round(ended_at - self.started_at, 3),
                   "audio_seconds": round(session.audio_seconds, 3), "end_reason": reason}
+        self.ending = True
+        self.queue.append(_End(values, live_ended(reason, ended_at)))
+        self.wake.set()
+        # The page hears `closed` once the record is written, or at once if the store is down.
+        stalled = asyncio.create_task(self.stalled.wait())
         try:
-            await self.backend.end_session(self.session_id, values, live_ended(reason, ended_at))
-        except Exception as exc:
-            log.error("session_end_record_failed", extra=fields(session=self.session_id, error=repr(exc)))
-        log.info("session_recorded", extra=fields(session=self.session_id, finals=self.seq, reason=reason))
+            await asyncio.wait({self.writer, stalled}, timeout=CLOSE_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stalled.cancel()
+        if not self.writer.done():
+            log.warning("session_record_pending", extra=fields(session=self.session_id, held=self.held))

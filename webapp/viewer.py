@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from .config import Settings
 from .logs import fields
 from .security import Cookies, origin_allowed
 from .sharing import Owners, ShareLinks
-from .store import PAUSING_REASONS, REVOKED, Backend, Recorder, Viewer, live_revoked, make_backend
+from .store import PAUSING_REASONS, REVOKED, STORE_ERRORS, Backend, Recorder, Viewer, live_revoked, make_backend
 
 log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -110,6 +111,7 @@ class Sharing:
             self.retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.retention_task
+        await self.backend.finish_writers()  # records still held for a down store: a short grace, then counted lost
         await self.backend.close()
 
     async def _purge(self) -> None:
@@ -205,7 +207,13 @@ class Sharing:
 
     async def watch(self, ws: WebSocket) -> None:
         await ws.accept()
-        status, meta = await self._resolve(ws.path_params["token"])
+        try:
+            status, meta = await self._resolve(ws.path_params["token"])
+        except STORE_ERRORS as exc:  # the store is down: the page says "reconnecting" and tries again
+            log.info("viewer_store_unavailable", extra=fields(error=type(exc).__name__))
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await ws.close(1013, "store unavailable")
+            return
         if meta is None:
             code = "expired" if status == 410 else "not_found"
             with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
@@ -213,7 +221,7 @@ class Sharing:
                 await ws.close(1008)
             return
         session_id = meta["id"]
-        viewer = Viewer(ws.send_text, meta["share_version"])  # a later "New link" or "Turn off link" closes it
+        viewer = Viewer(ws.send_text, meta["share_version"], functools.partial(self.backend.catch_up, session_id))
         # Register before reading the snapshot: whatever is published from here on is queued, and the
         # viewer drops what the snapshot already holds (finals by seq, interims of finished turns).
         self.backend.hub.add(session_id, viewer)
@@ -252,6 +260,10 @@ class Sharing:
                 await ws.close(1000 if why in ("ended", "revoked") else 1013)  # 1013: try again (overflow)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the viewer left
+        except STORE_ERRORS as exc:  # the snapshot could not be read: the page reconnects
+            log.info("viewer_store_unavailable", extra=fields(session=session_id, error=type(exc).__name__))
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await ws.close(1013, "store unavailable")
         finally:
             self.backend.hub.remove(session_id, viewer)
             for task in (sender, reader):
