@@ -305,7 +305,11 @@ function onServerMessage(s, c, msg) {
         s.failed = true;
         const again = msg.retry_after ? `in ${Math.ceil(msg.retry_after)} s` : 'to try again';
         const operator = String(msg.code).startsWith('upstream') ? '; if this keeps happening, tell whoever runs this server' : '';
-        fail(msg.code, `Captioning stopped: ${sentence(msg.message || 'the server reported an error')} Press Start ${again}${operator}.`,
+        const said = sentence(msg.message || 'the server reported an error');
+        // the server's message may already say what to do: add only what it leaves out
+        const todo = /press start/i.test(said) ? (operator ? ` If this keeps happening, tell whoever runs this server.` : '')
+          : ` Press Start ${again}${operator}.`;
+        fail(msg.code, `Captioning stopped: ${said}${todo}`,
           s.upstreamDown ? 'upstream' : null);
         break;
       }

@@ -220,7 +220,7 @@ async def test_finals_past_the_bound_are_counted_and_told_the_rest_written_in_or
         while not predicate():
             changed.clear()
             await asyncio.wait_for(changed.wait(), 20)
-    viewer = Viewer(send, lambda seq: backend.catch_up("s1", seq))
+    viewer = Viewer(send, replay=lambda seq: backend.catch_up("s1", seq))
     backend.hub.add("s1", viewer)
     runner = asyncio.create_task(viewer.run())
     recorder = Recorder(backend, lambda session_id, version: "tok", None)
@@ -272,7 +272,7 @@ async def test_viewer_fills_what_the_live_feed_missed_once_and_in_order(case):
         if case == "replay_fails":
             raise ConnectionError("store still down")
         return [live_final(s) for s in range(seq, 4)]
-    viewer = Viewer(send, replay)
+    viewer = Viewer(send, replay=replay)
     runner = asyncio.create_task(viewer.run())
     try:
         viewer.put(live_final(0))

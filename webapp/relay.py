@@ -637,8 +637,9 @@ class RelaySession:
                     log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt,
                                                                 outage_ms=round(spent * 1000)))
                     if attempt > 1 and exc.retryable and exc.code not in ("capacity", "rate_limited"):
+                        reason = exc.message.rstrip(". ")  # our own words per error class, never the provider's
                         return protocol.error("upstream_unavailable", f"The recognizer kept failing for {spent:.0f} s "
-                                              f"({attempt} attempts), so captioning stopped. Press Start to try again.",
+                                              f"({attempt} attempts): {reason}. Press Start to try again.",
                                               retryable=True)
                     return exc.event()
                 log.info("upstream_retry", extra=fields(session=self.id, code=exc.code, attempt=attempt,
