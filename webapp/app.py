@@ -24,7 +24,8 @@ from .logs import fields
 from .protocol import ParamError, parse_params
 from .quotas import QuotaError, Quotas
 from .relay import LiveSessions, RelaySession
-from .security import Cookies, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
+from .resume import Known, Resumes, new_nonce
+from .security import Cookies, HostGuard, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
 from .store import RedisError
 from .viewer import Sharing
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     asset_version = _asset_version()
     sharing = Sharing(settings, secret_key, asset_version, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, asset_version)  # the /embed widget and its keys
+    resumes = Resumes(sharing.backend)  # who may resume a session, with which token
 
     async def index(request: Request) -> Response:
         allowed = login.allowed(request)
@@ -130,31 +132,51 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await _refuse(ws, "server_restart", "This server is restarting; reconnect in a moment.", retry_after=1)
             return
         sink = sharing.sink(ws)
+        owner = getattr(sink, "owner", None)
+        key_id = embed_key.id if embed_key is not None else ""
+        nonce = new_nonce()  # the resume token this session's `ready` gives carries it
         resume = None
         if "resume" in ws.query_params:
-            resume = await _resume_state(ws.query_params["resume"], sink)
+            resume = await _resume_state(ws.query_params["resume"], sink, owner, key_id, nonce)
             if resume is None:
                 await _refuse(ws, "resume_refused", "That session cannot be continued; a new one will start.")
                 return
+
+        async def refuse(code: str, message: str, retry_after: float | None) -> None:
+            if resume is not None:
+                await resumes.give_back(resume["session_id"], nonce)  # refused before `ready`: the token stays good
+            await _refuse(ws, code, message, retry_after=retry_after)
+
         try:
-            lease = quotas.admit(quotas.client_ip(ws))
+            lease = quotas.admit(quotas.client_ip(ws), (resume or {}).get("offset_s", 0.0))
         except QuotaError as exc:
             log.info("quota_refused", extra=fields(code=exc.code))
-            await _refuse(ws, exc.code, exc.message, retry_after=exc.retry_after)
+            await refuse(exc.code, exc.message, exc.retry_after)
             return
-        session = RelaySession(ws, settings, params, sink=sink, resume=resume, resume_token=resume_tokens.issue,
-                               audio_limit_s=lease.audio_limit_s, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
+
+        def issue_token(session_id: str) -> str:
+            """For `ready`: from now on the page holds the token of the new nonce (unless its socket is known gone:
+            a socket that is replaced or dropped while the recognizer connects gets its `ready` too late)."""
+            if not (session.closing and session.close_reason == "client_gone"):
+                resumes.delivered(session_id, nonce)
+            return resume_tokens.issue(session_id, nonce, key_id)
+
+        sink.resume_nonce = nonce
+        session = RelaySession(ws, settings, params, sink=sink, resume=resume, resume_token=issue_token,
+                               meter=lease.charge, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
+        if resume is None:
+            resumes.remember(session.id, Known(owner, nonce))
         try:  # the embed key's --max-streams; its slot lets a revocation end the session
             embed_slot = embeds.take_slot(embed_key, session)
         except EmbedRefused as exc:
-            lease.release(0.0)
-            await _refuse(ws, exc.code, exc.message, retry_after=exc.retry_after)
+            lease.release()
+            await refuse(exc.code, exc.message, exc.retry_after)
             return
         def settle(session: RelaySession) -> None:
             """Runs before the page hears `closed`, so a client that reconnects at once meets up-to-date
             limits and a resumable record."""
             live.remove(session)
-            lease.release(session.audio_seconds - (resume or {}).get("offset_s", 0.0))
+            lease.release()
             embed_slot.release()
 
         session.on_end = settle
@@ -163,17 +185,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await session.run()
         finally:
             settle(session)  # idempotent; covers a session that failed before its own end
+            await resumes.give_back(session.id, nonce)  # only if it ended before its `ready`
 
-    async def _resume_state(token: str, sink) -> dict | None:
-        """The state to continue a session from, or None when it must not be continued."""
-        session_id = resume_tokens.verify(token)
-        if session_id is None:
+    async def _resume_state(token: str, sink, owner: str | None, key_id: str, nonce: str) -> dict | None:
+        """The state to continue a session from, or None when it must not be continued. Spends the token."""
+        claim = resume_tokens.verify(token)
+        if claim is None or claim.key_id != key_id:
+            return None
+        session_id = claim.session_id
+        known = resumes.get(session_id)
+        stored = None if known is not None and session_id in (live.running.keys() | live.ended.keys()) \
+            else await sink.resume_state(session_id)
+        recorded_owner = known.owner if known is not None else (stored or {}).get("owner")
+        if (known is None and stored is None) or recorded_owner != owner:
+            log.info("resume_refused", extra=fields(session=session_id, why="owner"))
+            return None  # a token without the cookie of the browser it was given to
+        ended = live.ended.get(session_id) or stored
+        if ended is not None and ended.get("reason") == "client_closed" and session_id not in live.running:
+            return None  # the user pressed Stop: a stopped session is never restarted
+        if not await resumes.claim(session_id, owner, claim.nonce, nonce):
+            log.info("resume_refused", extra=fields(session=session_id, why="spent"))
             return None
         await live.take_over(session_id)
-        state = live.ended.get(session_id) or await sink.resume_state(session_id)
+        state = live.ended.get(session_id) or stored or await sink.resume_state(session_id)
         if state is None or state.get("reason") == "client_closed":
+            await resumes.give_back(session_id, nonce)
             return None  # unknown here, or the user pressed Stop: a stopped session is never restarted
-        return {"session_id": session_id, **state}
+        return {"session_id": session_id, **{k: state[k] for k in ("turns", "offset_s", "reason")}}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -209,6 +247,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={RedisError: store_unavailable, sqlite3.Error: store_unavailable})
+    app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
     app.state.live = live  # the CLI drains it on SIGTERM

@@ -3,6 +3,7 @@ Flux-compatible embedded recognizer on its own."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import signal
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     host, port = args.host or settings.host, args.port or settings.port
+    settings = dataclasses.replace(settings, host=host, port=port)  # the Host check knows the bind address
     if args.workers > 1:
         return _supervise(args.workers, host, port, settings)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -31,6 +32,7 @@ class Settings:
     deepgram_url: str = "wss://api.deepgram.com/v2/listen"
     model: str = ""
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names this server answers to besides loopback and its bind address
     access_token: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)
     host: str = "127.0.0.1"
@@ -71,6 +73,25 @@ def _origin(value: str, var: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
         raise ConfigError(f"{var}: {value!r} is not an origin; use the form https://example.org (scheme and host, optional port, no path)")
     return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+HOST_NAME = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    out = []
+    for item in raw.replace(",", " ").split():
+        name = item.strip().lower().rstrip(".")
+        try:
+            out.append(str(ipaddress.ip_address(name.strip("[]"))))
+            continue
+        except ValueError:
+            pass
+        if name != "*" and not HOST_NAME.fullmatch(name):
+            raise ConfigError(f"ALLOWED_HOSTS: {item!r} is not a host name; use e.g. captions.example.org (no scheme "
+                              "or port), *.example.org for its subdomains, or * to turn the Host check off")
+        out.append(name)
+    return tuple(out)
 
 
 def _ws_url(value: str, var: str) -> str:
@@ -224,6 +245,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         deepgram_url=_ws_url(env.get("DEEPGRAM_URL", "").strip() or Settings.deepgram_url, "DEEPGRAM_URL"),
         model=env.get("STT_MODEL", "").strip() or DEFAULT_MODELS[backend],
         allowed_origins=origins,
+        allowed_hosts=_hosts(env.get("ALLOWED_HOSTS", "")),
         access_token=env.get("ACCESS_TOKEN", "").strip(),
         secret_key=env.get("SECRET_KEY", "").strip(),
         host=env.get("HOST", "").strip() or Settings.host,

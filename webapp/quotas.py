@@ -13,6 +13,9 @@ from starlette.requests import HTTPConnection
 from .config import Settings
 
 
+EPSILON = 0.001  # seconds: sums of frame durations are not exact (750 frames of 0.08 s = 59.99999999999…)
+
+
 class QuotaError(Exception):
     def __init__(self, code: str, message: str, retry_after: float | None):
         super().__init__(message)
@@ -27,17 +30,22 @@ def _seconds_to_midnight() -> int:
 
 @dataclass
 class Lease:
-    """One admitted stream. `audio_limit_s` is how much audio it may send (None = unlimited)."""
+    """One admitted stream. Audio is charged as it arrives (charge()), to the session and to its client's day,
+    so the limits hold however many sessions a client runs and however often a session is resumed."""
     quotas: "Quotas"
     client: str
-    audio_limit_s: float | None
-    limit_code: str = ""
+    session_s: float = 0.0   # audio seconds on the session's timeline (a resumed session starts where it was)
+    limit_code: str = ""     # which limit stopped it
     released: bool = False
 
-    def release(self, audio_seconds: float) -> None:
+    def charge(self, seconds: float) -> bool:
+        """Count `seconds` of audio; False (and nothing counted) when that would pass a limit."""
+        return self.quotas._charge(self, seconds)
+
+    def release(self) -> None:
         if not self.released:
             self.released = True
-            self.quotas._release(self, audio_seconds)
+            self.quotas._release(self)
 
 
 class Quotas:
@@ -53,8 +61,10 @@ class Quotas:
         peer = conn.client.host if conn.client else "unknown"
         if not self.proxies or not self._trusted(peer):
             return peer
-        # Walk X-Forwarded-For from the right; the first address not of a trusted proxy is the client.
-        hops = [h.strip() for h in conn.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+        # Walk X-Forwarded-For from the right, over all its lines in order (a proxy may add its own line rather
+        # than extend the client's); the first address not of a trusted proxy is the client. What a client
+        # wrote itself is further left, so it cannot pick its own address.
+        hops = [h.strip() for line in conn.headers.getlist("x-forwarded-for") for h in line.split(",") if h.strip()]
         for hop in reversed(hops):
             if not self._trusted(hop):
                 return hop
@@ -72,7 +82,7 @@ class Quotas:
         if today != self.day:
             self.day, self.used_today = today, Counter()
 
-    def admit(self, client: str) -> Lease:
+    def admit(self, client: str, session_s: float = 0.0) -> Lease:
         s = self.s
         if s.max_streams and self.active >= s.max_streams:
             raise QuotaError("too_many_streams", f"This server is at its limit of {s.max_streams} live sessions. "
@@ -80,28 +90,37 @@ class Quotas:
         if s.max_streams_per_client and self.per_client[client] >= s.max_streams_per_client:
             raise QuotaError("too_many_streams", f"You already have {s.max_streams_per_client} live session(s) "
                              "open; stop one first.", retry_after=30)
-        limit, code = None, ""
         if s.client_minutes_per_day:
             self._roll_day()
-            left = s.client_minutes_per_day * 60 - self.used_today[client]
-            if left <= 0:
+            if self.used_today[client] >= s.client_minutes_per_day * 60 - EPSILON:
                 raise QuotaError("quota_exceeded", f"Today's allowance of {s.client_minutes_per_day} minutes of "
                                  "captioning is used up. It renews at midnight UTC.", retry_after=_seconds_to_midnight())
-            limit, code = left, "quota_exceeded"
-        if s.max_session_minutes and (limit is None or s.max_session_minutes * 60 <= limit):
-            limit, code = s.max_session_minutes * 60, "session_limit"
+        if s.max_session_minutes and session_s >= s.max_session_minutes * 60 - EPSILON:  # a resume of a session at its limit
+            raise QuotaError("session_limit", self.limit_message(Lease(self, client, limit_code="session_limit"))[0],
+                             retry_after=None)
         self.active += 1
         self.per_client[client] += 1
-        return Lease(self, client, limit, code)
+        return Lease(self, client, session_s)
 
-    def _release(self, lease: Lease, audio_seconds: float) -> None:
+    def _charge(self, lease: Lease, seconds: float) -> bool:
+        s = self.s
+        if s.max_session_minutes and lease.session_s + seconds > s.max_session_minutes * 60:
+            lease.limit_code = "session_limit"
+            return False
+        if s.client_minutes_per_day:
+            self._roll_day()
+            if self.used_today[lease.client] + seconds > s.client_minutes_per_day * 60:
+                lease.limit_code = "quota_exceeded"
+                return False
+            self.used_today[lease.client] += seconds
+        lease.session_s += seconds
+        return True
+
+    def _release(self, lease: Lease) -> None:
         self.active -= 1
         self.per_client[lease.client] -= 1
         if self.per_client[lease.client] <= 0:
             del self.per_client[lease.client]
-        if self.s.client_minutes_per_day:
-            self._roll_day()
-            self.used_today[lease.client] += audio_seconds
 
     def limit_message(self, lease: Lease) -> tuple[str, float | None]:
         if lease.limit_code == "session_limit":

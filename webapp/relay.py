@@ -306,7 +306,7 @@ class RelaySession:
     def __init__(self, ws: WebSocket, settings: Settings, params: StreamParams,
                  upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream,
                  sink: SessionSink | None = None, *, resume: dict[str, Any] | None = None,
-                 resume_token: Callable[[str], str] | None = None, audio_limit_s: float | None = None,
+                 resume_token: Callable[[str], str] | None = None, meter: Callable[[float], bool] | None = None,
                  on_limit: Callable[[], tuple[str, str, float | None]] | None = None):
         self.ws = ws
         self.settings = settings
@@ -350,7 +350,7 @@ class RelaySession:
             self.announced = self.finals - 1
             self.log.start = self.log.end = self.sent_to = self.conn_offset = int(resume["offset_s"] * self.bps) & ~1
         self.resume_token = resume_token
-        self.limit_bytes = int(audio_limit_s * self.bps) + self.log.end if audio_limit_s is not None else None
+        self.meter = meter              # charges audio seconds to the quotas; False = over a limit
         self.on_limit = on_limit
         self.on_end: Callable[["RelaySession"], None] | None = None  # bookkeeping before `closed` is sent
         self.done = asyncio.Event()
@@ -409,12 +409,13 @@ class RelaySession:
                 self._bad("bad_message", "audio after CloseStream is ignored")
             return  # the server is ending the session (restart, limit): the page will resend on resume
         self.last_audio = monotonic()
+        if self.meter is not None and not self.meter(n / self.bps):
+            if not self._stop.is_set():
+                code, message, retry_after = self.on_limit()
+                self.request_stop(code, protocol.error(code, message, retryable=retry_after is not None,
+                                                       retry_after=retry_after))
+            return  # over a limit (shared by the client's sessions, so checked per frame): not relayed
         self.log.append(data, self.live)
-        if self.limit_bytes is not None and self.log.end > self.limit_bytes:
-            code, message, retry_after = self.on_limit()
-            self.limit_bytes = None
-            self.request_stop(code, protocol.error(code, message, retryable=retry_after is not None,
-                                                   retry_after=retry_after))
         if self.live:
             self.sent_to += n
             self.upstream.send_audio(data)

@@ -9,8 +9,10 @@ import logging
 import math
 import os
 import secrets
+import socket
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
@@ -57,6 +59,62 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class HostGuard:
+    """Answers only requests for a Host name of this server: loopback names, the bind address, ALLOWED_HOSTS and
+    the hosts of ALLOWED_ORIGINS (bound to 0.0.0.0 or ::, also this machine's host name and any IP address).
+    Against DNS rebinding: a page on evil.example whose name is made to resolve to 127.0.0.1 sends
+    `Host: evil.example` and a matching Origin, so the Origin check alone would let it use the server's key.
+    HTTP gets 403; a WebSocket is closed before its handshake is accepted (answered with 403). /healthz is left
+    open for load balancers, which probe with whatever Host they like."""
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        names = set(settings.allowed_hosts) | {urlsplit(o).hostname or "" for o in settings.allowed_origins}
+        bind = settings.host.strip("[]").lower()
+        self.any_ip = bind in ("0.0.0.0", "::", "")
+        if self.any_ip:
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        else:
+            names.add(bind)
+        self.open = "*" in names
+        self.names = {n for n in names if n and not n.startswith("*.")}
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # "*.example.org" -> ".example.org"
+
+    def allowed(self, scope) -> bool:
+        raw = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
+        if raw is None or self.open:
+            return True  # no Host: not a browser (every browser sends one), so not a rebinding page
+        try:
+            name = (urlsplit("//" + raw.decode("latin-1")).hostname or "").rstrip(".")
+        except ValueError:
+            return False
+        if name in self.names or name == "localhost" or name.endswith(".localhost") or (
+                self.suffixes and name.endswith(self.suffixes)):
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        # An address is no rebinding risk (no name to re-resolve); still only this server's own ones.
+        server = (scope.get("server") or ("",))[0]
+        return ip.is_loopback or self.any_ip or str(ip) == server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or scope.get("path") == "/healthz" or self.allowed(scope):
+            return await self.app(scope, receive, send)
+        host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"").decode("latin-1")
+        log.warning("host_refused", extra=fields(host=host[:100]))  # not the path: it may hold a share token
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = b"This server does not answer to that host name (see ALLOWED_HOSTS).\n"
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def load_secret_key(settings: Settings) -> str:
@@ -258,20 +316,32 @@ class Login:
         self.cookies.delete(conn, response, LOGIN_COOKIE, samesite="strict")
 
 
+@dataclass(frozen=True)
+class ResumeClaim:
+    session_id: str
+    nonce: str     # the session's resume nonce when the token was issued: a resume replaces it (spends the token)
+    key_id: str    # the embed key the session runs under ("" = the page's own socket)
+
+
 class ResumeTokens:
-    """Signed, expiring proof that a socket may continue a session (given in `ready`)."""
+    """Signed, expiring proof that a socket may continue a session (given in `ready`). It is good once: resuming
+    gives the session a new nonce (webapp/resume.py), and the new `ready` a new token."""
 
     MAX_AGE = 24 * 3600
 
     def __init__(self, secret_key: str):
         self.signer = URLSafeTimedSerializer(secret_key, salt="caption-relay.resume")
 
-    def issue(self, session_id: str) -> str:
-        return self.signer.dumps(session_id)
+    def issue(self, session_id: str, nonce: str, key_id: str = "") -> str:
+        return self.signer.dumps([session_id, nonce, key_id])
 
-    def verify(self, token: str) -> str | None:
+    def verify(self, token: str) -> ResumeClaim | None:
+        if len(token) > 300:
+            return None
         try:
             value = self.signer.loads(token, max_age=self.MAX_AGE)
         except BadSignature:
             return None
-        return value if isinstance(value, str) else None
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+            return None  # also a token of an older version (a bare session id): that session starts afresh
+        return ResumeClaim(*value)

@@ -49,7 +49,7 @@ SHUTDOWN_FLUSH = 2.0       # seconds the process gives unwritten records at exit
 REDIS_TIMEOUT = 2.0        # seconds: connect and read timeout of every Redis call, so no request hangs on it
 HEALTH_TIMEOUT = 0.5       # seconds /healthz waits for the store's answer
 SESSION_FIELDS = ("id", "owner", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
-                  "audio_seconds", "end_reason", "share_version", "share_token")
+                  "audio_seconds", "end_reason", "share_version", "share_token", "resume_nonce")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +353,11 @@ class Backend(abc.ABC):
     async def reopen_session(self, session_id: str) -> None:
         """A resumed session is live again (its page reconnected, maybe to a restarted server)."""
 
+    async def claim_resume(self, session_id: str, expected: str, nonce: str) -> bool | None:
+        """Atomically replace the session's resume nonce `expected` by `nonce` (spending the token that carries
+        `expected`). True if replaced, False if the session has another nonce, None if it is not stored."""
+        return None
+
     @abc.abstractmethod
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]: ...
 
@@ -383,7 +388,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, owner TEXT, backend TEXT NOT NULL, model TEXT, sample_rate INTEGER,
     started_at REAL NOT NULL, ended_at REAL, duration REAL, audio_seconds REAL, end_reason TEXT,
-    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT);
+    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT, resume_nonce TEXT);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, started_at);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE TABLE IF NOT EXISTS turns (
@@ -423,6 +428,9 @@ class LocalBackend(Backend):
         await self.db.execute("PRAGMA synchronous=NORMAL")
         await self.db.execute("PRAGMA busy_timeout=5000")
         await self.db.executescript(SCHEMA)
+        async with self.db.execute("PRAGMA table_info(sessions)") as cur:
+            if "resume_nonce" not in {r["name"] for r in await cur.fetchall()}:  # a file of an older version
+                await self.db.execute("ALTER TABLE sessions ADD COLUMN resume_nonce TEXT")
 
     async def close(self) -> None:
         if self.finals_writer is not None:
@@ -485,6 +493,14 @@ class LocalBackend(Backend):
     async def reopen_session(self, session_id: str) -> None:
         await self.db.execute("UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = ?", (session_id,))
 
+    async def claim_resume(self, session_id: str, expected: str, nonce: str) -> bool | None:
+        cur = await self.db.execute("UPDATE sessions SET resume_nonce = ? WHERE id = ? AND resume_nonce = ?",
+                                    (nonce, session_id, expected))
+        if cur.rowcount:
+            return True
+        async with self.db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)) as cur:
+            return False if await cur.fetchone() else None
+
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         async with self.db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
             row = await cur.fetchone()
@@ -531,6 +547,14 @@ class LocalBackend(Backend):
 
 
 # ---- Redis --------------------------------------------------------------------------------------
+
+
+_CLAIM_RESUME = """
+local current = redis.call('HGET', KEYS[1], 'resume_nonce')
+if current == ARGV[1] then redis.call('HSET', KEYS[1], 'resume_nonce', ARGV[2]) return 1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return 0
+"""
 
 
 class RedisBackend(Backend):
@@ -664,6 +688,11 @@ class RedisBackend(Backend):
     async def reopen_session(self, session_id: str) -> None:
         await self.redis.hset(self._k("s", session_id), mapping={"ended_at": "null", "end_reason": "null"})
 
+    async def claim_resume(self, session_id: str, expected: str, nonce: str) -> bool | None:
+        # One script: compare and set cannot interleave with another instance's claim.
+        result = await self.redis.eval(_CLAIM_RESUME, 1, self._k("s", session_id), json.dumps(expected), json.dumps(nonce))
+        return None if result < 0 else bool(result)
+
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         return self._meta(await self.redis.hgetall(self._k("s", session_id)))
 
@@ -764,6 +793,7 @@ class Recorder(SessionSink):
         self.mint = mint
         self.owner = owner
         self.session = None                  # the RelaySession: its page gets our notices
+        self.resume_nonce: str | None = None   # recorded with a new session: its first resume token carries it
         self.session_id: str | None = None
         self.started_at = 0.0
         self.queue: deque[Any] = deque()     # interim events (dicts), _Final, then one _End
@@ -789,7 +819,8 @@ class Recorder(SessionSink):
         token = self.mint(session.id, 0)
         meta = {"id": session.id, "owner": self.owner, "backend": session.settings.backend,
                 "model": session.settings.model, "sample_rate": session.params.sample_rate,
-                "started_at": self.started_at, "share_version": 0, "share_token": token}
+                "started_at": self.started_at, "share_version": 0, "share_token": token,
+                "resume_nonce": self.resume_nonce}
         try:
             await self.backend.create_session(meta)
         except Exception as exc:
@@ -842,7 +873,7 @@ class Recorder(SessionSink):
         last_end = max((t["end"] for t in turns if isinstance(t.get("end"), (int, float))), default=0.0)
         return {"turns": max(numbered) + 1 if numbered else len(turns),
                 "offset_s": max(meta.get("audio_seconds") or 0.0, last_end),
-                "reason": meta.get("end_reason")}
+                "reason": meta.get("end_reason"), "owner": meta.get("owner")}
 
     def event(self, event: dict[str, Any]) -> None:
         if self.writer is None or self.ending:
