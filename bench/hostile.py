@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/hostile.py             # every probe, a table: probe | item | held/broken | measured
     .venv/bin/python bench/hostile.py flap nan    # only the probes whose name contains one of these words
+    .venv/bin/python bench/hostile.py --app-dir ../other-checkout   # the app of another checkout, same probes
 
 Each probe starts what it needs - the app as users run it (`python -m webapp` on a free 127.0.0.1 port, its own
 DATA_DIR), the upstream simulator of tests/simulator.py (its HOSTILE MODES), a real redis-server - attacks it over
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
+APP_DIR = REPO   # where `python -m webapp` runs (--app-dir: another checkout's code)
 sys.path.insert(0, str(REPO / "tests"))
 
 from websockets.asyncio.client import connect  # noqa: E402
@@ -87,10 +89,10 @@ class App:
         self.log_path = self.tmp / "app.log"
         full = {k: v for k, v in os.environ.items() if not k.startswith(("STT_", "AIGATEWAY_", "DEEPGRAM_", "LOCAL_"))
                 and k not in ("ACCESS_TOKEN", "ALLOWED_ORIGINS", "REDIS_URL", "TRUSTED_PROXIES")}
-        full.update({"DATA_DIR": str(self.tmp / "data"), "LOG_LEVEL": "debug"}, **env)
+        full.update({"DATA_DIR": str(self.tmp / "data"), "LOG_LEVEL": "debug", "PYTHONDONTWRITEBYTECODE": "1"}, **env)
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "webapp", "--host", "127.0.0.1", "--port", str(self.port)],
-                                     cwd=REPO, env=full, stdout=self.log_file, stderr=subprocess.STDOUT)
+                                     cwd=APP_DIR, env=full, stdout=self.log_file, stderr=subprocess.STDOUT)
         if wait and not self.wait_healthy(timeout):
             self.__exit__()
             raise RuntimeError(f"app did not start:\n{self.log()[-3000:]}")
@@ -323,7 +325,9 @@ def probe_redis_outage() -> Result:
         finally:
             redis.kill()
     held = ms < 1000 and cpu < 0.5 and exit_s < 5
-    return Result(held, f"/healthz {ms:.0f} ms, app CPU {cpu * 100:.0f}% of a core, SIGTERM exit {exit_s:.1f} s")
+    ms_text = f"no answer in {ms / 1000:.0f} s" if ms >= 3000 else f"{ms:.0f} ms"
+    exit_text = "ignored (SIGKILLed after 6 s)" if exit_s >= 6 else f"exit after {exit_s:.1f} s"
+    return Result(held, f"/healthz {ms_text}, app CPU {cpu * 100:.0f}% of a core, SIGTERM {exit_text}")
 
 
 # ---- item 2: a client that does not read ------------------------------------------------------------------
@@ -375,9 +379,8 @@ def probe_nonreading_flood() -> Result:
             return worst[0], final_s
         worst, final_s = asyncio.run(run())
     held = worst < 1000 and final_s < 2
-    final = "none in 5 s" if math.isinf(final_s) else f"{final_s:.2f} s"
-    return Result(held, f"/healthz worst {worst:.0f} ms; a normal session's 2.56 s of audio (sent at once) -> "
-                        f"its final after {final}")
+    final = "no final in 5 s" if math.isinf(final_s) else f"its final after {final_s:.2f} s"
+    return Result(held, f"/healthz worst {worst:.0f} ms; a normal session's 2.56 s of audio (sent at once) -> {final}")
 
 
 # ---- item 3: a flapping upstream -----------------------------------------------------------------------------
@@ -669,8 +672,9 @@ def probe_unicode_digits_param() -> Result:
         page = asyncio.run(run())
         crashed = "Traceback" in app.log()
     held = page.codes()[:1] == ["bad_request"] and bool(page.of("closed"))
-    return Result(held, f"got {[m.get('type') + ':' + str(m.get('code', m.get('reason'))) for m in page.messages][:3]}"
-                        + ("; traceback in the log" if crashed else ""))
+    got = [m.get("type") + ":" + str(m.get("code", m.get("reason"))) for m in page.messages][:3]
+    return Result(held, (f"got {', '.join(got)}" if got else "socket closed without a message")
+                  + ("; traceback in the log" if crashed else ""))
 
 
 def probe_embed_font_size() -> Result:
@@ -794,7 +798,22 @@ PROBES = [
 ]
 
 
+def _git_head(path: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip()[:60] + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+
+
 def main(argv: list[str]) -> int:
+    global APP_DIR
+    if "--app-dir" in argv:
+        i = argv.index("--app-dir")
+        APP_DIR = Path(argv[i + 1]).resolve()
+        argv = argv[:i] + argv[i + 2:]
     chosen = [p for p in PROBES if not argv or any(a in p.name for a in argv)]
     rows, t_all = [], time.monotonic()
     for p in chosen:
@@ -812,7 +831,8 @@ def main(argv: list[str]) -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     held = sum(1 for r in rows if r[2] == "held")
-    print(f"\n{held}/{len(rows)} held, {time.monotonic() - t_all:.0f} s in all")
+    print(f"\napp: {APP_DIR} ({_git_head(APP_DIR)})")
+    print(f"{held}/{len(rows)} held, {time.monotonic() - t_all:.0f} s in all")
     return 0 if held == len(rows) else 1
 
 
