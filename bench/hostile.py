@@ -27,18 +27,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO   # where `python -m webapp` runs (--app-dir: another checkout's code)
 sys.path.insert(0, str(REPO / "tests"))
 
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
-
-from simulator import HostileSimulator  # noqa: E402
+from simulator import HostileSimulator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 KEY = "dg-hostile-key-0123456789abcdef"
 FRAME = 2560                     # 80 ms of 16 kHz 16-bit mono
@@ -140,7 +139,7 @@ class App:
         self.log_file.close()
         return took
 
-    def __enter__(self) -> "App":
+    def __enter__(self) -> App:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -234,7 +233,7 @@ class Socket:
         self.task = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, url: str, headers=None, **kw) -> "Socket":
+    async def open(cls, url: str, headers=None, **kw) -> Socket:
         return cls(await connect(url, compression=None, additional_headers=headers or {}, open_timeout=5, **kw))
 
     async def _read(self) -> None:
@@ -263,7 +262,7 @@ class Socket:
             return True
         try:
             return await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def of(self, kind: str) -> list[dict]:
@@ -361,14 +360,14 @@ def probe_nonreading_flood() -> Result:
             poller.start()
             try:
                 await asyncio.wait_for(asyncio.shield(flooding), 6)
-            except (asyncio.TimeoutError, ConnectionClosed):
+            except (TimeoutError, ConnectionClosed):
                 pass
             t0 = time.monotonic()
             try:
                 await asyncio.wait_for(normal.send_audio(2.56), 5)  # 32 frames: the first turn is final at 2.5 s
                 got = await normal.until(lambda s: any(m.get("final") for m in s.of("transcript")), 5)
                 final_s = time.monotonic() - t0 if got else float("inf")  # from its first frame: sending counts
-            except (asyncio.TimeoutError, ConnectionClosed):
+            except (TimeoutError, ConnectionClosed):
                 final_s = float("inf")
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))  # poll /healthz a moment longer
             stop.set()
@@ -800,9 +799,9 @@ PROBES = [
 
 def _git_head(path: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=5, check=False)
         dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
         return out.stdout.strip()[:60] + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "not a git checkout"
