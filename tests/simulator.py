@@ -473,3 +473,86 @@ class GatewaySession(ScriptedSession):
                 return "stop"
             return None
         return None  # the gateway ignores unknown messages (undocumented; be lenient)
+
+
+# =====================================================================================================
+# HOSTILE MODES (bench/hostile.py, tests/test_hostile.py; issue 17): upstreams that misbehave on purpose.
+# A subclass, so the scripted simulator above is untouched: `HostileSimulator(mode=...)` with mode
+#   "hostile_flap"           accept, say Connected, then fail each connection at its first audio (close 1011)
+#   "hostile_echo_key"       an Error message whose description echoes the request's Authorization header
+#   "hostile_echo_key_http"  refuse the upgrade (HTTP 401) with a body that echoes the Authorization header
+#   "hostile_nan"            the scripted Flux session, but the first turn's times are the string "NaN" (JSON has no
+#                            NaN; a string is what a sloppy upstream sends, and float() reads it as nan)
+#   "hostile_inf"            the same with "Infinity"
+# None (the default) is the ordinary simulator.
+# =====================================================================================================
+
+HOSTILE_MODES = ("hostile_flap", "hostile_echo_key", "hostile_echo_key_http", "hostile_nan", "hostile_inf")
+
+
+class HostileSimulator(Simulator):
+    def __init__(self, mode: str | None = None, **kw):
+        if mode is not None and mode not in HOSTILE_MODES:
+            raise ValueError(f"unknown hostile mode {mode!r}")
+        super().__init__(**kw)
+        self.mode = mode
+
+    def _process_request(self, conn: ServerConnection, request):
+        if self.mode == "hostile_echo_key_http":
+            auth = request.headers.get("Authorization", "")
+            rec = Record(urlsplit(request.path).path, parse_qsl(urlsplit(request.path).query), dict(request.headers.raw_items()))
+            rec.closed = True
+            self.records.append(rec)
+            self._notify()
+            return conn.respond(401, json.dumps({"err_code": "INVALID_AUTH", "err_msg": f"Invalid credentials: {auth}"}))
+        return super()._process_request(conn, request)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        if self.mode not in ("hostile_flap", "hostile_echo_key"):
+            if self.mode in ("hostile_nan", "hostile_inf") and urlsplit(ws.request.path).path == "/v2/listen":
+                return await self._hostile_nan(ws)
+            return await super()._handler(ws)
+        parts = urlsplit(ws.request.path)
+        rec = Record(parts.path, parse_qsl(parts.query, keep_blank_values=True), dict(ws.request.headers.raw_items()))
+        self.records.append(rec)
+        self._notify()
+        try:
+            await ws.send(json.dumps({"type": "Connected", "request_id": str(uuid.uuid4()), "sequence_id": 0}))
+            if self.mode == "hostile_echo_key":
+                auth = ws.request.headers.get("Authorization", "")
+                await ws.send(json.dumps({"type": "Error", "sequence_id": 1, "code": "INTERNAL_SERVER_ERROR",
+                                          "description": f"upstream gateway failed for request with {auth}"}))
+                await ws.close(1011, f"failed: {auth}"[:120])
+                return
+            async for message in ws:   # hostile_flap: healthy handshake, then the first audio kills it
+                if isinstance(message, bytes):
+                    rec.audio += message
+                    await ws.close(1011, "simulated flapping upstream")
+                    return
+        except ConnectionClosed:
+            return
+        finally:
+            rec.closed = True
+            self._notify()
+
+    async def _hostile_nan(self, ws: ServerConnection) -> None:
+        parts = urlsplit(ws.request.path)
+        rec = Record(parts.path, parse_qsl(parts.query, keep_blank_values=True), dict(ws.request.headers.raw_items()))
+        self.records.append(rec)
+        self._notify()
+        try:
+            session = HostileNanSession(self, ws, rec)
+            session.bad = "NaN" if self.mode == "hostile_nan" else "Infinity"
+            await session.run()
+        finally:
+            rec.closed = True
+            self._notify()
+
+
+class HostileNanSession(FluxSession):
+    """Flux TurnInfo whose times in the script's first turn are `bad` (a non-finite number as a string); the
+    second turn is sound, so whether the session recovers from the bad one shows."""
+    bad = "NaN"
+
+    def rel(self, t: float):
+        return self.bad if self.k == 0 else super().rel(t)
