@@ -287,3 +287,35 @@ async def test_viewer_fills_what_the_live_feed_missed_once_and_in_order(case):
     seqs = [m.get("seq") for m in sent if m["type"] == "transcript"]
     assert seqs == ([0, 3] if case == "replay_fails" else [0, 1, 2, 3])
     assert calls == ([0] if case == "catch_up" else [1])  # catch_up before 0 was sent: the replay has it all
+
+
+async def test_a_resume_during_the_outage_is_told_to_retry_and_then_resumes(simulator, redis_server, tmp_path):
+    """A page whose session ran on another instance resumes there only through the store: while it is down the
+    socket gets a retryable `store_unavailable` (not a dropped socket without a reason), and its token stays good."""
+    simulator.reset(script=SCRIPT)
+    env = {**app_env(simulator, redis_server), "SECRET_KEY": "outage-resume-secret-0123456789abcdef"}
+    first, second = start_app(env, tmp_path, "resume-a"), start_app(env, tmp_path, "resume-b")
+    try:
+        speaker, _ = await start_speaker(first)
+        token = speaker.ready["resume_token"]
+        await speaker.send_audio(1.1)
+        await speaker.until(lambda s: len(s.finals()) == 1)
+        redis_server.kill()
+        await speaker.ws.close()  # the page's network drops; it comes back through the other instance
+
+        retry = await Socket.open(f"{second.ws}/ws/listen?resume={token}")
+        await retry.until(lambda s: s.closed)
+        errors = retry.of("error")
+        assert [(e["code"], e["retryable"]) for e in errors] == [("store_unavailable", True)], retry.messages
+        assert errors[0]["retry_after"] > 0
+
+        redis_server.start()
+        resumed = await Socket.open(f"{second.ws}/ws/listen?resume={token}")  # the same token: it was not spent
+        ready = await resumed.until(lambda s: s.ready)
+        assert ready["resumed"] is True and ready["session_id"] == speaker.ready["session_id"], resumed.messages
+        await resumed.send_audio(1.0)
+        await resumed.until(lambda s: len(s.finals()) == 1)
+        await resumed.close_stream()
+    finally:
+        stop_app(first)
+        stop_app(second)

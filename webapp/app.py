@@ -26,7 +26,7 @@ from .quotas import QuotaError, Quotas
 from .relay import LiveSessions, RelaySession
 from .resume import Known, Resumes, new_nonce
 from .security import Cookies, HostGuard, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
-from .store import RedisError
+from .store import STORE_ERRORS, RedisError
 from .viewer import Sharing
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         nonce = new_nonce()  # the resume token this session's `ready` gives carries it
         resume = None
         if "resume" in ws.query_params:
-            resume = await _resume_state(ws.query_params["resume"], sink, owner, key_id, nonce)
+            try:
+                resume = await _resume_state(ws.query_params["resume"], sink, owner, key_id, nonce)
+            except STORE_ERRORS as exc:  # another instance's session, or after a restart: only the store knows it
+                log.warning("resume_store_unavailable", extra=fields(error=type(exc).__name__))
+                await _refuse(ws, "store_unavailable", "The session store is unavailable, so this session cannot be "
+                              "continued yet; reconnecting in a moment.", retry_after=2)
+                return
             if resume is None:
                 await _refuse(ws, "resume_refused", "That session cannot be continued; a new one will start.")
                 return
@@ -207,7 +213,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.info("resume_refused", extra=fields(session=session_id, why="spent"))
             return None
         await live.take_over(session_id)
-        state = live.ended.get(session_id) or stored or await sink.resume_state(session_id)
+        try:
+            state = live.ended.get(session_id) or stored or await sink.resume_state(session_id)
+        except STORE_ERRORS:
+            await resumes.give_back(session_id, nonce)  # claimed, but no `ready` will carry the new token
+            raise
         if state is None or state.get("reason") == "client_closed":
             await resumes.give_back(session_id, nonce)
             return None  # unknown here, or the user pressed Stop: a stopped session is never restarted
