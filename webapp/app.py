@@ -27,7 +27,7 @@ from .relay import LiveSessions, RelaySession
 from .resume import Known, Resumes, new_nonce
 from .security import Cookies, HostGuard, Login, ResumeTokens, SecurityHeaders, load_secret_key, origin_allowed
 from .store import RedisError
-from .viewer import Sharing
+from .share_pages import Sharing
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ from . import protocol
 from .config import ConfigError, Settings, _origin
 from .logs import fields
 from .security import PAGE_CSP
-from .sharing import ShareLinks
+from .links import ShareLinks
 
 log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"

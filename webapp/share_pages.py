@@ -27,7 +27,7 @@ from . import exports, store
 from .config import Settings
 from .logs import fields
 from .security import Cookies, origin_allowed
-from .sharing import Owners, ShareLinks
+from .links import Owners, ShareLinks
 from .store import PAUSING_REASONS, REVOKED, STORE_ERRORS, Backend, Recorder, Viewer, live_revoked, make_backend
 
 log = logging.getLogger(__name__)
