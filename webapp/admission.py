@@ -22,6 +22,7 @@ from .relay import LiveSessions, RelaySession
 from .resume import Known, Resumes, new_nonce
 from .security import Login, ResumeTokens, origin_allowed
 from .share_pages import SharePages
+from .store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,12 @@ class Admission:
         """The state to continue from when the socket asks to resume (`?resume=<token>`); None for a new session."""
         if "resume" not in ws.query_params:
             return None
-        resume = await self.resume_state(ws.query_params["resume"], sink, owner, key_id, nonce)
+        try:
+            resume = await self.resume_state(ws.query_params["resume"], sink, owner, key_id, nonce)
+        except STORE_ERRORS as exc:  # another instance's session, or after a restart: only the store knows it
+            log.warning("resume_store_unavailable", extra=fields(error=type(exc).__name__))
+            raise Refused("store_unavailable", "The session store is unavailable, so this session cannot be "
+                          "continued yet; reconnecting in a moment.", retry_after=2) from None
         if resume is None:
             raise Refused("resume_refused", "That session cannot be continued; a new one will start.")
         return resume
@@ -149,7 +155,11 @@ class Admission:
             log.info("resume_refused", extra=fields(session=session_id, why="spent"))
             return None
         await live.take_over(session_id)
-        state = live.ended.get(session_id) or stored or await sink.resume_state(session_id)
+        try:
+            state = live.ended.get(session_id) or stored or await sink.resume_state(session_id)
+        except STORE_ERRORS:
+            await resumes.give_back(session_id, nonce)  # claimed, but no `ready` will carry the new token
+            raise
         if state is None or state.get("reason") == "client_closed":
             await resumes.give_back(session_id, nonce)
             return None  # unknown here, or the user pressed Stop: a stopped session is never restarted
