@@ -211,7 +211,7 @@ async def test_viewer_page_renders_the_transcript_without_javascript(flux_app, s
 
 
 async def test_bad_links_reveal_nothing(flux_app, session_tmp, sim):
-    from webapp.sharing import ShareLinks
+    from webapp.links import ShareLinks
     speaker, token = await start_speaker(flux_app)
     await speaker.send_audio(FIRST_TURN_AUDIO)
     await speaker.close_stream()  # the session's end is recorded before `closed` is sent
@@ -327,7 +327,7 @@ async def test_turns_survive_sigkill(simulator, session_tmp):
 
 
 async def test_retention_removes_old_sessions_at_startup(session_tmp):
-    from webapp.sharing import ShareLinks
+    from webapp.links import ShareLinks
     from webapp.store import LocalBackend, live_ended, live_transcript
     data = session_tmp / "data-retention"
     secret = "retention-test-secret-0123456789"

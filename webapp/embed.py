@@ -28,17 +28,15 @@ from urllib.parse import urlencode
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from . import protocol
 from .config import ConfigError, Settings, _origin
 from .logs import fields
 from .security import PAGE_CSP
-from .sharing import ShareLinks
+from .links import ShareLinks
 
 log = logging.getLogger(__name__)
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 EMBED_SALT = "caption-relay.embed"
 MODES = ("capture", "view")
@@ -308,19 +306,15 @@ SOCKET_CODES = {"invalid": "embed_key_invalid", "expired": "embed_key_expired", 
 # ---- pages and socket hooks --------------------------------------------------------------------------
 
 class Embeds:
-    def __init__(self, settings: Settings, secret_key: str, asset_version: str = ""):
+    def __init__(self, settings: Settings, secret_key: str, templates: Jinja2Templates):
         self.settings = settings
         self.keys = EmbedKeys(secret_key, settings.data_dir)
         self.links = ShareLinks(secret_key, settings.share_ttl_days)
-        self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-        self.asset_version = asset_version
+        self.templates = templates
         self.active: dict[str, set[Slot]] = {}
         self.watcher: asyncio.Task | None = None
 
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/embed", self.widget), Route("/embed/snippet", self.snippet)]
-
-    # ---- /ws/listen hooks (app.py) ---------------------------------------------------------------
+    # ---- /ws/listen hooks (admission.py) -----------------------------------------------------------
 
     def socket_key(self, raw: str | None) -> EmbedKey | None:
         """The capture key a widget socket carries (None when it carries none). Raises EmbedRefused."""
@@ -376,8 +370,7 @@ class Embeds:
         if ancestors is not None:  # None: the usual page CSP (frame-ancestors 'self') from SecurityHeaders
             headers["Content-Security-Policy"] = frame_csp(ancestors)
         headers["Permissions-Policy"] = MIC_POLICY if mic else NO_MIC_POLICY
-        return self.templates.TemplateResponse(request, template, {"asset_version": self.asset_version, **context},
-                                               status_code=status, headers=headers)
+        return self.templates.TemplateResponse(request, template, context, status_code=status, headers=headers)
 
     def _problem(self, request: Request, status: int, title: str, message: str, query: WidgetQuery | None = None,
                  ancestors: str = "'none'") -> Response:

@@ -286,6 +286,11 @@ class Login:
         log.info("login_failed", extra=fields(client=client, locked_s=wait))
         return False, wait
 
+    @staticmethod
+    def throttled(seconds: int) -> str:
+        """What the login form and the capture socket say while a client is locked out."""
+        return f"Too many wrong access tokens from your address. Try again in {seconds} seconds."
+
     def admit(self, conn: HTTPConnection) -> tuple[bool, int | None]:
         """(allowed, retry_after) for a page or socket: a good login cookie, or a Bearer token (throttled)."""
         if not self.required:

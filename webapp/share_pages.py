@@ -1,5 +1,6 @@
 """Sharing a live transcript: the viewer page /s/<token>, its live socket /ws/watch/<token>, exports,
-the owner's /sessions list and the revoke/new-link API. `Sharing` also hands the relay its sink.
+the owner's /sessions list and the revoke/new-link API (their routes are listed in app.py). `SharePages` also
+runs the store's lifecycle and hands the relay its sink.
 
 Every bad link gets the same generic page (404, or 410 once expired), whatever session it names or not,
 so nothing of another session can be learned from a response.
@@ -13,13 +14,11 @@ import functools
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -27,11 +26,10 @@ from . import exports, store
 from .config import Settings
 from .logs import fields
 from .security import Cookies, origin_allowed
-from .sharing import Owners, ShareLinks
+from .links import Owners, ShareLinks
 from .store import PAUSING_REASONS, REVOKED, STORE_ERRORS, Backend, Recorder, Viewer, live_revoked, make_backend
 
 log = logging.getLogger(__name__)
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 RETENTION_EVERY = 3600.0  # seconds between retention sweeps
 NOINDEX = {"X-Robots-Tag": "noindex, nofollow", "Cache-Control": "no-store"}
 EXPORTS = {
@@ -82,15 +80,14 @@ def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
                                      "audio_seconds", "end_reason", "live")}
 
 
-class Sharing:
-    def __init__(self, settings: Settings, secret_key: str, asset_version: str = "", backend: Backend | None = None,
+class SharePages:
+    def __init__(self, settings: Settings, secret_key: str, templates: Jinja2Templates, backend: Backend | None = None,
                  cookies: Cookies | None = None):
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self.links = ShareLinks(secret_key, settings.share_ttl_days)
         self.owners = Owners(secret_key, cookies or Cookies(settings))
-        self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-        self.asset_version = asset_version
+        self.templates = templates
         self.retention_task: asyncio.Task | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -136,19 +133,6 @@ class Sharing:
         self.owners.ensure_cookie(conn, response)
         return response
 
-    def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/s/{token}", self.viewer_page),
-            Route("/s/{token}/transcript.{fmt}", self.export),
-            WebSocketRoute("/ws/watch/{token}", self.watch),
-            Route("/sessions", self.sessions_page),
-            Route("/sessions/{session_id}/revoke", self.revoke_form, methods=["POST"]),
-            Route("/sessions/{session_id}/share", self.new_link_form, methods=["POST"]),
-            Route("/api/sessions", self.api_list),
-            Route("/api/sessions/{session_id}/share", self.api_share, methods=["POST", "DELETE"]),
-            Route("/api/sessions/{session_id}/transcript.{fmt}", self.owner_export),
-        ]
-
     # ---- link resolution -------------------------------------------------------------------------
 
     async def _resolve(self, token: str) -> tuple[int, dict[str, Any] | None]:
@@ -165,7 +149,7 @@ class Sharing:
 
     def _link_error(self, request: Request, status: int) -> Response:
         return self.templates.TemplateResponse(request, "link_error.html", {
-            "status": status, "expired": status == 410, "asset_version": self.asset_version},
+            "status": status, "expired": status == 410},
             status_code=status, headers=NOINDEX)
 
     # ---- viewer ----------------------------------------------------------------------------------
@@ -179,7 +163,7 @@ class Sharing:
         return self.templates.TemplateResponse(request, "viewer.html", {
             "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0,
             "started": _when(meta["started_at"]),
-            "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS), "asset_version": self.asset_version},
+            "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS)},
             headers=NOINDEX)
 
     async def export(self, request: Request) -> Response:
@@ -333,7 +317,7 @@ class Sharing:
                                                                        form.get("csrf", "")):
             log.info("form_refused", extra=fields(session=session_id, sec_fetch_site=(site or "")[:40],
                                                   origin=(origin or "")[:200], other_site=other_site))
-            return self.templates.TemplateResponse(request, "form_refused.html", {"asset_version": self.asset_version},
+            return self.templates.TemplateResponse(request, "form_refused.html", {},
                                                    status_code=403, headers={"Cache-Control": "no-store"})
         meta = await self._owned(request)
         if meta is None:
@@ -366,7 +350,7 @@ class Sharing:
     async def sessions_page(self, request: Request) -> Response:
         rows = await self._listing(request)
         response = self.templates.TemplateResponse(request, "sessions.html", {
-            "sessions": rows, "formats": list(EXPORTS), "asset_version": self.asset_version,
+            "sessions": rows, "formats": list(EXPORTS),
             "notice": FORM_NOTICES.get(request.query_params.get("done", ""))},
             headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
         return self.ensure_owner_cookie(request, response)
