@@ -28,7 +28,7 @@ export const CLOSE_TIMEOUT_MS = 10000; // after CloseStream, wait this long for 
 const EVENTS = ['state', 'ready', 'change', 'remove', 'notice', 'error', 'message', 'started', 'captureStopped'];
 
 // Server messages are phrases or sentences: end them with one full stop before adding more text.
-export function sentence(text) {
+function sentence(text) {
   const t = String(text || '').trim();
   return /[.!?…]$/.test(t) ? t : `${t}.`;
 }
