@@ -1,8 +1,7 @@
-// Caption Relay page: wires the microphone capture, the /ws/listen socket and the transcript view.
-import { describeCaptureError, listMicrophones, startCapture } from './capture.js';
+// Caption Relay page: the microphone picker, the transcript view and the tools around one capture session (static/session.js).
+import { listMicrophones, startCapture } from './capture.js';
 import { levelToMeter } from './pcm.js';
-import { AudioQueue, BYTES_PER_SECOND, GIVE_UP_MS, backoffDelay, decide, droppedNotice, isInputError } from './reconnect.js';
-import { RelaySocket, listenUrl } from './socket.js';
+import { CaptureSession } from './session.js';
 import { Transcript, downloadName } from './transcript.js';
 
 const $ = (id) => document.getElementById(id);
@@ -26,8 +25,6 @@ const el = {
   shareCopy: $('share-copy'),
 };
 
-const CONNECT_TIMEOUT_MS = 15000; // socket not open by then: treat as a failure
-const CLOSE_TIMEOUT_MS = 10000; // after CloseStream, wait this long for the server's "closed"
 const MAX_MESSAGES = 500;
 // Keep ?v=… on the worklet URL too, so a new release never runs an old cached worklet.
 const WORKLET_URL = new URL(`./worklet.js${new URL(import.meta.url).search}`, import.meta.url).href;
@@ -43,12 +40,14 @@ const hooks = {
   messages: [],
   level: { rms: 0, peak: 0 },
   backend: document.body.dataset.backend || null,
-  sessionId: null, // the server session (the same across resumes)
-  reconnects: 0, // successful resumes of this session
-  queuedBytes: 0, // audio waiting for a socket (while disconnected)
-  queuedPeak: 0, // the most that waited at once in this session
-  droppedBytes: 0, // audio dropped from a full queue
-  connections: [], // one per socket: {resume, sessionId, bytesSent, framesSent, closeCode, closedReason}
+  // the session's counters (static/session.js keeps them here): sessionId, reconnects, queuedBytes,
+  // queuedPeak, droppedBytes, connections
+  sessionId: null,
+  reconnects: 0,
+  queuedBytes: 0,
+  queuedPeak: 0,
+  droppedBytes: 0,
+  connections: [],
   states: [], // the indicator's states, in order
   shareUrl: null,
 };
@@ -56,7 +55,7 @@ window.__captionRelay = hooks;
 
 const transcript = new Transcript();
 const turnEls = new Map(); // entry key -> <p>
-let session = null; // the running capture + socket, or null when idle
+let session = null; // the running CaptureSession, or null when idle
 
 // ---- small UI helpers -----------------------------------------------------------------------
 
@@ -103,16 +102,9 @@ function clearMessages() {
   el.messages.replaceChildren();
 }
 
-function fail(code, message, key = null) {
+function fail(code, message) {
   hooks.lastError = { code, message };
-  if (key) notice(key, message, 'error'); // replaces the notice it concludes (e.g. "retrying…")
-  else showMessage(message);
-}
-
-// Server messages are phrases or sentences: end them with one full stop before adding more text.
-function sentence(text) {
-  const t = String(text || '').trim();
-  return /[.!?…]$/.test(t) ? t : `${t}.`;
+  showMessage(message);
 }
 
 function storage(key, value) {
@@ -173,335 +165,57 @@ async function refreshMics(selected = el.mic.value || storage('mic') || '') {
 
 // ---- wake lock ------------------------------------------------------------------------------
 
-async function lockScreen(s) {
+let wakeLock = null;
+
+async function lockScreen() {
   try {
-    s.wakeLock = (await navigator.wakeLock?.request('screen')) ?? null;
+    wakeLock = (await navigator.wakeLock?.request('screen')) ?? null;
   } catch {
-    s.wakeLock = null; // unsupported, denied, or page hidden: captions work without it
+    wakeLock = null; // unsupported, denied, or page hidden: captions work without it
   }
 }
 
-function unlockScreen(s) {
-  s.wakeLock?.release().catch(() => {});
-  s.wakeLock = null;
+function unlockScreen() {
+  wakeLock?.release().catch(() => {});
+  wakeLock = null;
 }
 
 document.addEventListener('visibilitychange', () => {
   // The browser drops the lock when the tab is hidden; take it again on return.
-  if (session && !session.stopping && document.visibilityState === 'visible' && (!session.wakeLock || session.wakeLock.released)) {
-    lockScreen(session);
+  if (session && !session.stopping && document.visibilityState === 'visible' && (!wakeLock || wakeLock.released)) {
+    lockScreen();
   }
 });
 
-// ---- session lifecycle ----------------------------------------------------------------------
+// ---- session --------------------------------------------------------------------------------
 //
-// A session (Start … Stop) outlives its sockets: when the socket drops (network change, laptop sleep,
-// server restart) the mic keeps running, frames wait in the bounded s.queue, and the page reconnects with
-// backoff using the resume token from `ready` (static/reconnect.js has the policy). On the new `ready`
-// the queued audio goes first, then live frames. A session the user stopped is never restarted.
+// static/session.js runs the session (mic, socket, queue, reconnects); this page shows what it reports.
 
-function newConnection(s, { resume }) {
-  const params = { sample_rate: 16000 };
-  if (resume) params.resume = s.token;
-  const first = hooks.connections.length === 0;
-  const stats = { resume, sessionId: null, bytesSent: 0, framesSent: 0, closeCode: null, closedReason: null };
-  hooks.connections.push(stats);
-  // The first socket takes audio at once (RelaySocket queues it until open, the server until `ready`);
-  // a later one only on `ready`, so a long backlog never meets the server's pre-ready limit.
-  const c = { resume, stats, opened: false, ready: false, flowing: first, closedReason: null, error: null };
-  s.conn = c;
-  c.socket = new RelaySocket(listenUrl(location, params), {
-    open: () => {
-      c.opened = true;
-      clearTimeout(c.connectTimer);
-    },
-    message: (msg) => onServerMessage(s, c, msg),
-    close: (info) => onSocketClose(s, c, info),
-    sent: (data) => {
-      if (data instanceof ArrayBuffer) {
-        hooks.bytesSent += data.byteLength;
-        hooks.framesSent += 1;
-        stats.bytesSent += data.byteLength;
-        stats.framesSent += 1;
-      }
-    },
-  });
-  c.connectTimer = setTimeout(() => {
-    if (!c.opened) c.socket.close(1000, 'connect timeout'); // the close event reports the failure
-  }, CONNECT_TIMEOUT_MS);
-  if (c.flowing) flushQueue(s, c);
-  return c;
-}
-
-// Audio from the worklet: straight to a socket that takes it, else into the bounded queue.
-function sendAudio(s, buffer) {
-  const c = s.conn;
-  if (c && c.flowing && !c.socket.isClosing) {
-    c.socket.send(buffer);
-    return;
-  }
-  if (s.queue.push(buffer)) notice('dropped', droppedNotice(s.queue.dropped), 'error');
-  hooks.queuedBytes = s.queue.bytes;
-  hooks.queuedPeak = Math.max(hooks.queuedPeak, s.queue.bytes);
-  hooks.droppedBytes = s.queue.droppedTotal;
-}
-
-function flushQueue(s, c) {
-  for (const buffer of s.queue.drain()) c.socket.send(buffer);
-  hooks.queuedBytes = 0;
-}
-
-function onServerMessage(s, c, msg) {
-  hooks.messages.push(msg);
-  if (hooks.messages.length > MAX_MESSAGES) hooks.messages.splice(0, hooks.messages.length - MAX_MESSAGES);
-  if (session !== s || s.conn !== c) return;
-  switch (msg.type) {
-    case 'ready':
-      onReady(s, c, msg);
-      break;
-    case 'status':
-      if (!s.fatal && (msg.state === 'live' || msg.state === 'reconnecting')) setState(msg.state);
-      if (msg.state === 'reconnecting' && msg.message) {
-        // the server retries the recognizer by itself: say why while it does, once, updated in place
-        s.upstreamDown = true;
-        notice('upstream', `Waiting for the speech recognizer: ${sentence(msg.message)} Retrying…`, 'info');
-      } else if (msg.state === 'live' && s.upstreamDown) {
-        s.upstreamDown = false;
-        notice('upstream', 'The speech recognizer answers again; captions continue.', 'info');
-      }
-      break;
-    case 'transcript':
-    case 'turn': {
-      const change = transcript.apply(msg);
-      if (change) render(change);
-      break;
-    }
-    case 'gap':
-    case 'notice': // e.g. finals_lost: the recording lacks some turns (this page's captions are whole)
-      if (msg.message) showMessage(msg.message, 'info');
-      break;
-    case 'error': {
-      if (isInputError(msg)) {
-        // one frame or message was dropped; the session goes on (one notice per kind, updated in place)
-        hooks.lastError = { code: msg.code, message: msg.message };
-        notice(`input-${msg.code}`, msg.message || 'The server ignored a message.', 'error');
-        break;
-      }
-      c.error = msg;
-      if (msg.code === 'resume_refused') {
-        notice('conn', `${msg.message || 'The session could not be resumed.'} Captions continue in a new session; the text so far is kept.`, 'info');
-        break;
-      }
-      const wait = msg.retry_after ? ` (try again in ${Math.ceil(msg.retry_after)} s)` : '';
-      const text = `${msg.message || 'The server reported an error.'}${wait}`;
-      if (msg.retryable && s.everLive) {
-        // the page retries by itself: one notice updated in place, not a new error per attempt
-        hooks.lastError = { code: msg.code, message: text };
-        notice('conn', `${msg.message || 'The server reported an error.'} Reconnecting…`, 'info');
-        break;
-      }
-      if (msg.retryable) {
-        // a passing fault, but this session ends (the server gave up before it was ever live): say what to do
-        s.failed = true;
-        const again = msg.retry_after ? `in ${Math.ceil(msg.retry_after)} s` : 'to try again';
-        const operator = String(msg.code).startsWith('upstream') ? '; if this keeps happening, tell whoever runs this server' : '';
-        const said = sentence(msg.message || 'the server reported an error');
-        // the server's message may already say what to do: add only what it leaves out
-        const todo = /press start/i.test(said) ? (operator ? ` If this keeps happening, tell whoever runs this server.` : '')
-          : ` Press Start ${again}${operator}.`;
-        fail(msg.code, `Captioning stopped: ${said}${todo}`,
-          s.upstreamDown ? 'upstream' : null);
-        break;
-      }
-      fail(msg.code, text, s.upstreamDown ? 'upstream' : null);
-      s.fatal = true;
-      setState('error');
-      break;
-    }
-    case 'closed':
-      c.closedReason = msg.reason || 'closed';
-      c.stats.closedReason = c.closedReason;
-      if (s.stopping) break; // the socket's close event finishes the session
-      if (policy(s, c).action === 'end') {
-        endCapture(s); // the server ended the session: release the mic now
-      } else {
-        c.flowing = false; // frames from now on wait for the next socket instead of a closing one
-        setState('reconnecting');
-      }
-      break;
-    default:
-      break;
-  }
-}
-
-function onReady(s, c, msg) {
-  c.ready = true;
-  const id = typeof msg.session_id === 'string' ? msg.session_id : null;
-  c.stats.sessionId = id;
-  const resumed = c.resume && s.sessionId !== null && id === s.sessionId;
-  if (s.sessionId !== null && !resumed) transcript.newSession(); // a new server session numbers turns from 0
-  if (resumed) hooks.reconnects += 1;
-  if (s.downSince !== null) {
-    const away = Math.round((Date.now() - s.downSince) / 1000);
-    notice('conn', resumed ? `Reconnected after ${away} s; captions continue.`
-      : `Reconnected after ${away} s in a new session; the text so far is kept.`, 'info');
-  }
-  s.everLive = true;
-  s.sessionId = id;
-  hooks.sessionId = id;
-  s.token = typeof msg.resume_token === 'string' && msg.resume_token ? msg.resume_token : null;
-  if (typeof msg.share_url === 'string') {
-    hooks.shareUrl = msg.share_url;
-    showShare(msg.share_url);
-  }
-  s.attempt = 0;
-  s.downSince = null;
-  flushQueue(s, c); // audio captured while disconnected, in order, before any new frame
-  c.flowing = true;
-  if (!s.fatal) setState('live');
-}
-
-function policy(s, c) {
-  return decide({ userStopped: s.stopping, closedReason: c.closedReason, error: c.error, everLive: s.everLive,
-    canResume: Boolean(s.token) });
-}
-
-function onSocketClose(s, c, { code }) {
-  clearTimeout(c.connectTimer);
-  c.flowing = false;
-  c.stats.closeCode = code;
-  if (session !== s || s.conn !== c) return;
-  s.conn = null;
-  clearTimeout(s.closeTimer);
-  const next = policy(s, c);
-  if (next.action !== 'end') {
-    scheduleReconnect(s, next);
-    return;
-  }
-  const cleanAfterStop = s.stopping && code === 1000; // server ended without a closed event: still fine
-  if (!c.closedReason && !s.timedOut && !s.fatal && !cleanAfterStop) {
-    s.failed = true;
-    const what = c.opened ? 'The connection to the server was lost' : 'Could not connect to the server';
-    fail('socket', `${what}${code && code !== 1006 ? ` (code ${code})` : ''}. Check your network and press Start again.`);
-  }
-  dropQueue(s);
-  endSession(s, s.fatal || s.failed ? 'error' : 'closed');
-}
-
-// The socket is gone but the session goes on: keep open turns' text, then try again after a backoff.
-function scheduleReconnect(s, { action, why, retryAfter }) {
-  const now = Date.now();
-  if (s.downSince === null) {
-    s.downSince = now;
-    recoverTranscript();
-    if (why !== 'resume_refused') {
-      notice('conn', 'The connection to the server was lost; reconnecting. Captions resume where they stopped.', 'info');
-    }
-  }
-  setState('reconnecting');
-  if (action === 'fresh') s.token = null;
-  const delay = why === 'resume_refused' ? 0 : backoffDelay(s.attempt, { retryAfter });
-  if (now + delay - s.downSince > GIVE_UP_MS) {
-    giveUp(s);
-    return;
-  }
-  s.attempt += 1;
-  s.retryTimer = setTimeout(() => reconnectNow(s), delay);
-}
-
-function reconnectNow(s) {
-  clearTimeout(s.retryTimer);
-  s.retryTimer = null;
-  if (session !== s || s.stopping || s.conn) return;
-  newConnection(s, { resume: Boolean(s.token) });
-}
-
-function giveUp(s) {
-  s.failed = true;
-  const minutes = Math.round(GIVE_UP_MS / 60000);
-  fail('reconnect_failed', `Could not reconnect to the server for ${minutes} minute${minutes === 1 ? '' : 's'}. `
-    + 'The transcript so far is kept; press Start to caption again.');
-  dropQueue(s);
-  endSession(s, 'error');
-}
-
-function dropQueue(s) {
-  const unsent = s.queue.bytes;
-  s.queue.drain();
-  hooks.queuedBytes = 0;
-  if (unsent) showMessage(`${(unsent / BYTES_PER_SECOND).toFixed(1)} s of audio captured while disconnected could not be sent.`, 'info');
-}
-
-function endSession(s, state) {
-  clearTimeout(s.retryTimer);
-  endCapture(s);
-  if (session === s) session = null;
-  setState(state);
-}
-
-// An open turn whose final will not reach this page stays as a final-looking line (class "recovered").
-function recoverTranscript() {
-  const { changed, removed } = transcript.recover();
-  for (const key of removed) {
-    turnEls.get(key)?.remove();
-    turnEls.delete(key);
-  }
-  for (const entry of changed) render({ entry, committed: true });
-}
-
-// Stops the mic and the worklet. Idempotent; resolves with the worklet's last partial frame.
-function endCapture(s) {
-  unlockScreen(s);
-  el.level.value = 0;
-  hooks.level = { rms: 0, peak: 0 };
-  return s.capture?.finish() ?? Promise.resolve(null);
-}
-
-// Normal stop: flush the last audio, then CloseStream; the socket stays open for the last events.
-// Disconnected at that moment: the session just ends here (it is never reopened after Stop).
-async function finishSession(s) {
-  const rest = await endCapture(s);
-  const c = s.conn;
-  if (!c || c.socket.isClosing || c.closedReason) {
-    if (rest) s.queue.push(rest);
-    if (!c) {
-      dropQueue(s);
-      endSession(s, 'closed');
-    }
-    return; // a closing socket: its close event ends the session
-  }
-  c.flowing = true;
-  flushQueue(s, c);
-  if (rest) c.socket.send(rest);
-  c.socket.send({ type: 'CloseStream' });
-  s.closeTimer = setTimeout(() => {
-    s.timedOut = true;
-    c.socket.close(1000, 'no closed event');
-  }, CLOSE_TIMEOUT_MS);
-}
-
-async function openMic(s, deviceId, processing) {
+async function openMic(onFrame, deviceId, processing) {
   const opts = {
     deviceId,
     processing,
     workletUrl: WORKLET_URL,
-    onFrame: (buffer) => sendAudio(s, buffer), // queued until a socket takes it
+    onFrame, // queued by the session until a socket takes it
     onLevel: (level) => {
       hooks.level = level;
       el.level.value = levelToMeter(level.peak);
     },
   };
+  let capture;
   try {
-    return await startCapture(opts);
+    capture = await startCapture(opts);
   } catch (err) {
     if (!deviceId || !['OverconstrainedError', 'NotFoundError'].includes(err?.name)) throw err;
     // The saved microphone is gone (unplugged, or ids rotated): fall back to the default one.
     showMessage('The selected microphone is not available; using the default microphone.', 'info');
-    return startCapture({ ...opts, deviceId: '' });
+    capture = await startCapture({ ...opts, deviceId: '' });
   }
+  hooks.sampleRate = capture.sampleRate;
+  return capture;
 }
 
-async function start() {
+function start() {
   if (session) return;
   clearMessages();
   hooks.lastError = null;
@@ -510,67 +224,60 @@ async function start() {
     setState('error');
     return;
   }
-  hooks.bytesSent = 0;
-  hooks.framesSent = 0;
-  hooks.sessionId = null;
-  hooks.reconnects = 0;
-  hooks.queuedBytes = 0;
-  hooks.queuedPeak = 0;
-  hooks.droppedBytes = 0;
-  hooks.connections = [];
   hooks.states = [];
-  transcript.newSession();
-  const s = {
-    stopping: false, fatal: false, failed: false, timedOut: false,
-    capture: null, conn: null,
-    queue: new AudioQueue(), // frames waiting for a socket: before the first one exists, and while disconnected
-    everLive: false, sessionId: null, token: null, attempt: 0, downSince: null, retryTimer: null,
-  };
+  const deviceId = el.mic.value;
+  const processing = el.processing.checked;
+  const s = new CaptureSession({
+    capture: (onFrame) => openMic(onFrame, deviceId, processing),
+    location,
+    transcript,
+    stats: hooks,
+    on: {
+      state: (state) => {
+        if (s.ended && session === s) session = null;
+        setState(state);
+      },
+      ready: ({ shareUrl }) => {
+        if (shareUrl === null) return;
+        hooks.shareUrl = shareUrl;
+        showShare(shareUrl);
+      },
+      change: render,
+      remove: (key) => {
+        turnEls.get(key)?.remove();
+        turnEls.delete(key);
+      },
+      notice: (key, text, kind) => (key ? notice(key, text, kind) : showMessage(text, kind)),
+      error: ({ message, key }) => (key ? notice(key, message, 'error') : showMessage(message)),
+      message: (msg) => {
+        hooks.messages.push(msg);
+        if (hooks.messages.length > MAX_MESSAGES) hooks.messages.splice(0, hooks.messages.length - MAX_MESSAGES);
+      },
+      started: (capture) => {
+        lockScreen();
+        // Labels appear once permission is granted; show the real names and the device in use.
+        refreshMics(el.mic.value || capture.deviceId);
+      },
+      captureStopped: () => {
+        unlockScreen();
+        el.level.value = 0;
+        hooks.level = { rms: 0, peak: 0 };
+      },
+    },
+  });
   session = s;
-  setState('connecting');
-
-  // Microphone first: a denied or missing microphone must not open a recognizer session (it may be billed).
-  // Frames captured before the socket exists or opens wait in order, so the first words are never lost.
-  try {
-    s.capture = await openMic(s, el.mic.value, el.processing.checked);
-  } catch (err) {
-    if (session === s) {
-      fail(err?.name || 'capture', describeCaptureError(err));
-      s.fatal = true;
-      session = null;
-      setState('error');
-    }
-    return;
-  }
-  if (session !== s) {
-    s.capture.finish();
-    return;
-  }
-  newConnection(s, { resume: false });
-
-  hooks.sampleRate = s.capture.sampleRate;
-  if (s.stopping) {
-    finishSession(s); // Stop was pressed while the mic was opening.
-    return;
-  }
-  lockScreen(s);
-  // Labels appear once permission is granted; show the real names and the device in use.
-  refreshMics(el.mic.value || s.capture.deviceId);
+  return s.start();
 }
 
-async function stop() {
-  const s = session;
-  if (!s || s.stopping) return;
-  s.stopping = true;
-  clearTimeout(s.retryTimer);
-  s.retryTimer = null;
+function stop() {
+  if (!session || session.stopping) return;
+  const done = session.stop();
   setState(hooks.state);
-  if (s.capture) await finishSession(s); // else start() finishes once the mic is open
+  return done;
 }
 
 function finalizeTurn() {
-  const c = session?.conn;
-  if (c && !session.stopping && c.flowing) c.socket.send({ type: 'Finalize' });
+  session?.finalize();
 }
 
 // ---- transcript tools -----------------------------------------------------------------------
@@ -652,9 +359,7 @@ el.mic.addEventListener('change', () => storage('mic', el.mic.value));
 el.processing.addEventListener('change', () => storage('processing', el.processing.checked ? '1' : '0'));
 navigator.mediaDevices?.addEventListener?.('devicechange', () => refreshMics());
 // Back online while waiting to reconnect: try now instead of at the end of the backoff.
-window.addEventListener('online', () => {
-  if (session?.retryTimer) reconnectNow(session);
-});
+window.addEventListener('online', () => session?.retryNow());
 
 el.processing.checked = storage('processing') === '1';
 setLarge(storage('large') === '1');

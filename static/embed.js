@@ -4,8 +4,7 @@
 import { watchLive } from './watch.js';
 import { describeCaptureError, startCapture } from './capture.js';
 import { levelToMeter } from './pcm.js';
-import { AudioQueue, GIVE_UP_MS, backoffDelay, decide, isInputError } from './reconnect.js';
-import { RelaySocket, listenUrl } from './socket.js';
+import { CaptureSession } from './session.js';
 import { Transcript } from './transcript.js';
 
 const $ = (id) => document.getElementById(id);
@@ -15,7 +14,6 @@ const el = { start: $('start'), stop: $('stop'), level: $('level'), status: $('s
 const MODE = body.dataset.mode; // 'capture' | 'view'
 const KEY = body.dataset.key || '';
 const KEPT = 40; // caption paragraphs kept in the page; only the last few lines are visible anyway
-const CLOSE_TIMEOUT_MS = 10000;
 const WORKLET_URL = new URL(`./worklet.js${new URL(import.meta.url).search}`, import.meta.url).href;
 const LABELS = { idle: 'Ready', connecting: 'Connecting…', live: 'Live', reconnecting: 'Reconnecting…',
   closed: 'Stopped', ended: 'Ended', revoked: 'Link turned off', error: 'Error' };
@@ -135,9 +133,13 @@ function clearLines() {
 }
 
 // ---- capture mode ---------------------------------------------------------------------------------------
+//
+// static/session.js runs the session (mic, socket, queue, reconnects); the widget shows its state, captions and
+// errors, and reports them to the host.
 
 const transcript = new Transcript();
 let session = null;
+let wakeLock = null;
 
 function micMessage(err) {
   const denied = err?.name === 'NotAllowedError' || err?.name === 'SecurityError';
@@ -152,132 +154,23 @@ function micMessage(err) {
   return describeCaptureError(err);
 }
 
-function onTranscriptEvent(msg) {
-  const change = transcript.apply(msg);
-  if (!change) return;
-  const { entry, committed } = change;
+function onChange({ entry, committed }) {
   if (entry.text || entry.final) showLine(entry.key, entry.text, entry.final);
   else dropLine(entry.key);
   if (committed && entry.text) hooks.finals = transcript.finals;
   hooks.interim = entry.final ? '' : entry.text;
 }
 
-function connect(s, resume) {
-  const params = { sample_rate: 16000, key: KEY };
-  if (resume && s.token) params.resume = s.token;
-  // The first socket takes audio at once (queued until open); a resumed one only after `ready`.
-  const c = { closedReason: null, error: null, flowing: !resume, resume };
-  s.conn = c;
-  c.socket = new RelaySocket(listenUrl(location, params), {
-    message: (msg) => onMessage(s, c, msg),
-    close: (info) => onClose(s, c, info),
-  });
-  if (c.flowing) flush(s, c);
-}
-
-function sendAudio(s, buffer) {
-  const c = s.conn;
-  if (c && c.flowing && !c.socket.isClosing) c.socket.send(buffer);
-  else s.queue.push(buffer); // bounded: the oldest audio goes first
-}
-
-function flush(s, c) {
-  for (const buffer of s.queue.drain()) c.socket.send(buffer);
-}
-
-function onMessage(s, c, msg) {
-  if (session !== s || s.conn !== c) return;
-  switch (msg.type) {
-    case 'ready': {
-      const resumed = c.resume && msg.session_id === s.sessionId;
-      if (s.sessionId && !resumed) transcript.newSession();
-      s.sessionId = msg.session_id;
-      s.token = msg.resume_token || null;
-      s.everLive = true;
-      s.attempt = 0;
-      s.downSince = null;
-      flush(s, c);
-      c.flowing = true;
-      const shareUrl = typeof msg.share_url === 'string' ? new URL(msg.share_url, location.href).href : null;
-      setState('live', { session_id: msg.session_id, share_url: shareUrl });
-      break;
-    }
-    case 'status':
-      if (msg.state === 'live' || msg.state === 'reconnecting') setState(msg.state);
-      break;
-    case 'transcript':
-      onTranscriptEvent(msg);
-      post('transcript', { turn: msg.turn, text: msg.text, final: Boolean(msg.final), start: msg.start, end: msg.end });
-      break;
-    case 'turn':
-      onTranscriptEvent(msg);
-      post('turn', { turn: msg.turn, event: msg.event });
-      break;
-    case 'error':
-      if (!isInputError(msg)) c.error = msg; // input errors drop one frame; the session goes on
-      // resume_refused starts a fresh session, and a live session retries retryable errors by itself
-      if (msg.code !== 'resume_refused' && !(msg.retryable && s.everLive)) {
-        showError(msg.code, msg.message || 'The server reported an error.');
-      }
-      break;
-    case 'closed':
-      c.closedReason = msg.reason || 'closed';
-      if (!s.stopping && policy(s, c).action === 'end') s.capture?.finish(); // release the mic now
-      else if (!s.stopping) c.flowing = false;
-      break;
-    default:
-      break;
+// The host gets the server's transcript and turn events as they come.
+function relay(msg) {
+  if (msg.type === 'transcript') {
+    post('transcript', { turn: msg.turn, text: msg.text, final: Boolean(msg.final), start: msg.start, end: msg.end });
+  } else if (msg.type === 'turn') {
+    post('turn', { turn: msg.turn, event: msg.event });
   }
 }
 
-function policy(s, c) {
-  return decide({ userStopped: s.stopping, closedReason: c.closedReason, error: c.error, everLive: s.everLive,
-    canResume: Boolean(s.token) });
-}
-
-function onClose(s, c, { code }) {
-  c.flowing = false;
-  if (session !== s || s.conn !== c) return;
-  s.conn = null;
-  clearTimeout(s.closeTimer);
-  const next = policy(s, c);
-  if (next.action !== 'end') {
-    // Dropped mid-session: keep the mic running, queue its audio, and continue the same session.
-    if (s.downSince === null) s.downSince = Date.now();
-    setState('reconnecting');
-    if (next.action === 'fresh') s.token = null;
-    const delay = backoffDelay(s.attempt++, { retryAfter: next.retryAfter });
-    if (Date.now() + delay - s.downSince > GIVE_UP_MS) {
-      showError('reconnect_failed', 'Could not reconnect to the caption server. Press Start to try again.');
-      end(s, 'error');
-      return;
-    }
-    s.retryTimer = setTimeout(() => {
-      if (session === s && !s.stopping && !s.conn) connect(s, Boolean(s.token));
-    }, delay);
-    return;
-  }
-  if (s.stopping && (c.closedReason || code === 1000)) end(s, 'closed');
-  else if (c.error) end(s, 'error'); // already shown
-  else if (c.closedReason) end(s, 'closed');
-  else {
-    showError('socket', 'Could not reach the caption server. Check the network and press Start again.');
-    end(s, 'error');
-  }
-}
-
-function end(s, state) {
-  clearTimeout(s.retryTimer);
-  clearTimeout(s.closeTimer);
-  s.capture?.finish();
-  s.queue.drain();
-  s.wakeLock?.release().catch(() => {});
-  if (el.level) el.level.value = 0;
-  if (session === s) session = null;
-  setState(state);
-}
-
-async function start() {
+function start() {
   if (session || MODE !== 'capture') return;
   clearError();
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
@@ -285,63 +178,53 @@ async function start() {
     setState('error');
     return;
   }
-  const s = { stopping: false, capture: null, conn: null, queue: new AudioQueue(), everLive: false, sessionId: null,
-    token: null, attempt: 0, downSince: null, retryTimer: null, closeTimer: null, wakeLock: null };
-  session = s;
-  transcript.newSession();
-  setState('connecting');
-  // Microphone first: a blocked microphone must not open a recognizer session for nothing.
-  try {
-    s.capture = await startCapture({
+  const s = new CaptureSession({
+    capture: (onFrame) => startCapture({
       workletUrl: WORKLET_URL,
-      onFrame: (buffer) => sendAudio(s, buffer),
+      onFrame,
       onLevel: (level) => {
         el.level.value = levelToMeter(level.peak);
       },
-    });
-  } catch (err) {
-    if (session === s) {
-      session = null;
-      showError(err?.name || 'capture', micMessage(err));
-      setState('error');
-    }
-    return;
-  }
-  if (session !== s) {
-    s.capture.finish();
-    return;
-  }
-  connect(s, false);
-  try {
-    s.wakeLock = (await navigator.wakeLock?.request('screen')) ?? null; // allowed when the host delegates it
-  } catch {
-    s.wakeLock = null;
-  }
-  if (s.stopping) finish(s);
+    }),
+    location,
+    params: { key: KEY },
+    transcript,
+    describeError: micMessage,
+    on: {
+      state: (state) => {
+        if (s.ended && session === s) session = null;
+        setState(state);
+      },
+      ready: ({ sessionId, shareUrl }) => {
+        setState('live', { session_id: sessionId, share_url: shareUrl === null ? null : new URL(shareUrl, location.href).href });
+      },
+      change: onChange,
+      remove: dropLine,
+      error: ({ code, message }) => showError(code, message),
+      message: relay,
+      started: async () => {
+        try {
+          wakeLock = (await navigator.wakeLock?.request('screen')) ?? null; // allowed when the host delegates it
+        } catch {
+          wakeLock = null;
+        }
+      },
+      captureStopped: () => {
+        wakeLock?.release().catch(() => {});
+        wakeLock = null;
+        if (el.level) el.level.value = 0;
+      },
+    },
+  });
+  session = s;
+  return s.start();
 }
 
-// Flush the worklet's last audio, then CloseStream; the socket stays open for the last captions.
-async function finish(s) {
-  const rest = await s.capture.finish();
-  const c = s.conn;
-  if (!c || c.socket.isClosing || c.closedReason) {
-    if (!c) end(s, 'closed');
-    return; // a closing socket: its close event ends the session
-  }
-  c.flowing = true;
-  flush(s, c);
-  if (rest) c.socket.send(rest);
-  c.socket.send({ type: 'CloseStream' });
-  s.closeTimer = setTimeout(() => c.socket.close(1000, 'no closed event'), CLOSE_TIMEOUT_MS);
-}
-
-async function stop() {
-  const s = session;
-  if (!s || s.stopping) return;
-  s.stopping = true;
-  clearTimeout(s.retryTimer);
+function stop() {
+  if (!session || session.stopping) return;
+  const done = session.stop();
   setState(hooks.state);
-  if (s.capture) await finish(s); // else start() finishes once the mic is open
+  return done;
 }
 
 // ---- view mode ---------------------------------------------------------------------------------------------
