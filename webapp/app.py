@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     asset_version = _asset_version()
     sharing = Sharing(settings, secret_key, asset_version, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, asset_version)  # the /embed widget and its keys
-    resumes = Resumes(sharing.backend)  # who may resume a session, with which token
+    resumes = Resumes(sharing.store)  # who may resume a session, with which token
 
     async def index(request: Request) -> Response:
         allowed = login.allowed(request)
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def healthz(request: Request) -> Response:
         # 200 while degraded too: captions still flow without the store, and every instance shares it.
-        store = await sharing.backend.health()
+        store = await sharing.recording.health()
         ok = store["store"] == "ok" and store.get("live", "ok") == "ok"
         return JSONResponse({"status": "ok" if ok else "degraded", "backend": settings.backend, **store},
                             headers={"Cache-Control": "no-store"})
