@@ -170,8 +170,8 @@ class RedisBroker(Broker):
         super().__init__()
         self.url = url
         self.p = prefix
-        self.redis = None
-        self.pubsub = None
+        self.redis: Any = None  # a redis.asyncio client once started
+        self.pubsub: Any = None  # its live:* subscription, None while reconnecting
         self.listener: asyncio.Task | None = None
 
     async def start(self) -> None:

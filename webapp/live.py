@@ -103,7 +103,7 @@ class Viewer:
         if msg.kind == "interim":
             return msg.turn is not None and msg.turn <= self.done_turn
         if msg.kind == "revoked":  # it watches through the new link (or a later one): not retired
-            return None not in (msg.version, self.version) and self.version >= msg.version
+            return msg.version is not None and self.version is not None and self.version >= msg.version
         return False
 
     async def run(self) -> str:

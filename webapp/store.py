@@ -228,7 +228,7 @@ def _insert_turns(rows: int) -> str:
 class SqliteStore(SessionStore):
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.db = None
+        self.db: Any = None  # an aiosqlite connection once started
         self.finals: list[tuple[tuple, asyncio.Future]] = []   # waiting for the next write
         self.finals_writer: asyncio.Task | None = None
 
@@ -374,7 +374,7 @@ class RedisStore(SessionStore):
     def __init__(self, url: str, prefix: str = "cr:"):
         self.url = url
         self.p = prefix
-        self.redis = None
+        self.redis: Any = None  # a redis.asyncio client once started
 
     async def start(self) -> None:
         self.redis = redis_client(self.url)
