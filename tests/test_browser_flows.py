@@ -269,7 +269,7 @@ def test_viewer_keeps_following_across_a_server_restart(simulator, session_tmp):
 
 def grace_app_argv(seconds: float) -> list[str]:
     """`python -m webapp` with a shorter PAUSE_GRACE, so a test can wait it out."""
-    return ["-c", f"import sys, webapp.store as s; s.PAUSE_GRACE = {seconds}; from webapp.cli import main; "
+    return ["-c", f"import sys, webapp.live as s; s.PAUSE_GRACE = {seconds}; from webapp.cli import main; "
             "sys.exit(main(sys.argv[1:]))", "--host", "127.0.0.1", "--port", "{port}"]
 
 

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from client import collect_until_closed, frames, run_capture, tone_pcm, types
 from conftest import TEST_DG_KEY, running_app, start_app, stop_app
 from test_sharing import owner_cookie
-from webapp.store import LocalBackend, RedisBackend
+from webapp.store import MemoryStore, RedisStore, SqliteStore
 
 BPS = 32000  # 16 kHz 16-bit mono
 SLACK_S = 0.5  # a limit may be passed by no more than this (frames are 80 ms)
@@ -293,26 +293,24 @@ async def test_client_address_is_the_rightmost_untrusted_of_every_forwarded_line
 # ---- spent tokens with several instances (Redis) ---------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def backend(request, tmp_path, redis_url):
-    if request.param == "sqlite":
-        b = LocalBackend(tmp_path / "claims.sqlite3")
-    else:
-        b = RedisBackend(redis_url, prefix=f"claims{time.monotonic_ns()}:")
-    await b.start()
-    yield b
-    await b.close()
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+async def store(request, tmp_path, redis_url):
+    s = {"sqlite": lambda: SqliteStore(tmp_path / "claims.sqlite3"), "memory": MemoryStore,
+         "redis": lambda: RedisStore(redis_url, prefix=f"claims{time.monotonic_ns()}:")}[request.param]()
+    await s.start()
+    yield s
+    await s.close()
 
 
-async def test_claim_resume_is_compare_and_set(backend):
-    await backend.create_session({"id": "s1", "owner": "o1", "backend": "deepgram", "started_at": time.time(),
-                                  "share_version": 0, "resume_nonce": "n0"})
-    claims = await asyncio.gather(*(backend.claim_resume("s1", "n0", f"n{i}") for i in range(1, 6)))
+async def test_claim_resume_is_compare_and_set(store):
+    await store.create_session({"id": "s1", "owner": "o1", "backend": "deepgram", "started_at": time.time(),
+                                "share_version": 0, "resume_nonce": "n0"})
+    claims = await asyncio.gather(*(store.claim_resume("s1", "n0", f"n{i}") for i in range(1, 6)))
     assert sorted(claims) == [False] * 4 + [True]  # five sockets with one token: one wins
     winner = f"n{claims.index(True) + 1}"
-    assert (await backend.get_session("s1"))["resume_nonce"] == winner
-    assert await backend.claim_resume("s1", "n0", "n9") is False
-    assert await backend.claim_resume("nope", "n0", "n9") is None
+    assert (await store.get_session("s1"))["resume_nonce"] == winner
+    assert await store.claim_resume("s1", "n0", "n9") is False
+    assert await store.claim_resume("nope", "n0", "n9") is None
 
 
 async def test_a_token_spent_on_one_instance_is_refused_on_another(simulator, session_tmp, redis_url):

@@ -158,20 +158,22 @@ async def test_new_link_and_turn_off_disconnect_viewers_of_the_old_link(simulato
         await speaker.close_stream()
 
 
-def test_a_revocation_retires_only_older_links():
+@pytest.mark.parametrize("link_version, announced, why", [
+    (2, 3, "revoked"), (3, 3, "ended"), (None, 3, "revoked"),
+    (5, None, "revoked"),  # as an older process announces it: every link is retired
+])
+async def test_a_revocation_retires_only_older_links(link_version, announced, why):
     """A viewer that joined through the new link is not cut off by the announcement of that very link (it can
     arrive after the viewer registered: Redis delivers it later, to every process)."""
-    from webapp.store import Live, Viewer, live_revoked
-    async def nothing(_text):
+    from webapp.broker import Feed
+    from webapp.live import Live, Viewer, live_ended, live_revoked
+
+    async def send(_text):
         pass
-    wire = Live.decode(live_revoked(3).text)  # as another process hears it through Redis
-    for version, retired in ((2, True), (3, False), (None, True)):
-        viewer = Viewer(nothing, version)
-        viewer.put(wire)
-        assert bool(viewer.items) == retired, version
-    unversioned = Viewer(nothing, 5)  # as an older process announces it: every link is retired
-    unversioned.put(Live.decode(live_revoked().text))
-    assert unversioned.items
+    feed = Feed()
+    feed.put(Live.decode(live_revoked(announced).text))  # as another process hears it through Redis
+    feed.put(live_ended("client_closed", 1.0))
+    assert await Viewer(feed, send, link_version).run() == why
 
 
 # ---- cookies behind a TLS proxy -----------------------------------------------------------------------------

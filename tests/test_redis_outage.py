@@ -18,8 +18,11 @@ import redis
 
 from conftest import TEST_DG_KEY, free_port, start_app, stop_app
 from test_sharing import Socket, http, open_viewer, start_speaker
-from webapp import store
-from webapp.store import Live, RedisBackend, Recorder, Viewer
+from webapp import recorder as recorder_mod
+from webapp.broker import Feed, RedisBroker
+from webapp.live import Live, Viewer, live_ended, live_transcript
+from webapp.recorder import Recorder, Recording
+from webapp.store import RedisStore
 
 # Five short turns: each is 0.6 s of words and 0.4 s to its end, so turn k is final once k + 1 s of audio arrived.
 SCRIPT = [["Alpha", "one."], ["Bravo", "two."], ["Charlie", "three."], ["Delta", "four."], ["Echo", "five."]]
@@ -202,9 +205,11 @@ def final_event(turn: int, text: str) -> dict:
 
 
 async def test_finals_past_the_bound_are_counted_and_told_the_rest_written_in_order(redis_server, monkeypatch):
-    monkeypatch.setattr(store, "FINALS_HELD", 2)
-    backend = RedisBackend(redis_server.url, prefix="bound:")
-    await backend.start()
+    monkeypatch.setattr(recorder_mod, "FINALS_HELD", 2)
+    store, broker = RedisStore(redis_server.url, prefix="bound:"), RedisBroker(redis_server.url, prefix="bound:")
+    await store.start()
+    await broker.start()
+    recording = Recording(store, broker)
     page = []  # what the speaker's page is sent by the recorder
     session = type("Session", (), {"id": "s1", "resumed": False, "audio_seconds": 5.0,
                                    "settings": type("S", (), {"backend": "deepgram", "model": "m"}),
@@ -220,10 +225,9 @@ async def test_finals_past_the_bound_are_counted_and_told_the_rest_written_in_or
         while not predicate():
             changed.clear()
             await asyncio.wait_for(changed.wait(), 20)
-    viewer = Viewer(send, replay=lambda seq: backend.catch_up("s1", seq))
-    backend.hub.add("s1", viewer)
+    viewer = Viewer(broker.subscribe("s1"), send, replay=lambda seq: recording.catch_up("s1", seq))
     runner = asyncio.create_task(viewer.run())
-    recorder = Recorder(backend, lambda session_id, version: "tok", None)
+    recorder = Recorder(recording, lambda session_id, version: "tok", None)
     try:
         await recorder.opened(session)
         recorder.event(final_event(0, "zero"))
@@ -234,28 +238,29 @@ async def test_finals_past_the_bound_are_counted_and_told_the_rest_written_in_or
         await asyncio.wait_for(recorder.stalled.wait(), 5)  # the writer found the store down
         for turn, text in ((2, "two"), (3, "three"), (4, "four")):
             recorder.event(final_event(turn, text))
-        health = await asyncio.wait_for(backend.health(), 1.0)
+        health = await asyncio.wait_for(recording.health(), 1.0)
         assert (health["store"], health["finals_held"], health["finals_lost"]) == ("unavailable", 2, 2)
         assert [(m["type"], m["code"], m["lost"]) for m in page] == [("notice", "finals_lost", 1)]  # at the first loss
 
         redis_server.start()
         await recorder.closed(session, "client_closed")  # the store is down: returns at once, the writer goes on
         await asyncio.wait_for(asyncio.shield(recorder.writer), 20)
-        turns = await backend.get_turns("s1")
+        turns = await store.get_turns("s1")
         assert [(t["seq"], t["text"]) for t in turns] == [(0, "zero"), (1, "one"), (2, "two")]
         assert page[-1]["lost"] == 2 and "2 caption line(s)" in page[-1]["message"]  # the outage's count, at its end
-        assert (await backend.get_session("s1"))["end_reason"] == "client_closed"
+        assert (await store.get_session("s1"))["end_reason"] == "client_closed"
         assert await asyncio.wait_for(runner, 20) == "ended"
         assert [(m.get("seq"), m["type"]) for m in got] == [(0, "transcript"), (1, "transcript"), (2, "transcript"), (None, "ended")]
-        health = await backend.health()
+        health = await recording.health()
         assert (health["store"], health["finals_held"], health["finals_lost"]) == ("ok", 0, 2)
     finally:
         runner.cancel()
-        await backend.close()
+        await broker.close()
+        await store.close()
 
 
 def live_final(seq: int) -> Live:
-    return store.live_transcript(final_event(seq, f"f{seq}"), seq)
+    return live_transcript(final_event(seq, f"f{seq}"), seq)
 
 
 @pytest.mark.parametrize("case", ["gap", "catch_up", "replay_fails"])
@@ -272,15 +277,15 @@ async def test_viewer_fills_what_the_live_feed_missed_once_and_in_order(case):
         if case == "replay_fails":
             raise ConnectionError("store still down")
         return [live_final(s) for s in range(seq, 4)]
-    viewer = Viewer(send, replay=replay)
-    runner = asyncio.create_task(viewer.run())
+    feed = Feed()
+    runner = asyncio.create_task(Viewer(feed, send, replay=replay).run())
     try:
-        viewer.put(live_final(0))
+        feed.put(live_final(0))
         if case == "catch_up":
-            viewer.catch_up()  # the feed came back: what did we miss?
-        viewer.put(live_final(3))  # a gap: 1 and 2 never came live
-        viewer.put(live_final(3))  # and one the replay already had
-        viewer.put(store.live_ended("client_closed", 1.0))
+            feed.interrupted()  # the feed came back: what did we miss?
+        feed.put(live_final(3))  # a gap: 1 and 2 never came live
+        feed.put(live_final(3))  # and one the replay already had
+        feed.put(live_ended("client_closed", 1.0))
         assert await asyncio.wait_for(runner, 5) == "ended"
     finally:
         runner.cancel()

@@ -328,19 +328,19 @@ async def test_turns_survive_sigkill(simulator, session_tmp):
 
 async def test_retention_removes_old_sessions_at_startup(session_tmp):
     from webapp.links import ShareLinks
-    from webapp.store import LocalBackend, live_ended, live_transcript
+    from webapp.store import SqliteStore
     data = session_tmp / "data-retention"
     secret = "retention-test-secret-0123456789"
-    backend = LocalBackend(data / "sessions.sqlite3")
-    await backend.start()
+    store = SqliteStore(data / "sessions.sqlite3")
+    await store.start()
     now = time.time()
     for session_id, age_days in (("old-one", 3), ("fresh-one", 0.5)):
-        await backend.create_session({"id": session_id, "owner": None, "backend": "deepgram", "started_at": now - age_days * 86400,
-                                      "share_version": 0})
+        await store.create_session({"id": session_id, "owner": None, "backend": "deepgram", "started_at": now - age_days * 86400,
+                                    "share_version": 0})
         final = {"type": "transcript", "turn": 0, "text": f"said in {session_id}", "final": True, "start": 0.1, "end": 0.5}
-        await backend.append_final(session_id, 0, final, live_transcript(final, 0))
-        await backend.end_session(session_id, {"ended_at": now - age_days * 86400 + 60}, live_ended("client_closed", now))
-    await backend.close()
+        await store.append_final(session_id, 0, final)
+        await store.end_session(session_id, {"ended_at": now - age_days * 86400 + 60})
+    await store.close()
 
     links = ShareLinks(secret, 30)
     with running_app({"SECRET_KEY": secret, "RETENTION_DAYS": "2"}, session_tmp, "retention") as app:
@@ -357,7 +357,8 @@ async def test_retention_removes_old_sessions_at_startup(session_tmp):
 async def test_a_slow_viewer_skips_interims_never_finals_and_blocks_no_one():
     """A viewer whose socket is stuck: the publisher never waits on it, its queue stays bounded, and when
     it drains it gets every final in order and only the newest interim."""
-    from webapp.store import VIEWER_QUEUE, Hub, Viewer, live_transcript
+    from webapp.broker import VIEWER_QUEUE, MemoryBroker
+    from webapp.live import Viewer, live_transcript
     gate = asyncio.Event()
     stuck_got, fast_got = [], []
 
@@ -368,17 +369,15 @@ async def test_a_slow_viewer_skips_interims_never_finals_and_blocks_no_one():
     async def fast_send(text):
         fast_got.append(json.loads(text))
 
-    hub = Hub()
-    stuck, fast = Viewer(stuck_send), Viewer(fast_send)
-    hub.add("s", stuck)
-    hub.add("s", fast)
-    tasks = [asyncio.create_task(stuck.run()), asyncio.create_task(fast.run())]
+    broker = MemoryBroker()
+    stuck, fast = broker.subscribe("s"), broker.subscribe("s")
+    tasks = [asyncio.create_task(Viewer(stuck, stuck_send).run()), asyncio.create_task(Viewer(fast, fast_send).run())]
     seq = 0
     for turn in range(40):
         for n in range(1, 30):
-            hub.deliver("s", live_transcript({"turn": turn, "text": "w " * n, "final": False}))
+            await broker.publish("s", live_transcript({"turn": turn, "text": "w " * n, "final": False}))
             await asyncio.sleep(0)  # let the fast viewer's sender run, as the event loop would
-        hub.deliver("s", live_transcript({"turn": turn, "text": f"final {turn}", "final": True}, seq))
+        await broker.publish("s", live_transcript({"turn": turn, "text": f"final {turn}", "final": True}, seq))
         seq += 1
         assert len(stuck.items) <= VIEWER_QUEUE + 1
     await asyncio.sleep(0)

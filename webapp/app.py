@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     embeds = Embeds(settings, secret_key, templates)  # the /embed widget and its keys
     home = Home(settings, templates, login=login, quotas=quotas, shares=shares)
     admission = Admission(settings, shares=shares, embeds=embeds, login=login, quotas=quotas, live=live,
-                          resumes=Resumes(shares.backend), resume_tokens=ResumeTokens(secret_key))
+                          resumes=Resumes(shares.store), resume_tokens=ResumeTokens(secret_key))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

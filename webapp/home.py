@@ -32,7 +32,7 @@ class Home:
 
     async def healthz(self, request: Request) -> Response:
         # 200 while degraded too: captions still flow without the store, and every instance shares it.
-        store = await self.shares.backend.health()
+        store = await self.shares.recording.health()
         ok = store["store"] == "ok" and store.get("live", "ok") == "ok"
         return JSONResponse({"status": "ok" if ok else "degraded", "backend": self.settings.backend, **store},
                             headers={"Cache-Control": "no-store"})

@@ -16,7 +16,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from .logs import fields
-from .store import Backend
+from .store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ class Known:
 class Resumes:
     KEPT = 10_000  # sessions remembered; beyond, the oldest are decided by the store alone
 
-    def __init__(self, backend: Backend):
-        self.backend = backend
+    def __init__(self, store: SessionStore):
+        self.store = store
         self.known: dict[str, Known] = {}  # this process's sessions: and the fallback when the store cannot answer
 
     def get(self, session_id: str) -> Known | None:
@@ -57,7 +57,7 @@ class Resumes:
             candidates.insert(0, known.nonce)
         for expected in candidates:
             try:
-                ok = await self.backend.claim_resume(session_id, expected, new)
+                ok = await self.store.claim_resume(session_id, expected, new)
             except Exception as exc:  # the store is down: this process's own view decides
                 log.warning("resume_store_failed", extra=fields(session=session_id, error=type(exc).__name__))
                 ok = None
@@ -77,7 +77,7 @@ class Resumes:
         prev = known.prev
         known.nonce, known.prev = prev, None
         try:
-            await self.backend.claim_resume(session_id, nonce, prev)
+            await self.store.claim_resume(session_id, nonce, prev)
         except Exception as exc:
             log.warning("resume_store_failed", extra=fields(session=session_id, error=type(exc).__name__))
 

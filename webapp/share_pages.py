@@ -22,12 +22,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import exports, store
+from . import exports, live
+from .broker import make_broker
 from .config import Settings
+from .live import PAUSING_REASONS, REVOKED, Viewer, live_revoked
 from .logs import fields
+from .recorder import Recorder, Recording
 from .security import Cookies, origin_allowed
 from .links import Owners, ShareLinks
-from .store import PAUSING_REASONS, REVOKED, STORE_ERRORS, Backend, Recorder, Viewer, live_revoked, make_backend
+from .store import STORE_ERRORS, make_store, store_url
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 3600.0  # seconds between retention sweeps
@@ -71,7 +74,7 @@ def _pause_left(meta: dict[str, Any]) -> float:
     """Seconds a viewer should still wait for a session that a server restart (or crash) stopped; 0 if none."""
     if meta["live"] or meta.get("end_reason") not in PAUSING_REASONS or meta.get("ended_at") is None:
         return 0.0
-    return max(0.0, store.PAUSE_GRACE - (time.time() - meta["ended_at"]))
+    return max(0.0, live.PAUSE_GRACE - (time.time() - meta["ended_at"]))
 
 
 def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +84,11 @@ def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 class SharePages:
-    def __init__(self, settings: Settings, secret_key: str, templates: Jinja2Templates, backend: Backend | None = None,
-                 cookies: Cookies | None = None):
+    def __init__(self, settings: Settings, secret_key: str, templates: Jinja2Templates, cookies: Cookies | None = None):
         self.settings = settings
-        self.backend = backend or make_backend(settings)
+        self.store = make_store(store_url(settings))
+        self.broker = make_broker(settings.redis_url or "memory://")
+        self.recording = Recording(self.store, self.broker)
         self.links = ShareLinks(secret_key, settings.share_ttl_days)
         self.owners = Owners(secret_key, cookies or Cookies(settings))
         self.templates = templates
@@ -93,14 +97,16 @@ class SharePages:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.backend.start()
-        recovered = await self.backend.recover()
+        await self.store.start()
+        await self.broker.start()
+        recovered = await self.store.recover()
         if recovered:
             log.warning("sessions_interrupted", extra=fields(count=recovered))
         if self.settings.retention_days > 0:
             await self._purge()
             self.retention_task = asyncio.create_task(self._retention(), name="retention")
-        log.info("store_ready", extra=fields(store=type(self.backend).__name__, retention_days=self.settings.retention_days,
+        log.info("store_ready", extra=fields(store=type(self.store).__name__, broker=type(self.broker).__name__,
+                                             retention_days=self.settings.retention_days,
                                              share_ttl_days=self.settings.share_ttl_days))
 
     async def close(self) -> None:
@@ -108,13 +114,14 @@ class SharePages:
             self.retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.retention_task
-        await self.backend.finish_writers()  # records still held for a down store: a short grace, then counted lost
-        await self.backend.close()
+        await self.recording.finish()  # records still held for a down store: a short grace, then counted lost
+        await self.broker.close()
+        await self.store.close()
 
     async def _purge(self) -> None:
         try:
             cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - self.settings.retention_days * 86400
-            removed = await self.backend.purge(cutoff)
+            removed = await self.store.purge(cutoff)
             log.info("retention_sweep", extra=fields(removed=removed, retention_days=self.settings.retention_days))
         except Exception as exc:
             log.error("retention_failed", extra=fields(error=repr(exc)))
@@ -127,7 +134,7 @@ class SharePages:
     # ---- hooks for app.py ------------------------------------------------------------------------
 
     def sink(self, conn: HTTPConnection) -> Recorder:
-        return Recorder(self.backend, self.links.mint, self.owners.read(conn))
+        return Recorder(self.recording, self.links.mint, self.owners.read(conn))
 
     def ensure_owner_cookie(self, conn: HTTPConnection, response: Response) -> Response:
         self.owners.ensure_cookie(conn, response)
@@ -142,7 +149,7 @@ class SharePages:
             return 410, None
         if check.status != "ok":
             return 404, None
-        meta = await self.backend.get_session(check.session_id)
+        meta = await self.store.get_session(check.session_id)
         if meta is None or meta.get("share_version") != check.version:
             return 404, None  # unknown, deleted by retention, or revoked: all look the same
         return 200, meta
@@ -159,7 +166,7 @@ class SharePages:
         status, meta = await self._resolve(token)
         if meta is None:
             return self._link_error(request, status)
-        turns = await self.backend.get_turns(meta["id"])
+        turns = await self.store.get_turns(meta["id"])
         return self.templates.TemplateResponse(request, "viewer.html", {
             "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0,
             "started": _when(meta["started_at"]),
@@ -176,7 +183,7 @@ class SharePages:
         return await self._export(meta, fmt)
 
     async def _export(self, meta: dict[str, Any], fmt: str) -> Response:
-        turns = await self.backend.get_turns(meta["id"])
+        turns = await self.store.get_turns(meta["id"])
         if fmt == "txt":
             body = exports.to_txt(turns)
         elif fmt == "srt":
@@ -205,18 +212,18 @@ class SharePages:
                 await ws.close(1008)
             return
         session_id = meta["id"]
-        viewer = Viewer(ws.send_text, meta["share_version"], functools.partial(self.backend.catch_up, session_id))
-        # Register before reading the snapshot: whatever is published from here on is queued, and the
+        # Subscribe before reading the snapshot: whatever is published from here on is queued, and the
         # viewer drops what the snapshot already holds (finals by seq, interims of finished turns).
-        self.backend.hub.add(session_id, viewer)
+        feed = self.broker.subscribe(session_id)
+        viewer = Viewer(feed, ws.send_text, meta["share_version"], functools.partial(self.recording.catch_up, session_id))
         sender = reader = None
         try:
-            meta = await self.backend.get_session(session_id) or meta
+            meta = await self.store.get_session(session_id) or meta
             if meta.get("share_version") != viewer.version:  # retired while it was resolved: its announcement went by
                 await ws.send_text(REVOKED)
                 await ws.close(1000)
                 return
-            turns = await self.backend.get_turns(session_id)
+            turns = await self.store.get_turns(session_id)
             wait = _pause_left(meta)  # stopped by a restart: its speaker's page is expected back
             await ws.send_text(json.dumps({
                 "type": "snapshot", "live": meta["live"], "paused": wait > 0, "end_reason": meta.get("end_reason"),
@@ -236,7 +243,7 @@ class SharePages:
                 why = sender.result()
                 log.debug("viewer_done", extra=fields(session=session_id, why=why))
                 if why == "not_resumed":
-                    meta = await self.backend.get_session(session_id)
+                    meta = await self.store.get_session(session_id)
                     if meta is not None and not meta["live"]:  # the speaker did not come back: it is over
                         await ws.send_text(json.dumps({"type": "ended", "reason": meta.get("end_reason"),
                                                        "ended_at": meta.get("ended_at")}))
@@ -249,7 +256,7 @@ class SharePages:
             with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
                 await ws.close(1013, "store unavailable")
         finally:
-            self.backend.hub.remove(session_id, viewer)
+            feed.close()
             for task in (sender, reader):
                 if task is not None:
                     task.cancel()
@@ -268,20 +275,20 @@ class SharePages:
         owner = self.owners.read(request)
         if owner is None:
             return None
-        meta = await self.backend.get_session(request.path_params["session_id"][:64])
+        meta = await self.store.get_session(request.path_params["session_id"][:64])
         return meta if meta is not None and meta.get("owner") == owner else None
 
     async def _revoke(self, meta: dict[str, Any]) -> None:
         version = meta["share_version"] + 1
-        await self.backend.set_share(meta["id"], version, None)
-        await self.backend.publish(meta["id"], live_revoked(version))  # open viewer sockets close now
+        await self.store.set_share(meta["id"], version, None)
+        await self.broker.publish(meta["id"], live_revoked(version))  # open viewer sockets close now
         log.info("share_revoked", extra=fields(session=meta["id"]))
 
     async def _new_link(self, meta: dict[str, Any]) -> str:
         version = meta["share_version"] + 1  # a new link also retires the previous one
         token = self.links.mint(meta["id"], version)
-        await self.backend.set_share(meta["id"], version, token)
-        await self.backend.publish(meta["id"], live_revoked(version))  # viewers of the old link close now
+        await self.store.set_share(meta["id"], version, token)
+        await self.broker.publish(meta["id"], live_revoked(version))  # viewers of the old link close now
         log.info("share_created", extra=fields(session=meta["id"]))
         return token
 
@@ -335,7 +342,7 @@ class SharePages:
         owner = self.owners.read(request)
         if owner is None:
             return []
-        rows = await self.backend.list_sessions(owner)
+        rows = await self.store.list_sessions(owner)
         for row in rows:
             row["form_token"] = self.owners.form_token(owner, row["id"])  # the page's forms only, never the API
             row["share_url"] = f"/s/{row['share_token']}" if row.get("share_token") else None
