@@ -36,10 +36,6 @@ export class RelaySocket {
     };
   }
 
-  get isOpen() {
-    return this.ws.readyState === 1;
-  }
-
   // CLOSING or CLOSED: nothing sent now would be delivered.
   get isClosing() {
     return this.ws.readyState >= 2;

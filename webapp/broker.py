@@ -99,10 +99,10 @@ class Broker(abc.ABC):
     def available(self) -> bool:
         return self.restored.is_set()
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook: only backends with a connection need it
         pass
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, as start
         pass
 
     async def health(self) -> dict[str, Any]:

@@ -20,9 +20,10 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -32,9 +33,9 @@ from starlette.templating import Jinja2Templates
 
 from . import protocol
 from .config import ConfigError, Settings, _origin
+from .links import ShareLinks
 from .logs import fields
 from .security import PAGE_CSP
-from .links import ShareLinks
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ REVOKE_POLL_S = 2.0  # how soon a revocation ends sessions already running
 THEMES = ("light", "dark", "transparent")
 FONT_SIZE = (10, 96)
 LINES = (1, 10)
-DEFAULTS = {"theme": "light", "font_size": 20, "lines": 3, "lang": "en"}
 QUERY_NAMES = ("key", "share", "theme", "font_size", "lines", "lang")
 _LANG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}")
 # Stricter than config._origin: these go verbatim into a CSP header, so only host characters are allowed.
@@ -102,6 +102,11 @@ class KeyCheck:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def usable(self) -> EmbedKey | None:
+        """The key when it may be used (status ok), else None."""
+        return self.key if self.ok else None
 
 
 KEY_PROBLEMS = {
@@ -234,19 +239,22 @@ class EmbedParamError(ValueError):
 class WidgetQuery:
     key: str | None
     share: str | None
-    theme: str
-    font_size: int
-    lines: int
-    lang: str
+    theme: str = "light"  # the presentation defaults: what a query that leaves them out gets
+    font_size: int = 20
+    lines: int = 3
+    lang: str = "en"
 
     def presentation(self) -> list[tuple[str, str]]:
         """The presentation parameters that differ from the defaults, in a stable order."""
         out = []
         for name in ("theme", "font_size", "lines", "lang"):
             value = getattr(self, name)
-            if value != DEFAULTS[name]:
+            if value != getattr(DEFAULTS, name):
                 out.append((name, str(value)))
         return out
+
+
+DEFAULTS = WidgetQuery(None, None)
 
 
 def _bounded(name: str, raw: str, lo: int, hi: int, unit: str = "") -> int:
@@ -264,14 +272,14 @@ def parse_query(items: Iterable[tuple[str, str]]) -> WidgetQuery:
         if name in seen:
             raise EmbedParamError(f"parameter {name!r} given twice")
         seen[name] = value.strip()
-    theme = seen.get("theme", DEFAULTS["theme"])
+    theme = seen.get("theme", DEFAULTS.theme)
     if theme not in THEMES:
         raise EmbedParamError(f"theme must be one of {', '.join(THEMES)} (got {theme[:20]!r})")
-    font_size = DEFAULTS["font_size"]
+    font_size = DEFAULTS.font_size
     if "font_size" in seen:
         font_size = _bounded("font_size", seen["font_size"], *FONT_SIZE, " (pixels)")
-    lines = _bounded("lines", seen["lines"], *LINES) if "lines" in seen else DEFAULTS["lines"]
-    lang = seen.get("lang", DEFAULTS["lang"])
+    lines = _bounded("lines", seen["lines"], *LINES) if "lines" in seen else DEFAULTS.lines
+    lang = seen.get("lang", DEFAULTS.lang)
     if not _LANG.fullmatch(lang):
         raise EmbedParamError(f"lang must be a language tag such as en, en-GB or pt-BR (got {lang[:20]!r})")
     share = seen.get("share")
@@ -291,7 +299,7 @@ class EmbedRefused(Exception):
 class Slot:
     """One admitted widget stream; release() gives it back (idempotent)."""
 
-    def __init__(self, owner: "Embeds | None" = None, key: EmbedKey | None = None, session: Any = None):
+    def __init__(self, owner: Embeds | None = None, key: EmbedKey | None = None, session: Any = None):
         self.owner, self.key, self.session = owner, key, session
 
     def release(self) -> None:
@@ -321,13 +329,14 @@ class Embeds:
         if raw is None:
             return None
         check = self.keys.check(raw)
-        if not check.ok:
+        key = check.usable
+        if key is None:
             log.info("embed_socket_refused", extra=fields(status=check.status, key_id=check.key.id if check.key else None))
             raise EmbedRefused(SOCKET_CODES[check.status], KEY_PROBLEMS[check.status])
-        if check.key.mode != "capture":
+        if key.mode != "capture":
             raise EmbedRefused("embed_key_view_only",
                                "This embed key only shows shared transcripts; it cannot caption a microphone.")
-        return check.key
+        return key
 
     def take_slot(self, key: EmbedKey | None, session: Any) -> Slot:
         """Admit one stream under the key's --max-streams; the slot also lets a revocation end the session."""
@@ -345,6 +354,7 @@ class Embeds:
         return slot
 
     def _release(self, slot: Slot) -> None:
+        assert slot.key is not None  # take_slot gives an owner only to slots with a key
         held = self.active.get(slot.key.id)
         if held is not None:
             held.discard(slot)
@@ -388,32 +398,34 @@ class Embeds:
         items = request.query_params.multi_items()
         raw_key = next((v for k, v in items if k == "key"), None)
         check = self.keys.check(raw_key)
+        key = check.usable
         try:
             query = parse_query(items)
         except EmbedParamError as exc:
             # Framable by the key's sites when the key is good, so the site owner sees the mistake in place.
             return self._problem(request, 400, "This caption widget's address has a mistake", str(exc),
-                                 ancestors=check.key.ancestors if check.ok else "'none'")
+                                 ancestors=key.ancestors if key else "'none'")
         if query.share is not None:
-            return self._view(request, query, check)
-        if not check.ok:
+            return self._view(request, query, query.share, check)
+        if key is None:
             return self._refused_key(request, check, query)
-        if check.key.mode != "capture":
+        if key.mode != "capture":
             return self._problem(request, 400, "This key only shows shared transcripts",
                                  "Add &share=… (the token of a share link, the part after /s/) to show a live transcript.",
-                                 query, ancestors=check.key.ancestors)
-        return self._page(request, "embed.html", self._context(query, check.key, "capture"),
-                          ancestors=check.key.ancestors, mic=True)
+                                 query, ancestors=key.ancestors)
+        return self._page(request, "embed.html", self._context(query, key, "capture"),
+                          ancestors=key.ancestors, mic=True)
 
-    def _view(self, request: Request, query: WidgetQuery, check: KeyCheck) -> Response:
+    def _view(self, request: Request, query: WidgetQuery, share: str, check: KeyCheck) -> Response:
         # View mode without a key: this server's own pages, and top-level use (an OBS browser source) only.
+        key = check.usable
         if check.status == "missing":
-            ancestors, key = "'self'", None
-        elif check.ok:
-            ancestors, key = check.key.ancestors, check.key
+            ancestors = "'self'"
+        elif key is not None:
+            ancestors = key.ancestors
         else:
             return self._refused_key(request, check, query)
-        link = self.links.check(query.share)
+        link = self.links.check(share)
         if link.status != "ok":
             expired = link.status == "expired"
             return self._problem(request, 410 if expired else 404,
@@ -436,9 +448,9 @@ class Embeds:
         except EmbedParamError as exc:
             return self._problem(request, 400, "This snippet address has a mistake", str(exc), ancestors="'self'")
         check = self.keys.check(query.key)
-        if not check.ok:
+        key = check.usable
+        if key is None or query.key is None:  # (query.key is set whenever key is)
             return self._refused_key(request, check, query)
-        key = check.key
         params = [("key", query.key), *query.presentation()]
         needs_share = key.mode == "view" and query.share is None
         if query.share is not None or needs_share:
@@ -450,7 +462,7 @@ class Embeds:
         return self._page(request, "embed_snippet.html", {
             "tag": tag, "key": key, "key_id": key.id, "preview": None if needs_share else f"/embed?{urlencode(params)}",
             "allow": "microphone; screen-wake-lock" if allow else "", "needs_share": needs_share,
-            "expires": dt.datetime.fromtimestamp(key.expires, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
+            "expires": dt.datetime.fromtimestamp(key.expires, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")},
             ancestors=None, mic=True)
 
 
@@ -483,9 +495,10 @@ def cli(args: argparse.Namespace, settings: Settings) -> int:
         print(f"caption-relay embed-key: {exc}", file=sys.stderr)
         return 2
     decoded = keys._decode(key)
+    assert decoded is not None  # minted just now
     print(key)  # stdout holds only the key, for scripts
     print(f"key id {decoded.id} · mode {decoded.mode} · origins {' '.join(decoded.origins)} · expires "
-          f"{dt.datetime.fromtimestamp(decoded.expires, dt.timezone.utc):%Y-%m-%d}"
+          f"{dt.datetime.fromtimestamp(decoded.expires, dt.UTC):%Y-%m-%d}"
           f"{f' · at most {decoded.max_streams} streams' if decoded.max_streams else ''}\n"
           f"snippet: https://<this server>/embed/snippet?key={key}", file=sys.stderr)
     return 0

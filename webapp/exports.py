@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 LINE_CHARS = 42
 MAX_LINES = 2
@@ -88,16 +89,18 @@ def timed_words(turn: dict[str, Any], fallback_start: float = 0.0) -> list[Word]
         while bounds[j] is None:
             j += 1
         a, b = bounds[i], bounds[j]
+        assert a is not None and b is not None  # bounds 0 and n are set, and each gap is filled left to right
         total = sum(weights[i:j])
         acc = 0
         for k in range(i + 1, j):
             acc += weights[k - 1]
             bounds[k] = a + (b - a) * acc / total
         i = j
-    words, floor = [], bounds[0]
-    for i, text in enumerate(texts):
-        start = max(bounds[i], floor)  # recognizer times out of order: keep cues monotonic
-        end = max(start, ends[i] if ends[i] is not None else bounds[i + 1])
+    times = [t for t in bounds if t is not None]  # all n + 1 are set by now
+    words, floor = [], times[0]
+    for i, (text, said_end) in enumerate(zip(texts, ends, strict=True)):
+        start = max(times[i], floor)  # recognizer times out of order: keep cues monotonic
+        end = max(start, said_end if said_end is not None else times[i + 1])
         words.append(Word(text, start, end))
         floor = start
     return words
@@ -180,7 +183,7 @@ def _vtt_text(line: str) -> str:
 def to_vtt(turns: Iterable[dict[str, Any]]) -> str:
     blocks = ["WEBVTT"]
     for i, c in enumerate(cues(turns), 1):
-        blocks.append(f"{i}\n{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n" + "\n".join(_vtt_text(l) for l in c.lines))
+        blocks.append(f"{i}\n{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n" + "\n".join(_vtt_text(line) for line in c.lines))
     return "\n\n".join(blocks) + "\n"
 
 

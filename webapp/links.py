@@ -33,16 +33,18 @@ class TokenCheck:
 class ShareLinks:
     def __init__(self, secret_key: str, ttl_days: float):
         self.secret_key = secret_key
-        self.max_age = ttl_days * 86400
+        self.max_age = int(ttl_days * 86400)  # signature ages are whole seconds, so dropping the fraction changes nothing
         self.serializer = URLSafeTimedSerializer(secret_key, salt=SHARE_SALT)
 
     def mint(self, session_id: str, version: int, now: float | None = None) -> str:
         if now is None:
             return self.serializer.dumps([session_id, version])
         # A token as it would have been minted at `now` (used for tests of expiry and for tools).
+        at = now
+
         class At(TimestampSigner):
             def get_timestamp(self) -> int:
-                return int(now)
+                return int(at)
         return URLSafeTimedSerializer(self.secret_key, salt=SHARE_SALT, signer=At).dumps([session_id, version])
 
     def check(self, token: str) -> TokenCheck:

@@ -149,6 +149,7 @@ class Viewer:
 
     async def _replay(self) -> str | None:
         """Send the stored finals from min_seq on (and `ended` if it ended), then carry on live."""
+        assert self.replay is not None  # the callers check
         try:
             missed = await self.replay(self.min_seq)
         except STORE_ERRORS as exc:  # still down: the next gap (the feed is back) tries again

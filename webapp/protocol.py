@@ -7,18 +7,18 @@ Events are plain dicts (JSON-ready) built by the helpers below; `docs/protocol.m
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from math import floor
+from typing import Any
 
 import orjson
-from dataclasses import dataclass
-from typing import Any, Iterable
 
 SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
 ENCODINGS = ("linear16",)
 MAX_KEYTERMS = 100
 MAX_KEYTERM_CHARS = 100
 MAX_AUDIO_FRAME = 64 * 1024  # bytes; larger binary frames are refused
-FRAME_MS = 80
 
 
 class ParamError(ValueError):

@@ -12,7 +12,6 @@ from starlette.requests import HTTPConnection
 
 from .config import Settings
 
-
 EPSILON = 0.001  # seconds: sums of frame durations are not exact (750 frames of 0.08 s = 59.99999999999…)
 
 
@@ -23,7 +22,7 @@ class QuotaError(Exception):
 
 
 def _seconds_to_midnight() -> int:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     tomorrow = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return int((tomorrow - now).total_seconds()) + 1
 
@@ -32,7 +31,7 @@ def _seconds_to_midnight() -> int:
 class Lease:
     """One admitted stream. Audio is charged as it arrives (charge()), to the session and to its client's day,
     so the limits hold however many sessions a client runs and however often a session is resumed."""
-    quotas: "Quotas"
+    quotas: Quotas
     client: str
     session_s: float = 0.0   # audio seconds on the session's timeline (a resumed session starts where it was)
     limit_code: str = ""     # which limit stopped it
@@ -55,7 +54,7 @@ class Quotas:
         self.active = 0
         self.per_client: Counter[str] = Counter()
         self.day = dt.date.min
-        self.used_today: Counter[str] = Counter()   # seconds of audio per client, today (UTC)
+        self.used_today: dict[str, float] = {}   # seconds of audio per client, today (UTC)
 
     def client_ip(self, conn: HTTPConnection) -> str:
         peer = conn.client.host if conn.client else "unknown"
@@ -78,9 +77,9 @@ class Quotas:
         return any(ip in net for net in self.proxies)
 
     def _roll_day(self) -> None:
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         if today != self.day:
-            self.day, self.used_today = today, Counter()
+            self.day, self.used_today = today, {}
 
     def admit(self, client: str, session_s: float = 0.0) -> Lease:
         s = self.s
@@ -92,7 +91,7 @@ class Quotas:
                              "open; stop one first.", retry_after=30)
         if s.client_minutes_per_day:
             self._roll_day()
-            if self.used_today[client] >= s.client_minutes_per_day * 60 - EPSILON:
+            if self.used_today.get(client, 0.0) >= s.client_minutes_per_day * 60 - EPSILON:
                 raise QuotaError("quota_exceeded", f"Today's allowance of {s.client_minutes_per_day} minutes of "
                                  "captioning is used up. It renews at midnight UTC.", retry_after=_seconds_to_midnight())
         if s.max_session_minutes and session_s >= s.max_session_minutes * 60 - EPSILON:  # a resume of a session at its limit
@@ -109,10 +108,10 @@ class Quotas:
             return False
         if s.client_minutes_per_day:
             self._roll_day()
-            if self.used_today[lease.client] + seconds > s.client_minutes_per_day * 60:
+            if self.used_today.get(lease.client, 0.0) + seconds > s.client_minutes_per_day * 60:
                 lease.limit_code = "quota_exceeded"
                 return False
-            self.used_today[lease.client] += seconds
+            self.used_today[lease.client] = self.used_today.get(lease.client, 0.0) + seconds
         lease.session_s += seconds
         return True
 

@@ -133,7 +133,7 @@ class Recorder(SessionSink):
             log.error("session_record_failed", extra=fields(session=session.id, error=repr(exc)))
             self.session_id = None
             return {}
-        self._start_writer()
+        self._start_writer(session.id)
         return {"share_url": f"/s/{token}"}
 
     async def _reopen(self, session) -> dict[str, Any] | None:
@@ -150,11 +150,11 @@ class Recorder(SessionSink):
             log.error("session_reopen_failed", extra=fields(session=session.id, error=repr(exc)))
             return None
         self.session_id, self.started_at = session.id, meta["started_at"]
-        self._start_writer()
+        self._start_writer(session.id)
         return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
 
-    def _start_writer(self) -> None:
-        self.writer = asyncio.create_task(self._write(), name=f"recorder-{self.session_id}")
+    def _start_writer(self, session_id: str) -> None:
+        self.writer = asyncio.create_task(self._write(session_id), name=f"recorder-{session_id}")
         self.recording.writers.add(self.writer)
         self.writer.add_done_callback(self._writer_done)
 
@@ -183,7 +183,7 @@ class Recorder(SessionSink):
                 "reason": meta.get("end_reason"), "owner": meta.get("owner")}
 
     def event(self, event: dict[str, Any]) -> None:
-        if self.writer is None or self.ending:
+        if self.writer is None or self.ending or self.session_id is None:  # (the id is set whenever the writer is)
             return
         queue = self.queue
         if event["final"]:
@@ -219,8 +219,8 @@ class Recorder(SessionSink):
                      "message": f"The session store was unavailable: {self.lost} caption line(s) could not be "
                                 "saved to the recording or the share link. Live captions continue."})
 
-    async def _write(self) -> None:
-        store, broker, session_id = self.recording.store, self.recording.broker, self.session_id
+    async def _write(self, session_id: str) -> None:
+        store, broker = self.recording.store, self.recording.broker
         failures = 0
         while True:
             while not self.queue:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+
 from .logs import fields
 from .store import SessionStore
 

@@ -12,9 +12,10 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -173,7 +174,8 @@ class Cookies:
         secure = self.https(conn)
         response.set_cookie(HOST_PREFIX + name if secure else name, value, secure=secure, path="/", **kw)
 
-    def delete(self, conn: HTTPConnection, response: Response, name: str, samesite: str = "lax") -> None:
+    def delete(self, conn: HTTPConnection, response: Response, name: str,
+               samesite: Literal["lax", "strict", "none"] = "lax") -> None:
         response.delete_cookie(name, path="/", samesite=samesite)
         if self.https(conn):
             response.delete_cookie(HOST_PREFIX + name, path="/", secure=True, samesite=samesite)

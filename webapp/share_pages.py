@@ -25,11 +25,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import exports, live
 from .broker import make_broker
 from .config import Settings
+from .links import Owners, ShareLinks
 from .live import PAUSING_REASONS, REVOKED, Viewer, live_revoked
 from .logs import fields
 from .recorder import Recorder, Recording
 from .security import Cookies, origin_allowed
-from .links import Owners, ShareLinks
 from .store import STORE_ERRORS, make_store, store_url
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,11 @@ async def _small_form(request: Request) -> dict[str, str] | None:
 def _when(ts: float | None) -> str:
     if ts is None:
         return ""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _iso(ts: float | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
 def _pause_left(meta: dict[str, Any]) -> float:
@@ -120,7 +120,7 @@ class SharePages:
 
     async def _purge(self) -> None:
         try:
-            cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - self.settings.retention_days * 86400
+            cutoff = dt.datetime.now(dt.UTC).timestamp() - self.settings.retention_days * 86400
             removed = await self.store.purge(cutoff)
             log.info("retention_sweep", extra=fields(removed=removed, retention_days=self.settings.retention_days))
         except Exception as exc:
@@ -192,7 +192,7 @@ class SharePages:
             body = exports.to_vtt(turns)
         else:
             body = exports.to_json(_public_meta(meta), turns)
-        stamp = dt.datetime.fromtimestamp(meta["started_at"], dt.timezone.utc).strftime("%Y%m%d-%H%M")
+        stamp = dt.datetime.fromtimestamp(meta["started_at"], dt.UTC).strftime("%Y%m%d-%H%M")
         headers = {**NOINDEX, "Content-Disposition": f'inline; filename="captions-{stamp}.{fmt}"'}
         return PlainTextResponse(body, media_type=EXPORTS[fmt], headers=headers)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,7 @@ def backoff(attempt: int, first: float = STORE_RETRY[0], cap: float = STORE_RETR
     return delay * random.uniform(0.5, 1.0)
 
 
-try:  # what a store raises when it cannot answer (the request gets a 503, a recorder holds its finals)
-    from redis.exceptions import RedisError
-except ImportError:  # pragma: no cover - redis is a dependency
-    RedisError = OSError
+# What a store raises when it cannot answer (the request gets a 503, a recorder holds its finals).
 STORE_ERRORS = (RedisError, sqlite3.Error, OSError, asyncio.TimeoutError)
 
 
@@ -60,10 +58,10 @@ def redis_client(url: str):
 class SessionStore(abc.ABC):
     """Sessions (a dict of SESSION_FIELDS, plus `live`) and their final turns, numbered by `seq` from 0."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook: only backends with a connection need it
         pass
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, as start
         pass
 
     async def health(self) -> dict[str, Any]:
