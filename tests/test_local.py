@@ -321,6 +321,22 @@ def test_recognizer_makes_no_network_access(tmp_path):
     assert not record.exists(), record.read_text()
 
 
+@pytest.mark.parametrize("argv, expect", [
+    ([], Tuning()),
+    (["--end-silence", "5", "--onnx-interims", "0"], Tuning(end_silence=5.0, onnx_interims=False)),
+    (["--beams", "2", "--stream-nice", "0", "--trace", "1"], Tuning(beams=2, stream_nice=0, trace=True)),
+])
+def test_benchmark_flags_give_the_tuning_each_worker_gets(argv, expect):
+    """Every experiment knob is a benchmark flag; the Tuning reaches a worker as JSON on its command line."""
+    import argparse
+
+    from webapp.local import tuning
+    ap = argparse.ArgumentParser()
+    tuning.add_arguments(ap)
+    got = tuning.from_arguments(ap.parse_args(argv))
+    assert got == expect and Tuning.from_json(got.to_json()) == got
+
+
 @pytest.mark.parametrize("steps, expect", [
     # (add text, at s, from s | None), then (end s -> expected cut text, cut at s)
     ([("one", 1.0, None)], [(5.0, ("", None))]),                          # head under 2 s: not a cut

@@ -140,9 +140,16 @@ class TurnPlanner:
 
     # -- audio --
     def add(self, x: np.ndarray) -> bool:
-        """Take 16 kHz samples; True if the endpointer heard speech in them."""
+        """Take 16 kHz samples (append, then listen); True if the endpointer heard speech in them."""
+        self.append(x)
+        return self.listen(x)
+
+    def append(self, x: np.ndarray) -> None:
         self.total += len(x)
         self.buf = np.concatenate([self.buf, x])
+
+    def listen(self, x: np.ndarray) -> bool:
+        """The appended samples through the voice detector and the endpointer; True if it heard speech."""
         if self.vad is not None:
             self.vad.process(x)
         speech_end = self.ep.last_speech

@@ -93,12 +93,12 @@ class _Worker:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 break
-            op, *args = msg
+            op, arg = msg[:2]  # arg: the stream id, or the worker's facts for "ready"
             if op == "ready":
-                log.info("recognizer worker %d ready (pid %s, %.1f s)", self.index, args[0]["pid"], args[0]["load_seconds"])
+                log.info("recognizer worker %d ready (pid %s, %.1f s)", self.index, arg["pid"], arg["load_seconds"])
                 self.ready.set()
                 continue
-            stream = self.streams.get(args[0])
+            stream = self.streams.get(arg)
             if stream is not None:
                 stream._deliver(msg)
         self.dead = True

@@ -123,9 +123,10 @@ class Stream:
             x = self.resampler.process(x)
         if not len(x):
             return
+        p.append(x)  # first: moonshine's listener (_on_line) reads the planner's totals
         moonshine.add_audio(self.tr, self.stream, x)
         self.fed += len(x)
-        p.add(x)
+        p.listen(x)
         if p.wants_spec():
             self._speculate()  # first: an interim re-decode of a long line would hold this thread for ~0.3 s
         young = p.ep.in_turn and not p.line_text

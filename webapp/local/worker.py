@@ -143,21 +143,21 @@ def main(fd: int, tuning: Tuning) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             break
-        op, *args = msg
-        if op == "quit":
+        if msg == ("quit",):
             break
-        sid = args[0]
+        op, sid, *rest = msg
+        arg = rest[0] if rest else None  # open: the sample rate; audio: the PCM; finalize: the reply's token
         if op == "open":
-            streams[sid] = Stream(sid, args[1], tr, send, decoder)
+            streams[sid] = Stream(sid, arg, tr, send, decoder)
             decoder.sessions = len(streams)
             continue
         s = streams.get(sid)
         if s is None:
             continue
         if op == "audio":
-            s.q.put(("audio", args[1], time.monotonic()))
+            s.q.put(("audio", arg, time.monotonic()))
         elif op == "finalize":
-            s.q.put(("finalize", args[1]))
+            s.q.put(("finalize", arg))
         elif op == "close":
             s.q.put(("close",))
             streams.pop(sid, None)
