@@ -1,5 +1,5 @@
 """How the final decode itself scores, apart from timing: the benchmark's real speech cut into the turns the live
-endpointer makes, each decoded by libmoonshine (greedy, as before beam search) or by webapp/onnxdecoder.py with 1 or 2
+endpointer makes, each decoded by libmoonshine (greedy, as before beam search) or by webapp/local/onnxdecoder.py with 1 or 2
 beams, alone or after the previous turn (left context), and with one beam, context and the interim text as the
 draft (libmoonshine's decode of the turn without the tail: what the interims showed), with `tail` seconds of the
 real audio after the last speech frame (the live speculative decode starts 0.04 s into the silence and the 80 ms
@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import speech  # noqa: E402
-from webapp import recognizer  # noqa: E402
-from webapp.onnxdecoder import OnnxDecoder  # noqa: E402
+from webapp.local import moonshine, tuning  # noqa: E402
+from webapp.local.onnxdecoder import OnnxDecoder  # noqa: E402
+from webapp.local.planner import LOOK_BEHIND  # noqa: E402
 
 RATE = speech.RATE
 
@@ -46,15 +47,17 @@ class CountedRuns:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tails", default="0.04,0.08,0.12,0.2")
+    tuning.add_arguments(ap)  # --pad-seconds, --context-seconds, --context-pause are the ones read here
     args = ap.parse_args()
+    tune = tuning.from_arguments(args)
     from moonshine_voice import get_model_path
     from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
     model = Path(get_model_path("tiny-en"))
-    tr = recognizer._load_transcriber()
+    tr = moonshine.load_transcriber()
     beams = {1: OnnxDecoder(model, 1), 2: OnnxDecoder(model, 2)}
     counted = beams[1].decoder = CountedRuns(beams[1].decoder)
     clips = speech.real_clips() + speech.long_clips()
-    pads = np.random.default_rng(0).normal(0, 20, (64, int(recognizer.PAD_SECONDS * RATE))) / 32768
+    pads = np.random.default_rng(0).normal(0, 20, (64, int(tune.pad_seconds * RATE))) / 32768
     print("| tail | libmoonshine greedy | 1 beam | 2 beams | 1 beam + context | 2 beams + context "
           "| 1 beam + context + draft | CPU s: 1 beam, alone / + context / + draft | 2 beams, alone / + context "
           "| decoder passes: 1 beam + context / + draft |")
@@ -71,9 +74,9 @@ def main() -> None:
                 bounds = bounds[:-1]  # the breath after the last word
             hyps: dict[str, list[str]] = {}
             tails = [pads[i % len(pads)].astype(np.float32) for i in range(len(bounds))]
-            lm = [recognizer.decode_once(tr, np.concatenate([x[s:e], pad]), MOONSHINE_FLAG_FORCE_UPDATE)
+            lm = [moonshine.decode_once(tr, np.concatenate([x[s:e], pad]), MOONSHINE_FLAG_FORCE_UPDATE)
                   for (s, e, _), pad in zip(bounds, tails)]
-            interims = [recognizer.decode_once(tr, x[s:last], MOONSHINE_FLAG_FORCE_UPDATE) for s, _, last in bounds]
+            interims = [moonshine.decode_once(tr, x[s:last], MOONSHINE_FLAG_FORCE_UPDATE) for s, _, last in bounds]
             hyps["greedy"] = lm
             for k, dec in beams.items():
                 alone, joined, drafted, prev = [], [], [], None
@@ -81,8 +84,8 @@ def main() -> None:
                     t = time.process_time()
                     alone.append(dec.decode(np.concatenate([x[s:e], pad])))
                     t2 = time.process_time()
-                    near = (prev is not None and prev[1] - prev[0] <= recognizer.CONTEXT_SECONDS * RATE
-                            and s - prev[1] <= (recognizer.CONTEXT_PAUSE - recognizer.LOOK_BEHIND) * RATE)
+                    near = (prev is not None and prev[1] - prev[0] <= tune.context_seconds * RATE
+                            and s - prev[1] <= (tune.context_pause - LOOK_BEHIND) * RATE)
                     audio, prefix = np.concatenate([x[prev[0] if near else s:e], pad]), prev[2] if near else ()
                     counted.label = "1+ctx"
                     ids = dec.decode_ids(audio, prefix)

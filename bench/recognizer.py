@@ -15,8 +15,9 @@ Definitions:
   CPU RTF per stream: CPU seconds of the web + worker processes / (streams x audio seconds);
   memory: summed RSS of the web process and the workers, sampled every 0.25 s.
 Every loop is bounded: fixed levels, fixed audio, a timeout per level.
---verbose prints every clip of every stream. LOCAL_TRACE=1 in the environment makes the workers print one line per
-turn end on stderr (silence at the commit, queue waits, decode time of the final, ...).
+--verbose prints every clip of every stream. --trace 1 makes the workers print one line per turn end on stderr
+(silence at the commit, queue waits, decode time of the final, ...). Every field of webapp/local/tuning.py is a flag
+(--end-silence 0.3, --cut-pause 0, --onnx-interims 0, ...); LOCAL_BEAMS and LOCAL_CONTEXT_SECONDS are read as by the app.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import speech  # noqa: E402
-from webapp import config, recognizer  # noqa: E402
+from webapp import config  # noqa: E402
+from webapp import local as recognizer  # noqa: E402
+from webapp.local import tuning  # noqa: E402
 from webapp.protocol import StreamParams  # noqa: E402
 from webapp.upstreams.local import LocalUpstream  # noqa: E402
 
@@ -177,7 +180,8 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
 
 
 async def main(args):
-    settings = config.load({}, local_max_streams=max(args.levels))
+    operator = {k: v for k, v in os.environ.items() if k in ("LOCAL_BEAMS", "LOCAL_CONTEXT_SECONDS")}
+    settings = config.load(operator, local_max_streams=max(args.levels))
     clips = speech.real_clips()
     if args.quick:
         clips = clips[:2] + clips[5:7]
@@ -185,7 +189,8 @@ async def main(args):
         clips += speech.long_clips()
     base_rss_before = rss_kb(os.getpid())
     t = time.monotonic()
-    pool = await recognizer.get_pool(settings)
+    tune = tuning.from_arguments(args, **vars(recognizer.Tuning.from_settings(settings)))
+    pool = await recognizer.get_pool(settings, tune)
     load = time.monotonic() - t
     await asyncio.sleep(0.5)  # only to let RSS settle after the warm-up decode
     idle_mb = sum(rss_kb(p) for p in pids(pool)) / 1024
@@ -236,4 +241,5 @@ if __name__ == "__main__":
                     help="all: the 11 pocketsphinx clips and the 44 s two_cities reading; short: the 11 clips")
     ap.add_argument("--quick", action="store_true", help="4 short clips only")
     ap.add_argument("--verbose", action="store_true")
+    tuning.add_arguments(ap)
     asyncio.run(main(ap.parse_args()))

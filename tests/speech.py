@@ -196,13 +196,15 @@ def speech_bounds(pcm: bytes, frame: float = 0.02, margin_db: float = 15.0,
 def endpointer_turns(pcm: bytes) -> list[tuple[int, int, int]]:
     """The turns the recognizer's endpointer ends (0.2 s of silence) in 16 kHz s16 PCM, in samples:
     (start with the look-behind, where the turn ended, just after its last speech frame)."""
-    from webapp import recognizer
+    from webapp.local.planner import LOOK_BEHIND
+    from webapp.local.signal import FRAME, Endpointer
+    from webapp.local.tuning import Tuning
     x = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768
-    ep, out, floor = recognizer.Endpointer(), [], 0
-    for i in range(0, len(x), recognizer.FRAME):
-        ep.process(x[i:i + recognizer.FRAME])
-        if ep.in_turn and ep.ended(recognizer.END_SILENCE):
-            out.append((max(floor, ep.onset - int(recognizer.LOOK_BEHIND * RATE)), ep.pos, ep.last_speech))
+    ep, out, floor = Endpointer(), [], 0
+    for i in range(0, len(x), FRAME):
+        ep.process(x[i:i + FRAME])
+        if ep.in_turn and ep.ended(Tuning.end_silence):
+            out.append((max(floor, ep.onset - int(LOOK_BEHIND * RATE)), ep.pos, ep.last_speech))
             floor = ep.pos
             ep.reset()
     return out

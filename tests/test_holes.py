@@ -62,7 +62,7 @@ def test_unicode_digits_in_embed_query_are_400(flux_app, path, name, value):
 @pytest.mark.parametrize("name, value", [("eot_timeout_ms", "²"), ("eot_timeout_ms", "١٢٠٠"), ("eot_threshold", "٠.٧"),
                                          ("eager_eot_threshold", "０.５")])
 def test_unicode_digits_in_engine_query_are_refused(name, value):
-    from webapp import engine
+    from webapp.local import engine
     with pytest.raises(engine.BadParams, match=name):
         engine.validate(SimpleNamespace(query_params={"model": "flux-general-en", name: value}))
     assert engine.validate(SimpleNamespace(query_params={"model": "flux-general-en", "eot_timeout_ms": "1200"})) == 16000
@@ -127,42 +127,43 @@ def test_unreachable_redis_stops_with_one_line_and_no_password(tmp_path):
     assert took < 10
 
 
-# ---- LOCAL_* knobs of the embedded recognizer ---------------------------------------------------------------
+# ---- LOCAL_* settings of the embedded recognizer ---------------------------------------------------------------
 
-LOCAL_KNOBS = ["LOCAL_BEAMS", "LOCAL_CONTEXT_PAUSE", "LOCAL_CONTEXT_SECONDS", "LOCAL_CUT_FROM_SECONDS", "LOCAL_CUT_MIN_SECONDS",
-               "LOCAL_CUT_PAUSE", "LOCAL_END_SILENCE", "LOCAL_INTERIM_SHARE", "LOCAL_ONNX_INTERIMS", "LOCAL_PAD_SECONDS",
-               "LOCAL_QUIET_SILENCE", "LOCAL_SPEC_REDOS", "LOCAL_SPEC_SILENCE", "LOCAL_STOP_OVERTAKEN", "LOCAL_STREAM_NICE",
-               "LOCAL_TAIL_QUIET", "LOCAL_TRACE"]
-
-
-def test_every_local_knob_of_the_recognizer_is_validated():
-    """Each LOCAL_* variable the recognizer reads is in config.LOCAL_TUNING, with the default the recognizer names."""
-    source = (ROOT / "webapp" / "recognizer.py").read_text()
-    read = dict(re.findall(r'_env_float\("(LOCAL_[A-Z_]+)", ([0-9.]+)\)', source))
-    named = set(re.findall(r'"(LOCAL_[A-Z_]+)"', source))
-    assert named - {"LOCAL_MAX_STREAMS"} == set(LOCAL_KNOBS) == set(config.LOCAL_TUNING)
-    assert len(read) >= 15
-    for var, default in read.items():
-        assert config.LOCAL_TUNING[var][1] == float(default), var
-
-
-BAD_LOCAL = {
-    "seconds": ["abc", "-1", "nan", "inf", "1e9", "²", "٠.٢"],
-    "number": ["abc", "-1", "nan", "1000", "²"],
-    "whole": ["abc", "1.5", "-1", "99", "²", "١"],
-    "flag": ["abc", "2", "yes", "-1", "²"],
+# The embedded recognizer's operator settings (the rest of webapp/local/tuning.py are benchmark flags):
+# variable -> (Settings field, Tuning field, bad values)
+LOCAL_SETTINGS = {
+    "LOCAL_MAX_STREAMS": ("local_max_streams", None, ["abc", "1.5", "-1", "257", "²", "١"]),
+    "LOCAL_BEAMS": ("local_beams", "beams", ["abc", "1.5", "-1", "9", "²", "١"]),
+    "LOCAL_CONTEXT_SECONDS": ("local_context_seconds", "context_seconds", ["abc", "-1", "nan", "inf", "1e9", "²", "٠.٢"]),
 }
+LOCAL_KNOBS = list(LOCAL_SETTINGS)
+
+
+def test_every_local_setting_is_validated_and_reaches_the_recognizer():
+    """Each LOCAL_* variable named in webapp/ is validated by config.load, and its default there is the recognizer's
+    (a worker takes its tuning from the pool, never from the environment)."""
+    named = set()
+    for path in (ROOT / "webapp").rglob("*.py"):
+        named |= set(re.findall(r'"(LOCAL_[A-Z_]+)"', path.read_text()))
+    assert named == set(LOCAL_SETTINGS)
+    from webapp.local.tuning import Tuning
+    tuned = Tuning.from_settings(config.load({"LOCAL_BEAMS": "2", "LOCAL_CONTEXT_SECONDS": "0"}))
+    assert (tuned.beams, tuned.context_seconds) == (2, 0.0)
+    for var, (field, tuning_field, _) in LOCAL_SETTINGS.items():
+        if tuning_field is not None:
+            assert getattr(config.Settings, field) == getattr(Tuning, tuning_field), var
+    assert "LOCAL_" not in (ROOT / "webapp" / "local" / "worker.py").read_text()
 
 
 @pytest.mark.parametrize("var", LOCAL_KNOBS)
 def test_bad_local_values_are_refused(var):
-    kind = config.LOCAL_TUNING[var][0]
-    for value in BAD_LOCAL[kind]:
+    field, _, bad = LOCAL_SETTINGS[var]
+    for value in bad:
         with pytest.raises(config.ConfigError, match=var):
             config.load({var: value})
-    default = config.LOCAL_TUNING[var][1]
-    assert config.local_tuning({var: ""})[var] == default
-    assert config.local_tuning({var: str(int(default))})[var] == int(default)
+    default = getattr(config.Settings, field)
+    assert getattr(config.load({var: ""}), field) == default
+    assert getattr(config.load({var: str(int(default))}), field) == int(default)
 
 
 @pytest.mark.parametrize("var", LOCAL_KNOBS)

@@ -21,8 +21,12 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speech  # noqa: E402
 
-from webapp import config, recognizer, vad  # noqa: E402
-from webapp.engine import build_engine_app  # noqa: E402
+from webapp import config  # noqa: E402
+from webapp import local as recognizer  # noqa: E402
+from webapp.local import vad  # noqa: E402
+from webapp.local.engine import build_engine_app  # noqa: E402
+from webapp.local.planner import VOICE_WAIT, Cut, TurnPlanner, ends_repeated  # noqa: E402
+from webapp.local.tuning import Tuning  # noqa: E402
 from webapp.protocol import StreamParams  # noqa: E402
 from webapp.upstreams.base import UpstreamError  # noqa: E402
 from webapp.upstreams.local import LocalUpstream  # noqa: E402
@@ -151,7 +155,7 @@ def _nice_values(pid: int) -> list[int]:
 
 
 async def test_stream_threads_yield_to_final_decodes(pool):
-    """Each stream's thread in a worker runs at LOCAL_STREAM_NICE (interims can wait); the final-decoder thread,
+    """Each stream's thread in a worker runs at Tuning.stream_nice (interims can wait); the final-decoder thread,
     whose decodes speakers wait for, and the rest of the worker stay at nice 0."""
     c = speech.clip("cards-002")
     ups = [LocalUpstream(SETTINGS, StreamParams()) for _ in range(SLOTS)]
@@ -165,7 +169,7 @@ async def test_stream_threads_yield_to_final_decodes(pool):
     for up in ups:
         await up.close()
     await asyncio.gather(*tasks)
-    assert nice.count(recognizer.STREAM_NICE) == SLOTS and recognizer.STREAM_NICE > 0, nice
+    assert nice.count(Tuning.stream_nice) == SLOTS and Tuning.stream_nice > 0, nice
     assert nice.count(0) >= 2 * len(pool.workers)  # at least each worker's main and final-decoder threads
 
 
@@ -293,7 +297,8 @@ def test_recognizer_makes_no_network_access(tmp_path):
         import asyncio, sys
         sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
         import speech
-        from webapp import config, recognizer
+        from webapp import config
+        from webapp import local as recognizer
         from webapp.protocol import StreamParams
         from webapp.upstreams.local import LocalUpstream
         async def main():
@@ -316,6 +321,22 @@ def test_recognizer_makes_no_network_access(tmp_path):
     assert not record.exists(), record.read_text()
 
 
+@pytest.mark.parametrize("argv, expect", [
+    ([], Tuning()),
+    (["--end-silence", "5", "--onnx-interims", "0"], Tuning(end_silence=5.0, onnx_interims=False)),
+    (["--beams", "2", "--stream-nice", "0", "--trace", "1"], Tuning(beams=2, stream_nice=0, trace=True)),
+])
+def test_benchmark_flags_give_the_tuning_each_worker_gets(argv, expect):
+    """Every experiment knob is a benchmark flag; the Tuning reaches a worker as JSON on its command line."""
+    import argparse
+
+    from webapp.local import tuning
+    ap = argparse.ArgumentParser()
+    tuning.add_arguments(ap)
+    got = tuning.from_arguments(ap.parse_args(argv))
+    assert got == expect and Tuning.from_json(got.to_json()) == got
+
+
 @pytest.mark.parametrize("steps, expect", [
     # (add text, at s, from s | None), then (end s -> expected cut text, cut at s)
     ([("one", 1.0, None)], [(5.0, ("", None))]),                          # head under 2 s: not a cut
@@ -324,21 +345,18 @@ def test_recognizer_makes_no_network_access(tmp_path):
      [(6.9, ("a", 2.5)), (7.0, ("a b c", 5.0)), (9.0, ("a b c", 5.0))]),
     ([("a", 3.0, None), ("late", 2.8, None)], [(6.0, ("a", 3.0))]),        # cuts only move forward
 ])
-def test_cut_rule_keeps_both_parts_long(steps, expect, monkeypatch):
+def test_cut_rule_keeps_both_parts_long(steps, expect):
     """A turn's decode may start at a cut (an earlier decode's text at a pause) only if the part before the cut and
-    the part after it are both CUT_MIN_SECONDS long: tiny-en decodes short fragments badly."""
-    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
-    s.ep = recognizer.Endpointer()
-    s.ep.onset, s.line_start, s.floor, s.buf_start = int(0.3 * 16000), None, 0, 0  # region starts at 0
-    s.cuts = []
-    monkeypatch.setattr(recognizer, "CUT_FROM_SECONDS", 0.0)
+    the part after it are both cut_min_seconds long: tiny-en decodes short fragments badly."""
+    p = TurnPlanner(Tuning(cut_from_seconds=0.0))
+    p.ep.onset = int(0.3 * 16000)  # region starts at 0
     sec = lambda t: None if t is None else int(t * 16000)  # noqa: E731
     for text, at, start in steps:
-        s._add_cut(text, sec(at), sec(start))
+        p.add_cut(text, sec(at), sec(start))
     for end, (text, at) in expect:
-        assert s._cut_for(sec(end)) == (text, sec(at)), (end, s.cuts)
-    monkeypatch.setattr(recognizer, "CUT_FROM_SECONDS", 6.0)
-    assert s._cut_for(sec(5.9)) == ("", None)  # a turn under CUT_FROM_SECONDS decodes whole
+        assert p.cut_for(sec(end)) == (text, sec(at)), (end, p.cuts)
+    p.t = Tuning()
+    assert p.cut_for(sec(5.9)) == ("", None)  # a turn under cut_from_seconds (6 s) decodes whole
 
 
 @pytest.mark.parametrize("decoded_to, committed_at, next_onset, region", [
@@ -350,15 +368,13 @@ def test_next_turn_looks_behind_to_the_decoded_audio_end(decoded_to, committed_a
     """After a turn ends, the next turn's audio may start anywhere after the audio the final was decoded from.
     It was cut at the commit instead: when a slow decode made the commit late, a word said right after it lost its
     soft start ("We"), and the turn decoded after it as context came out "We all go and direct to heaven"."""
-    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
+    p = TurnPlanner(Tuning())
     sec = lambda t: int(round(t * 16000))  # noqa: E731
-    s.sid, s.send, s.sent_update, s.buf_start, s.context = 1, (lambda msg: None), False, 0, None
-    s.ep = recognizer.Endpointer()
-    s._new_stream = lambda: None
-    s.total = sec(committed_at)
-    s._final("words", 1.0, decoded_to - 0.1, "model", restart=True, upto=sec(decoded_to))
-    s.ep.onset, s.line_start = sec(next_onset), None
-    assert s._region_start() == sec(region)
+    p.total = sec(committed_at)
+    p.end_turn(upto=sec(decoded_to))
+    p.new_turn()
+    p.ep.onset = sec(next_onset)
+    assert p.region_start() == sec(region)
 
 
 @pytest.mark.parametrize("text, repeated", [
@@ -371,7 +387,7 @@ def test_next_turn_looks_behind_to_the_decoded_audio_end(decoded_to, committed_a
 def test_a_cut_that_ends_in_a_repeated_phrase_is_not_kept(text, repeated):
     """Tiny-en sometimes says a turn's last phrase twice; kept as a cut, that text would start every later decode of
     the turn (seen: "It was a season of light. It was a season of light. It was the season of darkness.")."""
-    assert recognizer.ends_repeated(text) == repeated
+    assert ends_repeated(text) == repeated
 
 
 @pytest.mark.parametrize("interim, cut, draft", [
@@ -380,18 +396,16 @@ def test_a_cut_that_ends_in_a_repeated_phrase_is_not_kept(text, repeated):
     ("", None, ""),  # no interim yet: token by token
 ])
 def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
-    """The final decoder checks the interims' words instead of decoding token by token (webapp/onnxdecoder.py);
+    """The final decoder checks the interims' words instead of decoding token by token (webapp/local/onnxdecoder.py);
     a decode that starts at a cut gets the words after the cut's."""
-    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
+    p = TurnPlanner(Tuning())
     sec = lambda t: int(round(t * 16000))  # noqa: E731
-    s.ep = recognizer.Endpointer()
-    s.ep.onset, s.line_start, s.floor, s.buf_start, s.total = sec(0.3), None, 0, 0, sec(8.0)
-    s.buf, s.rng, s.context, s.checked = np.zeros(sec(8.0), np.float32), np.random.default_rng(0), None, False
-    s.line_text, s.cuts = interim, [] if cut is None else [(cut[0], sec(cut[1]))]
-    s.vad, s.decoder = None, type("D", (), {"onnx": None})()
-    base, start, job = s._job()
+    p.add(np.zeros(sec(8.0), np.float32))
+    p.ep.onset = sec(0.3)
+    p.line_text, p.cuts = interim, [] if cut is None else [Cut(cut[0], sec(cut[1]))]
+    base, start, job = p.job()
     assert (base, start) == (("", None) if cut is None else (cut[0], sec(cut[1])))
-    assert job[-1] == draft
+    assert job.draft == draft
 
 
 @pytest.mark.parametrize("heard, voiced, seconds, onnx", [
@@ -401,21 +415,17 @@ def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
     (False, [1.0, 1.032, 1.064], 3.0, False),  # no turn open: nothing to decode
     (True, [1.0, 1.032, 1.064], 9.0, False),   # a long turn: libmoonshine's line end is what may end it
 ])
-def test_interims_come_from_the_onnx_decoder_once_the_turn_has_voice(heard, voiced, seconds, onnx, monkeypatch):
-    monkeypatch.setattr(recognizer, "ONNX_INTERIMS", True)
-    s = object.__new__(recognizer._Session)  # the rule alone: no thread, no transcriber
-    s.ep = recognizer.Endpointer()
-    s.ep.onset, s.line_start, s.total, s.floor, s.buf_start = int(0.3 * 16000), None, int(seconds * 16000), 0, 0
-    s.heard = heard
-    s.vad = recognizer.StreamVad(None)
-    s.vad.voiced = [int(t * 16000) for t in voiced]
-    s.decoder = type("D", (), {"onnx": object()})()
-    assert s._onnx_interims() == onnx
+def test_interims_come_from_the_onnx_decoder_once_the_turn_has_voice(heard, voiced, seconds, onnx):
+    p = TurnPlanner(Tuning(onnx_interims=True), vad.StreamVad(None), onnx=True)
+    p.ep.onset, p.total = int(0.3 * 16000), int(seconds * 16000)
+    p.heard = heard
+    p.vad.voiced = [int(t * 16000) for t in voiced]
+    assert p.onnx_interims() == onnx
     # no voice yet: no interim at all for up to VOICE_WAIT, then libmoonshine's (a quiet voice still gets interims)
-    s.vad.voiced = []
-    for at, waits in ((1.2, heard), (0.3 + recognizer.VOICE_WAIT, False)):
-        s.total = int(at * 16000)
-        assert s._waiting_for_voice() == waits, at
+    p.vad.voiced = []
+    for at, waits in ((1.2, heard), (0.3 + VOICE_WAIT, False)):
+        p.total = int(at * 16000)
+        assert p.waiting_for_voice() == waits, at
 
 
 class RecordingSession:

@@ -1,4 +1,4 @@
-"""The final decoder (webapp/onnxdecoder.py) on real recorded speech: with one beam and no context it gives
+"""The final decoder (webapp/local/onnxdecoder.py) on real recorded speech: with one beam and no context it gives
 libmoonshine's words, in fewer decoder passes when it checks a draft; with the previous turn as left context it
 gets more words of the long reading right; and the recognizer does not let it decode a breath into words."""
 from __future__ import annotations
@@ -14,8 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speech  # noqa: E402
 from test_local import collect, feed, silence  # noqa: E402
 
-from webapp import config, recognizer  # noqa: E402
-from webapp.onnxdecoder import OnnxDecoder, load_tokens  # noqa: E402
+from webapp import config  # noqa: E402
+from webapp import local as recognizer  # noqa: E402
+from webapp.local import moonshine  # noqa: E402
+from webapp.local.onnxdecoder import OnnxDecoder, load_tokens  # noqa: E402
+from webapp.local.planner import Job, norm_words  # noqa: E402
+from webapp.local.tuning import Tuning  # noqa: E402
+from webapp.local.worker import VERIFY_SECONDS, FinalDecoder  # noqa: E402
 from webapp.protocol import StreamParams  # noqa: E402
 from webapp.upstreams.local import LocalUpstream  # noqa: E402
 
@@ -56,7 +61,7 @@ def test_tokenizer_file_has_the_whole_vocabulary(model_dir):
 
 @pytest.fixture(scope="module")
 def transcriber():
-    return recognizer._load_transcriber()
+    return moonshine.load_transcriber()
 
 
 @pytest.mark.parametrize("name", ["lv-0930", "cards-003", "goforward", "lv-0870"])
@@ -66,7 +71,7 @@ def test_one_beam_is_libmoonshines_greedy_decode(model_dir, transcriber, name):
     from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
     audio = with_tail(speech.clip(name).pcm)
     ours = OnnxDecoder(model_dir, beams=1).decode(audio)
-    theirs = recognizer.decode_once(transcriber, audio, MOONSHINE_FLAG_FORCE_UPDATE)
+    theirs = moonshine.decode_once(transcriber, audio, MOONSHINE_FLAG_FORCE_UPDATE)
     assert ours and speech.normalize(ours) == speech.normalize(theirs), (ours, theirs)
 
 
@@ -137,7 +142,7 @@ def test_a_draft_gives_the_same_words_in_fewer_decoder_passes(model_dir, transcr
     from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
     c = speech.clip(name)
     audio = with_tail(c.pcm)
-    interim = recognizer.decode_once(transcriber, np.frombuffer(c.pcm, np.int16).astype(np.float32) / 32768,
+    interim = moonshine.decode_once(transcriber, np.frombuffer(c.pcm, np.int16).astype(np.float32) / 32768,
                                      MOONSHINE_FLAG_FORCE_UPDATE)
     dec = OnnxDecoder(model_dir)
     fed = counting(dec)
@@ -152,7 +157,7 @@ def test_a_draft_gives_the_same_words_in_fewer_decoder_passes(model_dir, transcr
     words = len(texts["none"].split())
     assert passes["none"] > words  # token by token: a pass per token, and one for the end
     assert passes["interim"] < passes["none"], passes
-    if recognizer._norm_words(interim.split()) == recognizer._norm_words(texts["none"].split()):
+    if norm_words(interim.split()) == norm_words(texts["none"].split()):
         # the same words (punctuation aside): checked in a pass or two
         assert passes["interim"] <= 2, (passes, interim)
     assert all(p <= passes["none"] for p in passes.values()), passes  # each pass keeps at least one token
@@ -196,23 +201,22 @@ def test_two_beams_do_no_worse_on_the_reading(model_dir):
 def test_final_decoder_checks_short_turns_for_speech(model_dir, transcriber):
     """Even when the turn has shown words (moonshine's interims can make them up from a breath too), a short
     turn's final is decoded by beam search only if libmoonshine's voice detector finds speech in it."""
-    from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
     beam = OnnxDecoder(model_dir, beams=2)
-    final = recognizer._FinalDecoder(transcriber, MOONSHINE_FLAG_FORCE_UPDATE, beam)
+    final = FinalDecoder(transcriber, beam)
     breath = turns(speech.long_clips()[0].pcm)[-1]
-    assert len(breath) <= (recognizer.VERIFY_SECONDS + recognizer.PAD_SECONDS) * RATE
+    assert len(breath) <= (VERIFY_SECONDS + Tuning.pad_seconds) * RATE
     assert beam.decode(breath)  # the hazard: words from a breath
-    assert final.decode(breath, words=True, checked=False) == ("", None)
-    assert final.decode(breath, words=True, checked=True)[0]  # the check runs until a decode of the turn had words
+    assert final.decode(Job(breath, words=True, checked=False)) == ("", None)
+    assert final.decode(Job(breath, words=True, checked=True))[0]  # the check runs until a decode of the turn had words
     words = with_tail(speech.clip("cards-003").pcm)
-    text, ids = final.decode(words, words=True, checked=False)
+    text, ids = final.decode(Job(words, words=True, checked=False))
     assert text == beam.decode(words) == "Seven of clubs." and beam.text(list(ids)) == text
-    assert final.decode(words, words=True, checked=True, stop=lambda: True) == (None, None)  # stopped: no text
+    assert final.decode(Job(words, words=True, checked=True), stop=lambda: True) == (None, None)  # stopped: no text
 
 
 def test_left_context_gets_more_of_the_reading_right(model_dir):
     """Each turn decoded after the previous one (its audio, and its tokens read by the decoder) against each turn
-    alone: the way webapp/recognizer.py decodes a turn that follows another closely."""
+    alone: the way webapp/local/ decodes a turn that follows another closely."""
     reading = speech.long_clips()[0]
     x = np.frombuffer(reading.pcm, np.int16).astype(np.float32) / 32768
     parts = turn_bounds(reading.pcm)[:-1]  # without the breath
@@ -232,12 +236,11 @@ def test_left_context_gets_more_of_the_reading_right(model_dir):
     assert all(j.strip() for j in joined)  # no turn swallowed by its context
 
 
-async def test_a_long_turn_ends_at_moonshines_line_end_with_all_its_words(monkeypatch):
+async def test_a_long_turn_ends_at_moonshines_line_end_with_all_its_words():
     """A turn the endpointer does not end (here: it would need 5 s of silence, as in a room whose noise it takes for
     speech) is ended by moonshine's line end once it is 8 s long. The lines moonshine ended before that belong to
     the turn: none of their words may be lost."""
-    monkeypatch.setenv("LOCAL_END_SILENCE", "5")  # read by the worker process at its start
-    pool = recognizer.Pool(max_streams=1, workers=1)
+    pool = recognizer.Pool(max_streams=1, workers=1, tuning=Tuning(end_silence=5.0))
     try:
         await asyncio.get_running_loop().run_in_executor(None, pool.wait_ready)
         events: list[tuple[str, dict]] = []

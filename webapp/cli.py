@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return embed.cli(args, settings)
 
     if args.command == "engine":
-        from . import engine as engine_mod
-        engine_mod.run(args.host, args.port)
+        from .local import engine as engine_mod
+        engine_mod.run(args.host, args.port, settings)
         return 0
 
     host, port = args.host or settings.host, args.port or settings.port

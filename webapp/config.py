@@ -38,6 +38,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     local_max_streams: int = 0  # 0 = derived from the core count
+    local_beams: int = 1  # the embedded recognizer's final decodes (webapp/local/tuning.py; 0 = libmoonshine's)
+    local_context_seconds: float = 8.0  # longest turn decoded again as the next one's left context (0 = never)
     upstream_connect_timeout: float = 10.0
     log_level: str = "info"
     data_dir: str = "./data"
@@ -137,47 +139,15 @@ def _days(env: Mapping[str, str], var: str, default: float, lo: float, hi: float
     return value
 
 
-# The embedded recognizer's tuning knobs (webapp/recognizer.py, which its worker processes import with the same
-# environment): variable -> (kind, default, lo, hi). "seconds" and "number" are decimals, "whole" whole numbers,
-# "flag" 0 or 1. Checked here at start-up so that a bad value stops the app instead of being ignored.
-LOCAL_TUNING: dict[str, tuple[str, float, float, float]] = {
-    "LOCAL_SPEC_SILENCE": ("seconds", 0.04, 0, 10),
-    "LOCAL_END_SILENCE": ("seconds", 0.2, 0, 10),
-    "LOCAL_PAD_SECONDS": ("seconds", 0.5, 0, 5),
-    "LOCAL_INTERIM_SHARE": ("number", 2.0, 0, 100),
-    "LOCAL_QUIET_SILENCE": ("seconds", 0.02, 0, 10),
-    "LOCAL_TAIL_QUIET": ("seconds", 0.0, 0, 10),
-    "LOCAL_SPEC_REDOS": ("whole", 0, 0, 10),
-    "LOCAL_CUT_PAUSE": ("seconds", 0.12, 0, 10),
-    "LOCAL_CUT_MIN_SECONDS": ("seconds", 2.0, 0, 30),
-    "LOCAL_CUT_FROM_SECONDS": ("seconds", 6.0, 0, 30),
-    "LOCAL_BEAMS": ("whole", 1, 0, 8),
-    "LOCAL_CONTEXT_SECONDS": ("seconds", 8.0, 0, 30),
-    "LOCAL_CONTEXT_PAUSE": ("seconds", 1.2, 0, 30),
-    "LOCAL_STOP_OVERTAKEN": ("flag", 1, 0, 1),
-    "LOCAL_STREAM_NICE": ("whole", 5, 0, 19),
-    "LOCAL_ONNX_INTERIMS": ("flag", 1, 0, 1),
-    "LOCAL_TRACE": ("flag", 0, 0, 1),
-}
-
-
-def local_tuning(env: Mapping[str, str]) -> dict[str, float]:
-    """Every LOCAL_TUNING knob's value (its default when unset or empty); ConfigError naming the first bad one."""
-    out: dict[str, float] = {}
-    for var, (kind, default, lo, hi) in LOCAL_TUNING.items():
-        raw = env.get(var, "").strip()
-        if not raw:
-            out[var] = default
-            continue
-        value = decimal_number(raw) if kind in ("seconds", "number") else whole_number(raw)
-        if value is None or not lo <= value <= hi:
-            what = {"seconds": f"a number of seconds from {lo:g} to {hi:g} (e.g. {default:g})",
-                    "number": f"a number from {lo:g} to {hi:g} (e.g. {default:g})",
-                    "whole": f"a whole number from {lo:g} to {hi:g}",
-                    "flag": "0 (off) or 1 (on)"}[kind]
-            raise ConfigError(f"{var}: {raw[:40]!r} is not valid; use {what}, or unset it for the default ({default:g})")
-        out[var] = value
-    return out
+def _seconds(env: Mapping[str, str], var: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    value = decimal_number(raw)  # ASCII digits only; no nan or inf
+    if value is None or not lo <= value <= hi:
+        raise ConfigError(f"{var}: {raw[:40]!r} is not valid; use a number of seconds from {lo:g} to {hi:g} "
+                          f"(e.g. {default:g}), or unset it for the default")
+    return value
 
 
 def _redis_url(value: str) -> str:
@@ -251,6 +221,8 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         host=env.get("HOST", "").strip() or Settings.host,
         port=_int(env, "PORT", Settings.port, 1, 65535),
         local_max_streams=_int(env, "LOCAL_MAX_STREAMS", 0, 0, 256),
+        local_beams=_int(env, "LOCAL_BEAMS", Settings.local_beams, 0, 8),
+        local_context_seconds=_seconds(env, "LOCAL_CONTEXT_SECONDS", Settings.local_context_seconds, 0, 30),
         log_level=log_level,
         data_dir=env.get("DATA_DIR", "").strip() or Settings.data_dir,
         redis_url=_redis_url(env.get("REDIS_URL", "").strip()),
@@ -269,6 +241,5 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         max_connections=_int(env, "MAX_CONNECTIONS", Settings.max_connections, 16, 1_000_000),
         request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
     )
-    local_tuning(env)  # read again by webapp/recognizer.py (and its workers); here only so a bad value stops the app
     values.update(overrides)
     return Settings(**values)

@@ -1,9 +1,9 @@
-"""The embedded recognizer (Moonshine tiny-en in worker processes, see webapp.recognizer) behind the Upstream API."""
+"""The embedded recognizer (Moonshine tiny-en in worker processes, see webapp/local/) behind the Upstream API."""
 from __future__ import annotations
 
 import logging
 
-from .. import recognizer
+from .. import local as recognizer
 from ..config import Settings
 from .base import Upstream, UpstreamError
 

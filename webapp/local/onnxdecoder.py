@@ -18,7 +18,7 @@ libmoonshine cannot do what the final decode needs:
 
 Without context the greedy decode gives libmoonshine's words (tests/test_onnxdecoder.py). Scores of the beams are
 summed token log-probabilities (no length normalisation: with it, "compassion" beat "comparison").
-Tiny-en makes up words on noise ("You", "Mm-h"), and this decoder has no voice detector: webapp/recognizer.py checks
+Tiny-en makes up words on noise ("You", "Mm-h"), and this decoder has no voice detector: worker.py checks
 short turns with libmoonshine's decode, which has one. Measured in docs/benchmarks.md (embedded recognizer).
 """
 from __future__ import annotations

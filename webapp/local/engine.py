@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import recognizer
-from .protocol import SAMPLE_RATES, decimal_number
+from ..config import Settings
+from ..protocol import SAMPLE_RATES, decimal_number
+from .pool import CapacityError, Pool, get_pool, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def validate(ws: WebSocket) -> int:
 
 
 class FluxSession:
-    def __init__(self, ws: WebSocket, pool: recognizer.Pool, rate: int):
+    def __init__(self, ws: WebSocket, pool: Pool, rate: int):
         self.ws, self.pool, self.rate = ws, pool, rate
         self.request_id = str(uuid.uuid4())
         self.seq = 0
@@ -202,8 +203,9 @@ class FluxSession:
                 await self.ws.close(code=close_code)  # None: an empty close frame, like Flux after CloseStream
 
 
-def build_engine_app(manage_pool: bool = True, max_streams: int = 0) -> Starlette:
-    """`manage_pool`: start the recognizer pool at startup and stop it at shutdown (tests sharing a pool pass False)."""
+def build_engine_app(manage_pool: bool = True, settings: Settings = Settings()) -> Starlette:
+    """`manage_pool`: start the recognizer pool at startup and stop it at shutdown (tests sharing a pool pass False);
+    `settings`: its capacity and tuning (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS)."""
 
     async def listen(ws: WebSocket) -> None:
         try:
@@ -211,10 +213,10 @@ def build_engine_app(manage_pool: bool = True, max_streams: int = 0) -> Starlett
         except BadParams as exc:
             await ws.send_denial_response(JSONResponse({"code": "INVALID_PARAMETER", "description": str(exc)}, 400))
             return
-        pool = await recognizer.get_pool(_Settings(max_streams))
+        pool = await get_pool(settings)
         try:
             session = FluxSession(ws, pool, rate)
-        except recognizer.CapacityError as exc:
+        except CapacityError as exc:
             await ws.send_denial_response(JSONResponse(
                 {"code": "TOO_MANY_REQUESTS", "description": f"all {exc.limit} recognizer slots are busy; retry later"},
                 429, headers={"Retry-After": "60"}))
@@ -229,25 +231,17 @@ def build_engine_app(manage_pool: bool = True, max_streams: int = 0) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if manage_pool:
-            await recognizer.get_pool(_Settings(max_streams))
+            await get_pool(settings)
         try:
             yield
         finally:
             if manage_pool:
-                recognizer.shutdown()
+                shutdown()
 
     return Starlette(routes=[WebSocketRoute("/v2/listen", listen)], lifespan=lifespan)
 
 
-class _Settings:
-    def __init__(self, max_streams: int):
-        self.local_max_streams = max_streams
-
-
-def run(host: str, port: int) -> None:
-    import os
-
+def run(host: str, port: int, settings: Settings) -> None:
     import uvicorn
-    max_streams = int(os.environ.get("LOCAL_MAX_STREAMS", "0") or 0)
-    uvicorn.run(build_engine_app(max_streams=max_streams), host=host, port=port, ws="websockets-sansio",
+    uvicorn.run(build_engine_app(settings=settings), host=host, port=port, ws="websockets-sansio",
                 loop="uvloop", http="httptools", ws_per_message_deflate=False, log_level="info")

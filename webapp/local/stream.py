@@ -1,0 +1,301 @@
+"""One client stream inside a worker process, on its own thread: it feeds the audio to moonshine's streaming
+recognizer and to its TurnPlanner, and acts on the planner's rules (interims, speculative finals, commits).
+
+Everything that touches the stream's state runs on this thread; decodes on the worker's final-decoder thread come
+back through the stream's queue.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import moonshine
+from .planner import (FORCE_INTERVAL, LOOK_BEHIND, MAX_INTERIM_GAP, MODEL_END_SECONDS, UPDATE_INTERVAL, Done, Spec,
+                      Tag, TurnPlanner, collapse_repeats, ends_repeated, join)
+from .signal import RATE, Resampler
+from .vad import StreamVad
+
+log = logging.getLogger(__name__)
+
+
+class Stream:
+    def __init__(self, sid: int, rate: int, transcriber, send: Callable[[tuple], None], decoder):
+        self.sid, self.tr, self.send, self.decoder = sid, transcriber, send, decoder
+        self.t = decoder.tuning
+        self.force_flag = moonshine.force_flag()
+        self.p = TurnPlanner(self.t, StreamVad(decoder.vad) if decoder.vad is not None else None,
+                             onnx=decoder.onnx is not None, seed=sid)
+        self.resampler = Resampler(rate) if rate != RATE else None
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.aborted = False
+        self.stream = None  # moonshine's
+        self.completed: set[int] = set()  # moonshine's line ids that ended
+        self.sent_update = False  # the client has an interim of the open turn
+        self.interim_upto = 0  # audio (samples) the last interim covered
+        self.interim_cost = 0.0  # seconds the last interim re-decode took
+        self.t_queued = 0.0  # trace: when the audio being handled was queued
+        self.t_decode = (0.0, 0.0)  # trace: the final's decode seconds and audio seconds
+        self.t_waited = 0.0  # trace: how long the final's decode was queued
+        self._new_stream()
+        self.thread = threading.Thread(target=self._run, name=f"stt-{sid}", daemon=True)
+        self.thread.start()
+
+    # -- moonshine stream --
+    def _new_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # no stop(): that would decode the line once more
+        self.stream = self.tr.create_stream(update_interval=1e9)
+        self.stream.add_listener(self._on_line)
+        self.stream.start()
+        self.base = self.p.total  # moonshine times are relative to this sample
+        self.fed = 0
+        self.last_update = 0
+        self._new_turn()
+
+    def _new_turn(self) -> None:
+        self.p.new_turn()
+        self.line_id = None
+        self.cur_start = None
+        self.prefix = ""  # text of moonshine lines that ended inside the open turn
+        self.forced = False  # the turn's first interim decode ran
+
+    def _on_line(self, ev) -> None:
+        p = self.p
+        kind = type(ev).__name__
+        line = getattr(ev, "line", None)
+        if line is None:
+            if kind == "Error":
+                log.warning("moonshine listener error: %s", ev.error)
+            return
+        if line.line_id in self.completed:
+            return  # moonshine re-reports completed lines; one final per line
+        start = (self.base + line.start_time * RATE) / RATE
+        end = start + line.duration
+        if self.line_id != line.line_id:
+            self.line_id, self.cur_start = line.line_id, start
+        if p.heard and p.line_start is None:
+            p.line_start = self.cur_start  # the turn's first line (lines before it were noise)
+        if kind == "LineCompleted":
+            self.completed.add(line.line_id)
+            if not p.heard:
+                return  # a line moonshine made up from noise or breath; never shown
+            if self.t.trace:
+                log.info(f"trace sid={self.sid} modelend silence={p.ep.silence / RATE:.3f} text={line.text!r}")
+            # (by the line's own end: with onnx interims, the lines that ended earlier in the turn are reported
+            # only once libmoonshine's updates resume at MODEL_END_SECONDS, all at once)
+            if end - p.turn_start() / RATE >= MODEL_END_SECONDS:
+                # a long turn that our endpointer does not end (noisy room, no pauses): moonshine's line end ends it
+                self._final(join(self.prefix, line.text), p.line_start, end, "model", restart=False)
+            else:
+                # moonshine's VAD split a line inside our turn (its lines end on short pauses, and its text was
+                # decoded without a tail: "Eight of spades, eight of spades"). Our endpointer ends the turn and
+                # decodes all of it; the line's text stays in the interims.
+                self.prefix = join(self.prefix, line.text)
+        elif kind in ("LineStarted", "LineTextChanged") and line.text.strip() and p.heard:
+            # only once our endpointer heard speech: tiny-en makes up words ("You") on steady noise
+            self._send_update(join(self.prefix, line.text), p.total, end)
+
+    def _send_update(self, text: str, upto: int, end: float | None = None) -> None:
+        p = self.p
+        p.line_text = text
+        self.sent_update = True
+        self.interim_upto = upto
+        start = p.line_start if p.line_start is not None else p.turn_start() / RATE
+        end = upto / RATE if end is None else end
+        if self.t.trace:
+            log.info(f"trace sid={self.sid} update behind={p.total / RATE - end:.3f} "
+                     f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
+                     f"end={end:.2f} text={text[-40:]!r}")
+        self.send(("ev", self.sid, "update", {"text": text, "start": start, "end": end}))
+
+    # -- audio --
+    def _audio(self, pcm: bytes, queued: float = 0.0) -> None:
+        p = self.p
+        self.t_queued = queued
+        x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        if self.resampler is not None:
+            x = self.resampler.process(x)
+        if not len(x):
+            return
+        p.append(x)  # first: moonshine's listener (_on_line) reads the planner's totals
+        moonshine.add_audio(self.tr, self.stream, x)
+        self.fed += len(x)
+        p.listen(x)
+        if p.wants_spec():
+            self._speculate()  # first: an interim re-decode of a long line would hold this thread for ~0.3 s
+        young = p.ep.in_turn and not p.line_text
+        interval = FORCE_INTERVAL if young else self._interim_interval()
+        # the turn's first interim decode as soon as it can run, not at the interval's phase (that came 0-0.24 s
+        # later, by when the previous turn's commit happened to fall)
+        due = self.fed - self.last_update >= interval * RATE or (young and not self.forced)
+        if due and not p.waiting_for_voice() and not self._quiet(young):
+            self.forced = self.forced or young
+            self.last_update = self.fed
+            t = time.monotonic()
+            if p.onnx_interims():
+                self._onnx_interim()
+            else:
+                self.stream.update_transcription(self.force_flag if young else 0)
+            self.interim_cost = time.monotonic() - t
+            if self.t.trace:
+                self.decoder.interims += self.interim_cost
+        if p.turn_open:
+            self._maybe_commit()
+        p.trim()
+
+    def _onnx_interim(self) -> None:
+        """The turn so far (from its latest cut, if any), decoded on this thread with the last interim as draft."""
+        p = self.p
+        base, start = p.cut_for(p.total)
+        upto = p.total
+        onnx = self.decoder.onnx
+        ids = onnx.decode_ids(p.region_audio(start), (), None, onnx.tokenize(p.draft(base)))
+        text = join(base, onnx.text(ids or ()))
+        if text and not ends_repeated(text):  # tiny-en repeats a phrase at a cut-off word end: keep the last one
+            self._send_update(text, upto)
+
+    def _quiet(self, young: bool) -> bool:
+        """No interim re-decode now: a final is due (ours or, in this worker, another stream's), or we are behind."""
+        p = self.p
+        if p.turn_open and (p.ep.silence >= self.t.quiet_silence * RATE or p.inflight is not None):
+            return True
+        if young or self.fed - self.last_update >= MAX_INTERIM_GAP * RATE:
+            return False  # other streams' finals must not starve our interims
+        return self.decoder.pending > 0 or self.q.qsize() >= 2
+
+    def _interim_interval(self) -> float:
+        """Re-decoding a long line costs more: keep the interims' share of the worker bounded under load."""
+        return max(UPDATE_INTERVAL, self.interim_cost * (self.t.interim_share + self.decoder.sessions))
+
+    # -- speculative final decodes (on the worker's final-decoder thread) --
+    def _speculate(self) -> None:
+        p = self.p
+        p.inflight = p.total
+        base, start, job = p.job()
+        self.decoder.submit(self, Tag(p.gen, p.turn_no, base, start), job, p.total)
+
+    def _spec_done(self, done: Done) -> None:
+        p = self.p
+        tag = done.tag
+        if not p.turn_open or tag.turn_no != p.turn_no:
+            return  # the turn ended while it was decoding
+        p.checked = p.checked or bool(done.text.strip())
+        text = join(tag.base, done.text)
+        if tag.gen != p.gen:
+            if done.cutoff == p.cut_ok:
+                p.add_cut(text, done.cutoff, tag.start)
+            # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
+            # with a tail), which saves the next interim re-decode
+            if text.strip() and done.cutoff > self.interim_upto:
+                self._send_update(text.strip(), done.cutoff)
+                self.last_update = self.fed
+            return
+        p.inflight = None
+        # a decode from a cut: its ids are not the whole turn's
+        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None)
+        self.t_decode = (done.seconds, done.length)
+        self.t_waited = done.waited
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        p = self.p
+        if not p.commit_due():
+            return
+        if self.t.trace:
+            now = time.monotonic()
+            d = self.decoder
+            log.info(f"trace sid={self.sid} commit silence={p.ep.silence / RATE:.3f} "
+                     f"since_speech={(p.total - p.ep.last_speech) / RATE:.3f} "
+                     f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
+                     f"spec_age={(p.total - p.spec.cutoff) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
+                     f"pending={d.pending} dec_spent={d.spent:.2f} dec_stale={d.stale:.2f} interims={d.interims:.2f}")
+        self._commit(p.spec.text, "model", p.spec.ids, upto=p.spec.cutoff)
+
+    def _decode(self) -> tuple[str, tuple[int, ...] | None]:
+        """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
+        t = time.monotonic()
+        base, start, job = self.p.job()
+        text, ids = self.decoder.decode(job)
+        self.t_decode = (time.monotonic() - t, len(job.audio) / RATE)
+        return join(base, text), ids if start is None else None
+
+    def _commit(self, text: str, trigger: str, ids: tuple[int, ...] | None = None, upto: int | None = None) -> None:
+        """End the turn with this text, decoded from its audio up to sample `upto` (default: all so far); `ids`,
+        the whole turn's tokens, make it the next turn's left context."""
+        p = self.p
+        region = p.region_start()
+        start = p.line_start if p.line_start is not None else (region + int(LOOK_BEHIND * RATE)) / RATE
+        end = max(p.ep.last_speech, int(start * RATE)) / RATE
+        speech_end = p.ep.last_speech
+        self._final(text, start, end, trigger, restart=True, upto=upto)
+        p.remember(region, speech_end, ids)
+
+    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool, upto: int | None = None
+               ) -> None:
+        text = collapse_repeats(text.strip())
+        if text or self.sent_update:  # an empty final still commits the interim text the client has
+            self.sent_update = False
+            self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
+        self.p.end_turn(upto)
+        if restart:
+            self._new_stream()
+        else:
+            self._new_turn()
+
+    def _finalize(self, trigger: str) -> bool:
+        p = self.p
+        if not p.turn_open:
+            return False
+        if p.spec is not None and p.spec.cutoff == p.total:
+            text, ids = p.spec.text, p.spec.ids
+        else:
+            text, ids = self._decode()
+        had_text = bool(text.strip())
+        self._commit(text, trigger, ids)
+        return had_text
+
+    # -- the thread --
+    def _run(self) -> None:
+        if self.t.stream_nice:
+            # Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to
+            # the worker's final-decoder thread, whose decodes the speakers are waiting for.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.t.stream_nice)
+            except OSError as exc:  # a host that refuses it: same priority as the final decodes, still correct
+                log.warning("could not set the stream thread's nice value: %s", exc)
+        while True:
+            op, *args = self.q.get()
+            try:
+                if self.aborted and op != "abort":
+                    continue
+                if op == "audio":
+                    self._audio(*args)
+                elif op == "spec":
+                    self._spec_done(*args)
+                elif op == "error":
+                    raise args[0]
+                elif op == "finalize":
+                    ended = self._finalize("manual")
+                    self.send(("done", self.sid, args[0], ended))
+                elif op in ("close", "abort"):
+                    if op == "close":
+                        if self.resampler is not None:  # flush the resampler's last samples
+                            self._audio(b"\0\0" * 64)
+                        self._finalize("close")
+                    self.stream.close()
+                    self.send(("closed", self.sid))
+                    return
+            except Exception as exc:  # one broken stream must not take the worker down
+                log.exception("stream %s failed", self.sid)
+                self.send(("ev", self.sid, "error", {"message": f"recognizer failure: {exc}"}))
+                try:
+                    self.stream.close()
+                finally:
+                    self.send(("closed", self.sid))
+                return

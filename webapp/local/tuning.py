@@ -1,0 +1,74 @@
+"""The embedded recognizer's tuning, one frozen value handed to every worker process (as JSON on its command line).
+
+Operators set three of them through config.py (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS); the rest are
+experiment knobs, flags of bench/recognizer.py and bench/decoding.py (docs/benchmarks.md says what each measured).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tuning:
+    # Final decodes in onnxruntime (onnxdecoder.py) with this many beams; 0 = libmoonshine's decode, no context.
+    # With left context, 2 beams changed little (6 streams: 3.1 % WER against 3.5 %) and cost the latency targets at
+    # 6 streams (p95 0.73 against 0.52 s): docs/benchmarks.md.
+    beams: int = 1
+    # Left context: a turn that starts at most context_pause after the previous one is decoded together with it,
+    # the decoder reading the previous turn's tokens. At 6 streams the benchmark's WER went from 6.4-7.4 % to
+    # 3.5-5.5 % (docs/benchmarks.md). context_seconds: the longest previous turn used as context (0 = off).
+    context_seconds: float = 8.0
+    context_pause: float = 1.2
+    spec_silence: float = 0.04  # silence after speech that starts the speculative final decode
+    end_silence: float = 0.2  # silence after speech that ends the turn
+    pad_seconds: float = 0.5  # noise tail added to final decodes (avoids "five, five, five")
+    interim_share: float = 2.0  # interim interval >= last re-decode time x (this + the worker's streams)
+    quiet_silence: float = 0.02  # silence in an open turn that stops interim re-decodes
+    # A speculative decode made at a pause at least cut_pause long (between words) that speech then went on from is
+    # kept as a cut: later decodes of a turn of at least cut_from_seconds start there, if both parts are at least
+    # cut_min_seconds (tiny-en decodes short fragments badly). cut_pause=0 turns cuts off (docs/benchmarks.md).
+    cut_pause: float = 0.12
+    cut_min_seconds: float = 2.0
+    cut_from_seconds: float = 6.0
+    # A speculative decode that speech overtook (and that cannot become a cut) stops between decoder steps: at 6
+    # streams, 63 % of the final decoder's time went to such decodes (30.5 of 48.8 s per worker; 21 s with stopping).
+    stop_overtaken: bool = True
+    # Nice value of the streams' threads (endpointer, interims): the final-decoder thread, at 0, gets the core
+    # first. At 10 the interims starved; at 5, 6 streams kept up (docs/benchmarks.md).
+    stream_nice: int = 5
+    # Interims from the onnx decoder once the stream's own voice detector heard speech; False: moonshine's lines.
+    onnx_interims: bool = True
+    trace: bool = False  # one timing line per turn end on the workers' stderr
+
+    @classmethod
+    def from_settings(cls, settings) -> "Tuning":
+        """The operator's settings (config.Settings, or anything with the same attributes) over the defaults."""
+        return cls(beams=getattr(settings, "local_beams", cls.beams),
+                   context_seconds=getattr(settings, "local_context_seconds", cls.context_seconds))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Tuning":
+        return cls(**json.loads(text))
+
+
+def add_arguments(parser) -> None:
+    """One command-line flag per field (--end-silence 0.3, --onnx-interims 0), for the benchmarks."""
+    for f in dataclasses.fields(Tuning):
+        kind = int if f.type in ("int", "bool") else float
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                            help=f"tuning: {f.name} (default {f.default})")
+
+
+def from_arguments(args, **base) -> Tuning:
+    """The Tuning that add_arguments' flags describe (unset flags keep `base`, then the defaults)."""
+    values = dict(base)
+    for f in dataclasses.fields(Tuning):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = bool(value) if f.type == "bool" else value
+    return Tuning(**values)
