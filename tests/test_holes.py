@@ -173,6 +173,16 @@ def test_bad_local_value_stops_the_app_with_one_line(var, tmp_path):
     assert took < 10
 
 
+@pytest.mark.parametrize("var", ["LOCAL_ONNX_INTERIMS", "LOCAL_END_SILENCE", "LOCAL_BEAM"])
+def test_a_retired_or_misspelt_local_variable_stops_the_app(var, tmp_path):
+    """The recognizer's experiment knobs are benchmark flags now: one left in the environment (or a misspelt
+    setting) would silently change nothing, so it stops the app naming it and what the settings are."""
+    with pytest.raises(config.ConfigError, match=f"{var}: not a setting.*LOCAL_MAX_STREAMS, LOCAL_BEAMS"):
+        config.load({var: "0"})
+    proc, _ = _start({var: "0"}, tmp_path)
+    _assert_one_line_naming(proc, var)
+
+
 # ---- exports: one line per caption text, no control characters ------------------------------------------------
 
 from hypothesis import given, settings  # noqa: E402

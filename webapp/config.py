@@ -185,6 +185,9 @@ def check_redis(url: str, timeout: float = 5.0) -> None:
                           "REDIS_URL") from None
 
 
+LOCAL_SETTINGS = ("LOCAL_MAX_STREAMS", "LOCAL_BEAMS", "LOCAL_CONTEXT_SECONDS")
+
+
 def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     """Build Settings from the environment (os.environ by default); keyword overrides win."""
     env = os.environ if env is None else env
@@ -202,6 +205,11 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     if backend == "deepgram" and not dg_key:
         raise ConfigError("STT_BACKEND=deepgram needs DEEPGRAM_API_KEY; or unset STT_BACKEND to use the embedded recognizer")
 
+    retired = sorted(k for k in env if k.startswith("LOCAL_") and k not in LOCAL_SETTINGS)
+    if retired:
+        # The recognizer's experiment knobs became benchmark flags (issue 18): a leftover one would silently do nothing.
+        raise ConfigError(f"{retired[0]}: not a setting (the embedded recognizer's settings are {', '.join(LOCAL_SETTINGS)}; "
+                          "its tuning knobs are flags of bench/recognizer.py): remove it from the environment")
     origins = tuple(_origin(o, "ALLOWED_ORIGINS") for o in env.get("ALLOWED_ORIGINS", "").replace(",", " ").split() if o)
     log_level = env.get("LOG_LEVEL", "info").strip().lower()
     if log_level not in ("debug", "info", "warning", "error"):
