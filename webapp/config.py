@@ -9,8 +9,8 @@ import ipaddress
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from .protocol import decimal_number, whole_number

@@ -24,8 +24,8 @@ short turns with libmoonshine's decode, which has one. Measured in docs/benchmar
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

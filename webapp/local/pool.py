@@ -13,9 +13,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .signal import RATE
 from .tuning import Tuning
@@ -53,7 +54,7 @@ def _cores() -> int:
 class _Worker:
     """One worker process, talked to over a socketpair; a reader thread and a writer thread."""
 
-    def __init__(self, pool: "Pool", index: int):
+    def __init__(self, pool: Pool, index: int):
         self.pool, self.index = pool, index
         self.streams: dict[int, RecognizerStream] = {}
         self.ready = threading.Event()
@@ -125,7 +126,7 @@ class _Worker:
 
 
 class RecognizerStream:
-    def __init__(self, pool: "Pool", worker: _Worker, sid: int, rate: int, on_event, loop: asyncio.AbstractEventLoop):
+    def __init__(self, pool: Pool, worker: _Worker, sid: int, rate: int, on_event, loop: asyncio.AbstractEventLoop):
         self.pool, self.worker, self.sid, self.on_event, self.loop = pool, worker, sid, on_event, loop
         self._tokens = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
@@ -187,7 +188,7 @@ class RecognizerStream:
         self.worker.send(("finalize", self.sid, token))
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("recognizer finalize timed out")
             return False
 
@@ -197,7 +198,7 @@ class RecognizerStream:
             self.worker.send(("close", self.sid))
         try:
             await asyncio.wait_for(asyncio.shield(self._closed_fut), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("recognizer close timed out; aborting the stream")
             self.abort()
 

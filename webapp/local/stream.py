@@ -11,13 +11,25 @@ import os
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from . import moonshine
-from .planner import (FORCE_INTERVAL, LOOK_BEHIND, MAX_INTERIM_GAP, MODEL_END_SECONDS, UPDATE_INTERVAL, Done, Spec,
-                      Tag, TurnPlanner, collapse_repeats, ends_repeated, join)
+from .planner import (
+    FORCE_INTERVAL,
+    LOOK_BEHIND,
+    MAX_INTERIM_GAP,
+    MODEL_END_SECONDS,
+    UPDATE_INTERVAL,
+    Done,
+    Spec,
+    Tag,
+    TurnPlanner,
+    collapse_repeats,
+    ends_repeated,
+    join,
+)
 from .signal import RATE, Resampler
 from .vad import StreamVad
 

@@ -43,7 +43,7 @@ class Tuning:
     trace: bool = False  # one timing line per turn end on the workers' stderr
 
     @classmethod
-    def from_settings(cls, settings) -> "Tuning":
+    def from_settings(cls, settings) -> Tuning:
         """The operator's settings (config.Settings, or anything with the same attributes) over the defaults."""
         return cls(beams=getattr(settings, "local_beams", cls.beams),
                    context_seconds=getattr(settings, "local_context_seconds", cls.context_seconds))
@@ -52,7 +52,7 @@ class Tuning:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "Tuning":
+    def from_json(cls, text: str) -> Tuning:
         return cls(**json.loads(text))
 
 

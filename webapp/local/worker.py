@@ -11,8 +11,8 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Callable
 
 import numpy as np
 
