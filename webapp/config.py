@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from .protocol import decimal_number, whole_number
@@ -215,7 +215,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"LOG_LEVEL: {log_level!r} is not one of debug, info, warning, error")
 
-    values = dict(
+    settings = Settings(
         backend=backend,
         aigateway_api_key=aig_key,
         aigateway_url=_ws_url(env.get("AIGATEWAY_REALTIME_URL", "").strip() or Settings.aigateway_url, "AIGATEWAY_REALTIME_URL"),
@@ -249,5 +249,4 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         max_connections=_int(env, "MAX_CONNECTIONS", Settings.max_connections, 16, 1_000_000),
         request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
     )
-    values.update(overrides)
-    return Settings(**values)
+    return replace(settings, **overrides)

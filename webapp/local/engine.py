@@ -1,6 +1,6 @@
 """A standalone Deepgram-Flux-compatible server (`/v2/listen`) on the embedded recognizer.
 
-Message shapes follow Flux v2 (docs: ../shared/docs/protocols.md §1): `Connected` first, `TurnInfo` with
+Message shapes follow Deepgram's Flux v2: `Connected` first, `TurnInfo` with
 Update / StartOfTurn / EndOfTurn and one `sequence_id` counter over every server message. `ForceEndTurn` ends
 the open turn (trigger "manual") or answers a `Warning`; `CloseStream` decodes what was received, sends the
 remaining Updates and closes without a status code (Flux sends no EndOfTurn then). `KeepAlive` and unknown
@@ -77,7 +77,7 @@ class FluxSession:
         self.ws, self.pool, self.rate = ws, pool, rate
         self.request_id = str(uuid.uuid4())
         self.seq = 0
-        self.out: asyncio.Queue = asyncio.Queue()
+        self.out: asyncio.Queue[dict | None] = asyncio.Queue()
         self.turn_index = 0
         self.turn_open = False
         self.text = ""
@@ -86,7 +86,8 @@ class FluxSession:
         self.stream = pool.open_stream(self._on_event, rate)  # CapacityError before accept -> 429
 
     # -- server messages, in order, each with the next sequence_id --
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: dict | None) -> None:
+        """Queue a message for the writer; None: the writer stops after what is queued."""
         self.out.put_nowait(msg)
 
     async def _writer(self) -> None:
@@ -200,12 +201,15 @@ class FluxSession:
                 await asyncio.wait_for(writer, 10)
         with contextlib.suppress(Exception):
             if self.ws.client_state.name == "CONNECTED":
-                await self.ws.close(code=close_code)  # None: an empty close frame, like Flux after CloseStream
+                # what ws.close() sends, but with code None: an empty close frame, like Flux after CloseStream
+                # (starlette types close()'s code as int)
+                await self.ws.send({"type": "websocket.close", "code": close_code, "reason": ""})
 
 
-def build_engine_app(manage_pool: bool = True, settings: Settings = Settings()) -> Starlette:
+def build_engine_app(manage_pool: bool = True, settings: Settings | None = None) -> Starlette:
     """`manage_pool`: start the recognizer pool at startup and stop it at shutdown (tests sharing a pool pass False);
-    `settings`: its capacity and tuning (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS)."""
+    `settings`: its capacity and tuning (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS; default: Settings())."""
+    settings = settings if settings is not None else Settings()
 
     async def listen(ws: WebSocket) -> None:
         try:

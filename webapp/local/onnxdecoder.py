@@ -24,7 +24,8 @@ short turns with libmoonshine's decode, which has one. Measured in docs/benchmar
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ class OnnxDecoder:
     def __init__(self, model_dir: Path, beams: int = 1):
         import onnxruntime as ort
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # the worker has one decode thread per core's worth of streams (§8.4)
+        opts.intra_op_num_threads = 1  # the worker has one decode thread per core's worth of streams (docs/benchmarks.md, Embedded recognizer)
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
@@ -78,8 +79,10 @@ class OnnxDecoder:
         self.cross_kv = [n for n in self.past if ".encoder." in n]
         shape = next(i.shape for i in self.decoder.get_inputs() if i.name.endswith(".decoder.key"))
         self.heads, self.head_dim = shape[1], shape[3]
+        # per decoder (an lru_cache on the method would key on self and keep every instance alive)
+        self._word_ids = functools.lru_cache(maxsize=4096)(self._split_word)
 
-    def text(self, ids: list[int]) -> str:
+    def text(self, ids: Iterable[int]) -> str:
         raw = b"".join(self.tokens[t] for t in ids if t >= FIRST_TEXT_TOKEN)
         return raw.decode("utf-8", "replace").replace("\u2581", " ").strip()
 
@@ -89,14 +92,13 @@ class OnnxDecoder:
         A split that differs costs only draft tokens the decoder does not confirm."""
         return [i for word in text.split() for i in self._word_ids("\u2581" + word)]
 
-    @functools.lru_cache(maxsize=4096)
-    def _word_ids(self, word: str) -> tuple[int, ...]:
+    def _split_word(self, word: str) -> tuple[int, ...]:
         parts: list[bytes] = []
         for ch in word:  # characters; bytes (ids 3-258) for those that are no piece
             b = ch.encode()
             parts.extend([b] if b in self.pieces else [bytes([x]) for x in b])
         while len(parts) > 1:
-            merges = [(self.pieces.get(a + b, 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            merges = [(self.pieces.get(a + b, 1 << 30), i) for i, (a, b) in enumerate(pairwise(parts))]
             rank, i = min(merges)
             if rank == 1 << 30:
                 break
@@ -108,14 +110,16 @@ class OnnxDecoder:
         feed = {"input_ids": ids, "encoder_hidden_states": hidden, "encoder_attention_mask": mask,
                 "use_cache_branch": np.array([cached])}
         feed.update(past)
-        return dict(zip(self.outputs, self.decoder.run(None, feed)))
+        return dict(zip(self.outputs, self.decoder.run(None, feed), strict=True))
 
     def _step(self, hidden: np.ndarray, mask: np.ndarray, ids: np.ndarray, past: dict, cached: bool):
         out = self._pass(hidden, mask, ids, past, cached)
         return out["logits"][:, -1, :], out
 
     def decode(self, audio: np.ndarray) -> str:
-        return self.text(self.decode_ids(audio))
+        ids = self.decode_ids(audio)
+        assert ids is not None  # None only when a stop() callback says so
+        return self.text(ids)
 
     def decode_ids(self, audio: np.ndarray, prefix: list[int] | tuple[int, ...] = (),
                    stop: Callable[[], bool] | None = None, draft: list[int] | tuple[int, ...] = ()

@@ -211,9 +211,9 @@ class RecognizerStream:
 
 
 class Pool:
-    def __init__(self, max_streams: int = 0, workers: int = 0, tuning: Tuning = Tuning()):
+    def __init__(self, max_streams: int = 0, workers: int = 0, tuning: Tuning | None = None):
         self.max_streams = max_streams or default_max_streams()
-        self.tuning = tuning  # every worker process gets it on its command line
+        self.tuning = tuning if tuning is not None else Tuning()  # every worker process gets it on its command line
         self.n_workers = workers or _cores()
         self.closing = False
         self._lock = threading.Lock()

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from .planner import (
 from .signal import RATE, Resampler
 from .vad import StreamVad
 
+if TYPE_CHECKING:
+    from moonshine_voice.transcriber import Stream as MoonshineStream
+
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +50,6 @@ class Stream:
         self.resampler = Resampler(rate) if rate != RATE else None
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.aborted = False
-        self.stream = None  # moonshine's
         self.completed: set[int] = set()  # moonshine's line ids that ended
         self.sent_update = False  # the client has an interim of the open turn
         self.interim_upto = 0  # audio (samples) the last interim covered
@@ -54,15 +57,17 @@ class Stream:
         self.t_queued = 0.0  # trace: when the audio being handled was queued
         self.t_decode = (0.0, 0.0)  # trace: the final's decode seconds and audio seconds
         self.t_waited = 0.0  # trace: how long the final's decode was queued
-        self._new_stream()
+        self._open_stream()
         self.thread = threading.Thread(target=self._run, name=f"stt-{sid}", daemon=True)
         self.thread.start()
 
     # -- moonshine stream --
     def _new_stream(self) -> None:
-        if self.stream is not None:
-            self.stream.close()  # no stop(): that would decode the line once more
-        self.stream = self.tr.create_stream(update_interval=1e9)
+        self.stream.close()  # no stop(): that would decode the line once more
+        self._open_stream()
+
+    def _open_stream(self) -> None:
+        self.stream: MoonshineStream = self.tr.create_stream(update_interval=1e9)
         self.stream.add_listener(self._on_line)
         self.stream.start()
         self.base = self.p.total  # moonshine times are relative to this sample
@@ -102,6 +107,7 @@ class Stream:
             # (by the line's own end: with onnx interims, the lines that ended earlier in the turn are reported
             # only once libmoonshine's updates resume at MODEL_END_SECONDS, all at once)
             if end - p.turn_start() / RATE >= MODEL_END_SECONDS:
+                assert p.line_start is not None  # set above: the turn has heard speech and this line has a start
                 # a long turn that our endpointer does not end (noisy room, no pauses): moonshine's line end ends it
                 self._final(join(self.prefix, line.text), p.line_start, end, "model", restart=False)
             else:
@@ -219,15 +225,17 @@ class Stream:
         p = self.p
         if not p.commit_due():
             return
+        spec = p.spec
+        assert spec is not None  # commit_due() holds only with a speculative final
         if self.t.trace:
             now = time.monotonic()
             d = self.decoder
             log.info(f"trace sid={self.sid} commit silence={p.ep.silence / RATE:.3f} "
                      f"since_speech={(p.total - p.ep.last_speech) / RATE:.3f} "
                      f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
-                     f"spec_age={(p.total - p.spec.cutoff) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
+                     f"spec_age={(p.total - spec.cutoff) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
                      f"pending={d.pending} dec_spent={d.spent:.2f} dec_stale={d.stale:.2f} interims={d.interims:.2f}")
-        self._commit(p.spec.text, "model", p.spec.ids, upto=p.spec.cutoff)
+        self._commit(spec.text, "model", spec.ids, upto=spec.cutoff)
 
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
         """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""

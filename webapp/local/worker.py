@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,9 @@ class FinalDecoder:
     one is queued or running, the worker's streams skip their interim re-decodes, so finals do not wait behind
     them. Results go back through each stream's own queue (its thread owns all of its state)."""
 
-    def __init__(self, tr, onnx: OnnxDecoder | None = None, vad=None, tuning: Tuning = Tuning()):
-        self.tr, self.onnx, self.vad, self.tuning = tr, onnx, vad, tuning  # vad: the Silero session
+    def __init__(self, tr, onnx: OnnxDecoder | None = None, vad=None, tuning: Tuning | None = None):
+        self.tr, self.onnx, self.vad = tr, onnx, vad  # vad: the Silero session
+        self.tuning = tuning if tuning is not None else Tuning()
         self.force_flag = moonshine.force_flag()
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = 0  # queued + running
@@ -82,7 +84,10 @@ class FinalDecoder:
                     text = None  # stale already: skip the work
                 else:
                     # speech overtook it (and it cannot become a cut): stop between decoder steps
-                    text, ids = self.decode(job, stop=lambda s=stream, g=tag.gen: s.aborted or s.p.stale(g))
+                    def stop(s: Stream = stream, g: int = tag.gen) -> bool:
+                        return s.aborted or s.p.stale(g)
+
+                    text, ids = self.decode(job, stop=stop)
                     if self.tuning.trace:  # decoder seconds, and those spent on decodes that speech overtook meanwhile
                         spent = time.monotonic() - t
                         self.spent += spent
@@ -146,7 +151,7 @@ def main(fd: int, tuning: Tuning) -> None:
         if msg == ("quit",):
             break
         op, sid, *rest = msg
-        arg = rest[0] if rest else None  # open: the sample rate; audio: the PCM; finalize: the reply's token
+        arg: Any = rest[0] if rest else None  # unpickled: open: the sample rate; audio: the PCM; finalize: the reply's token
         if op == "open":
             streams[sid] = Stream(sid, arg, tr, send, decoder)
             decoder.sessions = len(streams)
