@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 
 from . import config as config_mod
 from . import protocol
+from .browsersocket import socket_for
 from .config import Settings
 from .embed import EmbedRefused, Embeds
 from .logs import fields
@@ -162,7 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return resume_tokens.issue(session_id, nonce, key_id)
 
         sink.resume_nonce = nonce
-        session = RelaySession(ws, settings, params, sink=sink, resume=resume, resume_token=issue_token,
+        session = RelaySession(socket_for(ws), settings, params, sink=sink, resume=resume, resume_token=issue_token,
                                meter=lease.charge, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
         if resume is None:
             resumes.remember(session.id, Known(owner, nonce))
