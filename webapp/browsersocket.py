@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from . import protocol
 from .audiosocket import DIRECT, Listener
 from .logs import fields
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly (then interims are dropped)
 OUTBOX_HARD_LIMIT = 4096       # events (finals, errors…) queued for a browser that does not read: it is given up on
+BAD_INPUT_EVERY = 1.0          # seconds: at most one error per bad-input code in this time, the rest are counted
 
 
 class BrowserSocket(Protocol):
@@ -155,7 +157,8 @@ class Outbox:
     Every put costs O(1) whatever the browser does: queued interims are tracked in their own deque (a holder
     [event], emptied when dropped), so dropping the oldest needs no scan. A browser that takes none of its
     waiting events for `slow_after` seconds, or lets OUTBOX_HARD_LIMIT events pile up, is given up on:
-    on_slow() is called once and nothing more is queued (see RelaySession._slow_client)."""
+    on_slow() is called once and nothing more is queued (see RelaySession._slow_client). Errors about the
+    browser's own input are coalesced (bad_input)."""
 
     def __init__(self, sock: BrowserSocket, on_slow: Callable[[str], None], session_id: str = "",
                  slow_after: float = 10.0):
@@ -171,6 +174,7 @@ class Outbox:
         self.on_slow = on_slow
         self.waiting_since = 0.0              # since when events wait with nothing written
         self._timer: asyncio.TimerHandle | None = None
+        self._bad: dict[str, list] = {}       # bad-input code -> [window start, count not sent, last message, timer]
 
     def put(self, event: dict[str, Any]) -> None:
         if self.closed:
@@ -271,3 +275,31 @@ class Outbox:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), left)
             self.flush()
+
+    def bad_input(self, code: str, message: str) -> None:
+        """Tell the browser about bad input: at most one error per code per BAD_INPUT_EVERY seconds, the others
+        counted and reported at the end of that time (a flood of bad frames costs O(1) each and sends little)."""
+        now = time.monotonic()
+        entry = self._bad.get(code)
+        if entry is None or now - entry[0] >= BAD_INPUT_EVERY and not entry[1]:
+            self._bad[code] = [now, 0, message, None]
+            self.put(protocol.error(code, message, retryable=False))
+            return
+        entry[1] += 1
+        entry[2] = message
+        if entry[3] is None:
+            entry[3] = asyncio.get_running_loop().call_at(entry[0] + BAD_INPUT_EVERY, self._bad_summary, code)
+
+    def _bad_summary(self, code: str) -> None:
+        start, count, message, timer = self._bad.pop(code)
+        if timer is not None:
+            timer.cancel()
+        if count:
+            self._bad[code] = [time.monotonic(), 0, message, None]  # a new window: the next one waits for it
+            more = f"{count} more like it" if count > 1 else "1 more like it"
+            self.put(protocol.error(code, f"{message} ({more} dropped)", retryable=False))
+
+    def bad_input_summary(self) -> None:
+        """The session ends: what was counted and not reported yet goes out now."""
+        for code in list(self._bad):
+            self._bad_summary(code)

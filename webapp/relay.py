@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 monotonic = time.monotonic
 
 MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
-BAD_INPUT_EVERY = 1.0          # seconds: at most one error per bad-input code in this time, the rest are counted
 CLOSE_GRACE = 5.0              # seconds a browser given up on has to take its last events before it is cut off
 BACKLOG_PAUSE = 64             # browser messages held behind a control message before reading pauses
 CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
@@ -165,7 +164,6 @@ class RelaySession:
         self.sock = sock
         self.out = Outbox(sock, self._slow_client, self.id, settings.slow_client_seconds)
         self.on_batch = sock.hold              # the upstream's events of one message leave in one write
-        self._bad_input: dict[str, list] = {}  # code -> [window start, count not sent, last message, timer]
         self._backlog: deque | None = None     # browser messages waiting behind a control message
         self.on_bytes = self._on_audio         # the socket's audio: see on_text
         self._backlog_task: asyncio.Task | None = None
@@ -208,29 +206,6 @@ class RelaySession:
 
     # ---- browser -> relay ----------------------------------------------------------------------
 
-    def _bad(self, code: str, message: str) -> None:
-        """Tell the browser about bad input: at most one error per code per BAD_INPUT_EVERY seconds, the others
-        counted and reported at the end of that time (a flood of bad frames costs O(1) each and sends little)."""
-        now = monotonic()
-        entry = self._bad_input.get(code)
-        if entry is None or now - entry[0] >= BAD_INPUT_EVERY and not entry[1]:
-            self._bad_input[code] = [now, 0, message, None]
-            self.out.put(protocol.error(code, message, retryable=False))
-            return
-        entry[1] += 1
-        entry[2] = message
-        if entry[3] is None:
-            entry[3] = asyncio.get_running_loop().call_at(entry[0] + BAD_INPUT_EVERY, self._bad_summary, code)
-
-    def _bad_summary(self, code: str) -> None:
-        start, count, message, timer = self._bad_input.pop(code)
-        if timer is not None:
-            timer.cancel()
-        if count:
-            self._bad_input[code] = [monotonic(), 0, message, None]  # a new window: the next one waits for it
-            more = f"{count} more like it" if count > 1 else "1 more like it"
-            self.out.put(protocol.error(code, f"{message} ({more} dropped)", retryable=False))
-
     def _slow_client(self, why: str) -> None:
         """The browser takes none of its events (Outbox gave up on it): finalize, record, and close it."""
         self.request_stop("slow_client", protocol.error(
@@ -239,12 +214,12 @@ class RelaySession:
     def _on_audio(self, data: bytes) -> None:
         n = len(data)
         if n > MAX_AUDIO_FRAME:
-            return self._bad("frame_too_large", f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)")
+            return self.out.bad_input("frame_too_large", f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)")
         if n == 0 or n & 1:
-            return self._bad("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
+            return self.out.bad_input("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
         if self.closing:
             if self.user_closed:
-                self._bad("bad_message", "audio after CloseStream is ignored")
+                self.out.bad_input("bad_message", "audio after CloseStream is ignored")
             return  # the server is ending the session (restart, limit): the page will resend on resume
         self.last_audio = monotonic()
         if self.meter is not None and not self.meter(n / self.bps):
@@ -262,15 +237,15 @@ class RelaySession:
 
     async def _on_text(self, text: str) -> None:
         if len(text) > MAX_TEXT_MESSAGE:
-            return self._bad("bad_message", f"text message over {MAX_TEXT_MESSAGE} bytes ignored; control messages are small JSON objects")
+            return self.out.bad_input("bad_message", f"text message over {MAX_TEXT_MESSAGE} bytes ignored; control messages are small JSON objects")
         try:
             msg = json.loads(text)
         except (ValueError, RecursionError):
-            return self._bad("bad_message", "text messages must be JSON, e.g. {\"type\":\"CloseStream\"}")
+            return self.out.bad_input("bad_message", "text messages must be JSON, e.g. {\"type\":\"CloseStream\"}")
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind not in ("Finalize", "CloseStream", "KeepAlive"):
             shown = kind if isinstance(kind, str) and len(kind) <= 40 else "?"
-            return self._bad("unknown_message", f"unknown message type {shown!r}; send Finalize, CloseStream or KeepAlive")
+            return self.out.bad_input("unknown_message", f"unknown message type {shown!r}; send Finalize, CloseStream or KeepAlive")
         if kind == "KeepAlive" or self.closing:
             return  # the relay keeps the upstream alive itself; repeated CloseStream is harmless
         if kind == "CloseStream":
@@ -489,8 +464,7 @@ class RelaySession:
             for task in (reader, upstream_done, idle, stopper, self._backlog_task):
                 if task is not None:
                     task.cancel()
-            for code in list(self._bad_input):
-                self._bad_summary(code)  # counted bad input is reported before `closed`
+            self.out.bad_input_summary()  # counted bad input is reported before `closed`
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await upstream_done
             if self.upstream is not None:
