@@ -17,7 +17,7 @@ import orjson
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
 from .base import Upstream, UpstreamError, handshake_error, provider_error
-from .flux import FluxUpdate, apply_update, decode_update
+from .flux import UPDATES, DecodeError, FluxUpdate, decode_update
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class WsUpstream(Upstream):
         self._last_sent = self._last_recv = monotonic()
         self._pinged = 0.0                 # when a ping went out on a quiet link (0: none pending)
         self._silence = bytes(int(params.sample_rate * 2 * 0.08))  # 80 ms of zeros
+        self._on_batch = listener.on_batch if listener is not None else None  # looked up once: every message calls it
 
     # -- provider specifics --
     def url(self) -> str:
@@ -170,7 +171,7 @@ class WsUpstream(Upstream):
 
     def turn_update(self, update: FluxUpdate) -> None:
         """A Flux TurnInfo Update or StartOfTurn (the same as flux.apply_turninfo does with it)."""
-        apply_update(self.turns, update)
+        self.turns.update(update.transcript, update.words, update.audio_window_start, update.audio_window_end)
 
     def on_remote_close(self) -> None:
         """Called when the provider closes after our CloseStream: commit what is left."""
@@ -213,8 +214,14 @@ class WsUpstream(Upstream):
         _ticker.add(self)
 
     def _on_message(self, raw: bytes) -> None:
-        msg = None
-        update = decode_update(raw) if self.flux_updates and self._ready is None else None
+        update = msg = None
+        if self.flux_updates and self._ready is None:
+            try:
+                update = decode_update(raw)
+            except DecodeError:  # not this shape (or a field of another type): the general path decides
+                pass
+            if update is not None and not (update.type == "TurnInfo" and update.event in UPDATES):
+                update = None
         if update is None:
             try:
                 msg = orjson.loads(raw)
@@ -222,9 +229,9 @@ class WsUpstream(Upstream):
                 return  # not JSON: nothing a provider documents
             if not isinstance(msg, dict):
                 return
-        listener = self.listener
-        if listener is not None:
-            listener.on_batch(True)
+        batch = self._on_batch
+        if batch is not None:
+            batch(True)
         try:
             if update is not None:
                 self.turn_update(update)
@@ -235,8 +242,8 @@ class WsUpstream(Upstream):
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # a malformed field: skip that message
             log.warning("upstream_bad_message", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
         finally:
-            if listener is not None:
-                listener.on_batch(False)
+            if batch is not None:
+                batch(False)
 
     def _on_disconnected(self) -> None:
         self._gone = True
