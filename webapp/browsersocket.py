@@ -71,7 +71,6 @@ class AsgiSocket:
         self.writable = True
         self.sending = False
         self._gone = False                          # the browser is gone, or `closed` was sent
-        self._listener: Listener | None = None
         self._next: dict[str, Any] | None = None   # the event the writer sends next
         self._wake = asyncio.Event()
         self._reading = asyncio.Event()
@@ -79,12 +78,11 @@ class AsgiSocket:
         self._tasks: list[asyncio.Task] = []
 
     def attach(self, listener: Listener) -> None:
-        self._listener = listener
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+        self._tasks = [loop.create_task(self._read(listener)), loop.create_task(self._write(listener))]
 
-    async def _read(self) -> None:
-        listener, receive, reading = self._listener, self.ws.receive, self._reading
+    async def _read(self, listener: Listener) -> None:
+        receive, reading = self.ws.receive, self._reading
         try:
             while True:
                 if not reading.is_set():
@@ -109,13 +107,15 @@ class AsgiSocket:
         self._wake.set()
         return True
 
-    async def _write(self) -> None:
-        listener, wake = self._listener, self._wake
+    async def _write(self, listener: Listener) -> None:
+        wake = self._wake
         try:
             while True:
                 await wake.wait()
                 wake.clear()
                 event, self._next = self._next, None
+                if event is None:
+                    continue
                 await self.ws.send_text(orjson.dumps(event).decode())
                 self._gone = event["type"] == "closed"  # nothing goes after it
                 self.writable, self.sending = True, False
@@ -257,8 +257,8 @@ class Outbox:
         """The socket can take more (the direct socket's buffer has room again, an ASGI send finished)."""
         wrote = False
         sock = self.sock
-        while self.queued and not self.closed and sock.writable:
-            self._write(self._pop())
+        while self.queued and not self.closed and sock.writable and (event := self._pop()) is not None:
+            self._write(event)
             wrote = True
         if wrote:
             self.waiting_since = time.monotonic()
