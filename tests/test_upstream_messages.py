@@ -1,6 +1,6 @@
 """Provider messages -> the app's normalized events, table-driven, through the real upstream classes.
 
-Interim updates in Flux's TurnInfo shape take a typed fast path (webapp/upstreams/wsclient.py, FluxUpdate); every
+Interim updates in Flux's TurnInfo shape take a typed fast path (webapp/upstreams/flux.py, FluxUpdate); every
 other message, and any update the typed decoder refuses, the general one. Both must give the same events, keep
 anything provider-specific out, and skip what is malformed without ending the stream.
 """
@@ -27,12 +27,23 @@ def turninfo(event: str, transcript: str, words=None, start=0.0, end=1.0, **extr
     return msg
 
 
+class Listener:
+    """The upstream's listener (webapp.upstreams.base.UpstreamListener), keeping the events."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        self.on_event = self.events.append
+
+    def on_silence(self, pcm): pass
+    def on_pressure(self, full): pass
+    def on_batch(self, start): pass
+
+
 def run(cls, messages: list, interim_words: bool = False) -> list[dict]:
     settings = config.load({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "k", "AIGATEWAY_API_KEY": "k",
                             "DATA_DIR": "/tmp/unused-caption-relay"})
-    up = cls(settings, StreamParams(interim_words=interim_words))
-    events: list[dict] = []
-    up.listener = events.append
+    events = (listener := Listener()).events
+    up = cls(settings, StreamParams(interim_words=interim_words), listener)
     for m in messages:
         up._on_message(m if isinstance(m, bytes) else json.dumps(m).encode())
     return events
@@ -97,8 +108,7 @@ def test_a_final_without_words_keeps_the_last_updates_words(cls):
 
 def test_the_gateway_knows_it_speaks_flux_from_the_first_update():
     settings = config.load({"STT_BACKEND": "aigateway", "AIGATEWAY_API_KEY": "k", "DATA_DIR": "/tmp/unused-caption-relay"})
-    up = AIGatewayUpstream(settings, StreamParams())
-    up.listener = lambda e: None
+    up = AIGatewayUpstream(settings, StreamParams(), Listener())
     assert up.keepalive_every is not None  # v1 until shown otherwise
     up._on_message(json.dumps(turninfo("Update", "Hello", [W1])).encode())
     assert up.flux and up.keepalive_every is None  # KeepAlive would end a Flux stream
@@ -172,8 +182,7 @@ PROVIDER_ERRORS = [
 def test_provider_errors_get_our_message_per_class(cls, code, description, mapped, retryable):
     settings = config.load({"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "k", "AIGATEWAY_API_KEY": "k",
                             "DATA_DIR": "/tmp/unused-caption-relay"})
-    up = cls(settings, StreamParams())
-    up.listener = lambda e: None
+    up = cls(settings, StreamParams(), Listener())
     up._on_message(json.dumps({"type": "Error", "code": code, "description": description}).encode())
     error = up._queue.get_nowait()
     assert (error.code, error.retryable) == (mapped, retryable)

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from . import protocol
+from .browsersocket import socket_for
 from .config import Settings
 from .embed import EmbedKey, EmbedRefused, Embeds, Slot
 from .logs import fields
@@ -76,7 +77,7 @@ class Admission:
                 return self.resume_tokens.issue(session_id, nonce, key_id)
 
             sink.resume_nonce = nonce
-            session = RelaySession(ws, settings, params, sink=sink, resume=resume, resume_token=issue_token,
+            session = RelaySession(socket_for(ws), settings, params, sink=sink, resume=resume, resume_token=issue_token,
                                    meter=lease.charge, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
             if resume is None:
                 self.resumes.remember(session.id, Known(owner, nonce))

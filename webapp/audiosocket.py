@@ -8,7 +8,7 @@ With this protocol (cli.py passes it to uvicorn as `ws=`), a WebSocket scope car
 extensions. The app does the handshake as usual (Origin check, a refusal is still HTTP 403, accept), then
 calls `scope["extensions"][DIRECT].attach(listener)`: from then on each message goes straight from the
 parser to the listener, and `send_text` writes at once. Without the extension (another ASGI server), the
-app uses plain ASGI receive/send: see webapp/relay.py.
+app uses plain ASGI receive/send: see webapp/browsersocket.py.
 
 Once the handshake is done, the protocol cuts the incoming bytes into whole frames itself. A whole,
 masked, unfragmented binary frame (an audio frame) is unmasked with websockets' C helper and handed over;
@@ -19,7 +19,9 @@ Python cost per audio frame.
 """
 from __future__ import annotations
 
+import asyncio
 from asyncio import get_running_loop
+from contextlib import suppress
 from typing import Protocol
 
 from orjson import dumps
@@ -54,9 +56,11 @@ class Listener(Protocol):
 
 
 class DirectSocket:
-    """What the app gets from the scope: attach a listener, send without awaiting, flow control."""
+    """What the app gets from the scope: attach a listener, send without awaiting, flow control
+    (webapp.browsersocket.BrowserSocket)."""
 
     __slots__ = ("_p", "held", "writable")
+    sending = False  # a write is done once it is handed to the transport
 
     def __init__(self, protocol: "DirectWebSocketProtocol"):
         self._p = protocol
@@ -112,7 +116,7 @@ class DirectSocket:
         if held and not self._p.disconnected:
             self._p.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
-    def drop(self, code: int, reason: str, last: list[dict], grace: float) -> None:
+    async def drop(self, code: int, reason: str, last: list[dict], grace: float) -> None:
         """Give up on a browser that does not read: write `last` and a close frame behind what its buffer holds
         (whatever the flow control says), and cut the connection if it has not taken them within `grace` s."""
         p = self._p
@@ -130,6 +134,11 @@ class DirectSocket:
             transport.write(data)
         transport.close()  # once the buffer is taken; a reader that never reads is aborted below
         get_running_loop().call_later(grace, transport.abort)
+
+    async def close(self, code: int, grace: float) -> None:
+        """The normal end, through the protocol's ASGI send (which waits while the browser's buffer is full)."""
+        with suppress(OSError, asyncio.TimeoutError):  # the browser may be gone, or not read
+            await asyncio.wait_for(self._p.send({"type": "websocket.close", "code": code, "reason": ""}), grace)
 
     def pause_reading(self) -> None:
         """Backpressure: the upstream cannot take audio as fast as the browser sends it."""

@@ -23,23 +23,18 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import orjson
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
 from . import protocol
-from .audiosocket import DIRECT, DirectSocket
+from .browsersocket import BrowserSocket, Outbox
 from .config import Settings
 from .logs import fields
-from .protocol import MAX_AUDIO_FRAME, StreamParams, seconds
-from .upstreams import Upstream, UpstreamError, make_upstream
+from .protocol import MAX_AUDIO_FRAME, StreamParams
+from .timeline import Timeline
+from .upstreams import Upstream, UpstreamError, UpstreamListener, make_upstream
 
 log = logging.getLogger(__name__)
 monotonic = time.monotonic
 
 MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
-OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly (then interims are dropped)
-OUTBOX_HARD_LIMIT = 4096       # events (finals, errors…) queued for a browser that does not read: it is given up on
-BAD_INPUT_EVERY = 1.0          # seconds: at most one error per bad-input code in this time, the rest are counted
 CLOSE_GRACE = 5.0              # seconds a browser given up on has to take its last events before it is cut off
 BACKLOG_PAUSE = 64             # browser messages held behind a control message before reading pauses
 CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
@@ -84,7 +79,7 @@ class LiveSessions:
     def remove(self, session: "RelaySession") -> None:
         if self.running.get(session.id) is session:
             del self.running[session.id]
-        self.ended[session.id] = {"turns": session.finals, "offset_s": session.audio_seconds,
+        self.ended[session.id] = {"turns": session.timeline.finals, "offset_s": session.audio_seconds,
                                   "reason": session.close_reason}
         while len(self.ended) > self.ENDED_KEPT:
             del self.ended[next(iter(self.ended))]
@@ -106,152 +101,6 @@ class LiveSessions:
         if sessions:
             await asyncio.wait([asyncio.create_task(s.done.wait()) for s in sessions], timeout=timeout)
         log.info("drained", extra=fields(sessions=len(sessions)))
-
-
-class Outbox:
-    """The browser's send queue, bounded: when a reader falls behind, interim updates go first, never finals.
-
-    On a direct socket (webapp.audiosocket) an event is written at once while the browser keeps up, and
-    queued only while its buffer is full; otherwise a writer task (run()) sends through ASGI.
-    Every put costs O(1) whatever the browser does: queued interims are tracked in their own deque (a holder
-    [event], emptied when dropped), so dropping the oldest needs no scan. A browser that takes none of its
-    waiting events for `slow_after` seconds, or lets OUTBOX_HARD_LIMIT events pile up, is given up on:
-    on_slow() is called once and nothing more is queued (see RelaySession._slow_client)."""
-
-    def __init__(self, ws: WebSocket, direct: DirectSocket | None = None, session_id: str = "",
-                 slow_after: float = 10.0):
-        self.ws = ws
-        self.direct = direct
-        self.session_id = session_id
-        self.items: deque = deque()           # events, or [event] holders of interims ([None] once dropped)
-        self.interims: deque[list] = deque()  # holders of the queued interims, oldest first
-        self.queued = 0                       # live events in items
-        self.sending = False                  # ASGI: a send is in progress (its event is out of items)
-        self.wake = asyncio.Event()
-        self.closed = False
-        self.slow = False                     # given up on: the browser does not read
-        self.slow_after = slow_after
-        self.on_slow: Callable[[str], None] | None = None
-        self.waiting_since = 0.0              # since when events wait with nothing written
-        self._timer: asyncio.TimerHandle | None = None
-
-    def put(self, event: dict[str, Any]) -> None:
-        if self.closed:
-            return
-        direct = self.direct
-        if not self.queued and not self.sending:
-            if direct is not None:
-                if direct.writable:
-                    self._write(event)
-                    return
-                log.info("browser_slow", extra=fields(session=self.session_id))  # its buffer is full: hold events
-            self._waiting()
-        if event["type"] == "transcript" and not event["final"]:
-            holder = [event]
-            self.items.append(holder)
-            self.interims.append(holder)
-        else:
-            self.items.append(event)
-        self.queued += 1
-        if self.queued > OUTBOX_LIMIT:
-            if self.interims:
-                self.interims.popleft()[0] = None  # the oldest interim: a later one of its turn replaces it
-                self.queued -= 1
-            elif self.queued > OUTBOX_HARD_LIMIT:
-                self._give_up(f"{self.queued} events waiting")
-                return
-        self.wake.set()
-
-    def _pop(self) -> dict[str, Any] | None:
-        items = self.items
-        while items:
-            item = items.popleft()
-            if type(item) is list:
-                if item[0] is None:
-                    continue  # dropped
-                self.interims.popleft()  # it is the oldest live interim
-                item = item[0]
-            self.queued -= 1
-            return item
-        return None
-
-    def _waiting(self) -> None:
-        """Events start to wait: the browser has `slow_after` seconds to take some."""
-        self.waiting_since = time.monotonic()
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.slow_after, self._check)
-
-    def _check(self) -> None:
-        self._timer = None
-        if self.closed or not (self.queued or self.sending):
-            return
-        left = self.waiting_since + self.slow_after - time.monotonic()
-        if left > 0:  # it took some since: check again when the new period ends
-            self._timer = asyncio.get_running_loop().call_later(left, self._check)
-        else:
-            self._give_up(f"nothing taken for {self.slow_after:g} s")
-
-    def _give_up(self, why: str) -> None:
-        if self.slow:
-            return
-        log.warning("browser_not_reading", extra=fields(session=self.session_id, queued=self.queued, why=why))
-        self.slow = self.closed = True
-        self.items.clear()
-        self.interims.clear()
-        self.queued = 0
-        self.wake.set()
-        if self.on_slow is not None:
-            self.on_slow(why)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _write(self, event: dict[str, Any]) -> None:
-        if not self.direct.send_event(event) or event["type"] == "closed":
-            self.closed = True  # sent the last message, or the browser is gone
-
-    def flush(self) -> None:
-        """Direct socket: the browser's buffer has room again."""
-        wrote = False
-        while self.queued and not self.closed and self.direct.writable:
-            event = self._pop()
-            self._write(event)
-            wrote = True
-        if wrote:
-            self.waiting_since = time.monotonic()
-        self.wake.set()
-
-    async def finish(self, timeout: float) -> None:
-        """Direct socket: give a slow reader up to `timeout` seconds to take what is queued."""
-        deadline = time.monotonic() + timeout
-        while self.queued and not self.closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), left)
-            self.flush()
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while not self.closed and (event := self._pop()) is not None:
-                    self.sending = True
-                    await self.ws.send_text(orjson.dumps(event).decode())
-                    self.sending = False
-                    self.waiting_since = time.monotonic()
-                    if event.get("type") == "closed":
-                        self.closed = True
-                        return
-                if self.slow:
-                    return
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self.closed = True  # the browser is gone; nothing more can be delivered
 
 
 class AudioLog:
@@ -296,59 +145,46 @@ class AudioLog:
             pos = nxt
 
 
-def shift_word(w: dict[str, Any], shift: float) -> dict[str, Any]:
-    start, end = w.get("start"), w.get("end")
-    return {**w, "start": None if start is None else seconds(start + shift),
-            "end": None if end is None else seconds(end + shift)}
-
-
 class RelaySession:
-    def __init__(self, ws: WebSocket, settings: Settings, params: StreamParams,
-                 upstream_factory: Callable[[Settings, StreamParams], Upstream] = make_upstream,
+    """One capture session between two declared edges: the browser's socket (browsersocket.BrowserSocket; the
+    session is its audiosocket.Listener) and the upstream (the session is its upstreams.UpstreamListener)."""
+
+    def __init__(self, sock: BrowserSocket, settings: Settings, params: StreamParams,
+                 upstream_factory: Callable[[Settings, StreamParams, UpstreamListener], Upstream] = make_upstream,
                  sink: SessionSink | None = None, *, resume: dict[str, Any] | None = None,
                  resume_token: Callable[[str], str] | None = None, meter: Callable[[float], bool] | None = None,
                  on_limit: Callable[[], tuple[str, str, float | None]] | None = None):
-        self.ws = ws
         self.settings = settings
         self.params = params
         self.sink = sink or SessionSink()
         self.factory = upstream_factory
         self.id = resume["session_id"] if resume else secrets.token_urlsafe(9)
         self.bps = params.bytes_per_second
-        # uvicorn with webapp.audiosocket (as the CLI runs it): messages by callback, sends without awaiting
-        self.direct: DirectSocket | None = ws.scope.get("extensions", {}).get(DIRECT)
-        self.out = Outbox(ws, self.direct, self.id, settings.slow_client_seconds)
-        self.out.on_slow = self._slow_client
-        self._bad_input: dict[str, list] = {}  # code -> [window start, count not sent, last message, timer]
+        # the browser's edge
+        self.sock = sock
+        self.out = Outbox(sock, self._slow_client, self.id, settings.slow_client_seconds)
+        self.on_batch = sock.hold              # the upstream's events of one message leave in one write
         self._backlog: deque | None = None     # browser messages waiting behind a control message
-        self.on_bytes = self._on_audio         # the direct socket's audio: see on_text
+        self.on_bytes = self._on_audio         # the socket's audio: see on_text
         self._backlog_task: asyncio.Task | None = None
         self._paused: set[str] = set()         # why reading the browser is paused: "backlog", "upstream"
         self._browser_gone: asyncio.Future | None = None
-        self.log = AudioLog(settings.replay_seconds * self.bps)
+        # the audio and where it stands upstream
+        self.audio = AudioLog(settings.replay_seconds * self.bps)
         self.upstream: Upstream | None = None
         self.live = False
         self.ever_live = False
+        self.sent_to = 0                # session offset sent on the current upstream connection
+        self.timeline = Timeline(self.bps, int(resume["turns"]) if resume else 0)
         self.closing = False            # the session is ending (CloseStream, browser gone, stop request)
         self.user_closed = False        # ...because the browser sent CloseStream
-        self.sent_to = 0                # session offset sent on the current upstream connection
-        self.conn_offset = 0            # session offset where the current connection's audio begins
-        self.shift = 0.0                # the same in seconds: added to the connection's times
-        self.turn_base = 0              # finals delivered before the current connection
-        self.finals = 0
-        self.last_final: tuple[str, float] | None = None   # (text, end) of the last final delivered
-        self.announced = -1             # highest turn whose StartOfTurn was delivered
-        self.skip_end_of = -1           # turn whose duplicate final was dropped: drop its EndOfTurn too
         self.close_reason = "client_closed"
         self.started = time.monotonic()
         self.last_audio = self.started
-        self.finalize_marks: deque[int] = deque()   # Finalize requests (session offsets) waiting for a connection
         self.resumed = resume is not None
         if resume:
-            # Continue the session: turn numbers after the finals it has, times after the audio it had.
-            self.finals = self.turn_base = int(resume["turns"])
-            self.announced = self.finals - 1
-            self.log.start = self.log.end = self.sent_to = self.conn_offset = int(resume["offset_s"] * self.bps) & ~1
+            # Continue the session: times after the audio it had (turn numbers: the Timeline).
+            self.audio.start = self.audio.end = self.sent_to = int(resume["offset_s"] * self.bps) & ~1
         self.resume_token = resume_token
         self.meter = meter              # charges audio seconds to the quotas; False = over a limit
         self.on_limit = on_limit
@@ -360,7 +196,7 @@ class RelaySession:
     @property
     def audio_seconds(self) -> float:
         """Where the session stands on its timeline: seconds of audio received (a resumed session included)."""
-        return self.log.end / self.bps
+        return self.audio.end / self.bps
 
     def request_stop(self, reason: str, error: dict[str, Any] | None = None) -> None:
         """End the session from outside (shutdown, a quota): finalize, deliver what is left, close."""
@@ -370,29 +206,6 @@ class RelaySession:
 
     # ---- browser -> relay ----------------------------------------------------------------------
 
-    def _bad(self, code: str, message: str) -> None:
-        """Tell the browser about bad input: at most one error per code per BAD_INPUT_EVERY seconds, the others
-        counted and reported at the end of that time (a flood of bad frames costs O(1) each and sends little)."""
-        now = monotonic()
-        entry = self._bad_input.get(code)
-        if entry is None or now - entry[0] >= BAD_INPUT_EVERY and not entry[1]:
-            self._bad_input[code] = [now, 0, message, None]
-            self.out.put(protocol.error(code, message, retryable=False))
-            return
-        entry[1] += 1
-        entry[2] = message
-        if entry[3] is None:
-            entry[3] = asyncio.get_running_loop().call_at(entry[0] + BAD_INPUT_EVERY, self._bad_summary, code)
-
-    def _bad_summary(self, code: str) -> None:
-        start, count, message, timer = self._bad_input.pop(code)
-        if timer is not None:
-            timer.cancel()
-        if count:
-            self._bad_input[code] = [monotonic(), 0, message, None]  # a new window: the next one waits for it
-            more = f"{count} more like it" if count > 1 else "1 more like it"
-            self.out.put(protocol.error(code, f"{message} ({more} dropped)", retryable=False))
-
     def _slow_client(self, why: str) -> None:
         """The browser takes none of its events (Outbox gave up on it): finalize, record, and close it."""
         self.request_stop("slow_client", protocol.error(
@@ -401,12 +214,12 @@ class RelaySession:
     def _on_audio(self, data: bytes) -> None:
         n = len(data)
         if n > MAX_AUDIO_FRAME:
-            return self._bad("frame_too_large", f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)")
+            return self.out.bad_input("frame_too_large", f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)")
         if n == 0 or n & 1:
-            return self._bad("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
+            return self.out.bad_input("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
         if self.closing:
             if self.user_closed:
-                self._bad("bad_message", "audio after CloseStream is ignored")
+                self.out.bad_input("bad_message", "audio after CloseStream is ignored")
             return  # the server is ending the session (restart, limit): the page will resend on resume
         self.last_audio = monotonic()
         if self.meter is not None and not self.meter(n / self.bps):
@@ -415,24 +228,24 @@ class RelaySession:
                 self.request_stop(code, protocol.error(code, message, retryable=retry_after is not None,
                                                        retry_after=retry_after))
             return  # over a limit (shared by the client's sessions, so checked per frame): not relayed
-        self.log.append(data, self.live)
+        self.audio.append(data, self.live)
         if self.live:
             self.sent_to += n
             self.upstream.send_audio(data)
-        elif self.log.lost:
+        elif self.audio.lost:
             self._report_gaps()
 
     async def _on_text(self, text: str) -> None:
         if len(text) > MAX_TEXT_MESSAGE:
-            return self._bad("bad_message", f"text message over {MAX_TEXT_MESSAGE} bytes ignored; control messages are small JSON objects")
+            return self.out.bad_input("bad_message", f"text message over {MAX_TEXT_MESSAGE} bytes ignored; control messages are small JSON objects")
         try:
             msg = json.loads(text)
         except (ValueError, RecursionError):
-            return self._bad("bad_message", "text messages must be JSON, e.g. {\"type\":\"CloseStream\"}")
+            return self.out.bad_input("bad_message", "text messages must be JSON, e.g. {\"type\":\"CloseStream\"}")
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind not in ("Finalize", "CloseStream", "KeepAlive"):
             shown = kind if isinstance(kind, str) and len(kind) <= 40 else "?"
-            return self._bad("unknown_message", f"unknown message type {shown!r}; send Finalize, CloseStream or KeepAlive")
+            return self.out.bad_input("unknown_message", f"unknown message type {shown!r}; send Finalize, CloseStream or KeepAlive")
         if kind == "KeepAlive" or self.closing:
             return  # the relay keeps the upstream alive itself; repeated CloseStream is harmless
         if kind == "CloseStream":
@@ -442,24 +255,12 @@ class RelaySession:
         elif self.live:
             await self.upstream.finalize()
         else:
-            self.finalize_marks.append(self.log.end)  # applied at this point of the audio once connected
+            self.timeline.finalize_at(self.audio.end)  # applied at this point of the audio once connected
         # Not live: CloseStream is applied after the replay (self.closing).
 
-    async def _read_browser(self) -> None:
-        """Read until the browser disconnects (ASGI servers other than ours)."""
-        receive = self.ws.receive
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is not None:
-                self._on_audio(data)
-            elif message.get("text") is not None:
-                await self._on_text(message["text"])
-
-    # The direct socket's listener (webapp.audiosocket): called from the socket's data_received. Audio goes
-    # through the `on_bytes` attribute: _on_audio, or _hold while a control message is being applied.
+    # The browser socket's listener (webapp.audiosocket.Listener): called as messages arrive (the direct socket:
+    # from its data_received). Audio goes through the `on_bytes` attribute: _on_audio, or _hold while a control
+    # message is being applied.
     def on_text(self, text: str) -> None:
         if self._backlog is None:
             self._backlog = deque()
@@ -494,95 +295,66 @@ class RelaySession:
     def on_writable(self) -> None:
         self.out.flush()
 
-    def _upstream_pressure(self, full: bool) -> None:
-        """The upstream's send buffer is full (it reads slower than the browser sends): stop reading the browser."""
-        if self.direct is not None:
-            self._pause_reading("upstream", full)
-
     def _pause_reading(self, reason: str, pause: bool) -> None:
         was = bool(self._paused)
         self._paused.add(reason) if pause else self._paused.discard(reason)
         if was != bool(self._paused):
-            self.direct.pause_reading() if self._paused else self.direct.resume_reading()
+            self.sock.pause_reading() if self._paused else self.sock.resume_reading()
 
-    # ---- upstream -> browser -------------------------------------------------------------------
+    # ---- upstream -> browser: the upstream's listener (webapp.upstreams.UpstreamListener) -------------------
+    # (on_batch is the socket's hold, set in __init__)
 
-    def _silence_sent(self, data: bytes) -> None:
+    def on_pressure(self, full: bool) -> None:
+        """The upstream's send buffer is full (it reads slower than the browser sends): stop reading the browser."""
+        self._pause_reading("upstream", full)
+
+    def on_silence(self, data: bytes) -> None:
         """The upstream bridged a pause with silence: count it on the session timeline too."""
-        self.log.append(data, True)
+        self.audio.append(data, True)
         self.sent_to += len(data)
 
     def _report_gaps(self) -> None:
-        for start, end in self.log.lost:
+        for start, end in self.audio.lost:
             s, e = round(start / self.bps, 2), round(end / self.bps, 2)
             self.out.put({"type": "gap", "start": s, "end": e,
                           "message": f"The recognizer was unreachable too long: speech from {s} s to {e} s "
                                      f"could not be transcribed."})
             log.warning("audio_lost", extra=fields(session=self.id, start=s, end=e))
-        self.log.lost.clear()
+        self.audio.lost.clear()
 
-    def _deliver(self, event: dict[str, Any]) -> None:
-        """Put one upstream event on the session's timeline and numbering, drop replays, send it."""
-        kind = event["type"]
-        if kind == "transcript":
-            event["turn"] += self.turn_base
-            shift = self.shift
-            if shift:
-                event["start"] = seconds(event["start"] + shift)
-                event["end"] = seconds(event["end"] + shift)
-                # New word objects: the upstream's turn keeps its own, and may send them again in the final.
-                event["words"] = [shift_word(w, shift) for w in event["words"]]
+    def on_event(self, event: dict[str, Any]) -> None:
+        """One upstream event: on the session's timeline and numbering (replays dropped), recorded, sent."""
+        if not self.timeline.place(event):
+            return
+        if event["type"] == "transcript":
             if event["final"]:
-                if self.last_final and event["text"] == self.last_final[0] and event["start"] < self.last_final[1]:
-                    self.skip_end_of = event["turn"]
-                    return  # the replay re-recognized a turn already final
-                self.last_final = (event["text"], event["end"])
-                self.finals += 1
-                self.log.trim(int(event["end"] * self.bps) & ~1)
+                self.audio.trim(int(event["end"] * self.bps) & ~1)
             self.sink.event(event)
-        elif kind == "turn":
-            turn = event["turn"] = event["turn"] + self.turn_base
-            if event["event"] == "StartOfTurn":
-                if turn <= self.announced:
-                    return  # the replay reopened a turn the browser already saw start
-                self.announced = turn
-            elif event["event"] == "EndOfTurn" and turn == self.skip_end_of:
-                return
         self.out.put(event)
 
     async def _connect(self) -> None:
         """(Re)connect upstream, then send everything the log holds that this connection has not had."""
-        up = self.factory(self.settings, self.params)
-        up.on_silence = self._silence_sent
-        up.on_pressure = self._upstream_pressure
-        if self.direct is not None:
-            up.on_batch = self.direct.hold
-        up.listener = self._deliver
-        self.upstream = up
+        up = self.upstream = self.factory(self.settings, self.params, self)
         await up.connect()
         if not self.ever_live:
             extra = await self.sink.opened(self)
             ready = {"type": "ready", "session_id": self.id, "backend": self.settings.backend,
                      "sample_rate": self.params.sample_rate, "resumed": self.resumed,
                      # where this socket's audio starts on the session's timeline: a page may resend from here
-                     "offset_s": round(self.log.start / self.bps, 3), **extra}
+                     "offset_s": round(self.audio.start / self.bps, 3), **extra}
             if self.resume_token is not None:
                 ready["resume_token"] = self.resume_token(self.id)
             self.out.put(ready)
         self._report_gaps()
-        self.conn_offset = self.sent_to = self.log.start
-        self.shift = self.conn_offset / self.bps
-        self.turn_base = self.finals
-        marks = self.finalize_marks
-        while marks and marks[0] <= self.sent_to:
-            marks.popleft()  # covered by a final already
+        self.sent_to = self.audio.start
+        timeline = self.timeline
+        timeline.connected(self.sent_to)
         # Frames arriving during the replay are appended to the log and picked up by this loop.
-        while self.sent_to < self.log.end:
-            for frame in self.log.since(self.sent_to):
+        while self.sent_to < self.audio.end:
+            for frame in self.audio.since(self.sent_to):
                 self.sent_to += len(frame)
                 up.send_audio(frame)
-                while marks and marks[0] <= self.sent_to:
-                    marks.popleft()
+                for _ in range(timeline.due(self.sent_to)):
                     await up.finalize()
         self.live = True
         if self.closing:
@@ -600,7 +372,7 @@ class RelaySession:
         said_live = True  # the page's view: the next failure is announced with `status: reconnecting`
         while True:
             connected_at: float | None = None
-            finals_before = self.finals
+            finals_before = self.timeline.finals
             try:
                 await self._connect()
                 connected_at = time.monotonic()
@@ -613,7 +385,7 @@ class RelaySession:
                                                           connect_ms=round((connected_at - self.started) * 1000)))
                 self.ever_live, said_live = True, True
                 async for event in self.upstream.events():
-                    self._deliver(event)  # only when an upstream ignores its listener
+                    self.on_event(event)  # only when an upstream ignores its listener
                 return None
             except (UpstreamError, OSError, asyncio.TimeoutError) as exc:
                 if not isinstance(exc, UpstreamError):
@@ -622,7 +394,7 @@ class RelaySession:
                 if self.upstream is not None:
                     await self.upstream.abort()
                 now = time.monotonic()
-                if connected_at is not None and (now - connected_at >= HEALTHY_SECONDS or self.finals > finals_before):
+                if connected_at is not None and (now - connected_at >= HEALTHY_SECONDS or self.timeline.finals > finals_before):
                     outage_since, attempt = None, 0  # it worked for a while: a new outage
                 outage_since = outage_since or now
                 attempt += 1
@@ -661,13 +433,8 @@ class RelaySession:
             await asyncio.sleep(left)
 
     async def run(self) -> None:
-        if self.direct is not None:
-            writer = None
-            reader = self._browser_gone = asyncio.get_running_loop().create_future()
-            self.direct.attach(self)
-        else:
-            writer = asyncio.create_task(self.out.run())
-            reader = asyncio.create_task(self._read_browser())
+        reader = self._browser_gone = asyncio.get_running_loop().create_future()
+        self.sock.attach(self)
         upstream_done = asyncio.create_task(self._upstream_lifecycle())
         idle = asyncio.create_task(self._idle_watch())
         stopper = asyncio.create_task(self._stop.wait())
@@ -697,8 +464,7 @@ class RelaySession:
             for task in (reader, upstream_done, idle, stopper, self._backlog_task):
                 if task is not None:
                     task.cancel()
-            for code in list(self._bad_input):
-                self._bad_summary(code)  # counted bad input is reported before `closed`
+            self.out.bad_input_summary()  # counted bad input is reported before `closed`
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await upstream_done
             if self.upstream is not None:
@@ -711,30 +477,22 @@ class RelaySession:
             if self.on_end is not None:
                 self.on_end(self)
             closed = {"type": "closed", "reason": self.close_reason}
-            if not self.out.slow:
+            out = self.out
+            if not out.slow:
                 if error is not None:
-                    self.out.put(error)
-                self.out.put(closed)
-                if writer is None:
-                    await self.out.finish(5)
-                else:
-                    try:
-                        await asyncio.wait_for(writer, 5)
-                    except (asyncio.TimeoutError, asyncio.CancelledError):
-                        writer.cancel()
-            self.out.cancel()
-            if writer is None and (self.out.slow or self.out.queued):
+                    out.put(error)
+                out.put(closed)
+                await out.finish(5)
+            out.cancel()
+            # Events left behind a full buffer (a send still blocked, on ASGI, is abandoned by a plain close).
+            if out.slow or out.queued and not self.sock.sending:
                 # It does not read: its last events go behind what its buffer holds, with the close frame.
-                last = [e for e in (error, closed) if e is not None] if self.out.slow else []
-                self.direct.drop(1008, "slow_client", last, CLOSE_GRACE)
+                last = [e for e in (error, closed) if e is not None] if out.slow else []
+                await self.sock.drop(1008, "slow_client", last, CLOSE_GRACE)
             else:
-                if self.out.slow:
-                    writer.cancel()  # ASGI: a send blocked on a browser that does not read is abandoned
-                code = 1008 if self.out.slow else 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
-                with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect, asyncio.TimeoutError):
-                    # the browser may be gone, or not read (a server's close may wait for it)
-                    await asyncio.wait_for(self.ws.close(code, "slow_client" if self.out.slow else None), CLOSE_GRACE)
+                code = 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
+                await self.sock.close(code, CLOSE_GRACE)
             self.done.set()
             log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
-                                                 audio_s=round(self.audio_seconds, 2), finals=self.finals,
+                                                 audio_s=round(self.audio_seconds, 2), finals=self.timeline.finals,
                                                  wall_s=round(time.monotonic() - self.started, 2)))

@@ -8,7 +8,8 @@ bridged with v1 `KeepAlive` until the stream shows itself to be Flux-shaped (whe
 from __future__ import annotations
 
 from .. import protocol
-from .wsclient import WsUpstream, apply_turninfo, build_url
+from .flux import apply_turninfo
+from .wsclient import WsUpstream, build_url
 
 KEEPALIVE_EVERY = 4.0  # seconds; Deepgram v1 closes a stream after 10 s without data
 
@@ -17,8 +18,8 @@ class AIGatewayUpstream(WsUpstream):
     name = "aigateway"
     provider = "AIgateway"
 
-    def __init__(self, settings, params):
-        super().__init__(settings, params)
+    def __init__(self, settings, params, listener=None):
+        super().__init__(settings, params, listener)
         self.flux = False               # set once a TurnInfo arrives
         self._segments: list[str] = []  # is_final segments of the open turn (v1 shape)
         self._seg_words: list[dict] = []
@@ -51,7 +52,7 @@ class AIGatewayUpstream(WsUpstream):
             self._end_v1_turn(None)
         elif kind == "TurnInfo":
             self.flux = True
-            apply_turninfo(self, msg)
+            apply_turninfo(self.turns, msg)
         elif kind == "Error" or isinstance(msg.get("error"), dict):
             self.fatal(msg.get("error") if isinstance(msg.get("error"), dict) else msg)
 

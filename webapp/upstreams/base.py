@@ -1,9 +1,9 @@
 """The one small interface every recognizer implements, and the turn bookkeeping they share.
 
-Lifecycle, driven by webapp.relay:
-    up = make_upstream(settings, params)
+Lifecycle, driven by webapp.relay (the session is the UpstreamListener below):
+    up = make_upstream(settings, params, listener)
     await up.connect()              # raises UpstreamError; returns once audio can be sent
-    async for ev in up.events():    # normalized events (webapp.protocol); ends after close()
+    async for ev in up.events():    # ends after close(); the events themselves go to listener.on_event
         ...
     up.send_audio(pcm)              # 16-bit LE mono PCM at params.sample_rate; never waits
     await up.finalize()             # end the open turn now
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 from .. import protocol
 from ..config import Settings
@@ -151,38 +151,41 @@ class Turns:
 _END = object()
 
 
+class UpstreamListener(Protocol):
+    """What an upstream reports to (the relay session), given at construction; every call comes on the event loop."""
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A normalized event (webapp.protocol), at once: no queue hop or task switch on the relay's hot path."""
+
+    def on_silence(self, pcm: bytes) -> None:
+        """The upstream sent this silence on its own to bridge a microphone pause: the session's timeline counts it."""
+
+    def on_pressure(self, full: bool) -> None:
+        """True: the upstream cannot take audio as fast as it comes (its send buffer is full); False: it can again."""
+
+    def on_batch(self, start: bool) -> None:
+        """True before the events of one provider message, False after them: they can leave in one browser write."""
+
+
 class Upstream(abc.ABC):
-    """Base class: an event queue, turn bookkeeping, and the lifecycle above."""
+    """Base class: turn bookkeeping, the end of the stream, and the lifecycle above. Without a listener (tests,
+    bench/recognizer.py) the events come through events() too."""
 
     name = "base"
-    # Set by the relay: called with the silence an upstream sends on its own to bridge a microphone pause,
-    # so that the session's timeline counts it too.
-    on_silence = None
-    # Set by the relay: called with True when the upstream cannot take audio as fast as it comes (its send
-    # buffer is full), and with False once it can again.
-    on_pressure = None
-    # Set by the relay: called with True before the events of one provider message and with False after them,
-    # so that those events can leave in one write to the browser.
-    on_batch = None
 
-    def __init__(self, settings: Settings, params: StreamParams):
+    def __init__(self, settings: Settings, params: StreamParams, listener: UpstreamListener | None = None):
         self.settings = settings
         self.params = params
+        self.listener = listener
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._deliver = listener.on_event if listener is not None else self._queue.put_nowait
         self.turns = Turns(self._emit, params.interim_words)
         self._ended = False
-
-    # Set by the relay: receives each event at once, on the event loop, instead of through events().
-    # Saves a queue hop and a task switch per event on the relay's hot path.
-    listener = None
 
     # -- for subclasses --
     def _emit(self, event: dict[str, Any]) -> None:
         if not self._ended:
-            if self.listener is not None:
-                self.listener(event)
-            else:
-                self._queue.put_nowait(event)
+            self._deliver(event)
 
     def _finish(self, error: UpstreamError | None = None) -> None:
         """End the event stream, cleanly or with a fatal error."""
@@ -192,8 +195,8 @@ class Upstream(abc.ABC):
 
     # -- for the relay --
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Events until the stream ends (raises UpstreamError on a failure). With a listener set, only the
-        end or the failure comes through here."""
+        """Events until the stream ends (raises UpstreamError on a failure). With a listener, only the end or
+        the failure comes through here."""
         while True:
             item = await self._queue.get()
             if item is _END:

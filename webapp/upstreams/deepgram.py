@@ -7,7 +7,8 @@ frames while a turn is open.
 """
 from __future__ import annotations
 
-from .wsclient import WsUpstream, apply_turninfo, build_url
+from .flux import apply_turninfo
+from .wsclient import WsUpstream, build_url
 
 
 class DeepgramUpstream(WsUpstream):
@@ -40,7 +41,7 @@ class DeepgramUpstream(WsUpstream):
     def handle(self, msg: dict) -> None:
         kind = msg.get("type")
         if kind == "TurnInfo":
-            apply_turninfo(self, msg)
+            apply_turninfo(self.turns, msg)
         elif kind == "Error":
             self.fatal(msg)
         # Connected, Warning, ConfigureSuccess/Failure and unknown types carry nothing for the browser.

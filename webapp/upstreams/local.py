@@ -31,8 +31,8 @@ def capacity_error(limit: int) -> UpstreamError:
 class LocalUpstream(Upstream):
     name = "local"
 
-    def __init__(self, settings: Settings, params):
-        super().__init__(settings, params)
+    def __init__(self, settings: Settings, params, listener=None):
+        super().__init__(settings, params, listener)
         self._stream: recognizer.RecognizerStream | None = None
 
     async def connect(self) -> None:

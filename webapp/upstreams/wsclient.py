@@ -1,5 +1,5 @@
 """What the remote (WebSocket) recognizers share: connecting with server-side auth, mapping refused
-handshakes to error codes, message callbacks, a silence/keep-alive timer, and Flux TurnInfo mapping.
+handshakes to error codes, message callbacks, and a silence/keep-alive timer (what Flux messages mean: flux.py).
 
 The connection is a picows client: frames arrive by callback and sends are plain calls, so an audio frame
 costs no task switch or coroutine on its way upstream (docs/benchmarks.md, "Relay performance").
@@ -13,12 +13,11 @@ import os
 import time
 from urllib.parse import urlencode
 
-import msgspec
 import orjson
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
-from ..protocol import finite
 from .base import Upstream, UpstreamError, handshake_error, provider_error
+from .flux import UPDATES, DecodeError, FluxUpdate, decode_update
 
 log = logging.getLogger(__name__)
 
@@ -88,42 +87,6 @@ def build_url(base: str, query: list[tuple[str, str]]) -> str:
     return f"{base}?{urlencode(query)}"
 
 
-class FluxUpdate(msgspec.Struct):
-    """What an interim needs of a Flux TurnInfo: msgspec skips the other fields without building them and keeps the
-    words as raw JSON (they are read only if a final comes without its own). Parsing every field of every update
-    into dicts was the largest part of relaying it (docs/benchmarks.md, "Relay performance")."""
-    type: str = ""
-    event: str = ""
-    transcript: str = ""
-    audio_window_start: float = 0.0
-    audio_window_end: float = 0.0
-    words: msgspec.Raw = msgspec.Raw(b"[]")
-
-
-_flux_update = msgspec.json.Decoder(FluxUpdate)
-UPDATES = frozenset(("Update", "StartOfTurn"))
-
-
-def apply_turninfo(up: Upstream, msg: dict, offset: float = 0.0) -> None:
-    """Deepgram Flux TurnInfo -> normalized turn/transcript events (also used for gateway passthrough)."""
-    event = msg.get("event")
-    text = msg.get("transcript") or ""
-    words = msg.get("words")  # as the provider sent them: Turns normalizes what it sends
-    start = finite(msg.get("audio_window_start")) + offset  # NaN/Infinity: a malformed message, skipped
-    end = finite(msg.get("audio_window_end")) + offset
-    if event in UPDATES:
-        up.turns.update(text, words, start, end)
-    elif event == "EagerEndOfTurn":
-        up.turns.update(text, words, start, end)
-        up.turns.marker("EagerEndOfTurn")
-    elif event == "TurnResumed":
-        up.turns.marker("TurnResumed")
-        up.turns.update(text, words, start, end)
-    elif event == "EndOfTurn":
-        up.turns.end_turn(text, words, end)
-    # Unknown events are tolerated: Flux documents `event` as an open enum.
-
-
 class _Link(WSListener):
     """picows callbacks for one upstream connection, handed to its WsUpstream."""
 
@@ -164,12 +127,12 @@ class _Link(WSListener):
         self.up._on_disconnected()
 
     def pause_writing(self) -> None:
-        if self.up.on_pressure is not None:
-            self.up.on_pressure(True)
+        if self.up.listener is not None:
+            self.up.listener.on_pressure(True)
 
     def resume_writing(self) -> None:
-        if self.up.on_pressure is not None:
-            self.up.on_pressure(False)
+        if self.up.listener is not None:
+            self.up.listener.on_pressure(False)
 
 
 class WsUpstream(Upstream):
@@ -179,8 +142,8 @@ class WsUpstream(Upstream):
     keepalive_every: float | None = None   # v1-style KeepAlive interval while no audio flows
     greeting = False                       # the provider says it is ready (Flux `Connected`) before audio
 
-    def __init__(self, settings, params):
-        super().__init__(settings, params)
+    def __init__(self, settings, params, listener=None):
+        super().__init__(settings, params, listener)
         self._t = None                     # the picows transport once connected
         self._gone = False                 # the connection is closed (or never opened)
         self._closing = False              # we sent CloseStream
@@ -189,6 +152,7 @@ class WsUpstream(Upstream):
         self._last_sent = self._last_recv = monotonic()
         self._pinged = 0.0                 # when a ping went out on a quiet link (0: none pending)
         self._silence = bytes(int(params.sample_rate * 2 * 0.08))  # 80 ms of zeros
+        self._on_batch = listener.on_batch if listener is not None else None  # looked up once: every message calls it
 
     # -- provider specifics --
     def url(self) -> str:
@@ -206,7 +170,7 @@ class WsUpstream(Upstream):
     flux_updates = False  # the provider may send Flux TurnInfo: interim updates take the FluxUpdate path
 
     def turn_update(self, update: FluxUpdate) -> None:
-        """A Flux TurnInfo Update or StartOfTurn (the same as apply_turninfo does with it)."""
+        """A Flux TurnInfo Update or StartOfTurn (the same as flux.apply_turninfo does with it)."""
         self.turns.update(update.transcript, update.words, update.audio_window_start, update.audio_window_end)
 
     def on_remote_close(self) -> None:
@@ -253,8 +217,8 @@ class WsUpstream(Upstream):
         update = msg = None
         if self.flux_updates and self._ready is None:
             try:
-                update = _flux_update.decode(raw)
-            except msgspec.DecodeError:  # not this shape (or a field of another type): the general path decides
+                update = decode_update(raw)
+            except DecodeError:  # not this shape (or a field of another type): the general path decides
                 pass
             if update is not None and not (update.type == "TurnInfo" and update.event in UPDATES):
                 update = None
@@ -265,7 +229,7 @@ class WsUpstream(Upstream):
                 return  # not JSON: nothing a provider documents
             if not isinstance(msg, dict):
                 return
-        batch = self.on_batch
+        batch = self._on_batch
         if batch is not None:
             batch(True)
         try:
@@ -316,8 +280,8 @@ class WsUpstream(Upstream):
             self._pinged = 0.0
         idle = now - self._last_sent
         if self.needs_silence() and idle >= SILENCE_AFTER:
-            if self.on_silence is not None:
-                self.on_silence(self._silence)
+            if self.listener is not None:
+                self.listener.on_silence(self._silence)
             self.send_audio(self._silence)
         elif self.keepalive_every and idle >= self.keepalive_every:
             self._send_json({"type": "KeepAlive"})

@@ -1,0 +1,50 @@
+"""Deepgram Flux's TurnInfo messages -> Turns (Deepgram's own stream and the gateway's Flux-shaped passthrough).
+
+The wire (picows, callbacks, keep-alive) is wsclient.py's; this module only reads what a message means.
+"""
+from __future__ import annotations
+
+import msgspec
+
+from ..protocol import finite
+from .base import Turns
+
+
+class FluxUpdate(msgspec.Struct):
+    """What an interim needs of a Flux TurnInfo: msgspec skips the other fields without building them and keeps the
+    words as raw JSON (they are read only if a final comes without its own). Parsing every field of every update
+    into dicts was the largest part of relaying it (docs/benchmarks.md, "Relay performance")."""
+    type: str = ""
+    event: str = ""
+    transcript: str = ""
+    audio_window_start: float = 0.0
+    audio_window_end: float = 0.0
+    words: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+# The typed fast path, for the transport to call inline (a function call per message is measurable at K=1000):
+# a TurnInfo whose `type` is "TurnInfo" and `event` in UPDATES goes to Turns.update as is; anything else, or a
+# message this decoder refuses (msgspec.DecodeError), takes the general path (apply_turninfo).
+decode_update = msgspec.json.Decoder(FluxUpdate).decode
+DecodeError = msgspec.DecodeError
+UPDATES = frozenset(("Update", "StartOfTurn"))
+
+
+def apply_turninfo(turns: Turns, msg: dict) -> None:
+    """A TurnInfo message as a dict -> normalized turn/transcript events."""
+    event = msg.get("event")
+    text = msg.get("transcript") or ""
+    words = msg.get("words")  # as the provider sent them: Turns normalizes what it sends
+    start = finite(msg.get("audio_window_start"))  # NaN/Infinity: a malformed message, skipped
+    end = finite(msg.get("audio_window_end"))
+    if event in UPDATES:
+        turns.update(text, words, start, end)
+    elif event == "EagerEndOfTurn":
+        turns.update(text, words, start, end)
+        turns.marker("EagerEndOfTurn")
+    elif event == "TurnResumed":
+        turns.marker("TurnResumed")
+        turns.update(text, words, start, end)
+    elif event == "EndOfTurn":
+        turns.end_turn(text, words, end)
+    # Unknown events are tolerated: Flux documents `event` as an open enum.
