@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from asyncio import get_running_loop
 from contextlib import suppress
-from typing import Protocol
+from typing import Any, Protocol
 
 from orjson import dumps
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -62,7 +62,7 @@ class DirectSocket:
     __slots__ = ("_p", "held", "writable")
     sending = False  # a write is done once it is handed to the transport
 
-    def __init__(self, protocol: "DirectWebSocketProtocol"):
+    def __init__(self, protocol: DirectWebSocketProtocol):
         self._p = protocol
         self.held: list[bytes] | None = None   # frames kept back by hold(True)
         # False while the kernel buffer to the browser is full (the browser reads slowly)
@@ -78,7 +78,7 @@ class DirectSocket:
         p.listener = listener
         gone = False
         while not p.queue.empty():
-            message = p.queue.get_nowait()
+            message: Any = p.queue.get_nowait()  # an ASGI receive event (typed as the union of every kind)
             kind = message["type"]
             if kind == "websocket.receive":
                 if message.get("bytes") is not None:

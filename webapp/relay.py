@@ -21,7 +21,8 @@ import random
 import secrets
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import protocol
 from .browsersocket import BrowserSocket, Outbox
@@ -49,13 +50,13 @@ class SessionSink:
     transcript event as it is sent to the browser and must not block; closed() runs once at the end.
     """
 
-    async def opened(self, session: "RelaySession") -> dict[str, Any]:
+    async def opened(self, session: RelaySession) -> dict[str, Any]:
         return {}
 
     def event(self, event: dict[str, Any]) -> None:
         pass
 
-    async def closed(self, session: "RelaySession", reason: str) -> None:
+    async def closed(self, session: RelaySession, reason: str) -> None:
         pass
 
     async def resume_state(self, session_id: str) -> dict[str, Any] | None:
@@ -73,10 +74,10 @@ class LiveSessions:
         self.ended: dict[str, dict[str, Any]] = {}   # insertion-ordered; oldest dropped first
         self.draining = False
 
-    def add(self, session: "RelaySession") -> None:
+    def add(self, session: RelaySession) -> None:
         self.running[session.id] = session
 
-    def remove(self, session: "RelaySession") -> None:
+    def remove(self, session: RelaySession) -> None:
         if self.running.get(session.id) is session:
             del self.running[session.id]
         self.ended[session.id] = {"turns": session.timeline.finals, "offset_s": session.audio_seconds,
@@ -165,13 +166,14 @@ class RelaySession:
         self.out = Outbox(sock, self._slow_client, self.id, settings.slow_client_seconds)
         self.on_batch = sock.hold              # the upstream's events of one message leave in one write
         self._backlog: deque | None = None     # browser messages waiting behind a control message
-        self.on_bytes = self._on_audio         # the socket's audio: see on_text
+        self.on_bytes: Callable[[bytes], None] = self._on_audio  # the socket's audio: see on_text
         self._backlog_task: asyncio.Task | None = None
         self._paused: set[str] = set()         # why reading the browser is paused: "backlog", "upstream"
         self._browser_gone: asyncio.Future | None = None
         # the audio and where it stands upstream
         self.audio = AudioLog(settings.replay_seconds * self.bps)
-        self.upstream: Upstream | None = None
+        # Set by _connect() before anything uses it (every use is after a connect, or behind self.live).
+        self.upstream: Upstream = None  # type: ignore[assignment]  # no Optional checks on the per-frame path
         self.live = False
         self.ever_live = False
         self.sent_to = 0                # session offset sent on the current upstream connection
@@ -188,7 +190,7 @@ class RelaySession:
         self.resume_token = resume_token
         self.meter = meter              # charges audio seconds to the quotas; False = over a limit
         self.on_limit = on_limit
-        self.on_end: Callable[["RelaySession"], None] | None = None  # bookkeeping before `closed` is sent
+        self.on_end: Callable[[RelaySession], None] | None = None  # bookkeeping before `closed` is sent
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_error: dict[str, Any] | None = None
@@ -224,6 +226,7 @@ class RelaySession:
         self.last_audio = monotonic()
         if self.meter is not None and not self.meter(n / self.bps):
             if not self._stop.is_set():
+                assert self.on_limit is not None  # admission gives both or neither
                 code, message, retry_after = self.on_limit()
                 self.request_stop(code, protocol.error(code, message, retryable=retry_after is not None,
                                                        retry_after=retry_after))
@@ -270,8 +273,10 @@ class RelaySession:
 
     def _hold(self, message: bytes | str) -> None:
         """Audio after a control message waits for it (e.g. CloseStream, a Finalize the recognizer confirms)."""
-        self._backlog.append(message)
-        if len(self._backlog) == BACKLOG_PAUSE:
+        backlog = self._backlog
+        assert backlog is not None  # on_text made it before routing anything here
+        backlog.append(message)
+        if len(backlog) == BACKLOG_PAUSE:
             self._pause_reading("backlog", True)
 
     async def _apply_backlog(self) -> None:
@@ -387,7 +392,7 @@ class RelaySession:
                 async for event in self.upstream.events():
                     self.on_event(event)  # only when an upstream ignores its listener
                 return None
-            except (UpstreamError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, UpstreamError, OSError) as exc:
                 if not isinstance(exc, UpstreamError):
                     exc = UpstreamError("upstream_unavailable", "lost the connection to the recognizer", retryable=True)
                 self.live = False

@@ -54,10 +54,13 @@ class AIGatewayUpstream(WsUpstream):
             self.flux = True
             apply_turninfo(self.turns, msg)
         elif kind == "Error" or isinstance(msg.get("error"), dict):
-            self.fatal(msg.get("error") if isinstance(msg.get("error"), dict) else msg)
+            error = msg.get("error")
+            self.fatal(error if isinstance(error, dict) else msg)
 
     def _results(self, msg: dict) -> None:
-        channel = msg.get("channel") if isinstance(msg.get("channel"), dict) else {}
+        channel = msg.get("channel")
+        if not isinstance(channel, dict):
+            channel = {}
         alts = channel.get("alternatives") or [{}]
         alt = alts[0] if isinstance(alts[0], dict) else {}
         text = str(alt.get("transcript") or "").strip()

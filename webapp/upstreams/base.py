@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from .. import protocol
 from ..config import Settings

@@ -33,6 +33,7 @@ class DeepgramUpstream(WsUpstream):
         return {"Authorization": f"Token {self.settings.deepgram_api_key}"}
 
     def greet(self, msg: dict) -> None:
+        assert self._ready is not None  # greet() runs only while the handshake waits on it
         if msg.get("type") == "Connected":
             self._ready.set_result(None)
         elif msg.get("type") == "Error":

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -59,12 +60,12 @@ class _Ticker:
         self.round: list[WsUpstream] = []   # this round's connections, a snapshot
         self.pos = 0
 
-    def add(self, up: "WsUpstream") -> None:
+    def add(self, up: WsUpstream) -> None:
         self.links.add(up)
         if self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK / WATCHDOG_SLICES, self._tick)
 
-    def discard(self, up: "WsUpstream") -> None:
+    def discard(self, up: WsUpstream) -> None:
         self.links.discard(up)
 
     def _tick(self) -> None:
@@ -90,7 +91,7 @@ def build_url(base: str, query: list[tuple[str, str]]) -> str:
 class _Link(WSListener):
     """picows callbacks for one upstream connection, handed to its WsUpstream."""
 
-    def __init__(self, up: "WsUpstream"):
+    def __init__(self, up: WsUpstream):
         super().__init__()
         self.up = up
         self.parts: list[bytes] | None = None   # a fragmented text message being assembled
@@ -196,14 +197,14 @@ class WsUpstream(Upstream):
             status = int(resp.status) if resp is not None else 502
             retry_after = resp.headers.get("Retry-After") if resp is not None else None
             raise handshake_error(status, retry_after, self.provider) from None
-        except (OSError, asyncio.TimeoutError, WSError) as exc:
+        except (TimeoutError, OSError, WSError) as exc:
             log.warning("upstream_connect_failed", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
             raise UpstreamError("upstream_unavailable", f"cannot reach {self.provider}; try again shortly",
                                 retryable=True) from None
         if self._ready is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._t.disconnect()
                 raise UpstreamError("upstream_unavailable",
                                     f"{self.provider} accepted the connection but never said it was ready",
@@ -214,7 +215,8 @@ class WsUpstream(Upstream):
         _ticker.add(self)
 
     def _on_message(self, raw: bytes) -> None:
-        update = msg = None
+        update = None
+        msg: Any = None  # a dict whenever update is None
         if self.flux_updates and self._ready is None:
             try:
                 update = decode_update(raw)
