@@ -5,6 +5,7 @@ Wire facts (../shared/docs/protocols.md §1): auth header `Authorization: Token 
 first; `KeepAlive` is invalid on v2 (it kills the stream), so quiet microphones are covered with silence
 frames while a turn is open.
 """
+
 from __future__ import annotations
 
 from .flux import apply_turninfo
