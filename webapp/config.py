@@ -62,10 +62,6 @@ class Settings:
     request_timeout: int = 10  # seconds for a request (line, headers, body) to arrive; then 408
 
     @property
-    def api_key(self) -> str:
-        return {"aigateway": self.aigateway_api_key, "deepgram": self.deepgram_api_key}.get(self.backend, "")
-
-    @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line or a browser."""
         return tuple(

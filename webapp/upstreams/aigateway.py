@@ -1,6 +1,6 @@
 """AIgateway realtime (`/v1/realtime`).
 
-The gateway's passthrough shape is undocumented (../shared/docs/protocols.md §4), so both are accepted:
+The gateway's passthrough shape is not documented, so both are accepted (docs/protocol.md, what each upstream does):
 Deepgram v1 `Results` (is_final segments accumulate into the turn; speech_final / UtteranceEnd end it)
 and Flux `TurnInfo`. The key goes in an `Authorization: Bearer` header, never the URL. Silences are
 bridged with v1 `KeepAlive` until the stream shows itself to be Flux-shaped (where KeepAlive is invalid).

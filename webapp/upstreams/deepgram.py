@@ -1,6 +1,6 @@
 """Deepgram Flux (`/v2/listen`): turn-aware TurnInfo events.
 
-Wire facts (../shared/docs/protocols.md §1): auth header `Authorization: Token <key>`; wait for `Connected`;
+Wire facts (Deepgram's Flux documentation; docs/protocol.md, what each upstream does): auth header `Authorization: Token <key>`; wait for `Connected`;
 `ForceEndTurn` ends the open turn; `CloseStream` flushes but emits no EndOfTurn, so stop sends ForceEndTurn
 first; `KeepAlive` is invalid on v2 (it kills the stream), so quiet microphones are covered with silence
 frames while a turn is open.
