@@ -1,4 +1,4 @@
-"""Headless Debian Chromium driven by Playwright, with a WAV file as the microphone
+"""Headless Debian Chromium driven by Playwright, with a WAV file as the microphone.
 The page's CSP forbids eval, so waits use selectors and
 locator assertions, never wait_for_function."""
 from __future__ import annotations
