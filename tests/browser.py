@@ -1,5 +1,5 @@
-"""Headless Debian Chromium driven by Playwright, with a WAV file as the microphone
-(recipe: ../shared/docs/browser-testing.md). The page's CSP forbids eval, so waits use selectors and
+"""Headless Debian Chromium driven by Playwright, with a WAV file as the microphone.
+The page's CSP forbids eval, so waits use selectors and
 locator assertions, never wait_for_function."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """UPSTREAM SIMULATOR (a test double, not Deepgram or AIgateway).
 
-A real WebSocket server on 127.0.0.1 that speaks the documented wire formats of ../shared/docs/protocols.md:
+A real WebSocket server on 127.0.0.1 that speaks the documented wire formats (Deepgram's Flux and v1 live, AIgateway's realtime; see docs/protocol.md):
   /v2/listen    Deepgram Flux: Connected, TurnInfo (StartOfTurn/Update/EndOfTurn), ForceEndTurn, CloseStream
                 (flush, no EndOfTurn, close without status code), Warning, Error; KeepAlive is fatal as on Flux.
   /v1/realtime  AIgateway: v1-style Results (is_final/speech_final, KeepAlive, Finalize, CloseStream + Metadata)

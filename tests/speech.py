@@ -58,7 +58,7 @@ def _read_pcm(path: Path, raw: bool = False) -> bytes:
 
 
 def real_clips() -> list[Clip]:
-    """The 11 real recordings (§2 of docs/embedded-stt.md): 5 LibriVox, 5 cards, goforward. 96 words, ~37 s."""
+    """The 11 real recordings (docs/benchmarks.md, the embedded recognizer's real-speech set): 5 LibriVox, 5 cards, goforward. 96 words, ~37 s."""
     clips = []
     for line in (DATA / "librivox" / "transcription").read_text().splitlines():
         if line.strip():

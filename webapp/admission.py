@@ -5,6 +5,7 @@ handshake is accepted; the embed key a widget socket carries; the login, for whi
 the stream parameters; a server that is draining; the resume token; the client's quota; the embed key's stream
 slot. A step that says no raises Refused, and the browser is told why (`error`, then `closed`) before the close.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,18 @@ class Refused(Exception):
 
 
 class Admission:
-    def __init__(self, settings: Settings, *, shares: SharePages, embeds: Embeds, login: Login, quotas: Quotas,
-                 live: LiveSessions, resumes: Resumes, resume_tokens: ResumeTokens):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        shares: SharePages,
+        embeds: Embeds,
+        login: Login,
+        quotas: Quotas,
+        live: LiveSessions,
+        resumes: Resumes,
+        resume_tokens: ResumeTokens,
+    ):
         self.settings = settings
         self.shares = shares  # the session's sink (its recorder) and the owner cookie
         self.embeds = embeds
@@ -77,8 +88,16 @@ class Admission:
                 return self.resume_tokens.issue(session_id, nonce, key_id)
 
             sink.resume_nonce = nonce
-            session = RelaySession(socket_for(ws), settings, params, sink=sink, resume=resume, resume_token=issue_token,
-                                   meter=lease.charge, on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)))
+            session = RelaySession(
+                socket_for(ws),
+                settings,
+                params,
+                sink=sink,
+                resume=resume,
+                resume_token=issue_token,
+                meter=lease.charge,
+                on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)),
+            )
             if resume is None:
                 self.resumes.remember(session.id, Known(owner, nonce))
             embed_slot = self.slot(embed_key, session)
@@ -86,7 +105,9 @@ class Admission:
             if lease is not None:
                 lease.release()
             if resume is not None:
-                await self.resumes.give_back(resume["session_id"], nonce)  # refused before `ready`: the token stays good
+                await self.resumes.give_back(
+                    resume["session_id"], nonce
+                )  # refused before `ready`: the token stays good
             await refuse(ws, exc)
             return
         await self.run(session, lease, embed_slot, nonce)
@@ -129,8 +150,11 @@ class Admission:
             resume = await self.resume_state(ws.query_params["resume"], sink, owner, key_id, nonce)
         except STORE_ERRORS as exc:  # another instance's session, or after a restart: only the store knows it
             log.warning("resume_store_unavailable", extra=fields(error=type(exc).__name__))
-            raise Refused("store_unavailable", "The session store is unavailable, so this session cannot be "
-                          "continued yet; reconnecting in a moment.", retry_after=2) from None
+            raise Refused(
+                "store_unavailable",
+                "The session store is unavailable, so this session cannot be continued yet; reconnecting in a moment.",
+                retry_after=2,
+            ) from None
         if resume is None:
             raise Refused("resume_refused", "That session cannot be continued; a new one will start.")
         return resume
@@ -143,8 +167,11 @@ class Admission:
             return None
         session_id = claim.session_id
         known = resumes.get(session_id)
-        stored = None if known is not None and session_id in (live.running.keys() | live.ended.keys()) \
+        stored = (
+            None
+            if known is not None and session_id in (live.running.keys() | live.ended.keys())
             else await sink.resume_state(session_id)
+        )
         recorded_owner = known.owner if known is not None else (stored or {}).get("owner")
         if (known is None and stored is None) or recorded_owner != owner:
             log.info("resume_refused", extra=fields(session=session_id, why="owner"))
@@ -203,7 +230,8 @@ class Admission:
 async def refuse(ws: WebSocket, refusal: Refused) -> None:
     """Tell the browser why, then close: a refused handshake alone would give it no reason to show."""
     retry_after = refusal.retry_after
-    await ws.send_json(protocol.error(refusal.code, refusal.message, retryable=retry_after is not None,
-                                      retry_after=retry_after))
+    await ws.send_json(
+        protocol.error(refusal.code, refusal.message, retryable=retry_after is not None, retry_after=retry_after)
+    )
     await ws.send_json({"type": "closed", "reason": refusal.code})
     await ws.close(code=1008)

@@ -1,4 +1,5 @@
 """Builds the Starlette app. The whole routing table is the `routes` list in create_app()."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,17 +40,32 @@ def create_app(settings: Settings | None = None) -> Starlette:
     shares = SharePages(settings, secret_key, templates, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, templates)  # the /embed widget and its keys
     home = Home(settings, templates, login=login, quotas=quotas, shares=shares)
-    admission = Admission(settings, shares=shares, embeds=embeds, login=login, quotas=quotas, live=live,
-                          resumes=Resumes(shares.store), resume_tokens=ResumeTokens(secret_key))
+    admission = Admission(
+        settings,
+        shares=shares,
+        embeds=embeds,
+        login=login,
+        quotas=quotas,
+        live=live,
+        resumes=Resumes(shares.store),
+        resume_tokens=ResumeTokens(secret_key),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if settings.backend == "local":
             from .upstreams import local
+
             await local.startup(settings)
-        log.info("app_started", extra=fields(backend=settings.backend, model=settings.model,
-                                             allowed_origins=list(settings.allowed_origins),
-                                             access_token=bool(settings.access_token)))
+        log.info(
+            "app_started",
+            extra=fields(
+                backend=settings.backend,
+                model=settings.model,
+                allowed_origins=list(settings.allowed_origins),
+                access_token=bool(settings.access_token),
+            ),
+        )
         try:
             await shares.start()
             yield
@@ -57,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await shares.close()
             if settings.backend == "local":
                 from .upstreams import local
+
                 await local.shutdown()
 
     # Every route, in one list: each handler is a method of the object that holds what it needs.
@@ -85,8 +102,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/embed/snippet", embeds.snippet),
         Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={RedisError: store_unavailable, sqlite3.Error: store_unavailable})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={RedisError: store_unavailable, sqlite3.Error: store_unavailable},
+    )
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
@@ -110,4 +130,5 @@ class NoCache:
             if message["type"] == "http.response.start":
                 message["headers"] = list(message.get("headers", [])) + [(b"cache-control", b"no-cache")]
             await send(message)
+
         await self.app(scope, receive, send_no_cache)

@@ -17,12 +17,13 @@ websockets' sans-I/O parser, which therefore always starts at a frame boundary a
 rules (close handshake, 1002/1007/1009 failures). The generator-based parser had been the relay's largest
 Python cost per audio frame.
 """
+
 from __future__ import annotations
 
 import asyncio
 from asyncio import get_running_loop
 from contextlib import suppress
-from typing import Protocol
+from typing import Any, Protocol
 
 from orjson import dumps
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -30,7 +31,7 @@ from websockets.protocol import State
 from websockets.speedups import apply_mask  # the C build: a wheel without it would fail here, not run slowly
 
 OPEN = State.OPEN
-AUDIO_FRAME = 0x82              # first header byte of an audio frame: FIN, no RSV bits, opcode BINARY
+AUDIO_FRAME = 0x82  # first header byte of an audio frame: FIN, no RSV bits, opcode BINARY
 # Header of an unmasked, unfragmented text frame of each short length (the server's events are short).
 _TEXT_HEADS = [bytes((0x81, n)) for n in range(126)]
 
@@ -62,9 +63,9 @@ class DirectSocket:
     __slots__ = ("_p", "held", "writable")
     sending = False  # a write is done once it is handed to the transport
 
-    def __init__(self, protocol: "DirectWebSocketProtocol"):
+    def __init__(self, protocol: DirectWebSocketProtocol):
         self._p = protocol
-        self.held: list[bytes] | None = None   # frames kept back by hold(True)
+        self.held: list[bytes] | None = None  # frames kept back by hold(True)
         # False while the kernel buffer to the browser is full (the browser reads slowly)
         self.writable = protocol.writable.is_set()
 
@@ -78,7 +79,7 @@ class DirectSocket:
         p.listener = listener
         gone = False
         while not p.queue.empty():
-            message = p.queue.get_nowait()
+            message: Any = p.queue.get_nowait()  # an ASGI receive event (typed as the union of every kind)
             kind = message["type"]
             if kind == "websocket.receive":
                 if message.get("bytes") is not None:
@@ -155,9 +156,9 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     direct: DirectSocket | None = None
     listener: Listener | None = None  # attached by the app (DirectSocket.attach); None again once the socket is gone
-    _rest: bytearray | None = None   # the start of a frame whose end has not arrived yet
-    _need = 0                        # bytes _rest must hold before parsing is worth trying again
-    _handed = False                  # websockets' parser owns the rest of the stream (closing, oversized frame)
+    _rest: bytearray | None = None  # the start of a frame whose end has not arrived yet
+    _need = 0  # bytes _rest must hold before parsing is worth trying again
+    _handed = False  # websockets' parser owns the rest of the stream (closing, oversized frame)
 
     def data_received(self, data: bytes) -> None:
         # First what browsers send nearly every time: one whole audio frame (a masked binary frame of 126 to
@@ -188,9 +189,9 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
                 n = second & 0x7F
                 head = pos + 2
                 if n == 126:
-                    need, n, head = 4, int.from_bytes(data[pos + 2:pos + 4], "big"), pos + 4
+                    need, n, head = 4, int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
                 elif n == 127:
-                    need, n, head = 10, int.from_bytes(data[pos + 2:pos + 10], "big"), pos + 10
+                    need, n, head = 10, int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
                 if size - pos >= need:
                     if second & 0x80:
                         head += 4
@@ -201,7 +202,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
                     need = end - pos
                     if end <= size:
                         if first == AUDIO_FRAME and second & 0x80 and conn.current_size is None and conn.state is OPEN:
-                            self._binary(apply_mask(data[head:end], data[head - 4:head]))
+                            self._binary(apply_mask(data[head:end], data[head - 4 : head]))
                         else:  # a whole frame of any other kind: websockets' parser applies the rules
                             super().data_received(data[pos:end])
                             if conn.state is not OPEN or self.close_sent:

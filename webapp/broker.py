@@ -5,6 +5,7 @@ URL (make_broker):
   redis://…  RedisBroker: PUBLISH on channel live:<id>; one pattern subscription per process delivers here.
 A broker stores nothing: what a feed missed (an outage) its viewer reads from the store (webapp/live.py).
 """
+
 from __future__ import annotations
 
 import abc
@@ -23,9 +24,9 @@ from .store import REDIS_TIMEOUT, backoff, redis_client
 
 log = logging.getLogger(__name__)
 
-VIEWER_QUEUE = 64          # messages queued for one viewer before its oldest interim is dropped
-VIEWER_BACKLOG = 2000      # finals queued for one viewer before it is cut off (it reconnects to a snapshot)
-GAP = Live("gap", "")      # the feed was interrupted: what was published meanwhile is only in the store
+VIEWER_QUEUE = 64  # messages queued for one viewer before its oldest interim is dropped
+VIEWER_BACKLOG = 2000  # finals queued for one viewer before it is cut off (it reconnects to a snapshot)
+GAP = Live("gap", "")  # the feed was interrupted: what was published meanwhile is only in the store
 OVERFLOW = Live("overflow", "")  # the subscriber fell VIEWER_BACKLOG finals behind: its feed ends here
 
 

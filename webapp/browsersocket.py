@@ -7,6 +7,7 @@
 Both deliver to a webapp.audiosocket.Listener (on_bytes, on_text, on_disconnect, on_writable). Outbox queues
 what a browser cannot take yet, and gives up on one that does not read.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,16 +27,16 @@ from .logs import fields
 
 log = logging.getLogger(__name__)
 
-OUTBOX_LIMIT = 256             # events queued for a browser that reads slowly (then interims are dropped)
-OUTBOX_HARD_LIMIT = 4096       # events (finals, errors…) queued for a browser that does not read: it is given up on
-BAD_INPUT_EVERY = 1.0          # seconds: at most one error per bad-input code in this time, the rest are counted
+OUTBOX_LIMIT = 256  # events queued for a browser that reads slowly (then interims are dropped)
+OUTBOX_HARD_LIMIT = 4096  # events (finals, errors…) queued for a browser that does not read: it is given up on
+BAD_INPUT_EVERY = 1.0  # seconds: at most one error per bad-input code in this time, the rest are counted
 
 
 class BrowserSocket(Protocol):
     """What the session needs of the browser's socket once it is accepted."""
 
-    writable: bool   # send_event() may be called now (False: the browser's buffer is full, or a send is under way)
-    sending: bool    # a send has not finished yet (ASGI); the direct socket's writes finish at once
+    writable: bool  # send_event() may be called now (False: the browser's buffer is full, or a send is under way)
+    sending: bool  # a send has not finished yet (ASGI); the direct socket's writes finish at once
 
     def attach(self, listener: Listener) -> None:
         """Deliver the browser's messages (those already received first) and flow control to `listener`."""
@@ -71,8 +72,8 @@ class AsgiSocket:
         self.ws = ws
         self.writable = True
         self.sending = False
-        self._gone = False                          # the browser is gone, or `closed` was sent
-        self._next: dict[str, Any] | None = None   # the event the writer sends next
+        self._gone = False  # the browser is gone, or `closed` was sent
+        self._next: dict[str, Any] | None = None  # the event the writer sends next
         self._wake = asyncio.Event()
         self._reading = asyncio.Event()
         self._reading.set()
@@ -161,21 +162,22 @@ class Outbox:
     on_slow() is called once and nothing more is queued (see RelaySession._slow_client). Errors about the
     browser's own input are coalesced (bad_input)."""
 
-    def __init__(self, sock: BrowserSocket, on_slow: Callable[[str], None], session_id: str = "",
-                 slow_after: float = 10.0):
+    def __init__(
+        self, sock: BrowserSocket, on_slow: Callable[[str], None], session_id: str = "", slow_after: float = 10.0
+    ):
         self.sock = sock
         self.session_id = session_id
-        self.items: deque = deque()           # events, or [event] holders of interims ([None] once dropped)
+        self.items: deque = deque()  # events, or [event] holders of interims ([None] once dropped)
         self.interims: deque[list] = deque()  # holders of the queued interims, oldest first
-        self.queued = 0                       # live events in items
+        self.queued = 0  # live events in items
         self.wake = asyncio.Event()
         self.closed = False
-        self.slow = False                     # given up on: the browser does not read
+        self.slow = False  # given up on: the browser does not read
         self.slow_after = slow_after
         self.on_slow = on_slow
-        self.waiting_since = 0.0              # since when events wait with nothing written
+        self.waiting_since = 0.0  # since when events wait with nothing written
         self._timer: asyncio.TimerHandle | None = None
-        self._bad: dict[str, list] = {}       # bad-input code -> [window start, count not sent, last message, timer]
+        self._bad: dict[str, list] = {}  # bad-input code -> [window start, count not sent, last message, timer]
 
     def put(self, event: dict[str, Any]) -> None:
         if self.closed:

@@ -1,5 +1,6 @@
 """Command line: `caption-relay [--host H] [--port P] [--workers N]` serves the app; `caption-relay engine` serves the
 Flux-compatible embedded recognizer on its own."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from . import config, embed, logs
 GC_THRESHOLDS = (10_000, 10, 10)
 # A WebSocket message over this closes its socket (1009); uvicorn's default, 16 MiB, is what each socket could be
 # made to buffer. Audio frames over 64 KiB are refused anyway (`frame_too_large`), and events are tiny.
-WS_MAX_SIZE = 2 ** 20
+WS_MAX_SIZE = 2**20
 # An idle keep-alive connection is closed after this (uvicorn's default, said here: it bounds what idle clients hold).
 KEEP_ALIVE_SECONDS = 5
 
@@ -31,8 +32,9 @@ def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caption-relay", description="Live captions relay server")
     _serve_args(parser, 8000)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="server processes sharing the port (needs REDIS_URL when more than 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (needs REDIS_URL when more than 1)"
+    )
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --workers' children
     sub = parser.add_subparsers(dest="command")
     engine = sub.add_parser("engine", help="serve the embedded recognizer as a Flux-compatible /v2/listen endpoint")
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "engine":
         from .local import engine as engine_mod
+
         engine_mod.run(args.host, args.port, settings)
         return 0
 
@@ -70,12 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
     from .audiosocket import DirectWebSocketProtocol
     from .server import DrainingServer, guarded_http
+
     app = create_app(settings)
-    server_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http=guarded_http(settings.request_timeout),
-                                   limit_concurrency=settings.max_connections, timeout_keep_alive=KEEP_ALIVE_SECONDS,
-                                   ws=DirectWebSocketProtocol, ws_per_message_deflate=False, ws_max_size=WS_MAX_SIZE,
-                                   log_config=None, access_log=False, timeout_graceful_shutdown=10,
-                                   proxy_headers=False)  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
+    server_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=guarded_http(settings.request_timeout),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        ws=DirectWebSocketProtocol,
+        ws_per_message_deflate=False,
+        ws_max_size=WS_MAX_SIZE,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,
+    )  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
     # The start-up heap (imports, templates) never dies: keep it out of every later collection.
     gc.collect()
     gc.freeze()
@@ -97,12 +112,18 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
 def _supervise(workers: int, host: str, port: int, settings: config.Settings) -> int:
     """Run `workers` copies of the server on one port and pass SIGTERM/SIGINT on to them (each drains itself)."""
     if not settings.redis_url:
-        print("caption-relay: --workers needs REDIS_URL: sessions, share links and live captions must be shared "
-              "between the worker processes", file=sys.stderr)
+        print(
+            "caption-relay: --workers needs REDIS_URL: sessions, share links and live captions must be shared "
+            "between the worker processes",
+            file=sys.stderr,
+        )
         return 2
     if settings.backend == "local":
-        print("caption-relay: --workers is for the relay to remote recognizers; the embedded recognizer already "
-              "uses every core (set LOCAL_MAX_STREAMS instead)", file=sys.stderr)
+        print(
+            "caption-relay: --workers is for the relay to remote recognizers; the embedded recognizer already "
+            "uses every core (set LOCAL_MAX_STREAMS instead)",
+            file=sys.stderr,
+        )
         return 2
     cmd = [sys.executable, "-m", "webapp", "--host", host, "--port", str(port), "--reuse-port"]
     children = [subprocess.Popen(cmd, env=os.environ) for _ in range(workers)]

@@ -3,6 +3,7 @@
 Every problem is reported at start-up as a ConfigError whose message names the variable and says
 what to do, so a bad deployment fails loudly instead of at the first capture.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -47,33 +48,33 @@ class Settings:
     share_ttl_days: float = 30.0
     retention_days: float = 30.0  # 0 keeps sessions forever
     # resilience and quotas (issue: nothing lost, nothing stolen)
-    upstream_retry_seconds: int = 60     # how long an upstream outage is retried before giving up
-    replay_seconds: int = 60             # audio after the last final kept for replay after a reconnect
-    upstream_ping_seconds: float = 5.0   # ping interval/timeout that detects a stalled upstream
-    idle_timeout: int = 60               # close a session that receives no audio for this long
-    slow_client_seconds: int = 10        # close a browser socket that takes none of its waiting events for this long
-    max_streams: int = 0                 # 0 = unlimited
+    upstream_retry_seconds: int = 60  # how long an upstream outage is retried before giving up
+    replay_seconds: int = 60  # audio after the last final kept for replay after a reconnect
+    upstream_ping_seconds: float = 5.0  # ping interval/timeout that detects a stalled upstream
+    idle_timeout: int = 60  # close a session that receives no audio for this long
+    slow_client_seconds: int = 10  # close a browser socket that takes none of its waiting events for this long
+    max_streams: int = 0  # 0 = unlimited
     max_streams_per_client: int = 0
     max_session_minutes: int = 0
     client_minutes_per_day: int = 0
     trusted_proxies: tuple[str, ...] = ()
-    max_connections: int = 4096          # open connections (HTTP and WebSocket) per process; more get 503
-    request_timeout: int = 10            # seconds for a request (line, headers, body) to arrive; then 408
-
-    @property
-    def api_key(self) -> str:
-        return {"aigateway": self.aigateway_api_key, "deepgram": self.deepgram_api_key}.get(self.backend, "")
+    max_connections: int = 4096  # open connections (HTTP and WebSocket) per process; more get 503
+    request_timeout: int = 10  # seconds for a request (line, headers, body) to arrive; then 408
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line or a browser."""
-        return tuple(s for s in (self.aigateway_api_key, self.deepgram_api_key, self.access_token, self.secret_key) if s)
+        return tuple(
+            s for s in (self.aigateway_api_key, self.deepgram_api_key, self.access_token, self.secret_key) if s
+        )
 
 
 def _origin(value: str, var: str) -> str:
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
-        raise ConfigError(f"{var}: {value!r} is not an origin; use the form https://example.org (scheme and host, optional port, no path)")
+        raise ConfigError(
+            f"{var}: {value!r} is not an origin; use the form https://example.org (scheme and host, optional port, no path)"
+        )
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
@@ -90,8 +91,10 @@ def _hosts(raw: str) -> tuple[str, ...]:
         except ValueError:
             pass
         if name != "*" and not HOST_NAME.fullmatch(name):
-            raise ConfigError(f"ALLOWED_HOSTS: {item!r} is not a host name; use e.g. captions.example.org (no scheme "
-                              "or port), *.example.org for its subdomains, or * to turn the Host check off")
+            raise ConfigError(
+                f"ALLOWED_HOSTS: {item!r} is not a host name; use e.g. captions.example.org (no scheme "
+                "or port), *.example.org for its subdomains, or * to turn the Host check off"
+            )
         out.append(name)
     return tuple(out)
 
@@ -123,7 +126,9 @@ def _proxies(raw: str) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(item, strict=False)))
         except ValueError:
-            raise ConfigError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network (e.g. 10.0.0.1 or 10.0.0.0/8)") from None
+            raise ConfigError(
+                f"TRUSTED_PROXIES: {item!r} is not an IP address or network (e.g. 10.0.0.1 or 10.0.0.0/8)"
+            ) from None
     return tuple(out)
 
 
@@ -145,8 +150,10 @@ def _seconds(env: Mapping[str, str], var: str, default: float, lo: float, hi: fl
         return default
     value = decimal_number(raw)  # ASCII digits only; no nan or inf
     if value is None or not lo <= value <= hi:
-        raise ConfigError(f"{var}: {raw[:40]!r} is not valid; use a number of seconds from {lo:g} to {hi:g} "
-                          f"(e.g. {default:g}), or unset it for the default")
+        raise ConfigError(
+            f"{var}: {raw[:40]!r} is not valid; use a number of seconds from {lo:g} to {hi:g} "
+            f"(e.g. {default:g}), or unset it for the default"
+        )
     return value
 
 
@@ -164,13 +171,16 @@ def check_data_dir(path: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"DATA_DIR: cannot write to {path!r} ({exc.strerror or type(exc).__name__}); point DATA_DIR "
-                          "at a directory this user may create and write") from None
+        raise ConfigError(
+            f"DATA_DIR: cannot write to {path!r} ({exc.strerror or type(exc).__name__}); point DATA_DIR "
+            "at a directory this user may create and write"
+        ) from None
 
 
 def check_redis(url: str, timeout: float = 5.0) -> None:
     """REDIS_URL answers a PING; else ConfigError naming it. Its message never repeats the URL (a password)."""
     import redis
+
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
@@ -181,8 +191,9 @@ def check_redis(url: str, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or 6379}" if parts.scheme != "unix" else parts.path
         reason = str(exc).replace(url, "…")[:200] or type(exc).__name__
-        raise ConfigError(f"REDIS_URL: cannot reach Redis at {where} ({reason}); start Redis there, or fix or unset "
-                          "REDIS_URL") from None
+        raise ConfigError(
+            f"REDIS_URL: cannot reach Redis at {where} ({reason}); start Redis there, or fix or unset REDIS_URL"
+        ) from None
 
 
 LOCAL_SETTINGS = ("LOCAL_MAX_STREAMS", "LOCAL_BEAMS", "LOCAL_CONTEXT_SECONDS")
@@ -201,16 +212,24 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     if backend not in BACKENDS:
         raise ConfigError(f"STT_BACKEND: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "aigateway" and not aig_key:
-        raise ConfigError("STT_BACKEND=aigateway needs AIGATEWAY_API_KEY (your AIgateway API key); or unset STT_BACKEND to use the embedded recognizer")
+        raise ConfigError(
+            "STT_BACKEND=aigateway needs AIGATEWAY_API_KEY (your AIgateway API key); or unset STT_BACKEND to use the embedded recognizer"
+        )
     if backend == "deepgram" and not dg_key:
-        raise ConfigError("STT_BACKEND=deepgram needs DEEPGRAM_API_KEY; or unset STT_BACKEND to use the embedded recognizer")
+        raise ConfigError(
+            "STT_BACKEND=deepgram needs DEEPGRAM_API_KEY; or unset STT_BACKEND to use the embedded recognizer"
+        )
 
     retired = sorted(k for k in env if k.startswith("LOCAL_") and k not in LOCAL_SETTINGS)
     if retired:
         # The recognizer's experiment knobs became benchmark flags (issue 18): a leftover one would silently do nothing.
-        raise ConfigError(f"{retired[0]}: not a setting (the embedded recognizer's settings are {', '.join(LOCAL_SETTINGS)}; "
-                          "its tuning knobs are flags of bench/recognizer.py): remove it from the environment")
-    origins = tuple(_origin(o, "ALLOWED_ORIGINS") for o in env.get("ALLOWED_ORIGINS", "").replace(",", " ").split() if o)
+        raise ConfigError(
+            f"{retired[0]}: not a setting (the embedded recognizer's settings are {', '.join(LOCAL_SETTINGS)}; "
+            "its tuning knobs are flags of bench/recognizer.py): remove it from the environment"
+        )
+    origins = tuple(
+        _origin(o, "ALLOWED_ORIGINS") for o in env.get("ALLOWED_ORIGINS", "").replace(",", " ").split() if o
+    )
     log_level = env.get("LOG_LEVEL", "info").strip().lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"LOG_LEVEL: {log_level!r} is not one of debug, info, warning, error")
@@ -218,7 +237,9 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     settings = Settings(
         backend=backend,
         aigateway_api_key=aig_key,
-        aigateway_url=_ws_url(env.get("AIGATEWAY_REALTIME_URL", "").strip() or Settings.aigateway_url, "AIGATEWAY_REALTIME_URL"),
+        aigateway_url=_ws_url(
+            env.get("AIGATEWAY_REALTIME_URL", "").strip() or Settings.aigateway_url, "AIGATEWAY_REALTIME_URL"
+        ),
         deepgram_api_key=dg_key,
         deepgram_url=_ws_url(env.get("DEEPGRAM_URL", "").strip() or Settings.deepgram_url, "DEEPGRAM_URL"),
         model=env.get("STT_MODEL", "").strip() or DEFAULT_MODELS[backend],

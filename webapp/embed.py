@@ -6,6 +6,7 @@ host page's HTML): it is the server's signed statement of which sites may frame 
 browser through `frame-ancestors`. Revoking records the key's id in DATA_DIR/embed_revoked.json, which the
 running app re-reads whenever the file changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ LINES = (1, 10)
 QUERY_NAMES = ("key", "share", "theme", "font_size", "lines", "lang")
 _LANG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}")
 # Stricter than config._origin: these go verbatim into a CSP header, so only host characters are allowed.
-_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)(:\d{1,5})?")
+_ORIGIN = re.compile(
+    r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)(:\d{1,5})?"
+)
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{8,32}")
 
 NOINDEX = {"X-Robots-Tag": "noindex, nofollow", "Cache-Control": "no-store"}
@@ -66,8 +69,10 @@ def parse_origin(value: str) -> str:
     """'https://A.example/' -> 'https://a.example'; raises ValueError naming the problem."""
     origin = _origin(value, "--origin")
     if not _ORIGIN.fullmatch(origin):
-        raise ConfigError(f"--origin: {value!r} is not an origin; use the form https://example.org "
-                          "(scheme and host, optional port; no wildcards, user names or paths)")
+        raise ConfigError(
+            f"--origin: {value!r} is not an origin; use the form https://example.org "
+            "(scheme and host, optional port; no wildcards, user names or paths)"
+        )
     return origin
 
 
@@ -80,13 +85,14 @@ def frame_csp(ancestors: str) -> str:
 
 # ---- keys ----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class EmbedKey:
     id: str
     origins: tuple[str, ...]
     mode: str
-    expires: int          # Unix seconds
-    max_streams: int      # 0 = no per-key limit
+    expires: int  # Unix seconds
+    max_streams: int  # 0 = no per-key limit
 
     @property
     def ancestors(self) -> str:
@@ -96,7 +102,7 @@ class EmbedKey:
 
 @dataclass(frozen=True)
 class KeyCheck:
-    status: str                 # ok, missing, invalid, expired, revoked
+    status: str  # ok, missing, invalid, expired, revoked
     key: EmbedKey | None = None
 
     @property
@@ -111,7 +117,7 @@ class KeyCheck:
 
 KEY_PROBLEMS = {
     "missing": "This caption widget needs an embed key: its address must end in ?key=… "
-               "(the site owner mints one with `caption-relay embed-key`).",
+    "(the site owner mints one with `caption-relay embed-key`).",
     "invalid": "This embed key is not valid: it may have been cut short or changed when it was copied.",
     "expired": "This embed key has expired. The site owner can mint a new one with `caption-relay embed-key`.",
     "revoked": "This embed key was revoked, so the captions cannot be shown here.",
@@ -167,8 +173,14 @@ class EmbedKeys:
         self.serializer = URLSafeSerializer(secret_key, salt=EMBED_SALT)
         self.revocations = Revocations(data_dir)
 
-    def mint(self, origins: Iterable[str], mode: str = "capture", ttl_days: float = DEFAULT_TTL_DAYS,
-             max_streams: int = 0, now: float | None = None) -> str:
+    def mint(
+        self,
+        origins: Iterable[str],
+        mode: str = "capture",
+        ttl_days: float = DEFAULT_TTL_DAYS,
+        max_streams: int = 0,
+        now: float | None = None,
+    ) -> str:
         clean = list(dict.fromkeys(parse_origin(o) for o in origins))
         if not clean:
             raise ConfigError("name at least one site with --origin https://your.site")
@@ -183,8 +195,9 @@ class EmbedKeys:
         if max_streams and mode != "capture":
             raise ConfigError("--max-streams limits capture keys; a view key opens no audio streams")
         expires = int((time.time() if now is None else now) + ttl_days * 86400)
-        return self.serializer.dumps({"id": secrets.token_urlsafe(9), "o": clean, "m": mode, "x": expires,
-                                      "n": max_streams})
+        return self.serializer.dumps(
+            {"id": secrets.token_urlsafe(9), "o": clean, "m": mode, "x": expires, "n": max_streams}
+        )
 
     def _decode(self, token: str) -> EmbedKey | None:
         """The key's contents if the signature is good, whatever its expiry or revocation."""
@@ -198,10 +211,14 @@ class EmbedKeys:
             key = EmbedKey(data["id"], tuple(data["o"]), data["m"], data["x"], data["n"])
         except (KeyError, TypeError):
             return None
-        valid = (isinstance(key.id, str) and _KEY_ID.fullmatch(key.id) and key.mode in MODES
-                 and 0 < len(key.origins) <= MAX_ORIGINS
-                 and all(isinstance(o, str) and _ORIGIN.fullmatch(o) for o in key.origins)
-                 and all(type(v) is int and v >= 0 for v in (key.expires, key.max_streams)))
+        valid = (
+            isinstance(key.id, str)
+            and _KEY_ID.fullmatch(key.id)
+            and key.mode in MODES
+            and 0 < len(key.origins) <= MAX_ORIGINS
+            and all(isinstance(o, str) and _ORIGIN.fullmatch(o) for o in key.origins)
+            and all(type(v) is int and v >= 0 for v in (key.expires, key.max_streams))
+        )
         return key if valid else None
 
     def check(self, token: str | None) -> KeyCheck:
@@ -224,12 +241,15 @@ class EmbedKeys:
         elif _KEY_ID.fullmatch(key_or_id.strip()):
             key_id = key_or_id.strip()
         else:
-            raise ConfigError("--revoke: that is neither a key signed by this server nor a key id "
-                              "(check SECRET_KEY / DATA_DIR are the server's)")
+            raise ConfigError(
+                "--revoke: that is neither a key signed by this server nor a key id "
+                "(check SECRET_KEY / DATA_DIR are the server's)"
+            )
         return key_id, self.revocations.add(key_id)
 
 
 # ---- the widget's query ----------------------------------------------------------------------------
+
 
 class EmbedParamError(ValueError):
     """A query parameter of /embed is invalid; str() names it and says what is allowed."""
@@ -290,6 +310,7 @@ def parse_query(items: Iterable[tuple[str, str]]) -> WidgetQuery:
 
 # ---- per-key stream limit and live revocation -------------------------------------------------------
 
+
 class EmbedRefused(Exception):
     def __init__(self, code: str, message: str, retry_after: float | None = None):
         super().__init__(message)
@@ -313,6 +334,7 @@ SOCKET_CODES = {"invalid": "embed_key_invalid", "expired": "embed_key_expired", 
 
 # ---- pages and socket hooks --------------------------------------------------------------------------
 
+
 class Embeds:
     def __init__(self, settings: Settings, secret_key: str, templates: Jinja2Templates):
         self.settings = settings
@@ -331,11 +353,14 @@ class Embeds:
         check = self.keys.check(raw)
         key = check.usable
         if key is None:
-            log.info("embed_socket_refused", extra=fields(status=check.status, key_id=check.key.id if check.key else None))
+            log.info(
+                "embed_socket_refused", extra=fields(status=check.status, key_id=check.key.id if check.key else None)
+            )
             raise EmbedRefused(SOCKET_CODES[check.status], KEY_PROBLEMS[check.status])
         if key.mode != "capture":
-            raise EmbedRefused("embed_key_view_only",
-                               "This embed key only shows shared transcripts; it cannot caption a microphone.")
+            raise EmbedRefused(
+                "embed_key_view_only", "This embed key only shows shared transcripts; it cannot caption a microphone."
+            )
         return key
 
     def take_slot(self, key: EmbedKey | None, session: Any) -> Slot:
@@ -345,8 +370,12 @@ class Embeds:
         held = self.active.setdefault(key.id, set())
         if key.max_streams and len(held) >= key.max_streams:
             log.info("embed_streams_refused", extra=fields(key_id=key.id, max_streams=key.max_streams))
-            raise EmbedRefused("too_many_streams", f"This site's captions are limited to {key.max_streams} live "
-                               "session(s) at once. Try again in a minute.", retry_after=60)
+            raise EmbedRefused(
+                "too_many_streams",
+                f"This site's captions are limited to {key.max_streams} live "
+                "session(s) at once. Try again in a minute.",
+                retry_after=60,
+            )
         slot = Slot(self, key, session)
         held.add(slot)
         if self.watcher is None or self.watcher.done():
@@ -369,28 +398,56 @@ class Embeds:
                 if self.keys.revocations.revoked(key_id):
                     for slot in list(held):
                         log.info("embed_session_revoked", extra=fields(key_id=key_id))
-                        slot.session.request_stop("embed_key_revoked", protocol.error(
-                            "embed_key_revoked", KEY_PROBLEMS["revoked"], retryable=False))
+                        slot.session.request_stop(
+                            "embed_key_revoked",
+                            protocol.error("embed_key_revoked", KEY_PROBLEMS["revoked"], retryable=False),
+                        )
 
     # ---- pages -----------------------------------------------------------------------------------
 
-    def _page(self, request: Request, template: str, context: dict[str, Any], *, status: int = 200,
-              ancestors: str | None = "'none'", mic: bool = False) -> Response:
+    def _page(
+        self,
+        request: Request,
+        template: str,
+        context: dict[str, Any],
+        *,
+        status: int = 200,
+        ancestors: str | None = "'none'",
+        mic: bool = False,
+    ) -> Response:
         headers = dict(NOINDEX)
         if ancestors is not None:  # None: the usual page CSP (frame-ancestors 'self') from SecurityHeaders
             headers["Content-Security-Policy"] = frame_csp(ancestors)
         headers["Permissions-Policy"] = MIC_POLICY if mic else NO_MIC_POLICY
         return self.templates.TemplateResponse(request, template, context, status_code=status, headers=headers)
 
-    def _problem(self, request: Request, status: int, title: str, message: str, query: WidgetQuery | None = None,
-                 ancestors: str = "'none'") -> Response:
-        return self._page(request, "embed_error.html", {
-            "title": title, "message": message, "theme": query.theme if query else "light",
-            "lang": query.lang if query else "en"}, status=status, ancestors=ancestors)
+    def _problem(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        message: str,
+        query: WidgetQuery | None = None,
+        ancestors: str = "'none'",
+    ) -> Response:
+        return self._page(
+            request,
+            "embed_error.html",
+            {
+                "title": title,
+                "message": message,
+                "theme": query.theme if query else "light",
+                "lang": query.lang if query else "en",
+            },
+            status=status,
+            ancestors=ancestors,
+        )
 
     def _refused_key(self, request: Request, check: KeyCheck, query: WidgetQuery | None) -> Response:
-        log.info("embed_refused", extra=fields(status=check.status, key_id=check.key.id if check.key else None,
-                                               path=request.url.path))
+        log.info(
+            "embed_refused",
+            extra=fields(status=check.status, key_id=check.key.id if check.key else None, path=request.url.path),
+        )
         title = "Captions not available here" if check.status != "revoked" else "This embed key was revoked"
         return self._problem(request, 403, title, KEY_PROBLEMS[check.status], query)
 
@@ -403,18 +460,29 @@ class Embeds:
             query = parse_query(items)
         except EmbedParamError as exc:
             # Framable by the key's sites when the key is good, so the site owner sees the mistake in place.
-            return self._problem(request, 400, "This caption widget's address has a mistake", str(exc),
-                                 ancestors=key.ancestors if key else "'none'")
+            return self._problem(
+                request,
+                400,
+                "This caption widget's address has a mistake",
+                str(exc),
+                ancestors=key.ancestors if key else "'none'",
+            )
         if query.share is not None:
             return self._view(request, query, query.share, check)
         if key is None:
             return self._refused_key(request, check, query)
         if key.mode != "capture":
-            return self._problem(request, 400, "This key only shows shared transcripts",
-                                 "Add &share=… (the token of a share link, the part after /s/) to show a live transcript.",
-                                 query, ancestors=key.ancestors)
-        return self._page(request, "embed.html", self._context(query, key, "capture"),
-                          ancestors=key.ancestors, mic=True)
+            return self._problem(
+                request,
+                400,
+                "This key only shows shared transcripts",
+                "Add &share=… (the token of a share link, the part after /s/) to show a live transcript.",
+                query,
+                ancestors=key.ancestors,
+            )
+        return self._page(
+            request, "embed.html", self._context(query, key, "capture"), ancestors=key.ancestors, mic=True
+        )
 
     def _view(self, request: Request, query: WidgetQuery, share: str, check: KeyCheck) -> Response:
         # View mode without a key: this server's own pages, and top-level use (an OBS browser source) only.
@@ -428,17 +496,27 @@ class Embeds:
         link = self.links.check(share)
         if link.status != "ok":
             expired = link.status == "expired"
-            return self._problem(request, 410 if expired else 404,
-                                 "This caption link has expired" if expired else "This caption link does not work",
-                                 "Ask the person who shared it for a new link." if expired else
-                                 "It may have been mistyped or cut short. Ask the person who shared it for the link again.",
-                                 query, ancestors=ancestors)
+            return self._problem(
+                request,
+                410 if expired else 404,
+                "This caption link has expired" if expired else "This caption link does not work",
+                "Ask the person who shared it for a new link."
+                if expired
+                else "It may have been mistyped or cut short. Ask the person who shared it for the link again.",
+                query,
+                ancestors=ancestors,
+            )
         return self._page(request, "embed.html", self._context(query, key, "view"), ancestors=ancestors)
 
     def _context(self, query: WidgetQuery, key: EmbedKey | None, mode: str) -> dict[str, Any]:
-        return {"q": query, "mode": mode, "key": key, "raw_key": query.key or "",
-                "origins": " ".join(key.origins) if key else "",
-                "watch": f"/ws/watch/{query.share}" if query.share else ""}
+        return {
+            "q": query,
+            "mode": mode,
+            "key": key,
+            "raw_key": query.key or "",
+            "origins": " ".join(key.origins) if key else "",
+            "watch": f"/ws/watch/{query.share}" if query.share else "",
+        }
 
     async def snippet(self, request: Request) -> Response:
         """The exact <iframe> tag for a key, with a live preview; an ordinary page of this site."""
@@ -457,33 +535,69 @@ class Embeds:
             params.append(("share", query.share or "SHARE_TOKEN"))
         src = f"{str(request.base_url).rstrip('/')}/embed?{urlencode(params)}"
         allow = ' allow="microphone; screen-wake-lock"' if key.mode == "capture" and query.share is None else ""
-        tag = (f'<iframe src="{html.escape(src)}"{allow} style="border:0;width:100%;height:160px" '
-               'title="Live captions"></iframe>')
-        return self._page(request, "embed_snippet.html", {
-            "tag": tag, "key": key, "key_id": key.id, "preview": None if needs_share else f"/embed?{urlencode(params)}",
-            "allow": "microphone; screen-wake-lock" if allow else "", "needs_share": needs_share,
-            "expires": dt.datetime.fromtimestamp(key.expires, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")},
-            ancestors=None, mic=True)
+        tag = (
+            f'<iframe src="{html.escape(src)}"{allow} style="border:0;width:100%;height:160px" '
+            'title="Live captions"></iframe>'
+        )
+        return self._page(
+            request,
+            "embed_snippet.html",
+            {
+                "tag": tag,
+                "key": key,
+                "key_id": key.id,
+                "preview": None if needs_share else f"/embed?{urlencode(params)}",
+                "allow": "microphone; screen-wake-lock" if allow else "",
+                "needs_share": needs_share,
+                "expires": dt.datetime.fromtimestamp(key.expires, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            },
+            ancestors=None,
+            mic=True,
+        )
 
 
 # ---- command line: `caption-relay embed-key` --------------------------------------------------------
 
+
 def add_cli(sub) -> None:
-    p = sub.add_parser("embed-key", help="mint a key that lets the listed sites embed the /embed widget, or --revoke one",
-                       description="Prints a key for /embed?key=…; the listed origins may frame the widget.")
-    p.add_argument("--origin", action="append", default=[], metavar="URL",
-                   help="a site that may embed the widget, e.g. https://www.example.org (repeat for several)")
-    p.add_argument("--ttl", type=float, default=DEFAULT_TTL_DAYS, metavar="DAYS",
-                   help=f"days the key works (default {DEFAULT_TTL_DAYS:g})")
-    p.add_argument("--mode", choices=MODES, default="capture",
-                   help="capture: visitors caption their microphone; view: show a shared live transcript (default capture)")
-    p.add_argument("--max-streams", type=int, default=0, metavar="N",
-                   help="most live capture sessions at once under this key (default 0 = no per-key limit)")
+    p = sub.add_parser(
+        "embed-key",
+        help="mint a key that lets the listed sites embed the /embed widget, or --revoke one",
+        description="Prints a key for /embed?key=…; the listed origins may frame the widget.",
+    )
+    p.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a site that may embed the widget, e.g. https://www.example.org (repeat for several)",
+    )
+    p.add_argument(
+        "--ttl",
+        type=float,
+        default=DEFAULT_TTL_DAYS,
+        metavar="DAYS",
+        help=f"days the key works (default {DEFAULT_TTL_DAYS:g})",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="capture",
+        help="capture: visitors caption their microphone; view: show a shared live transcript (default capture)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=0,
+        metavar="N",
+        help="most live capture sessions at once under this key (default 0 = no per-key limit)",
+    )
     p.add_argument("--revoke", metavar="KEY", help="revoke a key (the whole key, or its id); takes effect at once")
 
 
 def cli(args: argparse.Namespace, settings: Settings) -> int:
     from .security import load_secret_key
+
     keys = EmbedKeys(load_secret_key(settings), settings.data_dir)
     try:
         if args.revoke:
@@ -497,8 +611,11 @@ def cli(args: argparse.Namespace, settings: Settings) -> int:
     decoded = keys._decode(key)
     assert decoded is not None  # minted just now
     print(key)  # stdout holds only the key, for scripts
-    print(f"key id {decoded.id} · mode {decoded.mode} · origins {' '.join(decoded.origins)} · expires "
-          f"{dt.datetime.fromtimestamp(decoded.expires, dt.UTC):%Y-%m-%d}"
-          f"{f' · at most {decoded.max_streams} streams' if decoded.max_streams else ''}\n"
-          f"snippet: https://<this server>/embed/snippet?key={key}", file=sys.stderr)
+    print(
+        f"key id {decoded.id} · mode {decoded.mode} · origins {' '.join(decoded.origins)} · expires "
+        f"{dt.datetime.fromtimestamp(decoded.expires, dt.UTC):%Y-%m-%d}"
+        f"{f' · at most {decoded.max_streams} streams' if decoded.max_streams else ''}\n"
+        f"snippet: https://<this server>/embed/snippet?key={key}",
+        file=sys.stderr,
+    )
     return 0

@@ -8,6 +8,7 @@ Caption cues follow common practice (BBC/Netflix style guides): at most 2 lines 
 at most 6 s on screen, at least 1 s where the next cue leaves room, never overlapping. Long turns are split
 at word boundaries using word times; words without times get times interpolated across their turn.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,11 @@ class Cue:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def timed_words(turn: dict[str, Any], fallback_start: float = 0.0) -> list[Word]:
@@ -170,8 +175,10 @@ def _clock(seconds: float, sep: str) -> str:
 
 
 def to_srt(turns: Iterable[dict[str, Any]]) -> str:
-    blocks = [f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n" + "\n".join(c.lines)
-              for i, c in enumerate(cues(turns), 1)]
+    blocks = [
+        f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n" + "\n".join(c.lines)
+        for i, c in enumerate(cues(turns), 1)
+    ]
     return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
@@ -183,7 +190,9 @@ def _vtt_text(line: str) -> str:
 def to_vtt(turns: Iterable[dict[str, Any]]) -> str:
     blocks = ["WEBVTT"]
     for i, c in enumerate(cues(turns), 1):
-        blocks.append(f"{i}\n{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n" + "\n".join(_vtt_text(line) for line in c.lines))
+        blocks.append(
+            f"{i}\n{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n" + "\n".join(_vtt_text(line) for line in c.lines)
+        )
     return "\n\n".join(blocks) + "\n"
 
 
@@ -202,7 +211,17 @@ def _clean_word(w: Any) -> Any:
 
 
 def to_json(meta: dict[str, Any], turns: Iterable[dict[str, Any]]) -> str:
-    doc = {"session": meta, "turns": [
-        {"turn": t.get("turn"), "text": _keep_type(t.get("text", "")), "start": t.get("start"), "end": t.get("end"),
-         "words": [_clean_word(w) for w in t.get("words") or []]} for t in turns]}
+    doc = {
+        "session": meta,
+        "turns": [
+            {
+                "turn": t.get("turn"),
+                "text": _keep_type(t.get("text", "")),
+                "start": t.get("start"),
+                "end": t.get("end"),
+                "words": [_clean_word(w) for w in t.get("words") or []],
+            }
+            for t in turns
+        ],
+    }
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"

@@ -1,5 +1,6 @@
 """The capture page / and its access-token form (/login, /logout), plus /healthz and /favicon.ico.
 The socket the page captures on is /ws/listen (webapp/admission.py)."""
+
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
@@ -15,8 +16,9 @@ from .share_pages import SharePages
 
 
 class Home:
-    def __init__(self, settings: Settings, templates: Jinja2Templates, *, login: Login, quotas: Quotas,
-                 shares: SharePages):
+    def __init__(
+        self, settings: Settings, templates: Jinja2Templates, *, login: Login, quotas: Quotas, shares: SharePages
+    ):
         self.settings = settings
         self.templates = templates
         self.login = login
@@ -25,17 +27,25 @@ class Home:
 
     async def index(self, request: Request) -> Response:
         allowed = self.login.allowed(request)
-        response = self.templates.TemplateResponse(request, "index.html", {
-            "backend": self.settings.backend, "needs_login": not allowed,
-            "logged_in": self.login.required and allowed})
+        response = self.templates.TemplateResponse(
+            request,
+            "index.html",
+            {
+                "backend": self.settings.backend,
+                "needs_login": not allowed,
+                "logged_in": self.login.required and allowed,
+            },
+        )
         return self.shares.ensure_owner_cookie(request, response)  # the capture socket carries it to the session
 
     async def healthz(self, request: Request) -> Response:
         # 200 while degraded too: captions still flow without the store, and every instance shares it.
         store = await self.shares.recording.health()
         ok = store["store"] == "ok" and store.get("live", "ok") == "ok"
-        return JSONResponse({"status": "ok" if ok else "degraded", "backend": self.settings.backend, **store},
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "backend": self.settings.backend, **store},
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def login_submit(self, request: Request) -> Response:
         # A one-field urlencoded form: parsed here rather than pulling in python-multipart.
@@ -51,9 +61,13 @@ class Home:
             error, status, headers = "That access token is not right.", 401, None
             if wait is not None:
                 error, status, headers = Login.throttled(wait), 429, {"Retry-After": str(wait)}
-            return self.templates.TemplateResponse(request, "index.html", {
-                "backend": self.settings.backend, "needs_login": True, "login_error": error},
-                status_code=status, headers=headers)
+            return self.templates.TemplateResponse(
+                request,
+                "index.html",
+                {"backend": self.settings.backend, "needs_login": True, "login_error": error},
+                status_code=status,
+                headers=headers,
+            )
         response = RedirectResponse("/", status_code=303)
         self.login.set_cookie(request, response)
         return response

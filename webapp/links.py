@@ -6,6 +6,7 @@ deny list. The owner credential is the signed HttpOnly `cr_owner` cookie (`__Hos
 holding a random owner id: the page response sets it, the capture socket's handshake carries it, and the session
 records it.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -25,7 +26,7 @@ SHARE_SALT = "caption-relay.share"
 
 @dataclass(frozen=True)
 class TokenCheck:
-    status: str              # "ok", "expired" or "invalid"
+    status: str  # "ok", "expired" or "invalid"
     session_id: str = ""
     version: int = -1
 
@@ -33,7 +34,9 @@ class TokenCheck:
 class ShareLinks:
     def __init__(self, secret_key: str, ttl_days: float):
         self.secret_key = secret_key
-        self.max_age = int(ttl_days * 86400)  # signature ages are whole seconds, so dropping the fraction changes nothing
+        self.max_age = int(
+            ttl_days * 86400
+        )  # signature ages are whole seconds, so dropping the fraction changes nothing
         self.serializer = URLSafeTimedSerializer(secret_key, salt=SHARE_SALT)
 
     def mint(self, session_id: str, version: int, now: float | None = None) -> str:
@@ -45,6 +48,7 @@ class ShareLinks:
         class At(TimestampSigner):
             def get_timestamp(self) -> int:
                 return int(at)
+
         return URLSafeTimedSerializer(self.secret_key, salt=SHARE_SALT, signer=At).dumps([session_id, version])
 
     def check(self, token: str) -> TokenCheck:
@@ -56,8 +60,13 @@ class ShareLinks:
             return TokenCheck("expired")  # raised only once the signature itself is valid
         except BadSignature:
             return TokenCheck("invalid")
-        if (not isinstance(data, list) or len(data) != 2 or not isinstance(data[0], str)
-                or not isinstance(data[1], int) or isinstance(data[1], bool)):
+        if (
+            not isinstance(data, list)
+            or len(data) != 2
+            or not isinstance(data[0], str)
+            or not isinstance(data[1], int)
+            or isinstance(data[1], bool)
+        ):
             return TokenCheck("invalid")
         return TokenCheck("ok", data[0], data[1])
 
@@ -95,8 +104,15 @@ class Owners:
         owner = self._load(conn.cookies.get(name))
         if owner is None:
             owner = self.read(conn) or secrets.token_urlsafe(16)
-            self.cookies.set(conn, response, OWNER_COOKIE, self.serializer.dumps(owner), max_age=OWNER_MAX_AGE,
-                             httponly=True, samesite="lax")
+            self.cookies.set(
+                conn,
+                response,
+                OWNER_COOKIE,
+                self.serializer.dumps(owner),
+                max_age=OWNER_MAX_AGE,
+                httponly=True,
+                samesite="lax",
+            )
             if name != OWNER_COOKIE and conn.cookies.get(OWNER_COOKIE):
                 response.delete_cookie(OWNER_COOKIE, path="/")  # moved to __Host-cr_owner
         return owner

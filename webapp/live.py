@@ -1,5 +1,6 @@
 """What viewers are sent: `Live` messages (encoded once per process), and the `Viewer` that sends one watching
 socket its session's feed (webapp/broker.py) in order, filling gaps from the store and waiting out pauses."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,10 +28,11 @@ PAUSING_REASONS = ("server_restart", "interrupted")
 @dataclass(frozen=True, slots=True)
 class Live:
     """One live message, encoded once per process and sent as is to every viewer."""
-    kind: str                 # "interim", "final", "ended", "revoked", "paused" or "resumed" (and a Feed's "gap", "overflow")
-    text: str                 # the JSON a viewer receives
-    turn: int | None = None   # recognizer turn index (transcripts)
-    seq: int | None = None    # position among the session's stored finals (finals)
+
+    kind: str  # "interim", "final", "ended", "revoked", "paused" or "resumed" (and a Feed's "gap", "overflow")
+    text: str  # the JSON a viewer receives
+    turn: int | None = None  # recognizer turn index (transcripts)
+    seq: int | None = None  # position among the session's stored finals (finals)
     version: int | None = None  # revoked: links of a lower share version are retired (None: every link)
 
     @classmethod
@@ -51,8 +53,14 @@ def _encode(msg: dict[str, Any]) -> str:
 def live_transcript(event: dict[str, Any], seq: int | None = None) -> Live:
     """What viewers get of a transcript event: the text and times, not the word list."""
     final = bool(event.get("final"))
-    msg = {"type": "transcript", "turn": event.get("turn"), "final": final, "text": event.get("text", ""),
-           "start": event.get("start"), "end": event.get("end")}
+    msg = {
+        "type": "transcript",
+        "turn": event.get("turn"),
+        "final": final,
+        "text": event.get("text", ""),
+        "start": event.get("start"),
+        "end": event.get("end"),
+    }
     if final:
         msg["seq"] = seq
     return Live("final" if final else "interim", _encode(msg), event.get("turn"), seq)
@@ -87,14 +95,19 @@ class Viewer:
 
     __slots__ = ("done_turn", "feed", "min_seq", "paused_until", "replay", "send", "version")
 
-    def __init__(self, feed: Feed, send: Callable[[str], Awaitable[None]], version: int | None = None,
-                 replay: Callable[[int], Awaitable[list[Live]]] | None = None):
+    def __init__(
+        self,
+        feed: Feed,
+        send: Callable[[str], Awaitable[None]],
+        version: int | None = None,
+        replay: Callable[[int], Awaitable[list[Live]]] | None = None,
+    ):
         self.feed = feed
         self.send = send
-        self.version = version    # the share version of the link it watches through (None: unknown)
+        self.version = version  # the share version of the link it watches through (None: unknown)
         self.replay = replay
-        self.min_seq = 0          # finals below this were in the snapshot
-        self.done_turn = -1       # interims of turns up to this one are stale
+        self.min_seq = 0  # finals below this were in the snapshot
+        self.done_turn = -1  # interims of turns up to this one are stale
         self.paused_until: float | None = None  # monotonic deadline while the session waits for its speaker
 
     def _stale(self, msg: Live) -> bool:

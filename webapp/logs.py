@@ -5,6 +5,7 @@ Use `log.info("event_name", extra={"fields": {...}})`; the formatter writes
 (API keys, access token, signing key) wherever it appears, and every bearer credential a URL, cookie or
 Authorization header can carry (share links, resume tokens, embed keys, cookie values), as a last line of defence.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,17 @@ import time
 
 REDACTED = "[redacted]"
 # Query parameters that carry a credential: ?resume= (resume token), ?key= (embed key), ?share= (share token)…
-_QUERY = re.compile(r"(?i)([?&;](?:resume|key|share|token|api_key|apikey|access_token|auth|password|secret|sig)=)"
-                    r"[^&#\s\"'\\]*")
+_QUERY = re.compile(
+    r"(?i)([?&;](?:resume|key|share|token|api_key|apikey|access_token|auth|password|secret|sig)=)"
+    r"[^&#\s\"'\\]*"
+)
 # Path segments that are tokens: /s/<share token>…, /ws/watch/<share token>
 _PATH = re.compile(r"(/s/|/ws/watch/)[^/?#\s\"'\\]+")
 # Header values: everything after the name, to the end of the value (websockets' debug lines, tracebacks)
-_HEADER = re.compile(r"(?i)\b((?:set-)?cookie|authorization|proxy-authorization|x-api-key)"
-                     r"(\\?[\"']?\s*[:=]\s*(?:\\?[\"'])?)[^\n\"\\]*")
+_HEADER = re.compile(
+    r"(?i)\b((?:set-)?cookie|authorization|proxy-authorization|x-api-key)"
+    r"(\\?[\"']?\s*[:=]\s*(?:\\?[\"'])?)[^\n\"\\]*"
+)
 # Our cookies and Bearer tokens wherever else they turn up
 _COOKIE = re.compile(r"((?:__Host-)?cr_[a-z]+=)[^;,\s\"'\\]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"'\\,;]+")
@@ -42,8 +47,12 @@ class JsonFormatter(logging.Formatter):
         self.secrets = tuple(s for s in secrets if len(s) >= 4)
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(time.time(), 3), "level": record.levelname.lower(), "logger": record.name,
-                 "event": record.getMessage()}
+        entry = {
+            "ts": round(time.time(), 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)

@@ -4,6 +4,7 @@ Query parameters are checked against a whitelist and turned into a typed StreamP
 re-encode those values themselves, so nothing the browser sends is ever pasted into an upstream URL.
 Events are plain dicts (JSON-ready) built by the helpers below; `docs/protocol.md` documents them.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,7 @@ class StreamParams:
     eot_threshold: float | None = None
     eager_eot_threshold: float | None = None
     eot_timeout_ms: int | None = None
-    interim_words: bool = False   # interim transcripts carry their words too (finals always do)
+    interim_words: bool = False  # interim transcripts carry their words too (finals always do)
 
     @property
     def bytes_per_second(self) -> int:
@@ -68,8 +69,17 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     """Validate the query items of /ws/listen. Raises ParamError with a user-facing message."""
     single: dict[str, str] = {}
     keyterms: list[str] = []
-    allowed = {"sample_rate", "encoding", "keyterm", "eot_threshold", "eager_eot_threshold", "eot_timeout_ms", "interim_words",
-               "resume", "key"}  # resume/key are read by later layers; accepted here so they are not "unknown"
+    allowed = {
+        "sample_rate",
+        "encoding",
+        "keyterm",
+        "eot_threshold",
+        "eager_eot_threshold",
+        "eot_timeout_ms",
+        "interim_words",
+        "resume",
+        "key",
+    }  # resume/key are read by later layers; accepted here so they are not "unknown"
     for name, value in items:
         if name not in allowed:
             raise ParamError(f"unknown parameter {name!r}; allowed: {', '.join(sorted(allowed - {'resume', 'key'}))}")
@@ -94,7 +104,11 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     if encoding not in ENCODINGS:
         raise ParamError("encoding must be linear16 (16-bit little-endian PCM, mono)")
     eot = _float("eot_threshold", single["eot_threshold"], 0.5, 1.0) if "eot_threshold" in single else None
-    eager = _float("eager_eot_threshold", single["eager_eot_threshold"], 0.3, 0.9) if "eager_eot_threshold" in single else None
+    eager = (
+        _float("eager_eot_threshold", single["eager_eot_threshold"], 0.3, 0.9)
+        if "eager_eot_threshold" in single
+        else None
+    )
     if eager is not None and eager > (eot if eot is not None else 0.7):
         raise ParamError("eager_eot_threshold must not exceed eot_threshold (default 0.7)")
     timeout = None
@@ -148,8 +162,13 @@ def words(raw: Any) -> list[dict[str, Any]]:
     out = []
     for w in raw:
         if type(w) is dict:
-            if len(w) == 4 and type(w.get("word")) is str and type(w.get("start")) in _NUMBERS \
-                    and type(w.get("end")) in _NUMBERS and type(w.get("confidence")) in _NUMBERS:
+            if (
+                len(w) == 4
+                and type(w.get("word")) is str
+                and type(w.get("start")) in _NUMBERS
+                and type(w.get("end")) in _NUMBERS
+                and type(w.get("confidence")) in _NUMBERS
+            ):
                 out.append(w)
             else:
                 get = w.get
@@ -163,11 +182,19 @@ def seconds(t: float) -> float:
     return floor(t * 1000.0 + 0.5) / 1000.0
 
 
-def transcript(turn: int, text: str, final: bool, start: float, end: float, words: list[dict] | None = None) -> dict[str, Any]:
+def transcript(
+    turn: int, text: str, final: bool, start: float, end: float, words: list[dict] | None = None
+) -> dict[str, Any]:
     # seconds(), inline: this runs for every interim of every stream
-    return {"type": "transcript", "turn": turn, "text": text, "final": final,
-            "start": floor(start * 1000.0 + 0.5) / 1000.0, "end": floor(end * 1000.0 + 0.5) / 1000.0,
-            "words": words or []}
+    return {
+        "type": "transcript",
+        "turn": turn,
+        "text": text,
+        "final": final,
+        "start": floor(start * 1000.0 + 0.5) / 1000.0,
+        "end": floor(end * 1000.0 + 0.5) / 1000.0,
+        "words": words or [],
+    }
 
 
 def turn_event(turn: int, event: str) -> dict[str, Any]:

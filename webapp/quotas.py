@@ -1,6 +1,7 @@
 """Limits that protect the key's bill: concurrent streams (global and per client), minutes per session, and
 audio minutes per client per day. A client is an IP address; `X-Forwarded-For` is believed only when the
 direct peer is one of TRUSTED_PROXIES."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,10 +32,11 @@ def _seconds_to_midnight() -> int:
 class Lease:
     """One admitted stream. Audio is charged as it arrives (charge()), to the session and to its client's day,
     so the limits hold however many sessions a client runs and however often a session is resumed."""
+
     quotas: Quotas
     client: str
-    session_s: float = 0.0   # audio seconds on the session's timeline (a resumed session starts where it was)
-    limit_code: str = ""     # which limit stopped it
+    session_s: float = 0.0  # audio seconds on the session's timeline (a resumed session starts where it was)
+    limit_code: str = ""  # which limit stopped it
     released: bool = False
 
     def charge(self, seconds: float) -> bool:
@@ -54,7 +56,7 @@ class Quotas:
         self.active = 0
         self.per_client: Counter[str] = Counter()
         self.day = dt.date.min
-        self.used_today: dict[str, float] = {}   # seconds of audio per client, today (UTC)
+        self.used_today: dict[str, float] = {}  # seconds of audio per client, today (UTC)
 
     def client_ip(self, conn: HTTPConnection) -> str:
         peer = conn.client.host if conn.client else "unknown"
@@ -84,19 +86,34 @@ class Quotas:
     def admit(self, client: str, session_s: float = 0.0) -> Lease:
         s = self.s
         if s.max_streams and self.active >= s.max_streams:
-            raise QuotaError("too_many_streams", f"This server is at its limit of {s.max_streams} live sessions. "
-                             "Try again in a minute.", retry_after=60)
+            raise QuotaError(
+                "too_many_streams",
+                f"This server is at its limit of {s.max_streams} live sessions. Try again in a minute.",
+                retry_after=60,
+            )
         if s.max_streams_per_client and self.per_client[client] >= s.max_streams_per_client:
-            raise QuotaError("too_many_streams", f"You already have {s.max_streams_per_client} live session(s) "
-                             "open; stop one first.", retry_after=30)
+            raise QuotaError(
+                "too_many_streams",
+                f"You already have {s.max_streams_per_client} live session(s) open; stop one first.",
+                retry_after=30,
+            )
         if s.client_minutes_per_day:
             self._roll_day()
             if self.used_today.get(client, 0.0) >= s.client_minutes_per_day * 60 - EPSILON:
-                raise QuotaError("quota_exceeded", f"Today's allowance of {s.client_minutes_per_day} minutes of "
-                                 "captioning is used up. It renews at midnight UTC.", retry_after=_seconds_to_midnight())
-        if s.max_session_minutes and session_s >= s.max_session_minutes * 60 - EPSILON:  # a resume of a session at its limit
-            raise QuotaError("session_limit", self.limit_message(Lease(self, client, limit_code="session_limit"))[0],
-                             retry_after=None)
+                raise QuotaError(
+                    "quota_exceeded",
+                    f"Today's allowance of {s.client_minutes_per_day} minutes of "
+                    "captioning is used up. It renews at midnight UTC.",
+                    retry_after=_seconds_to_midnight(),
+                )
+        if (
+            s.max_session_minutes and session_s >= s.max_session_minutes * 60 - EPSILON
+        ):  # a resume of a session at its limit
+            raise QuotaError(
+                "session_limit",
+                self.limit_message(Lease(self, client, limit_code="session_limit"))[0],
+                retry_after=None,
+            )
         self.active += 1
         self.per_client[client] += 1
         return Lease(self, client, session_s)
@@ -123,7 +140,12 @@ class Quotas:
 
     def limit_message(self, lease: Lease) -> tuple[str, float | None]:
         if lease.limit_code == "session_limit":
-            return (f"Sessions are limited to {self.s.max_session_minutes} minutes; press Start to begin a new one.",
-                    None)
-        return (f"Today's allowance of {self.s.client_minutes_per_day} minutes of captioning is used up. "
-                "It renews at midnight UTC.", float(_seconds_to_midnight()))
+            return (
+                f"Sessions are limited to {self.s.max_session_minutes} minutes; press Start to begin a new one.",
+                None,
+            )
+        return (
+            f"Today's allowance of {self.s.client_minutes_per_day} minutes of captioning is used up. "
+            "It renews at midnight UTC.",
+            float(_seconds_to_midnight()),
+        )

@@ -4,6 +4,7 @@ One writer task per session stores each final and only then publishes it, in the
 the events, so a viewer that has seen a final knows it survives a crash. Interim updates are published, never
 stored. `Recording` is what this process's recorders share: the store, the broker, and the finals they hold.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,12 +26,12 @@ from .store import STORE_ERRORS, SessionStore, backoff
 
 log = logging.getLogger(__name__)
 
-WRITE_QUEUE = 512          # events a session's writer may lag behind (a stalled store) before interims drop
+WRITE_QUEUE = 512  # events a session's writer may lag behind (a stalled store) before interims drop
 # A store outage (Redis down or unreachable): what the app holds, and how it waits.
-FINALS_HELD = 2000         # finals one session may hold unstored (the store is down) before new ones are lost...
+FINALS_HELD = 2000  # finals one session may hold unstored (the store is down) before new ones are lost...
 FINALS_HELD_BYTES = 1 << 20  # ...or this many bytes of their JSON (1 MiB: ~1,000 turns of ten words, an hour of speech)
-CLOSE_WAIT = 15.0          # seconds a session's end waits for its record to be written, while the store answers
-SHUTDOWN_FLUSH = 2.0       # seconds the process gives unwritten records at exit before counting them lost
+CLOSE_WAIT = 15.0  # seconds a session's end waits for its record to be written, while the store answers
+SHUTDOWN_FLUSH = 2.0  # seconds the process gives unwritten records at exit before counting them lost
 
 
 class Recording:
@@ -39,14 +40,18 @@ class Recording:
     def __init__(self, store: SessionStore, broker: Broker):
         self.store = store
         self.broker = broker
-        self.held = 0                    # finals of this process's sessions not yet stored (the store is down)
-        self.lost = 0                    # finals given up since start (held past FINALS_HELD, or at exit)
-        self.writers: set[asyncio.Task] = set()   # recorders' writer tasks, which may outlive their session
+        self.held = 0  # finals of this process's sessions not yet stored (the store is down)
+        self.lost = 0  # finals given up since start (held past FINALS_HELD, or at exit)
+        self.writers: set[asyncio.Task] = set()  # recorders' writer tasks, which may outlive their session
 
     async def health(self) -> dict[str, Any]:
         """For /healthz: the store's and the live feed's state, and the finals held and lost."""
-        return {**await self.store.health(), **await self.broker.health(),
-                "finals_held": self.held, "finals_lost": self.lost}
+        return {
+            **await self.store.health(),
+            **await self.broker.health(),
+            "finals_held": self.held,
+            "finals_lost": self.lost,
+        }
 
     async def finish(self, timeout: float = SHUTDOWN_FLUSH) -> None:
         """At exit: give the records still being written `timeout` seconds, then count what is left as lost."""
@@ -72,7 +77,7 @@ class Recording:
 @dataclass(slots=True)
 class _Final:
     turn: dict[str, Any]
-    size: int      # bytes of its JSON, for FINALS_HELD_BYTES
+    size: int  # bytes of its JSON, for FINALS_HELD_BYTES
     stored: bool = False  # stored, not yet published (the publish failed)
 
 
@@ -98,20 +103,20 @@ class Recorder(SessionSink):
         self.recording = recording
         self.mint = mint
         self.owner = owner
-        self.session = None                  # the RelaySession: its page gets our notices
-        self.resume_nonce: str | None = None   # recorded with a new session: its first resume token carries it
+        self.session = None  # the RelaySession: its page gets our notices
+        self.resume_nonce: str | None = None  # recorded with a new session: its first resume token carries it
         self.session_id: str | None = None
         self.started_at = 0.0
-        self.queue: deque[Any] = deque()     # interim events (dicts), _Final, then one _End
+        self.queue: deque[Any] = deque()  # interim events (dicts), _Final, then one _End
         self.wake = asyncio.Event()
         self.writer: asyncio.Task | None = None
-        self.seq = 0                         # the next final's seq: a final's place among the stored ones
-        self.held = 0                        # finals queued and not yet stored, and their bytes
+        self.seq = 0  # the next final's seq: a final's place among the stored ones
+        self.held = 0  # finals queued and not yet stored, and their bytes
         self.held_bytes = 0
-        self.lost = 0                        # finals lost in the current outage
-        self.recovering = False              # the store came back: held finals are being written
-        self.flushed = 0                     # ...this many so far
-        self.stalled = asyncio.Event()       # set while the store fails this session's writes
+        self.lost = 0  # finals lost in the current outage
+        self.recovering = False  # the store came back: held finals are being written
+        self.flushed = 0  # ...this many so far
+        self.stalled = asyncio.Event()  # set while the store fails this session's writes
         self.ending = False
 
     async def opened(self, session) -> dict[str, Any]:
@@ -123,10 +128,17 @@ class Recorder(SessionSink):
         self.session_id = session.id
         self.started_at = time.time()
         token = self.mint(session.id, 0)
-        meta = {"id": session.id, "owner": self.owner, "backend": session.settings.backend,
-                "model": session.settings.model, "sample_rate": session.params.sample_rate,
-                "started_at": self.started_at, "share_version": 0, "share_token": token,
-                "resume_nonce": self.resume_nonce}
+        meta = {
+            "id": session.id,
+            "owner": self.owner,
+            "backend": session.settings.backend,
+            "model": session.settings.model,
+            "sample_rate": session.params.sample_rate,
+            "started_at": self.started_at,
+            "share_version": 0,
+            "share_token": token,
+            "resume_nonce": self.resume_nonce,
+        }
         try:
             await self.recording.store.create_session(meta)
         except Exception as exc:
@@ -178,17 +190,25 @@ class Recorder(SessionSink):
         turns = await self.recording.store.get_turns(session_id)
         numbered = [t["turn"] for t in turns if isinstance(t.get("turn"), int)]
         last_end = max((t["end"] for t in turns if isinstance(t.get("end"), (int, float))), default=0.0)
-        return {"turns": max(numbered) + 1 if numbered else len(turns),
-                "offset_s": max(meta.get("audio_seconds") or 0.0, last_end),
-                "reason": meta.get("end_reason"), "owner": meta.get("owner")}
+        return {
+            "turns": max(numbered) + 1 if numbered else len(turns),
+            "offset_s": max(meta.get("audio_seconds") or 0.0, last_end),
+            "reason": meta.get("end_reason"),
+            "owner": meta.get("owner"),
+        }
 
     def event(self, event: dict[str, Any]) -> None:
         if self.writer is None or self.ending or self.session_id is None:  # (the id is set whenever the writer is)
             return
         queue = self.queue
         if event["final"]:
-            turn = {"turn": event.get("turn"), "text": event.get("text", ""), "start": event.get("start"),
-                    "end": event.get("end"), "words": event.get("words") or []}
+            turn = {
+                "turn": event.get("turn"),
+                "text": event.get("text", ""),
+                "start": event.get("start"),
+                "end": event.get("end"),
+                "words": event.get("words") or [],
+            }
             size = len(orjson.dumps(turn))
             if self.held >= FINALS_HELD or self.held_bytes + size > FINALS_HELD_BYTES:
                 return self._lose(1, "held_full")
@@ -196,8 +216,12 @@ class Recorder(SessionSink):
             self.held_bytes += size
             self.recording.held += 1
             queue.append(_Final(turn, size))
-        elif (len(queue) >= WRITE_QUEUE or self.stalled.is_set() or not self.recording.broker.available
-              or not self.recording.broker.has_subscribers(self.session_id)):
+        elif (
+            len(queue) >= WRITE_QUEUE
+            or self.stalled.is_set()
+            or not self.recording.broker.available
+            or not self.recording.broker.has_subscribers(self.session_id)
+        ):
             return  # interims are only for live viewers, and expendable when the store is stalled or down
         else:
             queue.append(event)
@@ -215,9 +239,15 @@ class Recorder(SessionSink):
         """Tell the speaker's page how many finals its recording lacks (its own captions are all there)."""
         out = getattr(self.session, "out", None)
         if out is not None:
-            out.put({"type": "notice", "code": "finals_lost", "lost": self.lost,
-                     "message": f"The session store was unavailable: {self.lost} caption line(s) could not be "
-                                "saved to the recording or the share link. Live captions continue."})
+            out.put(
+                {
+                    "type": "notice",
+                    "code": "finals_lost",
+                    "lost": self.lost,
+                    "message": f"The session store was unavailable: {self.lost} caption line(s) could not be "
+                    "saved to the recording or the share link. Live captions continue.",
+                }
+            )
 
     async def _write(self, session_id: str) -> None:
         store, broker = self.recording.store, self.recording.broker
@@ -239,7 +269,9 @@ class Recorder(SessionSink):
                     seq = self.seq
                     # After a failure the write may have landed (only its reply was lost): never store it twice.
                     if not item.stored:
-                        landed = failures and (stored := await store.stored_finals(session_id)) is not None and stored > seq
+                        landed = (
+                            failures and (stored := await store.stored_finals(session_id)) is not None and stored > seq
+                        )
                         if not landed:
                             await store.append_final(session_id, seq, item.turn)
                         item.stored = True
@@ -253,7 +285,9 @@ class Recorder(SessionSink):
                 failures += 1
                 if failures == 1:
                     self.stalled.set()
-                    log.warning("store_unavailable", extra=fields(session=session_id, held=self.held, error=type(exc).__name__))
+                    log.warning(
+                        "store_unavailable", extra=fields(session=session_id, held=self.held, error=type(exc).__name__)
+                    )
                 # Back off; wake early when the broker hears Redis is back (its listener resubscribed).
                 restored, delay = broker.restored, backoff(failures)
                 if restored.is_set():
@@ -269,7 +303,10 @@ class Recorder(SessionSink):
                 self.stalled.clear()
                 self.recovering, self.flushed = True, 0
             if isinstance(item, _End):
-                log.info("session_recorded", extra=fields(session=session_id, finals=self.seq, reason=item.values["end_reason"]))
+                log.info(
+                    "session_recorded",
+                    extra=fields(session=session_id, finals=self.seq, reason=item.values["end_reason"]),
+                )
                 return
             self.seq += 1
             self.held -= 1
@@ -287,8 +324,12 @@ class Recorder(SessionSink):
         if self.writer is None:
             return
         ended_at = time.time()
-        values = {"ended_at": ended_at, "duration": round(ended_at - self.started_at, 3),
-                  "audio_seconds": round(session.audio_seconds, 3), "end_reason": reason}
+        values = {
+            "ended_at": ended_at,
+            "duration": round(ended_at - self.started_at, 3),
+            "audio_seconds": round(session.audio_seconds, 3),
+            "end_reason": reason,
+        }
         self.ending = True
         self.queue.append(_End(values, live_ended(reason, ended_at)))
         self.wake.set()

@@ -11,6 +11,7 @@ Nothing said is lost:
 - When an outage outlasts the replay buffer, a `gap` event says exactly which seconds were lost.
 Every message the browser can send has a defined outcome (see docs/protocol.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,8 @@ import random
 import secrets
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import protocol
 from .browsersocket import BrowserSocket, Outbox
@@ -34,12 +36,12 @@ from .upstreams import Upstream, UpstreamError, UpstreamListener, make_upstream
 log = logging.getLogger(__name__)
 monotonic = time.monotonic
 
-MAX_TEXT_MESSAGE = 4096        # bytes; control messages are tiny
-CLOSE_GRACE = 5.0              # seconds a browser given up on has to take its last events before it is cut off
-BACKLOG_PAUSE = 64             # browser messages held behind a control message before reading pauses
-CLOSE_TIMEOUT = 15.0           # seconds to wait for the upstream's last events after CloseStream
+MAX_TEXT_MESSAGE = 4096  # bytes; control messages are tiny
+CLOSE_GRACE = 5.0  # seconds a browser given up on has to take its last events before it is cut off
+BACKLOG_PAUSE = 64  # browser messages held behind a control message before reading pauses
+CLOSE_TIMEOUT = 15.0  # seconds to wait for the upstream's last events after CloseStream
 BACKOFF_FIRST, BACKOFF_CAP = 0.25, 5.0
-HEALTHY_SECONDS = 5.0          # a connection up this long (or that delivered a new final) ends an outage
+HEALTHY_SECONDS = 5.0  # a connection up this long (or that delivered a new final) ends an outage
 
 
 class SessionSink:
@@ -49,13 +51,13 @@ class SessionSink:
     transcript event as it is sent to the browser and must not block; closed() runs once at the end.
     """
 
-    async def opened(self, session: "RelaySession") -> dict[str, Any]:
+    async def opened(self, session: RelaySession) -> dict[str, Any]:
         return {}
 
     def event(self, event: dict[str, Any]) -> None:
         pass
 
-    async def closed(self, session: "RelaySession", reason: str) -> None:
+    async def closed(self, session: RelaySession, reason: str) -> None:
         pass
 
     async def resume_state(self, session_id: str) -> dict[str, Any] | None:
@@ -70,17 +72,20 @@ class LiveSessions:
 
     def __init__(self):
         self.running: dict[str, RelaySession] = {}
-        self.ended: dict[str, dict[str, Any]] = {}   # insertion-ordered; oldest dropped first
+        self.ended: dict[str, dict[str, Any]] = {}  # insertion-ordered; oldest dropped first
         self.draining = False
 
-    def add(self, session: "RelaySession") -> None:
+    def add(self, session: RelaySession) -> None:
         self.running[session.id] = session
 
-    def remove(self, session: "RelaySession") -> None:
+    def remove(self, session: RelaySession) -> None:
         if self.running.get(session.id) is session:
             del self.running[session.id]
-        self.ended[session.id] = {"turns": session.timeline.finals, "offset_s": session.audio_seconds,
-                                  "reason": session.close_reason}
+        self.ended[session.id] = {
+            "turns": session.timeline.finals,
+            "offset_s": session.audio_seconds,
+            "reason": session.close_reason,
+        }
         while len(self.ended) > self.ENDED_KEPT:
             del self.ended[next(iter(self.ended))]
 
@@ -108,10 +113,10 @@ class AudioLog:
 
     def __init__(self, limit_bytes: int):
         self.frames: deque[bytes] = deque()
-        self.start = 0        # session offset of frames[0]
-        self.end = 0          # session offset just past the last frame
+        self.start = 0  # session offset of frames[0]
+        self.end = 0  # session offset just past the last frame
         self.limit = limit_bytes
-        self.lost: list[tuple[int, int]] = []   # (start, end) offsets dropped for lack of room, not yet reported
+        self.lost: list[tuple[int, int]] = []  # (start, end) offsets dropped for lack of room, not yet reported
 
     def append(self, data: bytes, upstream_has_it: bool) -> None:
         """Add a frame; over the limit, forget the oldest. Those count as lost only if no healthy upstream
@@ -141,7 +146,7 @@ class AudioLog:
         for frame in list(self.frames):
             nxt = pos + len(frame)
             if nxt > offset:
-                yield frame if pos >= offset else frame[offset - pos:]
+                yield frame if pos >= offset else frame[offset - pos :]
             pos = nxt
 
 
@@ -149,11 +154,19 @@ class RelaySession:
     """One capture session between two declared edges: the browser's socket (browsersocket.BrowserSocket; the
     session is its audiosocket.Listener) and the upstream (the session is its upstreams.UpstreamListener)."""
 
-    def __init__(self, sock: BrowserSocket, settings: Settings, params: StreamParams,
-                 upstream_factory: Callable[[Settings, StreamParams, UpstreamListener], Upstream] = make_upstream,
-                 sink: SessionSink | None = None, *, resume: dict[str, Any] | None = None,
-                 resume_token: Callable[[str], str] | None = None, meter: Callable[[float], bool] | None = None,
-                 on_limit: Callable[[], tuple[str, str, float | None]] | None = None):
+    def __init__(
+        self,
+        sock: BrowserSocket,
+        settings: Settings,
+        params: StreamParams,
+        upstream_factory: Callable[[Settings, StreamParams, UpstreamListener], Upstream] = make_upstream,
+        sink: SessionSink | None = None,
+        *,
+        resume: dict[str, Any] | None = None,
+        resume_token: Callable[[str], str] | None = None,
+        meter: Callable[[float], bool] | None = None,
+        on_limit: Callable[[], tuple[str, str, float | None]] | None = None,
+    ):
         self.settings = settings
         self.params = params
         self.sink = sink or SessionSink()
@@ -163,21 +176,22 @@ class RelaySession:
         # the browser's edge
         self.sock = sock
         self.out = Outbox(sock, self._slow_client, self.id, settings.slow_client_seconds)
-        self.on_batch = sock.hold              # the upstream's events of one message leave in one write
-        self._backlog: deque | None = None     # browser messages waiting behind a control message
-        self.on_bytes = self._on_audio         # the socket's audio: see on_text
+        self.on_batch = sock.hold  # the upstream's events of one message leave in one write
+        self._backlog: deque | None = None  # browser messages waiting behind a control message
+        self.on_bytes: Callable[[bytes], None] = self._on_audio  # the socket's audio: see on_text
         self._backlog_task: asyncio.Task | None = None
-        self._paused: set[str] = set()         # why reading the browser is paused: "backlog", "upstream"
+        self._paused: set[str] = set()  # why reading the browser is paused: "backlog", "upstream"
         self._browser_gone: asyncio.Future | None = None
         # the audio and where it stands upstream
         self.audio = AudioLog(settings.replay_seconds * self.bps)
-        self.upstream: Upstream | None = None
+        # Set by _connect() before anything uses it (every use is after a connect, or behind self.live).
+        self.upstream: Upstream = None  # type: ignore[assignment]  # no Optional checks on the per-frame path
         self.live = False
         self.ever_live = False
-        self.sent_to = 0                # session offset sent on the current upstream connection
+        self.sent_to = 0  # session offset sent on the current upstream connection
         self.timeline = Timeline(self.bps, int(resume["turns"]) if resume else 0)
-        self.closing = False            # the session is ending (CloseStream, browser gone, stop request)
-        self.user_closed = False        # ...because the browser sent CloseStream
+        self.closing = False  # the session is ending (CloseStream, browser gone, stop request)
+        self.user_closed = False  # ...because the browser sent CloseStream
         self.close_reason = "client_closed"
         self.started = time.monotonic()
         self.last_audio = self.started
@@ -186,9 +200,9 @@ class RelaySession:
             # Continue the session: times after the audio it had (turn numbers: the Timeline).
             self.audio.start = self.audio.end = self.sent_to = int(resume["offset_s"] * self.bps) & ~1
         self.resume_token = resume_token
-        self.meter = meter              # charges audio seconds to the quotas; False = over a limit
+        self.meter = meter  # charges audio seconds to the quotas; False = over a limit
         self.on_limit = on_limit
-        self.on_end: Callable[["RelaySession"], None] | None = None  # bookkeeping before `closed` is sent
+        self.on_end: Callable[[RelaySession], None] | None = None  # bookkeeping before `closed` is sent
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_error: dict[str, Any] | None = None
@@ -208,15 +222,25 @@ class RelaySession:
 
     def _slow_client(self, why: str) -> None:
         """The browser takes none of its events (Outbox gave up on it): finalize, record, and close it."""
-        self.request_stop("slow_client", protocol.error(
-            "slow_client", "This page stopped reading the captions, so the session was closed. Reload to caption again."))
+        self.request_stop(
+            "slow_client",
+            protocol.error(
+                "slow_client",
+                "This page stopped reading the captions, so the session was closed. Reload to caption again.",
+            ),
+        )
 
     def _on_audio(self, data: bytes) -> None:
         n = len(data)
         if n > MAX_AUDIO_FRAME:
-            return self.out.bad_input("frame_too_large", f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)")
+            return self.out.bad_input(
+                "frame_too_large",
+                f"audio frame of {n} bytes dropped: the limit is {MAX_AUDIO_FRAME} bytes (send 80 ms frames)",
+            )
         if n == 0 or n & 1:
-            return self.out.bad_input("bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count")
+            return self.out.bad_input(
+                "bad_audio", f"audio frame of {n} bytes dropped: 16-bit PCM needs a non-zero, even byte count"
+            )
         if self.closing:
             if self.user_closed:
                 self.out.bad_input("bad_message", "audio after CloseStream is ignored")
@@ -224,9 +248,11 @@ class RelaySession:
         self.last_audio = monotonic()
         if self.meter is not None and not self.meter(n / self.bps):
             if not self._stop.is_set():
+                assert self.on_limit is not None  # admission gives both or neither
                 code, message, retry_after = self.on_limit()
-                self.request_stop(code, protocol.error(code, message, retryable=retry_after is not None,
-                                                       retry_after=retry_after))
+                self.request_stop(
+                    code, protocol.error(code, message, retryable=retry_after is not None, retry_after=retry_after)
+                )
             return  # over a limit (shared by the client's sessions, so checked per frame): not relayed
         self.audio.append(data, self.live)
         if self.live:
@@ -237,15 +263,20 @@ class RelaySession:
 
     async def _on_text(self, text: str) -> None:
         if len(text) > MAX_TEXT_MESSAGE:
-            return self.out.bad_input("bad_message", f"text message over {MAX_TEXT_MESSAGE} bytes ignored; control messages are small JSON objects")
+            return self.out.bad_input(
+                "bad_message",
+                f"text message over {MAX_TEXT_MESSAGE} bytes ignored; control messages are small JSON objects",
+            )
         try:
             msg = json.loads(text)
         except (ValueError, RecursionError):
-            return self.out.bad_input("bad_message", "text messages must be JSON, e.g. {\"type\":\"CloseStream\"}")
+            return self.out.bad_input("bad_message", 'text messages must be JSON, e.g. {"type":"CloseStream"}')
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind not in ("Finalize", "CloseStream", "KeepAlive"):
             shown = kind if isinstance(kind, str) and len(kind) <= 40 else "?"
-            return self.out.bad_input("unknown_message", f"unknown message type {shown!r}; send Finalize, CloseStream or KeepAlive")
+            return self.out.bad_input(
+                "unknown_message", f"unknown message type {shown!r}; send Finalize, CloseStream or KeepAlive"
+            )
         if kind == "KeepAlive" or self.closing:
             return  # the relay keeps the upstream alive itself; repeated CloseStream is harmless
         if kind == "CloseStream":
@@ -270,8 +301,10 @@ class RelaySession:
 
     def _hold(self, message: bytes | str) -> None:
         """Audio after a control message waits for it (e.g. CloseStream, a Finalize the recognizer confirms)."""
-        self._backlog.append(message)
-        if len(self._backlog) == BACKLOG_PAUSE:
+        backlog = self._backlog
+        assert backlog is not None  # on_text made it before routing anything here
+        backlog.append(message)
+        if len(backlog) == BACKLOG_PAUSE:
             self._pause_reading("backlog", True)
 
     async def _apply_backlog(self) -> None:
@@ -316,9 +349,15 @@ class RelaySession:
     def _report_gaps(self) -> None:
         for start, end in self.audio.lost:
             s, e = round(start / self.bps, 2), round(end / self.bps, 2)
-            self.out.put({"type": "gap", "start": s, "end": e,
-                          "message": f"The recognizer was unreachable too long: speech from {s} s to {e} s "
-                                     f"could not be transcribed."})
+            self.out.put(
+                {
+                    "type": "gap",
+                    "start": s,
+                    "end": e,
+                    "message": f"The recognizer was unreachable too long: speech from {s} s to {e} s "
+                    f"could not be transcribed.",
+                }
+            )
             log.warning("audio_lost", extra=fields(session=self.id, start=s, end=e))
         self.audio.lost.clear()
 
@@ -338,10 +377,16 @@ class RelaySession:
         await up.connect()
         if not self.ever_live:
             extra = await self.sink.opened(self)
-            ready = {"type": "ready", "session_id": self.id, "backend": self.settings.backend,
-                     "sample_rate": self.params.sample_rate, "resumed": self.resumed,
-                     # where this socket's audio starts on the session's timeline: a page may resend from here
-                     "offset_s": round(self.audio.start / self.bps, 3), **extra}
+            ready = {
+                "type": "ready",
+                "session_id": self.id,
+                "backend": self.settings.backend,
+                "sample_rate": self.params.sample_rate,
+                "resumed": self.resumed,
+                # where this socket's audio starts on the session's timeline: a page may resend from here
+                "offset_s": round(self.audio.start / self.bps, 3),
+                **extra,
+            }
             if self.resume_token is not None:
                 ready["resume_token"] = self.resume_token(self.id)
             self.out.put(ready)
@@ -381,25 +426,37 @@ class RelaySession:
                     self.out.put({"type": "status", "state": "live"})
                     log.info("upstream_reconnected", extra=fields(session=self.id, outage_ms=gap_ms, attempts=attempt))
                 elif not self.ever_live:
-                    log.info("session_live", extra=fields(session=self.id, backend=self.settings.backend,
-                                                          connect_ms=round((connected_at - self.started) * 1000)))
+                    log.info(
+                        "session_live",
+                        extra=fields(
+                            session=self.id,
+                            backend=self.settings.backend,
+                            connect_ms=round((connected_at - self.started) * 1000),
+                        ),
+                    )
                 self.ever_live, said_live = True, True
                 async for event in self.upstream.events():
                     self.on_event(event)  # only when an upstream ignores its listener
                 return None
-            except (UpstreamError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, UpstreamError, OSError) as exc:
                 if not isinstance(exc, UpstreamError):
                     exc = UpstreamError("upstream_unavailable", "lost the connection to the recognizer", retryable=True)
                 self.live = False
                 if self.upstream is not None:
                     await self.upstream.abort()
                 now = time.monotonic()
-                if connected_at is not None and (now - connected_at >= HEALTHY_SECONDS or self.timeline.finals > finals_before):
+                if connected_at is not None and (
+                    now - connected_at >= HEALTHY_SECONDS or self.timeline.finals > finals_before
+                ):
                     outage_since, attempt = None, 0  # it worked for a while: a new outage
                 outage_since = outage_since or now
                 attempt += 1
                 # First retry at once (a dropped connection usually reconnects fine), then capped backoff with jitter.
-                delay = 0.0 if attempt == 1 else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 2)) * random.uniform(0.5, 1.0)
+                delay = (
+                    0.0
+                    if attempt == 1
+                    else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 2)) * random.uniform(0.5, 1.0)
+                )
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 spent = now - outage_since
@@ -407,20 +464,26 @@ class RelaySession:
                 # A full embedded recognizer is answered at once: the user may retry, the relay should not wait.
                 if not exc.retryable or exc.code == "capacity" or delay >= budget:
                     self.close_reason = "capacity" if exc.code == "capacity" else "upstream_error"
-                    log.warning("upstream_failed", extra=fields(session=self.id, code=exc.code, attempts=attempt,
-                                                                outage_ms=round(spent * 1000)))
+                    log.warning(
+                        "upstream_failed",
+                        extra=fields(session=self.id, code=exc.code, attempts=attempt, outage_ms=round(spent * 1000)),
+                    )
                     if attempt > 1 and exc.retryable and exc.code not in ("capacity", "rate_limited"):
                         reason = exc.message.rstrip(". ")  # our own words per error class, never the provider's
-                        return protocol.error("upstream_unavailable", f"The recognizer kept failing for {spent:.0f} s "
-                                              f"({attempt} attempts): {reason}. Press Start to try again.",
-                                              retryable=True)
+                        return protocol.error(
+                            "upstream_unavailable",
+                            f"The recognizer kept failing for {spent:.0f} s "
+                            f"({attempt} attempts): {reason}. Press Start to try again.",
+                            retryable=True,
+                        )
                     return exc.event()
-                log.info("upstream_retry", extra=fields(session=self.id, code=exc.code, attempt=attempt,
-                                                        delay_ms=round(delay * 1000)))
+                log.info(
+                    "upstream_retry",
+                    extra=fields(session=self.id, code=exc.code, attempt=attempt, delay_ms=round(delay * 1000)),
+                )
                 if said_live:
                     said_live = False
-                    self.out.put({"type": "status", "state": "reconnecting", "code": exc.code,
-                                  "message": exc.message})
+                    self.out.put({"type": "status", "state": "reconnecting", "code": exc.code, "message": exc.message})
                 await asyncio.sleep(delay)  # backoff before the next attempt
 
     async def _idle_watch(self) -> None:
@@ -450,8 +513,11 @@ class RelaySession:
                     error = self._stop_error
                 elif idle in done:
                     self.close_reason = "idle_timeout"
-                    error = protocol.error("idle_timeout", f"No audio for {self.settings.idle_timeout} s, so the "
-                                           "session was closed. Press Start to caption again.")
+                    error = protocol.error(
+                        "idle_timeout",
+                        f"No audio for {self.settings.idle_timeout} s, so the "
+                        "session was closed. Press Start to caption again.",
+                    )
                 else:
                     self.close_reason = "client_gone"
                 # Live: close now. Still connecting: _connect() replays the buffered audio and closes
@@ -493,6 +559,14 @@ class RelaySession:
                 code = 1012 if self.close_reason == "server_restart" else 1000 if error is None else 1011
                 await self.sock.close(code, CLOSE_GRACE)
             self.done.set()
-            log.info("session_end", extra=fields(session=self.id, reason=self.close_reason, error=(error or {}).get("code"),
-                                                 audio_s=round(self.audio_seconds, 2), finals=self.timeline.finals,
-                                                 wall_s=round(time.monotonic() - self.started, 2)))
+            log.info(
+                "session_end",
+                extra=fields(
+                    session=self.id,
+                    reason=self.close_reason,
+                    error=(error or {}).get("code"),
+                    audio_s=round(self.audio_seconds, 2),
+                    finals=self.timeline.finals,
+                    wall_s=round(time.monotonic() - self.started, 2),
+                ),
+            )

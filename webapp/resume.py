@@ -10,6 +10,7 @@ A resumed socket that ends before its `ready` (so its page never got the new tok
 page that tries again while the server has not yet noticed that socket is gone takes the claim over: a page
 that keeps losing its connection keeps its session.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,7 @@ def new_nonce() -> str:
 @dataclass
 class Known:
     owner: str | None
-    nonce: str               # the nonce the session's next resume must present
+    nonce: str  # the nonce the session's next resume must present
     prev: str | None = None  # the nonce the socket now running it presented, while its `ready` is not sent
 
 

@@ -1,6 +1,7 @@
 """Who may use the relay: page security headers, the audio socket's Origin check, and the optional
 ACCESS_TOKEN login (a signed HttpOnly cookie for browsers, `Authorization: Bearer` for other clients).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -32,8 +33,10 @@ LOGIN_COOKIE = "cr_login"
 LOGIN_MAX_AGE = 30 * 24 * 3600
 HOST_PREFIX = "__Host-"  # a browser takes such a cookie only Secure, Path=/ and without Domain
 
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
-            "media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+)
 PAGE_HEADERS = [
     (b"content-security-policy", PAGE_CSP.encode()),
     (b"referrer-policy", b"no-referrer"),
@@ -91,8 +94,12 @@ class HostGuard:
             name = (urlsplit("//" + raw.decode("latin-1")).hostname or "").rstrip(".")
         except ValueError:
             return False
-        if name in self.names or name == "localhost" or name.endswith(".localhost") or (
-                self.suffixes and name.endswith(self.suffixes)):
+        if (
+            name in self.names
+            or name == "localhost"
+            or name.endswith(".localhost")
+            or (self.suffixes and name.endswith(self.suffixes))
+        ):
             return True
         try:
             ip = ipaddress.ip_address(name)
@@ -112,9 +119,16 @@ class HostGuard:
             await send({"type": "websocket.close", "code": 1008})
             return
         body = b"This server does not answer to that host name (see ALLOWED_HOSTS).\n"
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -174,8 +188,9 @@ class Cookies:
         secure = self.https(conn)
         response.set_cookie(HOST_PREFIX + name if secure else name, value, secure=secure, path="/", **kw)
 
-    def delete(self, conn: HTTPConnection, response: Response, name: str,
-               samesite: Literal["lax", "strict", "none"] = "lax") -> None:
+    def delete(
+        self, conn: HTTPConnection, response: Response, name: str, samesite: Literal["lax", "strict", "none"] = "lax"
+    ) -> None:
         response.delete_cookie(name, path="/", samesite=samesite)
         if self.https(conn):
             response.delete_cookie(HOST_PREFIX + name, path="/", secure=True, samesite=samesite)
@@ -257,8 +272,13 @@ class LoginThrottle:
 
 
 class Login:
-    def __init__(self, settings: Settings, secret_key: str, cookies: Cookies | None = None,
-                 client_ip: Callable[[HTTPConnection], str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        secret_key: str,
+        cookies: Cookies | None = None,
+        client_ip: Callable[[HTTPConnection], str] | None = None,
+    ):
         self.token = settings.access_token
         self.signer = URLSafeTimedSerializer(secret_key, salt="caption-relay.login")
         self.cookies = cookies or Cookies(settings)
@@ -316,8 +336,9 @@ class Login:
         return isinstance(data, dict) and hmac.compare_digest(str(data.get("t", "")), expected)
 
     def set_cookie(self, conn: HTTPConnection, response: Response) -> None:
-        self.cookies.set(conn, response, LOGIN_COOKIE, self.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True,
-                         samesite="strict")
+        self.cookies.set(
+            conn, response, LOGIN_COOKIE, self.cookie_value(), max_age=LOGIN_MAX_AGE, httponly=True, samesite="strict"
+        )
 
     def delete_cookie(self, conn: HTTPConnection, response: Response) -> None:
         self.cookies.delete(conn, response, LOGIN_COOKIE, samesite="strict")
@@ -326,8 +347,8 @@ class Login:
 @dataclass(frozen=True)
 class ResumeClaim:
     session_id: str
-    nonce: str     # the session's resume nonce when the token was issued: a resume replaces it (spends the token)
-    key_id: str    # the embed key the session runs under ("" = the page's own socket)
+    nonce: str  # the session's resume nonce when the token was issued: a resume replaces it (spends the token)
+    key_id: str  # the embed key the session runs under ("" = the page's own socket)
 
 
 class ResumeTokens:

@@ -1,4 +1,5 @@
 """uvicorn's server with a graceful drain: live sessions are finished before the process stops."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,10 +44,14 @@ class DrainingServer(uvicorn.Server):
 
 # uvicorn bounds an idle keep-alive connection (timeout_keep_alive) but not a request that arrives slowly: a client
 # sending a header byte every few seconds held its connection (and a file descriptor) for ever.
-_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                     b"content-length: 16\r\nconnection: close\r\n\r\nRequest Timeout\n")
-_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                  b"content-length: 20\r\nretry-after: 5\r\nconnection: close\r\n\r\nService Unavailable\n")
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 16\r\nconnection: close\r\n\r\nRequest Timeout\n"
+)
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 20\r\nretry-after: 5\r\nconnection: close\r\n\r\nService Unavailable\n"
+)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):

@@ -5,6 +5,7 @@ runs the store's lifecycle and hands the relay its sink.
 Every bad link gets the same generic page (404, or 410 once expired), whatever session it names or not,
 so nothing of another session can be learned from a response.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -79,8 +80,21 @@ def _pause_left(meta: dict[str, Any]) -> float:
 
 def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """What a link holder may know of a session: never its owner or its other links."""
-    return {k: meta.get(k) for k in ("id", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
-                                     "audio_seconds", "end_reason", "live")}
+    return {
+        k: meta.get(k)
+        for k in (
+            "id",
+            "backend",
+            "model",
+            "sample_rate",
+            "started_at",
+            "ended_at",
+            "duration",
+            "audio_seconds",
+            "end_reason",
+            "live",
+        )
+    }
 
 
 class SharePages:
@@ -105,9 +119,15 @@ class SharePages:
         if self.settings.retention_days > 0:
             await self._purge()
             self.retention_task = asyncio.create_task(self._retention(), name="retention")
-        log.info("store_ready", extra=fields(store=type(self.store).__name__, broker=type(self.broker).__name__,
-                                             retention_days=self.settings.retention_days,
-                                             share_ttl_days=self.settings.share_ttl_days))
+        log.info(
+            "store_ready",
+            extra=fields(
+                store=type(self.store).__name__,
+                broker=type(self.broker).__name__,
+                retention_days=self.settings.retention_days,
+                share_ttl_days=self.settings.share_ttl_days,
+            ),
+        )
 
     async def close(self) -> None:
         if self.retention_task:
@@ -155,9 +175,13 @@ class SharePages:
         return 200, meta
 
     def _link_error(self, request: Request, status: int) -> Response:
-        return self.templates.TemplateResponse(request, "link_error.html", {
-            "status": status, "expired": status == 410},
-            status_code=status, headers=NOINDEX)
+        return self.templates.TemplateResponse(
+            request,
+            "link_error.html",
+            {"status": status, "expired": status == 410},
+            status_code=status,
+            headers=NOINDEX,
+        )
 
     # ---- viewer ----------------------------------------------------------------------------------
 
@@ -167,11 +191,20 @@ class SharePages:
         if meta is None:
             return self._link_error(request, status)
         turns = await self.store.get_turns(meta["id"])
-        return self.templates.TemplateResponse(request, "viewer.html", {
-            "session": meta, "turns": turns, "token": token, "paused": _pause_left(meta) > 0,
-            "started": _when(meta["started_at"]),
-            "started_iso": _iso(meta["started_at"]), "formats": list(EXPORTS)},
-            headers=NOINDEX)
+        return self.templates.TemplateResponse(
+            request,
+            "viewer.html",
+            {
+                "session": meta,
+                "turns": turns,
+                "token": token,
+                "paused": _pause_left(meta) > 0,
+                "started": _when(meta["started_at"]),
+                "started_iso": _iso(meta["started_at"]),
+                "formats": list(EXPORTS),
+            },
+            headers=NOINDEX,
+        )
 
     async def export(self, request: Request) -> Response:
         fmt = request.path_params["fmt"]
@@ -215,7 +248,9 @@ class SharePages:
         # Subscribe before reading the snapshot: whatever is published from here on is queued, and the
         # viewer drops what the snapshot already holds (finals by seq, interims of finished turns).
         feed = self.broker.subscribe(session_id)
-        viewer = Viewer(feed, ws.send_text, meta["share_version"], functools.partial(self.recording.catch_up, session_id))
+        viewer = Viewer(
+            feed, ws.send_text, meta["share_version"], functools.partial(self.recording.catch_up, session_id)
+        )
         sender = reader = None
         try:
             meta = await self.store.get_session(session_id) or meta
@@ -225,10 +260,28 @@ class SharePages:
                 return
             turns = await self.store.get_turns(session_id)
             wait = _pause_left(meta)  # stopped by a restart: its speaker's page is expected back
-            await ws.send_text(json.dumps({
-                "type": "snapshot", "live": meta["live"], "paused": wait > 0, "end_reason": meta.get("end_reason"),
-                "turns": [{"seq": t["seq"], "turn": t["turn"], "text": t["text"], "start": t["start"], "end": t["end"]}
-                          for t in turns]}, separators=(",", ":"), ensure_ascii=False))
+            await ws.send_text(
+                json.dumps(
+                    {
+                        "type": "snapshot",
+                        "live": meta["live"],
+                        "paused": wait > 0,
+                        "end_reason": meta.get("end_reason"),
+                        "turns": [
+                            {
+                                "seq": t["seq"],
+                                "turn": t["turn"],
+                                "text": t["text"],
+                                "start": t["start"],
+                                "end": t["end"],
+                            }
+                            for t in turns
+                        ],
+                    },
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                )
+            )
             if not meta["live"] and not wait:
                 await ws.close(1000)
                 return
@@ -245,8 +298,11 @@ class SharePages:
                 if why == "not_resumed":
                     meta = await self.store.get_session(session_id)
                     if meta is not None and not meta["live"]:  # the speaker did not come back: it is over
-                        await ws.send_text(json.dumps({"type": "ended", "reason": meta.get("end_reason"),
-                                                       "ended_at": meta.get("ended_at")}))
+                        await ws.send_text(
+                            json.dumps(
+                                {"type": "ended", "reason": meta.get("end_reason"), "ended_at": meta.get("ended_at")}
+                            )
+                        )
                         why = "ended"
                 await ws.close(1000 if why in ("ended", "revoked") else 1013)  # 1013: try again (overflow)
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -319,13 +375,25 @@ class SharePages:
         origin = request.headers.get("origin")
         form = await _small_form(request)
         other_site = site not in (None, "same-origin", "none") or (
-            origin not in (None, "null") and not origin_allowed(request, self.settings))
-        if other_site or form is None or not self.owners.form_token_ok(self.owners.read(request), session_id,
-                                                                       form.get("csrf", "")):
-            log.info("form_refused", extra=fields(session=session_id, sec_fetch_site=(site or "")[:40],
-                                                  origin=(origin or "")[:200], other_site=other_site))
-            return self.templates.TemplateResponse(request, "form_refused.html", {},
-                                                   status_code=403, headers={"Cache-Control": "no-store"})
+            origin not in (None, "null") and not origin_allowed(request, self.settings)
+        )
+        if (
+            other_site
+            or form is None
+            or not self.owners.form_token_ok(self.owners.read(request), session_id, form.get("csrf", ""))
+        ):
+            log.info(
+                "form_refused",
+                extra=fields(
+                    session=session_id,
+                    sec_fetch_site=(site or "")[:40],
+                    origin=(origin or "")[:200],
+                    other_site=other_site,
+                ),
+            )
+            return self.templates.TemplateResponse(
+                request, "form_refused.html", {}, status_code=403, headers={"Cache-Control": "no-store"}
+            )
         meta = await self._owned(request)
         if meta is None:
             return RedirectResponse("/sessions?done=missing", status_code=303)  # deleted since the page was shown
@@ -351,13 +419,21 @@ class SharePages:
 
     async def api_list(self, request: Request) -> Response:
         rows = await self._listing(request)
-        return JSONResponse({"sessions": [
-            {**_public_meta(r), "share_url": r["share_url"]} for r in rows]}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"sessions": [{**_public_meta(r), "share_url": r["share_url"]} for r in rows]},
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def sessions_page(self, request: Request) -> Response:
         rows = await self._listing(request)
-        response = self.templates.TemplateResponse(request, "sessions.html", {
-            "sessions": rows, "formats": list(EXPORTS),
-            "notice": FORM_NOTICES.get(request.query_params.get("done", ""))},
-            headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"})
+        response = self.templates.TemplateResponse(
+            request,
+            "sessions.html",
+            {
+                "sessions": rows,
+                "formats": list(EXPORTS),
+                "notice": FORM_NOTICES.get(request.query_params.get("done", "")),
+            },
+            headers={"Cache-Control": "no-store", "X-Robots-Tag": "noindex"},
+        )
         return self.ensure_owner_cookie(request, response)

@@ -5,6 +5,7 @@
 A store only stores: live fan-out is webapp/broker.py, and the rule that ties them (a final is stored before
 anyone hears of it) is webapp/recorder.py.
 """
+
 from __future__ import annotations
 
 import abc
@@ -24,11 +25,24 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-STORE_RETRY = (0.2, 5.0)   # seconds: first and longest wait between tries of a down store (doubling, with jitter)
-REDIS_TIMEOUT = 2.0        # seconds: connect and read timeout of every Redis call, so no request hangs on it
-HEALTH_TIMEOUT = 0.5       # seconds /healthz waits for the store's answer
-SESSION_FIELDS = ("id", "owner", "backend", "model", "sample_rate", "started_at", "ended_at", "duration",
-                  "audio_seconds", "end_reason", "share_version", "share_token", "resume_nonce")
+STORE_RETRY = (0.2, 5.0)  # seconds: first and longest wait between tries of a down store (doubling, with jitter)
+REDIS_TIMEOUT = 2.0  # seconds: connect and read timeout of every Redis call, so no request hangs on it
+HEALTH_TIMEOUT = 0.5  # seconds /healthz waits for the store's answer
+SESSION_FIELDS = (
+    "id",
+    "owner",
+    "backend",
+    "model",
+    "sample_rate",
+    "started_at",
+    "ended_at",
+    "duration",
+    "audio_seconds",
+    "end_reason",
+    "share_version",
+    "share_token",
+    "resume_nonce",
+)
 
 
 def backoff(attempt: int, first: float = STORE_RETRY[0], cap: float = STORE_RETRY[1]) -> float:
@@ -46,10 +60,16 @@ def redis_client(url: str):
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+
     # One immediate retry: a pooled connection that died with a restarted Redis reconnects; more would
     # only make a request wait (the client's default is ten, about 4 s against a stopped Redis).
-    return aioredis.from_url(url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
-                             socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 1))
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+    )
 
 
 # ---- the interface ------------------------------------------------------------------------------
@@ -133,7 +153,7 @@ def make_store(url: str) -> SessionStore:
     if scheme in ("redis", "rediss", "unix"):
         return RedisStore(url)
     if scheme == "sqlite":
-        return SqliteStore(url[len("sqlite:///"):])  # sqlite:///relative, sqlite:////absolute (SQLAlchemy's form)
+        return SqliteStore(url[len("sqlite:///") :])  # sqlite:///relative, sqlite:////absolute (SQLAlchemy's form)
     if scheme == "memory":
         return MemoryStore()
     raise ValueError(f"no session store for {scheme!r} URLs")
@@ -178,8 +198,17 @@ class MemoryStore(SessionStore):
 
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
         turns = self.turns.get(session_id, {})
-        return [{"seq": seq, "turn": t.get("turn"), "text": t.get("text", ""), "start": t.get("start"),
-                 "end": t.get("end"), "words": list(t.get("words") or [])} for seq, t in sorted(turns.items())]
+        return [
+            {
+                "seq": seq,
+                "turn": t.get("turn"),
+                "text": t.get("text", ""),
+                "start": t.get("start"),
+                "end": t.get("end"),
+                "words": list(t.get("words") or []),
+            }
+            for seq, t in sorted(turns.items())
+        ]
 
     async def list_sessions(self, owner: str, limit: int = 200) -> list[dict[str, Any]]:
         rows = sorted((m for m in self.sessions.values() if m["owner"] == owner), key=lambda m: -m["started_at"])
@@ -219,19 +248,21 @@ FINALS_WRITE_INTERVAL = 0.02  # seconds; what a final can wait for its write (an
 
 @functools.lru_cache(maxsize=64)
 def _insert_turns(rows: int) -> str:
-    return ('INSERT OR REPLACE INTO turns (session_id, seq, turn, text, start, "end", words) VALUES '
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows))
+    return 'INSERT OR REPLACE INTO turns (session_id, seq, turn, text, start, "end", words) VALUES ' + ", ".join(
+        ["(?, ?, ?, ?, ?, ?, ?)"] * rows
+    )
 
 
 class SqliteStore(SessionStore):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.db: Any = None  # an aiosqlite connection once started
-        self.finals: list[tuple[tuple, asyncio.Future]] = []   # waiting for the next write
+        self.finals: list[tuple[tuple, asyncio.Future]] = []  # waiting for the next write
         self.finals_writer: asyncio.Task | None = None
 
     async def start(self) -> None:
         import aiosqlite
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit: every statement is its own transaction, committed when it returns. WAL with
         # synchronous=NORMAL survives a killed process (the OS has the pages); only power loss can undo
@@ -257,13 +288,21 @@ class SqliteStore(SessionStore):
 
     async def create_session(self, meta: dict[str, Any]) -> None:
         cols = [k for k in SESSION_FIELDS if k in meta]
-        await self.db.execute(f"INSERT INTO sessions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                              [meta[k] for k in cols])
+        await self.db.execute(
+            f"INSERT INTO sessions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [meta[k] for k in cols]
+        )
 
     async def append_final(self, session_id: str, seq: int, turn: dict[str, Any]) -> None:
         """Finals that arrive while a write runs go out together in the next one: one statement, one commit. A commit per final cost more CPU than relaying the audio (docs/benchmarks.md)."""
-        row = (session_id, seq, turn.get("turn"), turn.get("text", ""), turn.get("start"), turn.get("end"),
-               orjson.dumps(turn.get("words") or []).decode())
+        row = (
+            session_id,
+            seq,
+            turn.get("turn"),
+            turn.get("text", ""),
+            turn.get("start"),
+            turn.get("end"),
+            orjson.dumps(turn.get("words") or []).decode(),
+        )
         stored = asyncio.get_running_loop().create_future()
         self.finals.append((row, stored))
         if self.finals_writer is None or self.finals_writer.done():
@@ -293,15 +332,18 @@ class SqliteStore(SessionStore):
 
     async def end_session(self, session_id: str, values: dict[str, Any]) -> None:
         cols = [k for k in values if k in SESSION_FIELDS]
-        await self.db.execute(f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
-                              [values[c] for c in cols] + [session_id])
+        await self.db.execute(
+            f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+            [values[c] for c in cols] + [session_id],
+        )
 
     async def reopen_session(self, session_id: str) -> None:
         await self.db.execute("UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = ?", (session_id,))
 
     async def claim_resume(self, session_id: str, expected: str, nonce: str) -> bool | None:
-        cur = await self.db.execute("UPDATE sessions SET resume_nonce = ? WHERE id = ? AND resume_nonce = ?",
-                                    (nonce, session_id, expected))
+        cur = await self.db.execute(
+            "UPDATE sessions SET resume_nonce = ? WHERE id = ? AND resume_nonce = ?", (nonce, session_id, expected)
+        )
         if cur.rowcount:
             return True
         async with self.db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)) as cur:
@@ -313,28 +355,41 @@ class SqliteStore(SessionStore):
         return _session_out(dict(row)) if row else None
 
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
-        async with self.db.execute('SELECT seq, turn, text, start, "end", words FROM turns WHERE session_id = ? ORDER BY seq',
-                                   (session_id,)) as cur:
+        async with self.db.execute(
+            'SELECT seq, turn, text, start, "end", words FROM turns WHERE session_id = ? ORDER BY seq', (session_id,)
+        ) as cur:
             rows = await cur.fetchall()
-        return [{"seq": r["seq"], "turn": r["turn"], "text": r["text"], "start": r["start"], "end": r["end"],
-                 "words": json.loads(r["words"])} for r in rows]
+        return [
+            {
+                "seq": r["seq"],
+                "turn": r["turn"],
+                "text": r["text"],
+                "start": r["start"],
+                "end": r["end"],
+                "words": json.loads(r["words"]),
+            }
+            for r in rows
+        ]
 
     async def list_sessions(self, owner: str, limit: int = 200) -> list[dict[str, Any]]:
-        async with self.db.execute("SELECT * FROM sessions WHERE owner = ? ORDER BY started_at DESC LIMIT ?",
-                                   (owner, limit)) as cur:
+        async with self.db.execute(
+            "SELECT * FROM sessions WHERE owner = ? ORDER BY started_at DESC LIMIT ?", (owner, limit)
+        ) as cur:
             rows = await cur.fetchall()
         return [_session_out(dict(r)) for r in rows]
 
     async def set_share(self, session_id: str, version: int, token: str | None) -> None:
-        await self.db.execute("UPDATE sessions SET share_version = ?, share_token = ? WHERE id = ?",
-                              (version, token, session_id))
+        await self.db.execute(
+            "UPDATE sessions SET share_version = ?, share_token = ? WHERE id = ?", (version, token, session_id)
+        )
 
     async def purge(self, started_before: float) -> int:
         # Open sessions are kept whatever their age: their speaker may still be talking.
-        async with self.db.execute("SELECT id FROM sessions WHERE started_at < ? AND ended_at IS NOT NULL",
-                                   (started_before,)) as cur:
+        async with self.db.execute(
+            "SELECT id FROM sessions WHERE started_at < ? AND ended_at IS NOT NULL", (started_before,)
+        ) as cur:
             ids = [r["id"] for r in await cur.fetchall()]
-        for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
             marks = ", ".join("?" * len(chunk))
             await self.db.execute("BEGIN")
             await self.db.execute(f"DELETE FROM turns WHERE session_id IN ({marks})", chunk)
@@ -346,9 +401,10 @@ class SqliteStore(SessionStore):
         # One process owns this file, so at start-up no session can still be running.
         cur = await self.db.execute(
             "UPDATE sessions SET end_reason = 'interrupted', ended_at = COALESCE("
-            "(SELECT started_at + MAX(\"end\") FROM turns WHERE session_id = sessions.id), started_at), "
-            "duration = COALESCE((SELECT MAX(\"end\") FROM turns WHERE session_id = sessions.id), 0) "
-            "WHERE ended_at IS NULL")
+            '(SELECT started_at + MAX("end") FROM turns WHERE session_id = sessions.id), started_at), '
+            'duration = COALESCE((SELECT MAX("end") FROM turns WHERE session_id = sessions.id), 0) '
+            "WHERE ended_at IS NULL"
+        )
         return cur.rowcount
 
 
@@ -405,8 +461,9 @@ class RedisStore(SessionStore):
         await self.redis.xadd(self._k("t", session_id), {"seq": seq, "d": json.dumps(turn, ensure_ascii=False)})
 
     async def end_session(self, session_id: str, values: dict[str, Any]) -> None:
-        await self.redis.hset(self._k("s", session_id),
-                              mapping={k: json.dumps(v) for k, v in values.items() if k in SESSION_FIELDS})
+        await self.redis.hset(
+            self._k("s", session_id), mapping={k: json.dumps(v) for k, v in values.items() if k in SESSION_FIELDS}
+        )
 
     @staticmethod
     def _meta(raw: dict[str, str]) -> dict[str, Any] | None:
@@ -419,7 +476,9 @@ class RedisStore(SessionStore):
 
     async def claim_resume(self, session_id: str, expected: str, nonce: str) -> bool | None:
         # One script: compare and set cannot interleave with another instance's claim.
-        result = await self.redis.eval(_CLAIM_RESUME, 1, self._k("s", session_id), json.dumps(expected), json.dumps(nonce))
+        result = await self.redis.eval(
+            _CLAIM_RESUME, 1, self._k("s", session_id), json.dumps(expected), json.dumps(nonce)
+        )
         return None if result < 0 else bool(result)
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
@@ -459,8 +518,9 @@ class RedisStore(SessionStore):
         return [m for m in map(self._meta, rows) if m]
 
     async def set_share(self, session_id: str, version: int, token: str | None) -> None:
-        await self.redis.hset(self._k("s", session_id), mapping={"share_version": json.dumps(version),
-                                                                 "share_token": json.dumps(token)})
+        await self.redis.hset(
+            self._k("s", session_id), mapping={"share_version": json.dumps(version), "share_token": json.dumps(token)}
+        )
 
     async def purge(self, started_before: float) -> int:
         removed = 0

@@ -1,4 +1,5 @@
 """The one Jinja2Templates every page renders with (templates/), and the static files' version stamp."""
+
 from __future__ import annotations
 
 import hashlib

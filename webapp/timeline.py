@@ -6,6 +6,7 @@ on the session's timeline, its turn numbers continue after the finals delivered,
 recognizes again (a final already delivered, a StartOfTurn the page already saw) is dropped. Finalize
 requests made while no connection is live are kept as session offsets, and applied at that point of the replay.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -16,21 +17,24 @@ from .protocol import seconds
 
 def shift_word(w: dict[str, Any], shift: float) -> dict[str, Any]:
     start, end = w.get("start"), w.get("end")
-    return {**w, "start": None if start is None else seconds(start + shift),
-            "end": None if end is None else seconds(end + shift)}
+    return {
+        **w,
+        "start": None if start is None else seconds(start + shift),
+        "end": None if end is None else seconds(end + shift),
+    }
 
 
 class Timeline:
     def __init__(self, bytes_per_second: int, finals: int = 0):
         """`finals`: what a resumed session already has (its turn numbers continue after them)."""
         self.bps = bytes_per_second
-        self.shift = 0.0                # seconds where the current connection's audio starts
-        self.turn_base = finals         # finals delivered before the current connection
+        self.shift = 0.0  # seconds where the current connection's audio starts
+        self.turn_base = finals  # finals delivered before the current connection
         self.finals = finals
-        self.last_final: tuple[str, float] | None = None   # (text, end) of the last final delivered
-        self.announced = finals - 1     # highest turn whose StartOfTurn was delivered
-        self.skip_end_of = -1           # turn whose duplicate final was dropped: drop its EndOfTurn too
-        self.marks: deque[int] = deque()   # Finalize requests (session offsets) waiting for a connection
+        self.last_final: tuple[str, float] | None = None  # (text, end) of the last final delivered
+        self.announced = finals - 1  # highest turn whose StartOfTurn was delivered
+        self.skip_end_of = -1  # turn whose duplicate final was dropped: drop its EndOfTurn too
+        self.marks: deque[int] = deque()  # Finalize requests (session offsets) waiting for a connection
 
     def connected(self, offset: int) -> None:
         """A new connection whose audio starts at session offset `offset` (bytes)."""

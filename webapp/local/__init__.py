@@ -34,6 +34,7 @@ API (asyncio side):
 on_event(kind, data) runs on the event loop that opened the stream: kind "update" {text, start, end},
 "final" {text, start, end, trigger: model|manual|close} or "error" {message}. Times are seconds from the stream start.
 """
+
 from .pool import CapacityError, Pool, RecognizerStream, default_max_streams, get_pool, shutdown
 from .tuning import Tuning
 

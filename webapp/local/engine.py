@@ -8,6 +8,7 @@ messages are fatal, as on Flux. Any Authorization header is accepted. Over capac
 Not implemented: eager end of turn (EagerEndOfTurn/TurnResumed), eot_threshold=1.0 (turns always end on
 silence), eot_timeout_ms (our endpointer always ends turns sooner), keyterms (accepted and ignored).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,20 @@ from .pool import CapacityError, Pool, get_pool, shutdown
 log = logging.getLogger(__name__)
 
 MODELS = ("flux-general-en",)
-KNOWN = {"model", "encoding", "sample_rate", "eot_threshold", "eager_eot_threshold", "eot_timeout_ms", "keyterm",
-         "mip_opt_out", "tag", "numerals", "profanity_filter", "redact"}
+KNOWN = {
+    "model",
+    "encoding",
+    "sample_rate",
+    "eot_threshold",
+    "eager_eot_threshold",
+    "eot_timeout_ms",
+    "keyterm",
+    "mip_opt_out",
+    "tag",
+    "numerals",
+    "profanity_filter",
+    "redact",
+}
 EOT_CONFIDENCE = 0.9  # we have no EOT model: a fixed value for turns ended on silence
 MAX_FRAME = 256 * 1024
 
@@ -100,17 +113,31 @@ class FluxSession:
             await self.ws.send_text(json.dumps(msg))
 
     def _turninfo(self, event: str, confidence: float, trigger: str | None = None) -> None:
-        msg = {"type": "TurnInfo", "request_id": self.request_id, "event": event, "turn_index": self.turn_index,
-               "audio_window_start": round(self.start, 3), "audio_window_end": round(self.end, 3),
-               "transcript": self.text, "words": [], "end_of_turn_confidence": confidence}
+        msg = {
+            "type": "TurnInfo",
+            "request_id": self.request_id,
+            "event": event,
+            "turn_index": self.turn_index,
+            "audio_window_start": round(self.start, 3),
+            "audio_window_end": round(self.end, 3),
+            "transcript": self.text,
+            "words": [],
+            "end_of_turn_confidence": confidence,
+        }
         if trigger is not None:
             msg["trigger"] = trigger
         self._send(msg)
 
     def _on_event(self, kind: str, data: dict) -> None:
         if kind == "error":
-            self._send({"type": "Error", "request_id": self.request_id, "code": "INTERNAL_SERVER_ERROR",
-                        "description": data["message"]})
+            self._send(
+                {
+                    "type": "Error",
+                    "request_id": self.request_id,
+                    "code": "INTERNAL_SERVER_ERROR",
+                    "description": data["message"],
+                }
+            )
             self._send(None)
             return
         text = (data.get("text") or "").strip()
@@ -170,23 +197,37 @@ class FluxSession:
                     was_open = self.turn_open
                     ended = await self.stream.finalize()
                     if not ended and not was_open:
-                        self._send({"type": "Warning", "request_id": self.request_id,
-                                    "code": "FORCE_END_TURN_NO_ACTIVE_TURN",
-                                    "description": "ForceEndTurn was ignored: no turn is in progress"})
+                        self._send(
+                            {
+                                "type": "Warning",
+                                "request_id": self.request_id,
+                                "code": "FORCE_END_TURN_NO_ACTIVE_TURN",
+                                "description": "ForceEndTurn was ignored: no turn is in progress",
+                            }
+                        )
                     elif self.turn_open:  # the last decode came back empty: end on the text we have
-                        self._on_event("final", {"text": self.text, "start": self.start, "end": self.end,
-                                                 "trigger": "manual"})
+                        self._on_event(
+                            "final", {"text": self.text, "start": self.start, "end": self.end, "trigger": "manual"}
+                        )
                 elif kind == "CloseStream":
                     await self.stream.close()
                     self._send(None)
                     close_code = None  # Flux closes without a status code
                     break
                 elif kind == "Configure":
-                    self._send({"type": "ConfigureFailure", "request_id": self.request_id, "code": "UNSUPPORTED",
-                                "description": "Configure is not supported by this server"})
+                    self._send(
+                        {
+                            "type": "ConfigureFailure",
+                            "request_id": self.request_id,
+                            "code": "UNSUPPORTED",
+                            "description": "Configure is not supported by this server",
+                        }
+                    )
                 else:
-                    await self._fatal(f"unsupported message type {kind!r}: Flux accepts ForceEndTurn, CloseStream "
-                                      "and Configure (KeepAlive and Finalize are v1 messages)")
+                    await self._fatal(
+                        f"unsupported message type {kind!r}: Flux accepts ForceEndTurn, CloseStream "
+                        "and Configure (KeepAlive and Finalize are v1 messages)"
+                    )
                     close_code = 1008
                     break
         except WebSocketDisconnect:
@@ -221,9 +262,16 @@ def build_engine_app(manage_pool: bool = True, settings: Settings | None = None)
         try:
             session = FluxSession(ws, pool, rate)
         except CapacityError as exc:
-            await ws.send_denial_response(JSONResponse(
-                {"code": "TOO_MANY_REQUESTS", "description": f"all {exc.limit} recognizer slots are busy; retry later"},
-                429, headers={"Retry-After": "60"}))
+            await ws.send_denial_response(
+                JSONResponse(
+                    {
+                        "code": "TOO_MANY_REQUESTS",
+                        "description": f"all {exc.limit} recognizer slots are busy; retry later",
+                    },
+                    429,
+                    headers={"Retry-After": "60"},
+                )
+            )
             return
         try:
             await ws.accept()
@@ -247,5 +295,14 @@ def build_engine_app(manage_pool: bool = True, settings: Settings | None = None)
 
 def run(host: str, port: int, settings: Settings) -> None:
     import uvicorn
-    uvicorn.run(build_engine_app(settings=settings), host=host, port=port, ws="websockets-sansio",
-                loop="uvloop", http="httptools", ws_per_message_deflate=False, log_level="info")
+
+    uvicorn.run(
+        build_engine_app(settings=settings),
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        loop="uvloop",
+        http="httptools",
+        ws_per_message_deflate=False,
+        log_level="info",
+    )

@@ -2,6 +2,7 @@
 
 Nothing here downloads anything: only get_model_path("tiny-en") (a path inside the package) is used.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,12 +16,14 @@ from .signal import RATE
 
 def model_path() -> Path:
     from moonshine_voice import get_model_path
+
     return Path(get_model_path("tiny-en"))  # inside the wheel; never get_model_for_language (it downloads)
 
 
 def force_flag() -> int:
     """The flag that makes update_transcription decode now."""
     from moonshine_voice.transcriber import MOONSHINE_FLAG_FORCE_UPDATE
+
     return MOONSHINE_FLAG_FORCE_UPDATE
 
 
@@ -28,6 +31,7 @@ def load_transcriber():
     os.environ["MOONSHINE_ORT_SINGLE_THREAD"] = "1"  # must be set before the Transcriber exists
     from moonshine_voice import ModelArch
     from moonshine_voice.transcriber import Transcriber
+
     tr = Transcriber(model_path=str(model_path()), model_arch=ModelArch.TINY)  # default arch is BASE: wrong for tiny-en
     # GIL: libmoonshine is loaded with ctypes.CDLL (not PyDLL), and ctypes releases the GIL around CDLL calls,
     # so decoding on one stream's thread does not stall the others in the same process.
@@ -52,8 +56,9 @@ def decode_once(tr, audio: np.ndarray, force_flag: int) -> str:
 
 def add_audio(tr, stream, x: np.ndarray) -> None:
     err = tr._lib.moonshine_transcribe_add_audio_to_stream(
-        tr._handle, stream._handle, x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(x), RATE, 0)
+        tr._handle, stream._handle, x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(x), RATE, 0
+    )
     if err < 0:
         from moonshine_voice.errors import check_error
-        check_error(err)
 
+        check_error(err)

@@ -21,6 +21,7 @@ summed token log-probabilities (no length normalisation: with it, "compassion" b
 Tiny-en makes up words on noise ("You", "Mm-h"), and this decoder has no voice detector: worker.py checks
 short turns with libmoonshine's decode, which has one. Measured in docs/benchmarks.md (embedded recognizer).
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,7 +48,7 @@ def load_tokens(path: Path) -> list[bytes]:
         if n & 0x80:
             n = (n & 0x7F) | (data[i] << 7)
             i += 1
-        tokens.append(data[i:i + n])
+        tokens.append(data[i : i + n])
         i += n
     return tokens
 
@@ -60,8 +61,11 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class OnnxDecoder:
     def __init__(self, model_dir: Path, beams: int = 1):
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # the worker has one decode thread per core's worth of streams (docs/benchmarks.md, Embedded recognizer)
+        opts.intra_op_num_threads = (
+            1  # the worker has one decode thread per core's worth of streams (docs/benchmarks.md, Embedded recognizer)
+        )
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
@@ -102,13 +106,17 @@ class OnnxDecoder:
             rank, i = min(merges)
             if rank == 1 << 30:
                 break
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
         return tuple(self.pieces[p] for p in parts)
 
     def _pass(self, hidden: np.ndarray, mask: np.ndarray, ids: np.ndarray, past: dict, cached: bool) -> dict:
         """One decoder run over `ids` (after the cached ones in `past`): logits of every position, and the caches."""
-        feed = {"input_ids": ids, "encoder_hidden_states": hidden, "encoder_attention_mask": mask,
-                "use_cache_branch": np.array([cached])}
+        feed = {
+            "input_ids": ids,
+            "encoder_hidden_states": hidden,
+            "encoder_attention_mask": mask,
+            "use_cache_branch": np.array([cached]),
+        }
         feed.update(past)
         return dict(zip(self.outputs, self.decoder.run(None, feed), strict=True))
 
@@ -121,9 +129,13 @@ class OnnxDecoder:
         assert ids is not None  # None only when a stop() callback says so
         return self.text(ids)
 
-    def decode_ids(self, audio: np.ndarray, prefix: list[int] | tuple[int, ...] = (),
-                   stop: Callable[[], bool] | None = None, draft: list[int] | tuple[int, ...] = ()
-                   ) -> list[int] | None:
+    def decode_ids(
+        self,
+        audio: np.ndarray,
+        prefix: list[int] | tuple[int, ...] = (),
+        stop: Callable[[], bool] | None = None,
+        draft: list[int] | tuple[int, ...] = (),
+    ) -> list[int] | None:
         """Token ids of the text after `prefix`: the ids the audio's beginning was already decoded as, which
         the decoder reads instead of guessing them again (left context at the cost of one decoder pass).
         `draft`: ids the text after the prefix probably has (one beam only; the result does not depend on it).
@@ -131,12 +143,13 @@ class OnnxDecoder:
         if stop is not None and stop():
             return None
         audio = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
-        hidden = self.encoder.run(None, {"input_values": audio,
-                                         "attention_mask": np.ones(audio.shape, np.int64)})[0]
+        hidden = self.encoder.run(None, {"input_values": audio, "attention_mask": np.ones(audio.shape, np.int64)})[0]
         frames = hidden.shape[1]
         limit = max(MIN_TOKENS, int(np.ceil(audio.shape[1] / 16000 * TOKENS_PER_SECOND)) - len(prefix))
-        empty = {past: np.zeros((1, self.heads, frames if ".encoder." in n else 0, self.head_dim), np.float32)
-                 for n, past in self.past.items()}
+        empty = {
+            past: np.zeros((1, self.heads, frames if ".encoder." in n else 0, self.head_dim), np.float32)
+            for n, past in self.past.items()
+        }
         # The decoder takes the mask of the audio samples (as the encoder does) and shrinks it to the frames itself:
         # a mask of the frames' length shrinks to 1 or 2 entries, and breaks the broadcast from 9.3 s of audio on.
         mask = np.ones((1, audio.shape[1]), np.int64)
@@ -187,12 +200,20 @@ class OnnxDecoder:
                 best = (float(scores[0]), seqs[0])  # the cap stopped it: the best live one
         return best[1] if best is not None else []
 
-    def _greedy(self, hidden: np.ndarray, mask: np.ndarray, head: list[int], draft: list[int], past: dict,
-                limit: int, stop: Callable[[], bool] | None) -> list[int] | None:
+    def _greedy(
+        self,
+        hidden: np.ndarray,
+        mask: np.ndarray,
+        head: list[int],
+        draft: list[int],
+        past: dict,
+        limit: int,
+        stop: Callable[[], bool] | None,
+    ) -> list[int] | None:
         """Greedy decode after the ids `head`, checking draft tokens on the way. Each pass feeds the token just
         chosen plus the draft tokens that follow it in the draft (found by the last 1-3 chosen tokens: drafts
         skip or change words), and keeps the longest run of them that matches the decoder's own choices."""
-        proposed = draft[:min(limit, MAX_DRAFT)]  # the first pass checks the draft's beginning already
+        proposed = draft[: min(limit, MAX_DRAFT)]  # the first pass checks the draft's beginning already
         ids, cached, seq, cross = head + proposed, False, [], None
         while True:
             if stop is not None and stop():
@@ -201,7 +222,7 @@ class OnnxDecoder:
             if cross is None:  # the encoder side's caches, computed by the first pass
                 cross = {self.past[n]: out[n] for n in self.cross_kv}
             # the positions whose logits choose the next token and then each proposed one
-            choices = out["logits"][0, len(ids) - len(proposed) - 1:].argmax(-1)
+            choices = out["logits"][0, len(ids) - len(proposed) - 1 :].argmax(-1)
             kept = 0
             while kept < len(proposed) and choices[kept] == proposed[kept]:
                 kept += 1
@@ -227,6 +248,6 @@ class OnnxDecoder:
                 continue
             tail = seq[-n:]
             for j in range(len(draft) - n, -1, -1):
-                if draft[j:j + n] == tail:
-                    return draft[j + n:j + n + MAX_DRAFT]
+                if draft[j : j + n] == tail:
+                    return draft[j + n : j + n + MAX_DRAFT]
         return []

@@ -3,6 +3,7 @@
 Pure state and rules, no threads, no model: the stream thread (stream.py) feeds it audio and acts on what it says
 (submit a decode, show an interim, commit a final). Sample positions are absolute 16 kHz sample indexes of the stream.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,12 +28,14 @@ VOICE_WAIT = 1.0  # seconds of an open turn without them, after which libmoonshi
 
 class Cut(NamedTuple):
     """The turn's audio up to sample `at` decodes as `text`."""
+
     text: str
     at: int
 
 
 class Context(NamedTuple):
     """A finished turn that the next one may be decoded after: its audio start, end of speech and token ids."""
+
     start: int
     speech_end: int
     ids: tuple[int, ...]
@@ -41,6 +44,7 @@ class Context(NamedTuple):
 class Spec(NamedTuple):
     """A speculative final: its text, the audio it saw (up to `cutoff`), the cut it was decoded from (or None) and
     the whole turn's ids (None when decoded from a cut)."""
+
     text: str
     cutoff: int
     start: int | None
@@ -50,6 +54,7 @@ class Spec(NamedTuple):
 class Job(NamedTuple):
     """One final decode (worker.FinalDecoder.decode): audio[own:] is the turn with its tail, audio[:own] the
     previous turn, already decoded as `prefix`; `draft`, the interim's words to check."""
+
     audio: np.ndarray
     words: bool  # a voice detector heard speech in the turn
     checked: bool  # a decode of the turn found words already
@@ -60,6 +65,7 @@ class Job(NamedTuple):
 
 class Tag(NamedTuple):
     """Which decode a result belongs to: the generation and turn it was made for, and the cut it started at."""
+
     gen: int
     turn_no: int
     base: str  # the text of that cut ("" if none)
@@ -68,6 +74,7 @@ class Tag(NamedTuple):
 
 class Done(NamedTuple):
     """A speculative decode's result, back on the stream's thread."""
+
     tag: Tag
     text: str
     ids: tuple[int, ...] | None
@@ -171,15 +178,18 @@ class TurnPlanner:
 
     def region_start(self) -> int:
         """Where the open turn's audio starts (its onset or first line, minus the look-behind)."""
-        starts = [s for s in (self.ep.onset, None if self.line_start is None else int(self.line_start * RATE))
-                  if s is not None]
+        starts = [
+            s
+            for s in (self.ep.onset, None if self.line_start is None else int(self.line_start * RATE))
+            if s is not None
+        ]
         start = (min(starts) if starts else self.total) - int(LOOK_BEHIND * RATE)
         return max(start, self.floor, self.buf_start)
 
     def region_audio(self, start: int | None = None) -> np.ndarray:
         """The open turn (from `start`, a cut, if given), with a synthetic noise tail."""
         start = self.region_start() if start is None else max(start, self.buf_start)
-        a = self.buf[start - self.buf_start:]
+        a = self.buf[start - self.buf_start :]
         pad = (self.rng.normal(0.0, 20.0, int(self.t.pad_seconds * RATE)) / 32768.0).astype(np.float32)
         return np.ascontiguousarray(np.concatenate([a, pad]), dtype=np.float32)
 
@@ -198,7 +208,7 @@ class TurnPlanner:
                 keep_from = min(keep_from, ctx.start)
         keep_from = max(keep_from, self.buf_start)
         if keep_from > self.buf_start:
-            self.buf = self.buf[keep_from - self.buf_start:]
+            self.buf = self.buf[keep_from - self.buf_start :]
             self.buf_start = keep_from
 
     # -- voice --
@@ -211,8 +221,12 @@ class TurnPlanner:
 
     def waiting_for_voice(self) -> bool:
         """No interim yet: the turn is open, but its voice detector has not heard speech (for VOICE_WAIT at most)."""
-        return (self.onnx_mode and self.turn_open and not self.voiced()
-                and self.total - self.turn_start() < VOICE_WAIT * RATE)
+        return (
+            self.onnx_mode
+            and self.turn_open
+            and not self.voiced()
+            and self.total - self.turn_start() < VOICE_WAIT * RATE
+        )
 
     def onnx_interims(self) -> bool:
         """Interims from the onnx decoder: only in an open turn with voice in it (tiny-en makes up "You" on noise)."""
@@ -286,7 +300,7 @@ class TurnPlanner:
     def draft(self, base: str) -> str:
         """The interim's words after `base` (the text of the cut a decode starts at), as the decoder's draft
         (onnxdecoder.py: fewer decoder passes)."""
-        return " ".join(self.line_text.split()[len(base.split()):])
+        return " ".join(self.line_text.split()[len(base.split()) :])
 
     def job(self) -> tuple[str, int | None, Job]:
         """What to decode now: the text before the cut the decode starts at, that cut, and the decoder's job."""
@@ -297,8 +311,7 @@ class TurnPlanner:
         # a turn the stream's voice detector is sure of needs no check by libmoonshine's decode (whose VAD state
         # comes from the other streams: it could return nothing and wipe the interims the turn showed)
         checked = self.checked or (self.onnx_mode and self.voiced())
-        return base, start, Job(self.region_audio(audio_from), self.has_words(), checked, prefix, own,
-                                self.draft(base))
+        return base, start, Job(self.region_audio(audio_from), self.has_words(), checked, prefix, own, self.draft(base))
 
     # -- the end of a turn --
     def end_turn(self, upto: int | None = None) -> None:

@@ -1,6 +1,7 @@
 """The web process's side of the embedded recognizer: the pool of worker processes (worker.py), one proxy per
 worker (a reader and a writer thread on its socketpair), and the RecognizerStream handed to each session.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,7 +51,6 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-
 class _Worker:
     """One worker process, talked to over a socketpair; a reader thread and a writer thread."""
 
@@ -65,10 +65,14 @@ class _Worker:
         env.setdefault("MALLOC_ARENA_MAX", "2")  # per-thread malloc arenas: 628 MB instead of 559 MB at 6 streams
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "webapp.local.worker", str(child.fileno()),
-                                      pool.tuning.to_json()],
-                                     pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, cwd=root)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "webapp.local.worker", str(child.fileno()), pool.tuning.to_json()],
+            pass_fds=(child.fileno(),),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            cwd=root,
+        )
         child.close()
         self.conn = Connection(parent.detach())
         threading.Thread(target=self._read, name=f"stt-read-{index}", daemon=True).start()
@@ -288,4 +292,3 @@ def shutdown() -> None:
         pool, _pool = _pool, None
     if pool is not None:
         pool.shutdown()
-

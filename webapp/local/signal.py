@@ -1,4 +1,5 @@
 """The signal parts of a stream: resampling to 16 kHz and the energy endpointer that ends turns."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,7 @@ class Resampler:
     def process(self, x: np.ndarray) -> np.ndarray:
         if self.taps is not None:
             xx = np.concatenate([self.hist, x])
-            self.hist = xx[-(len(self.taps) - 1):]
+            self.hist = xx[-(len(self.taps) - 1) :]
             x = np.convolve(xx, self.taps, mode="valid").astype(np.float32)
         buf = np.concatenate([self.buf, x])
         if len(buf) < 2:
@@ -93,7 +94,7 @@ class Endpointer:
         """Consume samples; returns True if a speech frame was seen."""
         x = np.concatenate([self.rest, x]) if len(self.rest) else x
         n = len(x) // FRAME
-        self.rest = x[n * FRAME:].copy()
+        self.rest = x[n * FRAME :].copy()
         if n == 0:
             return False
         db = 10 * np.log10(np.mean(x[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2, axis=1) + 1e-10)
@@ -104,10 +105,14 @@ class Endpointer:
         spoke = False
         for v in db:
             self.recent.append(float(v))
-            del self.recent[:-self.STEADY]
+            del self.recent[: -self.STEADY]
             if self.in_turn and self.silence == 0 and len(self.recent) == self.STEADY:
                 lo, hi = min(self.recent), max(self.recent)
-                if hi - lo < self.STEADY_DB and hi < self.peak_abs - self.STEADY_BELOW_PEAK and lo > floor + self.HOLD_DB:
+                if (
+                    hi - lo < self.STEADY_DB
+                    and hi < self.peak_abs - self.STEADY_BELOW_PEAK
+                    and lo > floor + self.HOLD_DB
+                ):
                     # the noise floor went up: this steady sound is the background, and speech ended before it
                     floor = lo
                     self.hist[:] = np.nan
@@ -137,4 +142,3 @@ class Endpointer:
                 if not self.in_turn and self.silence >= 0.3 * RATE:
                     self.reset()  # a click or a breath, not the start of a turn
         return spoke
-

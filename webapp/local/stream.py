@@ -4,6 +4,7 @@ recognizer and to its TurnPlanner, and acts on the planner's rules (interims, sp
 Everything that touches the stream's state runs on this thread; decodes on the worker's final-decoder thread come
 back through the stream's queue.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,9 @@ class Stream:
         self.sid, self.tr, self.send, self.decoder = sid, transcriber, send, decoder
         self.t = decoder.tuning
         self.force_flag = moonshine.force_flag()
-        self.p = TurnPlanner(self.t, StreamVad(decoder.vad) if decoder.vad is not None else None,
-                             onnx=decoder.onnx is not None, seed=sid)
+        self.p = TurnPlanner(
+            self.t, StreamVad(decoder.vad) if decoder.vad is not None else None, onnx=decoder.onnx is not None, seed=sid
+        )
         self.resampler = Resampler(rate) if rate != RATE else None
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.aborted = False
@@ -127,9 +129,11 @@ class Stream:
         start = p.line_start if p.line_start is not None else p.turn_start() / RATE
         end = upto / RATE if end is None else end
         if self.t.trace:
-            log.info(f"trace sid={self.sid} update behind={p.total / RATE - end:.3f} "
-                     f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
-                     f"end={end:.2f} text={text[-40:]!r}")
+            log.info(
+                f"trace sid={self.sid} update behind={p.total / RATE - end:.3f} "
+                f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
+                f"end={end:.2f} text={text[-40:]!r}"
+            )
         self.send(("ev", self.sid, "update", {"text": text, "start": start, "end": end}))
 
     # -- audio --
@@ -230,11 +234,13 @@ class Stream:
         if self.t.trace:
             now = time.monotonic()
             d = self.decoder
-            log.info(f"trace sid={self.sid} commit silence={p.ep.silence / RATE:.3f} "
-                     f"since_speech={(p.total - p.ep.last_speech) / RATE:.3f} "
-                     f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
-                     f"spec_age={(p.total - spec.cutoff) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
-                     f"pending={d.pending} dec_spent={d.spent:.2f} dec_stale={d.stale:.2f} interims={d.interims:.2f}")
+            log.info(
+                f"trace sid={self.sid} commit silence={p.ep.silence / RATE:.3f} "
+                f"since_speech={(p.total - p.ep.last_speech) / RATE:.3f} "
+                f"qwait={now - self.t_queued:.3f} decode={self.t_decode[0]:.3f} len={self.t_decode[1]:.2f} "
+                f"spec_age={(p.total - spec.cutoff) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
+                f"pending={d.pending} dec_spent={d.spent:.2f} dec_stale={d.stale:.2f} interims={d.interims:.2f}"
+            )
         self._commit(spec.text, "model", spec.ids, upto=spec.cutoff)
 
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
@@ -256,8 +262,7 @@ class Stream:
         self._final(text, start, end, trigger, restart=True, upto=upto)
         p.remember(region, speech_end, ids)
 
-    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool, upto: int | None = None
-               ) -> None:
+    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool, upto: int | None = None) -> None:
         text = collapse_repeats(text.strip())
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False

@@ -3,6 +3,7 @@
 Operators set three of them through config.py (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS); the rest are
 experiment knobs, flags of bench/recognizer.py and bench/decoding.py (docs/benchmarks.md says what each measured).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,10 @@ class Tuning:
     @classmethod
     def from_settings(cls, settings) -> Tuning:
         """The operator's settings (config.Settings, or anything with the same attributes) over the defaults."""
-        return cls(beams=getattr(settings, "local_beams", cls.beams),
-                   context_seconds=getattr(settings, "local_context_seconds", cls.context_seconds))
+        return cls(
+            beams=getattr(settings, "local_beams", cls.beams),
+            context_seconds=getattr(settings, "local_context_seconds", cls.context_seconds),
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -60,8 +63,9 @@ def add_arguments(parser) -> None:
     """One command-line flag per field (--end-silence 0.3, --onnx-interims 0), for the benchmarks."""
     for f in dataclasses.fields(Tuning):
         kind = int if f.type in ("int", "bool") else float
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                            help=f"tuning: {f.name} (default {f.default})")
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, default=None, help=f"tuning: {f.name} (default {f.default})"
+        )
 
 
 def from_arguments(args, **base) -> Tuning:

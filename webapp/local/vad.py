@@ -12,6 +12,7 @@ Transcriber, gave its first line at 1.76 s the first time and not before 2.0 s o
     vad.process(x)                             # float32 mono 16 kHz, any length
     vad.voiced_since(sample)                   # chunks with speech probability >= THRESHOLD from that sample on
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,6 +28,7 @@ THRESHOLD = 0.95
 
 def load_session(lib: ctypes.CDLL):
     import onnxruntime as ort
+
     size = ctypes.c_uint32.in_dll(lib, "silero_vad_onnx_len").value
     data = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "silero_vad_onnx")), size)
     opts = ort.SessionOptions()
@@ -50,12 +52,12 @@ class StreamVad:
         buf = np.concatenate([self.rest, x.astype(np.float32, copy=False)])
         n = (len(buf) - CONTEXT) // CHUNK
         for k in range(n):
-            window = buf[k * CHUNK:k * CHUNK + CONTEXT + CHUNK][None, :]
+            window = buf[k * CHUNK : k * CHUNK + CONTEXT + CHUNK][None, :]
             prob, self.state = self.session.run(None, {"input": window, "state": self.state, "sr": self.rate})
             if prob[0, 0] >= THRESHOLD:
                 self.voiced.append(self.pos)
             self.pos += CHUNK
-        self.rest = buf[n * CHUNK:]
+        self.rest = buf[n * CHUNK :]
         if len(self.voiced) > 4096:
             del self.voiced[:2048]  # only recent chunks are asked about
 

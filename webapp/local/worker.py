@@ -3,6 +3,7 @@ client stream, talking to the web process (pool.py) over a socketpair.
 
     python -m webapp.local.worker FD TUNING_JSON
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,7 +61,7 @@ class FinalDecoder:
         (once per turn: `checked`), or, if it is longer than VERIFY_SECONDS, once it has shown words (interims).
         `draft`: what the interims said the turn is (the onnx decoder checks it instead of stepping token by token).
         Text None: `stop()` turned true during the onnx decode."""
-        own = job.audio[job.own:]
+        own = job.audio[job.own :]
         if self.onnx is None:
             return moonshine.decode_once(self.tr, own, self.force_flag), None
         short = len(own) <= (VERIFY_SECONDS + self.tuning.pad_seconds) * RATE
@@ -101,13 +102,16 @@ class FinalDecoder:
                 with self.lock:
                     self.pending -= 1
             if text is not None:
-                stream.q.put(("spec", Done(tag, text, ids, cutoff, time.monotonic() - t, len(job.audio) / RATE,
-                                           t - queued)))
+                stream.q.put(
+                    ("spec", Done(tag, text, ids, cutoff, time.monotonic() - t, len(job.audio) / RATE, t - queued))
+                )
 
 
 def main(fd: int, tuning: Tuning) -> None:
-    logging.basicConfig(level="INFO" if tuning.trace else os.environ.get("RECOGNIZER_LOG_LEVEL", "WARNING"),
-                        format="recognizer-worker %(process)d %(levelname)s %(message)s")
+    logging.basicConfig(
+        level="INFO" if tuning.trace else os.environ.get("RECOGNIZER_LOG_LEVEL", "WARNING"),
+        format="recognizer-worker %(process)d %(levelname)s %(message)s",
+    )
     conn = Connection(fd)
     lock = threading.Lock()
 
@@ -151,7 +155,9 @@ def main(fd: int, tuning: Tuning) -> None:
         if msg == ("quit",):
             break
         op, sid, *rest = msg
-        arg: Any = rest[0] if rest else None  # unpickled: open: the sample rate; audio: the PCM; finalize: the reply's token
+        arg: Any = (
+            rest[0] if rest else None
+        )  # unpickled: open: the sample rate; audio: the PCM; finalize: the reply's token
         if op == "open":
             streams[sid] = Stream(sid, arg, tr, send, decoder)
             decoder.sessions = len(streams)

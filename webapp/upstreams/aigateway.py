@@ -1,10 +1,11 @@
 """AIgateway realtime (`/v1/realtime`).
 
-The gateway's passthrough shape is undocumented (../shared/docs/protocols.md §4), so both are accepted:
+The gateway's passthrough shape is not documented, so both are accepted (docs/protocol.md, what each upstream does):
 Deepgram v1 `Results` (is_final segments accumulate into the turn; speech_final / UtteranceEnd end it)
 and Flux `TurnInfo`. The key goes in an `Authorization: Bearer` header, never the URL. Silences are
 bridged with v1 `KeepAlive` until the stream shows itself to be Flux-shaped (where KeepAlive is invalid).
 """
+
 from __future__ import annotations
 
 from .. import protocol
@@ -20,7 +21,7 @@ class AIGatewayUpstream(WsUpstream):
 
     def __init__(self, settings, params, listener=None):
         super().__init__(settings, params, listener)
-        self.flux = False               # set once a TurnInfo arrives
+        self.flux = False  # set once a TurnInfo arrives
         self._segments: list[str] = []  # is_final segments of the open turn (v1 shape)
         self._seg_words: list[dict] = []
 
@@ -36,8 +37,12 @@ class AIGatewayUpstream(WsUpstream):
 
     def url(self) -> str:
         p = self.params
-        query = [("model", self.settings.model), ("encoding", p.encoding), ("sample_rate", str(p.sample_rate)),
-                 ("interim_results", "true")]
+        query = [
+            ("model", self.settings.model),
+            ("encoding", p.encoding),
+            ("sample_rate", str(p.sample_rate)),
+            ("interim_results", "true"),
+        ]
         query += [("keyterm", term) for term in p.keyterms]
         return build_url(self.settings.aigateway_url, query)
 
@@ -54,16 +59,23 @@ class AIGatewayUpstream(WsUpstream):
             self.flux = True
             apply_turninfo(self.turns, msg)
         elif kind == "Error" or isinstance(msg.get("error"), dict):
-            self.fatal(msg.get("error") if isinstance(msg.get("error"), dict) else msg)
+            error = msg.get("error")
+            self.fatal(error if isinstance(error, dict) else msg)
 
     def _results(self, msg: dict) -> None:
-        channel = msg.get("channel") if isinstance(msg.get("channel"), dict) else {}
+        channel = msg.get("channel")
+        if not isinstance(channel, dict):
+            channel = {}
         alts = channel.get("alternatives") or [{}]
         alt = alts[0] if isinstance(alts[0], dict) else {}
         text = str(alt.get("transcript") or "").strip()
-        words = [protocol.word(str(w.get("punctuated_word") or w.get("word") or ""), w.get("start"), w.get("end"),
-                               w.get("confidence"))
-                 for w in alt.get("words") or [] if isinstance(w, dict)]
+        words = [
+            protocol.word(
+                str(w.get("punctuated_word") or w.get("word") or ""), w.get("start"), w.get("end"), w.get("confidence")
+            )
+            for w in alt.get("words") or []
+            if isinstance(w, dict)
+        ]
         start = protocol.finite(msg.get("start"))  # NaN/Infinity: a malformed message, skipped
         end = start + protocol.finite(msg.get("duration"))
         if msg.get("is_final"):

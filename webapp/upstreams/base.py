@@ -13,11 +13,13 @@ Lifecycle, driven by webapp.relay (the session is the UpstreamListener below):
 A fatal upstream problem ends events() by raising UpstreamError. Nothing provider-specific
 leaves an upstream module: the relay only sees the events built in webapp.protocol.
 """
+
 from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from .. import protocol
 from ..config import Settings
@@ -36,8 +38,14 @@ class UpstreamError(Exception):
 
 
 # HTTP status of a refused handshake -> (code, retryable)
-_STATUS_CODES = {401: "upstream_auth", 403: "upstream_auth", 402: "upstream_payment", 404: "upstream_not_found",
-                 429: "rate_limited", 400: "upstream_bad_request"}
+_STATUS_CODES = {
+    401: "upstream_auth",
+    403: "upstream_auth",
+    402: "upstream_payment",
+    404: "upstream_not_found",
+    429: "rate_limited",
+    400: "upstream_bad_request",
+}
 
 
 def handshake_error(status: int, retry_after: str | None, provider: str) -> UpstreamError:
@@ -51,7 +59,7 @@ def handshake_error(status: int, retry_after: str | None, provider: str) -> Upst
         "upstream_payment": f"{provider} says the account has no credit left (HTTP 402). The operator must top it up.",
         "upstream_not_found": f"{provider} does not know this endpoint or model (HTTP 404). Check the URL and STT_MODEL.",
         "rate_limited": f"{provider} is rate limiting this server (HTTP 429). Try again"
-                        + (f" in {int(seconds)} s." if seconds is not None else " shortly."),
+        + (f" in {int(seconds)} s." if seconds is not None else " shortly."),
         "upstream_bad_request": f"{provider} rejected the stream settings (HTTP 400).",
         "upstream_unavailable": f"{provider} is unavailable (HTTP {status}). Try again shortly.",
     }
@@ -62,13 +70,25 @@ def handshake_error(status: int, retry_after: str | None, provider: str) -> Upst
 # An upstream `Error` message, classified by its code (or, without a known code, its text): first match wins.
 # (class, retryable, needles in the code, phrases in the text)
 _ERROR_CLASSES = (
-    ("upstream_auth", False, ("AUTH", "CREDENTIAL", "FORBIDDEN", "PERMISSION", "API_KEY", "INVALID_KEY", "TOKEN"),
-     ("credential", "api key", "unauthori", "forbidden", "authenticat", "permission")),
-    ("upstream_payment", False, ("PAYMENT", "CREDIT", "BALANCE", "BILLING", "QUOTA", "INSUFFICIENT"),
-     ("payment", "credit", "balance", "billing", "quota")),
+    (
+        "upstream_auth",
+        False,
+        ("AUTH", "CREDENTIAL", "FORBIDDEN", "PERMISSION", "API_KEY", "INVALID_KEY", "TOKEN"),
+        ("credential", "api key", "unauthori", "forbidden", "authenticat", "permission"),
+    ),
+    (
+        "upstream_payment",
+        False,
+        ("PAYMENT", "CREDIT", "BALANCE", "BILLING", "QUOTA", "INSUFFICIENT"),
+        ("payment", "credit", "balance", "billing", "quota"),
+    ),
     ("rate_limited", True, ("TOO_MANY", "RATE_LIMIT", "THROTTL"), ("rate limit", "too many", "throttl")),
-    ("upstream_bad_request", False, ("INVALID", "BAD_REQUEST", "UNSUPPORTED", "UNKNOWN_MESSAGE", "MALFORMED"),
-     ("invalid", "unsupported", "malformed", "bad request")),
+    (
+        "upstream_bad_request",
+        False,
+        ("INVALID", "BAD_REQUEST", "UNSUPPORTED", "UNKNOWN_MESSAGE", "MALFORMED"),
+        ("invalid", "unsupported", "malformed", "bad request"),
+    ),
 )
 _PROVIDER_MESSAGES = {
     "upstream_auth": "{} refused the server's credentials. The operator must check the API key.",
@@ -124,8 +144,11 @@ class Turns:
             self.end = max(self.end, end)
             return
         self.text, self.words, self.end = text, words, max(end, self.start)
-        self._emit(protocol.transcript(self.index, text, False, self.start, self.end,
-                                       protocol.words(words) if self.interim_words else None))
+        self._emit(
+            protocol.transcript(
+                self.index, text, False, self.start, self.end, protocol.words(words) if self.interim_words else None
+            )
+        )
 
     def marker(self, event: str) -> None:
         """EagerEndOfTurn / TurnResumed, passed on only inside an open turn."""

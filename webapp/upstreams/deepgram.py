@@ -1,10 +1,11 @@
 """Deepgram Flux (`/v2/listen`): turn-aware TurnInfo events.
 
-Wire facts (../shared/docs/protocols.md §1): auth header `Authorization: Token <key>`; wait for `Connected`;
+Wire facts (Deepgram's Flux documentation; docs/protocol.md, what each upstream does): auth header `Authorization: Token <key>`; wait for `Connected`;
 `ForceEndTurn` ends the open turn; `CloseStream` flushes but emits no EndOfTurn, so stop sends ForceEndTurn
 first; `KeepAlive` is invalid on v2 (it kills the stream), so quiet microphones are covered with silence
 frames while a turn is open.
 """
+
 from __future__ import annotations
 
 from .flux import apply_turninfo
@@ -33,6 +34,7 @@ class DeepgramUpstream(WsUpstream):
         return {"Authorization": f"Token {self.settings.deepgram_api_key}"}
 
     def greet(self, msg: dict) -> None:
+        assert self._ready is not None  # greet() runs only while the handshake waits on it
         if msg.get("type") == "Connected":
             self._ready.set_result(None)
         elif msg.get("type") == "Error":

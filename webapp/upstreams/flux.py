@@ -2,6 +2,7 @@
 
 The wire (picows, callbacks, keep-alive) is wsclient.py's; this module only reads what a message means.
 """
+
 from __future__ import annotations
 
 import msgspec
@@ -14,6 +15,7 @@ class FluxUpdate(msgspec.Struct):
     """What an interim needs of a Flux TurnInfo: msgspec skips the other fields without building them and keeps the
     words as raw JSON (they are read only if a final comes without its own). Parsing every field of every update
     into dicts was the largest part of relaying it (docs/benchmarks.md, "Relay performance")."""
+
     type: str = ""
     event: str = ""
     transcript: str = ""

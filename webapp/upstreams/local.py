@@ -1,4 +1,5 @@
 """The embedded recognizer (Moonshine tiny-en in worker processes, see webapp/local/) behind the Upstream API."""
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,9 @@ def capacity_error(limit: int) -> UpstreamError:
         "capacity",
         f"All {limit} embedded recognizer slots are busy; try again in a minute, "
         "or ask the operator to raise LOCAL_MAX_STREAMS.",
-        retryable=True, retry_after=60.0)
+        retryable=True,
+        retry_after=60.0,
+    )
 
 
 class LocalUpstream(Upstream):
@@ -40,8 +43,11 @@ class LocalUpstream(Upstream):
             pool = await recognizer.get_pool(self.settings)
         except Exception as exc:
             log.exception("local recognizer unavailable")
-            raise UpstreamError("upstream_unavailable", "The embedded recognizer could not start; the operator "
-                                "should check the server's log.", retryable=True) from exc
+            raise UpstreamError(
+                "upstream_unavailable",
+                "The embedded recognizer could not start; the operator should check the server's log.",
+                retryable=True,
+            ) from exc
         try:
             self._stream = pool.open_stream(self._on_event, self.params.sample_rate)
         except recognizer.CapacityError as exc:
@@ -55,8 +61,11 @@ class LocalUpstream(Upstream):
             self.turns.end_turn(data["text"] or None, [], data["end"])
         elif kind == "error":
             log.warning("local_recognizer_failed", extra={"fields": {"error": str(data.get("message"))[:300]}})
-            self._finish(UpstreamError("upstream_unavailable", "The embedded recognizer failed; try again shortly.",
-                                       retryable=True))
+            self._finish(
+                UpstreamError(
+                    "upstream_unavailable", "The embedded recognizer failed; try again shortly.", retryable=True
+                )
+            )
 
     def send_audio(self, pcm: bytes) -> None:
         if self._stream is not None:

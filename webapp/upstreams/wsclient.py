@@ -4,6 +4,7 @@ handshakes to error codes, message callbacks, and a silence/keep-alive timer (wh
 The connection is a picows client: frames arrive by callback and sends are plain calls, so an audio frame
 costs no task switch or coroutine on its way upstream (docs/benchmarks.md, "Relay performance").
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +12,7 @@ import ctypes
 import logging
 import os
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -21,10 +23,10 @@ from .flux import UPDATES, DecodeError, FluxUpdate, decode_update
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_TICK = 0.25     # seconds between silence/keep-alive checks while the microphone is quiet
-WATCHDOG_SLICES = 10     # the connections are checked a tenth at a time, every WATCHDOG_TICK / 10
-SILENCE_AFTER = 0.5      # send silence once the microphone paused this long inside an open turn
-MAX_MESSAGE = 2 ** 20    # bytes; providers send small JSON messages
+WATCHDOG_TICK = 0.25  # seconds between silence/keep-alive checks while the microphone is quiet
+WATCHDOG_SLICES = 10  # the connections are checked a tenth at a time, every WATCHDOG_TICK / 10
+SILENCE_AFTER = 0.5  # send silence once the microphone paused this long inside an open turn
+MAX_MESSAGE = 2**20  # bytes; providers send small JSON messages
 # A close frame with these codes (0 = no status code, as Flux sends after CloseStream) is the end we asked for.
 CLEAN_CLOSE = frozenset((WSCloseCode.NO_INFO, WSCloseCode.OK, WSCloseCode.GOING_AWAY))
 
@@ -56,15 +58,15 @@ class _Ticker:
     def __init__(self) -> None:
         self.links: set[WsUpstream] = set()
         self.timer: asyncio.TimerHandle | None = None
-        self.round: list[WsUpstream] = []   # this round's connections, a snapshot
+        self.round: list[WsUpstream] = []  # this round's connections, a snapshot
         self.pos = 0
 
-    def add(self, up: "WsUpstream") -> None:
+    def add(self, up: WsUpstream) -> None:
         self.links.add(up)
         if self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK / WATCHDOG_SLICES, self._tick)
 
-    def discard(self, up: "WsUpstream") -> None:
+    def discard(self, up: WsUpstream) -> None:
         self.links.discard(up)
 
     def _tick(self) -> None:
@@ -72,11 +74,13 @@ class _Ticker:
             self.round, self.pos = list(self.links), 0
         step = -(-len(self.round) // WATCHDOG_SLICES)
         now = monotonic()
-        for up in self.round[self.pos:self.pos + step]:
+        for up in self.round[self.pos : self.pos + step]:
             up._watch(now)
         self.pos += step
         more = self.links or self.pos < len(self.round)
-        self.timer = asyncio.get_running_loop().call_later(WATCHDOG_TICK / WATCHDOG_SLICES, self._tick) if more else None
+        self.timer = (
+            asyncio.get_running_loop().call_later(WATCHDOG_TICK / WATCHDOG_SLICES, self._tick) if more else None
+        )
 
 
 _ticker = _Ticker()
@@ -90,10 +94,10 @@ def build_url(base: str, query: list[tuple[str, str]]) -> str:
 class _Link(WSListener):
     """picows callbacks for one upstream connection, handed to its WsUpstream."""
 
-    def __init__(self, up: "WsUpstream"):
+    def __init__(self, up: WsUpstream):
         super().__init__()
         self.up = up
-        self.parts: list[bytes] | None = None   # a fragmented text message being assembled
+        self.parts: list[bytes] | None = None  # a fragmented text message being assembled
         self.size = 0
 
     def on_ws_frame(self, transport, frame) -> None:
@@ -139,18 +143,18 @@ class WsUpstream(Upstream):
     """Base for recognizers reached over a WebSocket."""
 
     provider = "the recognizer"
-    keepalive_every: float | None = None   # v1-style KeepAlive interval while no audio flows
-    greeting = False                       # the provider says it is ready (Flux `Connected`) before audio
+    keepalive_every: float | None = None  # v1-style KeepAlive interval while no audio flows
+    greeting = False  # the provider says it is ready (Flux `Connected`) before audio
 
     def __init__(self, settings, params, listener=None):
         super().__init__(settings, params, listener)
-        self._t = None                     # the picows transport once connected
-        self._gone = False                 # the connection is closed (or never opened)
-        self._closing = False              # we sent CloseStream
+        self._t = None  # the picows transport once connected
+        self._gone = False  # the connection is closed (or never opened)
+        self._closing = False  # we sent CloseStream
         self._close_code: int | None = None
         self._ready: asyncio.Future | None = None
         self._last_sent = self._last_recv = monotonic()
-        self._pinged = 0.0                 # when a ping went out on a quiet link (0: none pending)
+        self._pinged = 0.0  # when a ping went out on a quiet link (0: none pending)
         self._silence = bytes(int(params.sample_rate * 2 * 0.08))  # 80 ms of zeros
         self._on_batch = listener.on_batch if listener is not None else None  # looked up once: every message calls it
 
@@ -187,34 +191,48 @@ class WsUpstream(Upstream):
         if self.greeting:
             self._ready = loop.create_future()  # the greeting can come in the same packet as the 101
         try:
-            self._t, _ = await asyncio.wait_for(ws_connect(
-                lambda: _Link(self), self.url(), extra_headers=self.headers(), websocket_handshake_timeout=timeout,
-                enable_auto_ping=False,  # _Ticker pings a quiet link itself
-                max_frame_size=MAX_MESSAGE, logger_name="upstream"), timeout)
+            self._t, _ = await asyncio.wait_for(
+                ws_connect(
+                    lambda: _Link(self),
+                    self.url(),
+                    extra_headers=self.headers(),
+                    websocket_handshake_timeout=timeout,
+                    enable_auto_ping=False,  # _Ticker pings a quiet link itself
+                    max_frame_size=MAX_MESSAGE,
+                    logger_name="upstream",
+                ),
+                timeout,
+            )
         except WSInvalidStatusError as exc:
             resp = exc.response
             status = int(resp.status) if resp is not None else 502
             retry_after = resp.headers.get("Retry-After") if resp is not None else None
             raise handshake_error(status, retry_after, self.provider) from None
-        except (OSError, asyncio.TimeoutError, WSError) as exc:
-            log.warning("upstream_connect_failed", extra={"fields": {"provider": self.name, "error": type(exc).__name__}})
-            raise UpstreamError("upstream_unavailable", f"cannot reach {self.provider}; try again shortly",
-                                retryable=True) from None
+        except (TimeoutError, OSError, WSError) as exc:
+            log.warning(
+                "upstream_connect_failed", extra={"fields": {"provider": self.name, "error": type(exc).__name__}}
+            )
+            raise UpstreamError(
+                "upstream_unavailable", f"cannot reach {self.provider}; try again shortly", retryable=True
+            ) from None
         if self._ready is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._t.disconnect()
-                raise UpstreamError("upstream_unavailable",
-                                    f"{self.provider} accepted the connection but never said it was ready",
-                                    retryable=True) from None
+                raise UpstreamError(
+                    "upstream_unavailable",
+                    f"{self.provider} accepted the connection but never said it was ready",
+                    retryable=True,
+                ) from None
             finally:
                 self._ready = None
         self._last_sent = self._last_recv = monotonic()
         _ticker.add(self)
 
     def _on_message(self, raw: bytes) -> None:
-        update = msg = None
+        update = None
+        msg: Any = None  # a dict whenever update is None
         if self.flux_updates and self._ready is None:
             try:
                 update = decode_update(raw)
@@ -249,16 +267,20 @@ class WsUpstream(Upstream):
         self._gone = True
         _ticker.discard(self)
         if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(UpstreamError(
-                "upstream_unavailable", f"{self.provider} closed the connection before it was ready", retryable=True))
+            self._ready.set_exception(
+                UpstreamError(
+                    "upstream_unavailable", f"{self.provider} closed the connection before it was ready", retryable=True
+                )
+            )
             return
         # A reset, a stall (ping timeout) or a close with an error code is not the end we asked for.
         if self._closing and self._close_code in CLEAN_CLOSE:
             self.on_remote_close()
             self._finish()
         else:
-            self._finish(UpstreamError("upstream_unavailable", f"{self.provider} closed the stream unexpectedly",
-                                       retryable=True))
+            self._finish(
+                UpstreamError("upstream_unavailable", f"{self.provider} closed the stream unexpectedly", retryable=True)
+            )
 
     # -- run by _Ticker every WATCHDOG_TICK --
     def _watch(self, now: float) -> None:
@@ -270,7 +292,10 @@ class WsUpstream(Upstream):
         # A stalled provider (no data, no pong) is cut off about two ping periods after it went quiet.
         if self._pinged and self._last_recv < self._pinged:
             if now - self._pinged >= ping:
-                log.warning("upstream_stalled", extra={"fields": {"provider": self.name, "quiet_s": round(now - self._last_recv, 1)}})
+                log.warning(
+                    "upstream_stalled",
+                    extra={"fields": {"provider": self.name, "quiet_s": round(now - self._last_recv, 1)}},
+                )
                 self._t.disconnect(graceful=False)  # _on_disconnected reports it: not a close we asked for
                 return
         elif now - self._last_recv >= ping:
@@ -319,7 +344,16 @@ class WsUpstream(Upstream):
         code = str(msg.get("code") or msg.get("err_code") or msg.get("type") or "")[:80]
         description = str(msg.get("description") or msg.get("message") or msg.get("err_msg") or "")[:300]
         error = provider_error(self.provider, code, description)
-        log.warning("upstream_error_message", extra={"fields": {"provider": self.name, "mapped": error.code,
-                                                                 "provider_code": code, "provider_text": description}})
+        log.warning(
+            "upstream_error_message",
+            extra={
+                "fields": {
+                    "provider": self.name,
+                    "mapped": error.code,
+                    "provider_code": code,
+                    "provider_text": description,
+                }
+            },
+        )
         self._finish(error)
         return error
