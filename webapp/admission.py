@@ -95,7 +95,8 @@ class Admission:
                 sink=sink,
                 resume=resume,
                 resume_token=issue_token,
-                meter=lease.charge,
+                # no minute limit configured: nothing to count, so nothing on the per-frame path
+                meter=lease.charge if quotas.meters_audio else None,
                 on_limit=lambda: (lease.limit_code, *quotas.limit_message(lease)),
             )
             if resume is None:

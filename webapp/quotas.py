@@ -58,6 +58,11 @@ class Quotas:
         self.day = dt.date.min
         self.used_today: dict[str, float] = {}  # seconds of audio per client, today (UTC)
 
+    @property
+    def meters_audio(self) -> bool:
+        """Whether audio must be charged as it flows (a minute limit is set)."""
+        return bool(self.s.max_session_minutes or self.s.client_minutes_per_day)
+
     def client_ip(self, conn: HTTPConnection) -> str:
         peer = conn.client.host if conn.client else "unknown"
         if not self.proxies or not self._trusted(peer):
