@@ -40,9 +40,17 @@ class Recording:
     def __init__(self, store: SessionStore, broker: Broker):
         self.store = store
         self.broker = broker
-        self.held = 0  # finals of this process's sessions not yet stored (the store is down)
         self.lost = 0  # finals given up since start (held past FINALS_HELD, or at exit)
-        self.writers: set[asyncio.Task] = set()  # recorders' writer tasks, which may outlive their session
+        self.recorders: set[Recorder] = set()  # those whose writer runs (it may outlive its session)
+
+    @property
+    def held(self) -> int:
+        """Finals of this process's sessions not yet stored (the store is down)."""
+        return sum(r.held for r in self.recorders)
+
+    @property
+    def writers(self) -> set[asyncio.Task]:
+        return {r.writer for r in self.recorders if r.writer is not None}
 
     async def health(self) -> dict[str, Any]:
         """For /healthz: the store's and the live feed's state, and the finals held and lost."""
@@ -167,17 +175,16 @@ class Recorder(SessionSink):
 
     def _start_writer(self, session_id: str) -> None:
         self.writer = asyncio.create_task(self._write(session_id), name=f"recorder-{session_id}")
-        self.recording.writers.add(self.writer)
+        self.recording.recorders.add(self)
         self.writer.add_done_callback(self._writer_done)
 
     def _writer_done(self, task: asyncio.Task) -> None:
-        self.recording.writers.discard(task)
+        self.recording.recorders.discard(self)
         failed = not task.cancelled() and task.exception() is not None
         if failed:
             log.error("recorder_failed", extra=fields(session=self.session_id, error=repr(task.exception())))
         if self.held:  # stopped at exit (or by a bug) with finals unwritten
             held, self.held, self.held_bytes = self.held, 0, 0
-            self.recording.held -= held
             self._lose(held, "error" if failed else "exit")
         if self.queue and isinstance(self.queue[-1], _End):
             log.error("session_end_record_failed", extra=fields(session=self.session_id))
@@ -214,7 +221,6 @@ class Recorder(SessionSink):
                 return self._lose(1, "held_full")
             self.held += 1
             self.held_bytes += size
-            self.recording.held += 1
             queue.append(_Final(turn, size))
         elif (
             len(queue) >= WRITE_QUEUE
@@ -311,7 +317,6 @@ class Recorder(SessionSink):
             self.seq += 1
             self.held -= 1
             self.held_bytes -= item.size
-            self.recording.held -= 1
             if self.recovering:
                 self.flushed += 1
                 if self.held == 0:

@@ -335,17 +335,20 @@ class SharePages:
         return meta if meta is not None and meta.get("owner") == owner else None
 
     async def _revoke(self, meta: dict[str, Any]) -> None:
-        version = meta["share_version"] + 1
-        await self.store.set_share(meta["id"], version, None)
-        await self.broker.publish(meta["id"], live_revoked(version))  # open viewer sockets close now
-        log.info("share_revoked", extra=fields(session=meta["id"]))
+        await self._replace_link(meta, mint=False)
 
     async def _new_link(self, meta: dict[str, Any]) -> str:
-        version = meta["share_version"] + 1  # a new link also retires the previous one
-        token = self.links.mint(meta["id"], version)
+        token = await self._replace_link(meta, mint=True)
+        assert token is not None
+        return token
+
+    async def _replace_link(self, meta: dict[str, Any], mint: bool) -> str | None:
+        """Retire the current link (its open viewers close now) and, with `mint`, make the next one."""
+        version = meta["share_version"] + 1
+        token = self.links.mint(meta["id"], version) if mint else None
         await self.store.set_share(meta["id"], version, token)
-        await self.broker.publish(meta["id"], live_revoked(version))  # viewers of the old link close now
-        log.info("share_created", extra=fields(session=meta["id"]))
+        await self.broker.publish(meta["id"], live_revoked(version))
+        log.info("share_created" if mint else "share_revoked", extra=fields(session=meta["id"]))
         return token
 
     async def api_share(self, request: Request) -> Response:
