@@ -170,7 +170,7 @@ class Admission:
         known = resumes.get(session_id)
         stored = (
             None
-            if known is not None and session_id in (live.running.keys() | live.ended.keys())
+            if known is not None and (session_id in live.running or session_id in live.ended)
             else await sink.resume_state(session_id)
         )
         recorded_owner = known.owner if known is not None else (stored or {}).get("owner")

@@ -33,13 +33,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or config_mod.load()
     secret_key = load_secret_key(settings)  # one read of DATA_DIR/secret_key for every signer below
     quotas = Quotas(settings)
-    cookies = Cookies(settings)  # __Host- names and Secure over HTTPS
+    cookies = Cookies(settings, quotas)  # __Host- names and Secure over HTTPS
     login = Login(settings, secret_key, cookies, quotas.client_ip)  # token attempts throttled per client
     live = LiveSessions()
     templates = page_templates(asset_version())  # the one Jinja2Templates, for every page
     shares = SharePages(settings, secret_key, templates, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, templates)  # the /embed widget and its keys
-    home = Home(settings, templates, login=login, quotas=quotas, shares=shares)
+    home = Home(settings, templates, login=login, shares=shares)
     admission = Admission(
         settings,
         shares=shares,

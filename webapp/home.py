@@ -10,19 +10,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from .config import Settings
-from .quotas import Quotas
 from .security import Login
 from .share_pages import SharePages
 
 
 class Home:
-    def __init__(
-        self, settings: Settings, templates: Jinja2Templates, *, login: Login, quotas: Quotas, shares: SharePages
-    ):
+    def __init__(self, settings: Settings, templates: Jinja2Templates, *, login: Login, shares: SharePages):
         self.settings = settings
         self.templates = templates
         self.login = login
-        self.quotas = quotas
         self.shares = shares  # the store's health and the owner cookie
 
     async def index(self, request: Request) -> Response:
@@ -56,7 +52,7 @@ class Home:
         form = dict(parse_qsl(body[:4096].decode("utf-8", "replace")))
         if not self.login.required:
             return RedirectResponse("/", status_code=303)
-        right, wait = self.login.try_token(self.quotas.client_ip(request), form.get("token", ""))
+        right, wait = self.login.try_token(self.login.client_ip(request), form.get("token", ""))
         if not right:
             error, status, headers = "That access token is not right.", 401, None
             if wait is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ class Quotas:
         self.per_client: Counter[str] = Counter()
         self.day = dt.date.min
         self.used_today: dict[str, float] = {}  # seconds of audio per client, today (UTC)
+        self._day_ends = 0.0  # Unix time of the next UTC midnight, when used_today starts again
 
     @property
     def meters_audio(self) -> bool:
@@ -76,6 +78,10 @@ class Quotas:
                 return hop
         return hops[0] if hops else peer
 
+    def peer_trusted(self, conn: HTTPConnection) -> bool:
+        """Whether the connection's direct peer is a trusted proxy (whose X-Forwarded-* headers are believed)."""
+        return self._trusted(conn.client.host if conn.client else "")
+
     def _trusted(self, addr: str) -> bool:
         try:
             ip = ipaddress.ip_address(addr)
@@ -84,9 +90,14 @@ class Quotas:
         return any(ip in net for net in self.proxies)
 
     def _roll_day(self) -> None:
-        today = dt.datetime.now(dt.UTC).date()
+        # Called per audio frame while a day limit is set: a float compare until the next UTC midnight.
+        now = time.time()
+        if now < self._day_ends:
+            return
+        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
         if today != self.day:
             self.day, self.used_today = today, {}
+        self._day_ends = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
 
     def admit(self, client: str, session_s: float = 0.0) -> Lease:
         s = self.s
@@ -130,10 +141,11 @@ class Quotas:
             return False
         if s.client_minutes_per_day:
             self._roll_day()
-            if self.used_today.get(lease.client, 0.0) + seconds > s.client_minutes_per_day * 60:
+            used = self.used_today.get(lease.client, 0.0) + seconds
+            if used > s.client_minutes_per_day * 60:
                 lease.limit_code = "quota_exceeded"
                 return False
-            self.used_today[lease.client] = self.used_today.get(lease.client, 0.0) + seconds
+            self.used_today[lease.client] = used
         lease.session_s += seconds
         return True
 

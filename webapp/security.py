@@ -164,13 +164,14 @@ class Cookies:
     set or overwrite it. Over plain http (http://127.0.0.1) it keeps its bare name. Both names are read, the
     `__Host-` one first, so cookies set before, or over http, keep working."""
 
-    def __init__(self, settings: Settings):
-        self._trusted = Quotas(settings)._trusted  # the one judgement of TRUSTED_PROXIES (webapp/quotas.py)
+    def __init__(self, settings: Settings, quotas: Quotas | None = None):
+        # the one judgement of TRUSTED_PROXIES (webapp/quotas.py)
+        self._peer_trusted = (quotas or Quotas(settings)).peer_trusted
 
     def https(self, conn: HTTPConnection) -> bool:
         if conn.url.scheme in ("https", "wss"):
             return True
-        if not self._trusted(conn.client.host if conn.client else ""):
+        if not self._peer_trusted(conn):
             return False  # anyone can send the header: believed only from a trusted proxy
         # The first value is the scheme the browser used with the outermost proxy.
         return conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() in ("https", "wss")
