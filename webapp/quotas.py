@@ -41,8 +41,22 @@ class Lease:
     released: bool = False
 
     def charge(self, seconds: float) -> bool:
-        """Count `seconds` of audio; False (and nothing counted) when that would pass a limit."""
-        return self.quotas._charge(self, seconds)
+        """Count `seconds` of audio; False (and nothing counted) when that would pass a limit. Called per audio
+        frame while a minute limit is set: one call, the limits in seconds worked out once."""
+        q = self.quotas
+        if q.session_cap and self.session_s + seconds > q.session_cap:
+            self.limit_code = "session_limit"
+            return False
+        if q.day_cap:
+            if time.time() >= q._day_ends:
+                q._roll_day()
+            used = q.used_today.get(self.client, 0.0) + seconds
+            if used > q.day_cap:
+                self.limit_code = "quota_exceeded"
+                return False
+            q.used_today[self.client] = used
+        self.session_s += seconds
+        return True
 
     def release(self) -> None:
         if not self.released:
@@ -58,6 +72,8 @@ class Quotas:
         self.per_client: Counter[str] = Counter()
         self.day = dt.date.min
         self.used_today: dict[str, float] = {}  # seconds of audio per client, today (UTC)
+        self.session_cap = settings.max_session_minutes * 60  # seconds; 0 = no limit
+        self.day_cap = settings.client_minutes_per_day * 60
         self._day_ends = 0.0  # Unix time of the next UTC midnight, when used_today starts again
 
     @property
@@ -133,21 +149,6 @@ class Quotas:
         self.active += 1
         self.per_client[client] += 1
         return Lease(self, client, session_s)
-
-    def _charge(self, lease: Lease, seconds: float) -> bool:
-        s = self.s
-        if s.max_session_minutes and lease.session_s + seconds > s.max_session_minutes * 60:
-            lease.limit_code = "session_limit"
-            return False
-        if s.client_minutes_per_day:
-            self._roll_day()
-            used = self.used_today.get(lease.client, 0.0) + seconds
-            if used > s.client_minutes_per_day * 60:
-                lease.limit_code = "quota_exceeded"
-                return False
-            self.used_today[lease.client] = used
-        lease.session_s += seconds
-        return True
 
     def _release(self, lease: Lease) -> None:
         self.active -= 1
