@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import protocol
+
 LINE_CHARS = 42
 MAX_LINES = 2
 MAX_CUE_SECONDS = 6.0
@@ -54,11 +56,8 @@ class Cue:
 
 
 def _num(value: Any) -> float | None:
-    return (
-        float(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else None
-    )
+    number = protocol.number(value)  # the one "finite number, not bool" rule, shared with the upstreams
+    return None if number is None else float(number)
 
 
 def timed_words(turn: dict[str, Any], fallback_start: float = 0.0) -> list[Word]:
