@@ -132,20 +132,11 @@ class Quotas:
         if s.client_minutes_per_day:
             self._roll_day()
             if self.used_today.get(client, 0.0) >= s.client_minutes_per_day * 60 - EPSILON:
-                raise QuotaError(
-                    "quota_exceeded",
-                    f"Today's allowance of {s.client_minutes_per_day} minutes of "
-                    "captioning is used up. It renews at midnight UTC.",
-                    retry_after=_seconds_to_midnight(),
-                )
+                raise QuotaError("quota_exceeded", self._day_text(), retry_after=_seconds_to_midnight())
         if (
             s.max_session_minutes and session_s >= s.max_session_minutes * 60 - EPSILON
         ):  # a resume of a session at its limit
-            raise QuotaError(
-                "session_limit",
-                self.limit_message(Lease(self, client, limit_code="session_limit"))[0],
-                retry_after=None,
-            )
+            raise QuotaError("session_limit", self._session_text(), retry_after=None)
         self.active += 1
         self.per_client[client] += 1
         return Lease(self, client, session_s)
@@ -158,12 +149,14 @@ class Quotas:
 
     def limit_message(self, lease: Lease) -> tuple[str, float | None]:
         if lease.limit_code == "session_limit":
-            return (
-                f"Sessions are limited to {self.s.max_session_minutes} minutes; press Start to begin a new one.",
-                None,
-            )
+            return self._session_text(), None
+        return self._day_text(), float(_seconds_to_midnight())
+
+    def _session_text(self) -> str:
+        return f"Sessions are limited to {self.s.max_session_minutes} minutes; press Start to begin a new one."
+
+    def _day_text(self) -> str:
         return (
             f"Today's allowance of {self.s.client_minutes_per_day} minutes of captioning is used up. "
-            "It renews at midnight UTC.",
-            float(_seconds_to_midnight()),
+            "It renews at midnight UTC."
         )
