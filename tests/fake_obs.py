@@ -27,6 +27,8 @@ What tests can make it do (thread-safe, from any thread):
                             obsproject/obs-websocket#1048, which answers 501 while GetStreamStatus says active)
   stall                     receive requests but never answer (pings are still answered: a hung OBS UI thread)
   mute_hello                accept connections but never send Hello
+  hello_text                send this raw text instead of Hello (a WebSocket server that is not obs-websocket)
+  kick()                    close every identified session with 4011 SessionInvalidated (the UI's Kick button)
   drop()                    cut every connection (TCP abort, no close frame)
   restart(down_for)         ExitStarted, close 1001, nothing listening for `down_for` s, then serve again on the
                             same port (a fresh "OBS": captions recorded so far are kept)
@@ -74,6 +76,7 @@ class FakeObs:
         self.comment: str | None = None
         self.stall = False
         self.mute_hello = False
+        self.hello_text: str | None = None
         self.captions: list[tuple[float, str]] = []
         self.requests: list[str] = []
         self.identified = 0
@@ -115,6 +118,11 @@ class FakeObs:
 
     def drop(self) -> None:
         self._call(self._drop())
+
+    def kick(self) -> None:
+        """Starts the closes and returns (their handshakes need the client's loop, which may be the caller's)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._kick(), self._loop)
 
     def restart(self, down_for: float = 0.2) -> None:
         self._call(self._restart(down_for), timeout=10 + down_for)
@@ -192,6 +200,11 @@ class FakeObs:
         for ws in list(self._conns):
             ws.transport.abort()
 
+    async def _kick(self) -> None:
+        for ws in list(self._clients):
+            self.closes.append(4011)
+            await ws.close(4011, "Your session has been invalidated.")
+
     async def _restart(self, down_for: float) -> None:
         await self._event("ExitStarted", EVENT_GENERAL)
         for ws in list(self._conns):
@@ -225,7 +238,9 @@ class FakeObs:
             salt = base64.b64encode(os.urandom(32)).decode()
             challenge = base64.b64encode(os.urandom(32)).decode()
             hello["authentication"] = {"challenge": challenge, "salt": salt}
-        if not self.mute_hello:
+        if self.hello_text is not None:
+            await ws.send(self.hello_text)
+        elif not self.mute_hello:
             await ws.send(json.dumps({"op": 0, "d": hello}))
         async for raw in ws:
             op, d = self._decode(raw)

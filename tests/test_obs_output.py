@@ -101,6 +101,43 @@ async def test_a_bad_address_is_not_retried(dests):
     assert info.value.retryable is False and "ws://host:4455" in info.value.message
 
 
+NOT_OBS = [
+    # (what answers at the address, words in the error)
+    ("an HTTP server, not WebSocket", "http", "not obs-websocket"),
+    ("WebSocket, but its first message is not Hello", '{"op": 2, "d": {}}', "not as obs-websocket 5 does"),
+    ("WebSocket, not JSON", "hello there", "not as obs-websocket 5 does"),
+]
+
+
+@pytest.mark.parametrize("label, first, words", NOT_OBS, ids=[n[0] for n in NOT_OBS])
+async def test_something_else_at_the_address(fake, dests, label, first, words):
+    if first == "http":
+        server = await asyncio.start_server(http_404, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    else:
+        sim = fake()
+        sim.hello_text = first
+        url = sim.url
+    with pytest.raises(DeliveryError) as info:
+        await dests(url, None, timeout=2.0).start()
+    assert words in info.value.message and info.value.retryable is True
+    if first == "http":
+        server.close()
+
+
+async def test_a_kicked_output_does_not_come_back(fake, dests):
+    """4011 SessionInvalidated (OBS's Kick button): the protocol says not to reconnect automatically."""
+    sim = fake()
+    dest = dests(sim.url, None)
+    await dest.start()
+    sim.kick()
+    assert await poll(lambda: dest._ws is None)
+    with pytest.raises(DeliveryError) as info:
+        await dest.deliver(cap("Hello."), 1)
+    assert info.value.retryable is False and "Kick" in info.value.message
+    assert sim.identified == 1  # no new connection
+
+
 # ---- streaming or not ----------------------------------------------------------------------------
 async def test_not_streaming_skips_with_the_detail_and_events_switch_it(fake, dests):
     sim = fake(streaming=False)
@@ -328,6 +365,13 @@ async def test_the_password_is_never_logged(fake, dests, caplog):
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+async def http_404(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
 async def poll(predicate, timeout: float = 3.0) -> bool:
     """True once predicate() holds (checked every 10 ms), False after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -85,7 +85,7 @@ class ObsDestination:
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # one connect at a time
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, asyncio.Future] = {}  # this connection's requests waiting for their answer
         self._ids = 0
         self._streaming: bool | None = None
         self._status_at = 0.0  # monotonic time of the last stream status (answer or event)
@@ -176,9 +176,9 @@ class ObsDestination:
             except BaseException:
                 ws.transport.abort()
                 raise
-            self._ws = ws
-            self._streaming = None
-            self._reader = asyncio.create_task(self._read(ws), name="obs-reader")
+            # Each connection has its own waiting requests: a dead one's reader must not fail the next one's.
+            self._ws, self._pending, self._streaming = ws, {}, None
+            self._reader = asyncio.create_task(self._read(ws, self._pending), name="obs-reader")
 
     async def _identify(self, ws: ClientConnection) -> None:
         try:
@@ -208,7 +208,7 @@ class ObsDestination:
             extra=fields(
                 obs=str(hello.get("obsStudioVersion", ""))[:20],
                 obs_websocket=str(hello.get("obsWebSocketVersion", ""))[:20],
-                password=self._password is not None,
+                auth=self._password is not None,
             ),
         )
 
@@ -224,14 +224,14 @@ class ObsDestination:
             raise DeliveryError("the OBS address answered, but not as obs-websocket 5 does: use OBS 28 or newer")
         return msg["d"]
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ClientConnection, pending: dict[str, asyncio.Future]) -> None:
         """Answers and events until the connection ends; then every waiting request fails (retryable)."""
         closed = "OBS closed the connection (OBS quit or restarted?); it is reopened with the next caption"
         try:
             async for raw in ws:
                 try:
                     msg = json.loads(raw)
-                    self._on_message(msg["op"], msg["d"])
+                    self._on_message(msg["op"], msg["d"], pending)
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # not a message obs-websocket documents: skipped
         except ConnectionClosed:
@@ -244,14 +244,14 @@ class ObsDestination:
                 self._fail(DeliveryError(FATAL_CLOSES[code], retryable=False))
             log.info("obs_disconnected", extra=fields(close_code=code))
             error = self._fatal or DeliveryError(closed)
-            for future in self._pending.values():
+            for future in pending.values():
                 if not future.done():
                     future.set_exception(error)
-            self._pending.clear()
+            pending.clear()
 
-    def _on_message(self, op: int, d: dict) -> None:
+    def _on_message(self, op: int, d: dict, pending: dict[str, asyncio.Future]) -> None:
         if op == 7:
-            future = self._pending.pop(d["requestId"], None)
+            future = pending.pop(d["requestId"], None)
             if future is not None and not future.done():
                 future.set_result(d)
         elif op == 5:
@@ -263,25 +263,25 @@ class ObsDestination:
 
     async def _request(self, kind: str, data: dict | None = None) -> tuple[dict, dict]:
         """(requestStatus, responseData) of one request. The caller's deadline bounds the wait."""
-        ws = self._ws
+        ws, pending = self._ws, self._pending
         if ws is None:
             raise DeliveryError("OBS closed the connection; it is reopened with the next caption")
         self._ids += 1
         rid = str(self._ids)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
+        pending[rid] = future
         msg: dict[str, Any] = {"requestType": kind, "requestId": rid}
         if data is not None:
             msg["requestData"] = data
         try:
             await ws.send(json.dumps({"op": 6, "d": msg}))
         except ConnectionClosed:
-            self._pending.pop(rid, None)
+            pending.pop(rid, None)
             raise DeliveryError("OBS closed the connection; it is reopened with the next caption") from None
         try:
             answer = await future
         finally:
-            self._pending.pop(rid, None)
+            pending.pop(rid, None)
         status = answer.get("requestStatus")
         response = answer.get("responseData")
         return (status if isinstance(status, dict) else {}), (response if isinstance(response, dict) else {})
