@@ -32,7 +32,7 @@ What tests can make it do (thread-safe, from any thread):
   drop()                    cut every connection (TCP abort, no close frame)
   restart(down_for)         ExitStarted, close 1001, nothing listening for `down_for` s, then serve again on the
                             same port (a fresh "OBS": captions recorded so far are kept)
-Records: `captions` [(monotonic time, text)], `requests` [requestType], `identified` (count),
+Records: `captions` [(monotonic time, text)], `requests` [requestType], `connections` and `identified` (counts),
 `auth_failures` (count), `closes` [close codes the server sent].
 """
 
@@ -79,6 +79,7 @@ class FakeObs:
         self.hello_text: str | None = None
         self.captions: list[tuple[float, str]] = []
         self.requests: list[str] = []
+        self.connections = 0
         self.identified = 0
         self.auth_failures = 0
         self.closes: list[int] = []
@@ -218,6 +219,7 @@ class FakeObs:
 
     async def _handler(self, ws: ServerConnection) -> None:
         self._conns.add(ws)
+        self.connections += 1
         try:
             await self._session(ws)
         except _Close as close:

@@ -125,6 +125,26 @@ async def test_something_else_at_the_address(fake, dests, label, first, words):
         server.close()
 
 
+async def test_a_redirect_is_not_followed(fake, dests):
+    """An allowed address that redirects elsewhere (here: to a real obs-websocket) is refused, not followed."""
+    sim = fake()
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 302 Found\r\nLocation: {sim.url}\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    try:
+        with pytest.raises(DeliveryError) as info:
+            await dests(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", None).start()
+        assert "not obs-websocket" in info.value.message
+        assert sim.connections == 0
+    finally:
+        server.close()
+
+
 async def test_a_kicked_output_does_not_come_back(fake, dests):
     """4011 SessionInvalidated (OBS's Kick button): the protocol says not to reconnect automatically."""
     sim = fake()

@@ -56,6 +56,13 @@ MAX_501_STREAMING = 3  # 501 while OBS says it streams: retried this often, then
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # a NUL would end libobs's C string
 
 
+class _connect_once(connect):
+    """websockets' connect, without following redirects: the operator allowed this address, not where it points."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 def auth_string(password: str, salt: str, challenge: str) -> str:
     """obs-websocket's Identify authentication for this Hello."""
     secret = base64.b64encode(hashlib.sha256((password + salt).encode()).digest()).decode()
@@ -144,7 +151,7 @@ class ObsDestination:
             if self._ws is not None:
                 return
             try:
-                ws = await connect(
+                ws = await _connect_once(
                     self.url,
                     subprotocols=[Subprotocol("obswebsocket.json")],
                     compression=None,
@@ -231,7 +238,7 @@ class ObsDestination:
             async for raw in ws:
                 try:
                     msg = json.loads(raw)
-                    self._on_message(msg["op"], msg["d"], pending)
+                    self._on_message(ws, pending, msg["op"], msg["d"])
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # not a message obs-websocket documents: skipped
         except ConnectionClosed:
@@ -249,17 +256,20 @@ class ObsDestination:
                     future.set_exception(error)
             pending.clear()
 
-    def _on_message(self, op: int, d: dict, pending: dict[str, asyncio.Future]) -> None:
+    def _on_message(self, ws: ClientConnection, pending: dict[str, asyncio.Future], op: int, d: dict) -> None:
         if op == 7:
             future = pending.pop(d["requestId"], None)
             if future is not None and not future.done():
                 future.set_result(d)
-        elif op == 5:
+        elif op == 5 and self._ws is ws:  # a connection being replaced says nothing about the new one
             kind = d.get("eventType")
             if kind == "StreamStateChanged":
                 self._set_streaming(bool(d["eventData"]["outputActive"]))
             elif kind == "ExitStarted":
-                self._set_streaming(False)  # OBS is quitting; the close follows
+                # OBS is quitting: end this connection now, so the next caption opens a new one (refused until an
+                # OBS listens again: retryable) rather than being skipped as "not streaming" on this one.
+                self._ws, self._streaming = None, None
+                ws.transport.abort()
 
     async def _request(self, kind: str, data: dict | None = None) -> tuple[dict, dict]:
         """(requestStatus, responseData) of one request. The caller's deadline bounds the wait."""
