@@ -106,10 +106,11 @@ NOT_OBS = [
     ("an HTTP server, not WebSocket", "http", "not obs-websocket"),
     ("WebSocket, but its first message is not Hello", '{"op": 2, "d": {}}', "not as obs-websocket 5 does"),
     ("WebSocket, not JSON", "hello there", "not as obs-websocket 5 does"),
+    ("a first message over 1 MiB", '{"op": 0, "d": "' + "x" * 2**20 + '"}', "closed the connection while"),
 ]
 
 
-@pytest.mark.parametrize("label, first, words", NOT_OBS, ids=[n[0] for n in NOT_OBS])
+@pytest.mark.parametrize("label, first, words", NOT_OBS, ids=[n[0][:40] for n in NOT_OBS])
 async def test_something_else_at_the_address(fake, dests, label, first, words):
     if first == "http":
         server = await asyncio.start_server(http_404, "127.0.0.1", 0)
