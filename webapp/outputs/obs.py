@@ -11,9 +11,9 @@ briefly, kept current by StreamStateChanged events); some macOS builds answer 50
 libcaption wraps it into 32-character rows, breaking at newlines.
 
 Text on screen: the last two 32-character rows of the caption (`format_608`). Each caption replaces the one on
-screen at OBS's next video frame, so splitting a long one into successive captions would show all but the
-last for a frame; the session sends a long turn's stable beginning every few seconds, and two rows hold about
-4 s of speech, so the newest rows are what a viewer can read. The whole text goes to the browser-source overlay.
+screen at OBS's next video frame, so a long one split into successive captions would show each part but the
+last for one frame only; the session sends a long turn's stable beginning every few seconds, and two rows hold
+about 4 s of speech, so the newest rows are what a viewer can read. The whole text is on the overlay.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ NOT_STREAMING = "OBS is not streaming"
 # OBS closes with these after Identify (WebSocketCloseCode); none of them gets better by reconnecting.
 FATAL_CLOSES = {
     4009: "OBS refused the password: check the obs-websocket password (Tools → WebSocket Server Settings)",
-    4010: "OBS's obs-websocket does not speak RPC version 1: use OBS 28 or newer",
+    4010: "this OBS's obs-websocket does not accept RPC version 1, the one this app speaks",
     4011: "OBS disconnected this output on purpose (its session list's Kick): add the output again",
 }
 RETRY_CODES = {207, 500, 502, 503, 504}  # NotReady and output states that can change
@@ -215,7 +215,7 @@ class ObsDestination:
             extra=fields(
                 obs=str(hello.get("obsStudioVersion", ""))[:20],
                 obs_websocket=str(hello.get("obsWebSocketVersion", ""))[:20],
-                auth=self._password is not None,
+                auth=isinstance(auth, dict),
             ),
         )
 
