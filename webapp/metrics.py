@@ -20,7 +20,15 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from starlette.requests import Request
@@ -29,6 +37,7 @@ from starlette.responses import PlainTextResponse, Response
 from .config import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+disable_created_metrics()  # no *_created series: a counter's start time is noise on this page
 
 SESSIONS_ACTIVE = Gauge(
     "caption_relay_sessions_active", "Live capture sessions (page, widget, realtime API)", multiprocess_mode="livesum"
