@@ -296,6 +296,40 @@ async def test_minutes_per_day_are_enforced_per_key(tmp_path):
     await store.close()
 
 
+@pytest.mark.parametrize("key_minutes, session_minutes, accepted_s, code", [
+    (1, 2, 60.0, "quota_exceeded"),   # the key's day runs out first
+    (2, 1, 60.0, "session_limit"),    # the session's limit first
+    (1, 0, 60.0, "quota_exceeded"),   # only the key's
+    (0, 1, 60.0, "session_limit"),    # only the lease's
+    (0, 0, None, None),               # nothing to count: nothing runs per frame
+])
+async def test_a_live_session_meets_the_key_and_the_client_limits(tmp_path, key_minutes, session_minutes,
+                                                                   accepted_s, code):
+    from webapp.quotas import Quotas
+    settings = config.load({"MAX_SESSION_MINUTES": str(session_minutes)})
+    store = SqliteStore(tmp_path / "k.sqlite3")
+    await store.start()
+    usage = Usage(settings, store)
+    ring = ApiKeys(settings, store, usage=usage)
+    key, _ = await ring.create("live", minutes_per_day=key_minutes)
+    client = await ring.authenticate(request(bearer(key)))
+    quotas = Quotas(settings)
+    lease = quotas.admit(client.ip)
+    m = usage.live_meter(client, lease if quotas.meters_audio else None)
+    if accepted_s is None:
+        assert m.charge is None
+    else:
+        accepted = 0.0
+        for _ in range(2000):  # 80 ms frames: at most 160 s
+            if not m.charge(0.08):
+                break
+            accepted += 0.08
+        assert accepted == pytest.approx(accepted_s, abs=0.09)
+        got_code, message, retry_after = m.on_limit()
+        assert got_code == code and message and (retry_after is None) == (code == "session_limit")
+    await store.close()
+
+
 # ---- a live session: usage in /sessions, api-key list and /metrics ---------------------------------------
 
 

@@ -30,6 +30,7 @@ from .store import STORE_ERRORS, SessionStore, UsageRow
 
 if TYPE_CHECKING:
     from .apikeys import ApiClient
+    from .quotas import Lease
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,12 @@ class Usage:
         """(code, message, retry_after) for a session a key's day limit stopped (RelaySession's `on_limit`)."""
         return "quota_exceeded", self._limit_text(client), float(seconds_to_midnight())
 
+    def live_meter(self, client: ApiClient, lease: Lease | None = None) -> LiveMeter:
+        """The per-frame meter of a live session under `client`: the key's day limit, and the lease's limits
+        when `lease` is given (pass it only when Quotas.meters_audio). Give RelaySession `meter=m.charge` (None
+        when nothing needs counting: then nothing runs per frame) and `on_limit=m.on_limit`."""
+        return LiveMeter(self, client, lease)
+
     async def charge(self, client: ApiClient, seconds: float, *, embed_key: str = "") -> None:
         """A batch job of `seconds` of audio, before it is recognized: raises ApiQuotaError when it would pass the
         key's minutes for today, else charges it to the key and the client's IP and writes it now."""
@@ -245,3 +252,31 @@ class Usage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         await self.flush()
+
+
+class LiveMeter:
+    """A live session's limits in one per-frame call: the API key's minutes per day, then the client's quotas."""
+
+    def __init__(self, usage: Usage, client: ApiClient, lease: Lease | None):
+        self.client, self.usage, self.lease = client, usage, lease
+        self.key = usage.meter(client)
+        self.by_key = False  # the key's limit stopped the session (else the lease's)
+        self.charge: Callable[[float], bool] | None
+        if self.key is not None and lease is not None:
+            self.charge = self._both
+        else:
+            self.charge = self.key or (lease.charge if lease is not None else None)
+            self.by_key = self.key is not None
+
+    def _both(self, seconds: float) -> bool:
+        assert self.key is not None and self.lease is not None
+        if not self.key(seconds):
+            self.by_key = True
+            return False
+        return self.lease.charge(seconds)
+
+    def on_limit(self) -> tuple[str, str, float | None]:
+        if self.by_key or self.lease is None:
+            return self.usage.limit_message(self.client)
+        lease = self.lease
+        return (lease.limit_code, *lease.quotas.limit_message(lease))
