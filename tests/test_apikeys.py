@@ -149,6 +149,22 @@ async def test_stores_keep_keys_hashed_and_add_usage(store):
     assert await store.usage("embed_key", day) == {}
 
 
+async def test_an_older_sqlite_file_gains_the_new_tables_and_column(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the sessions table as the previous version made it
+        db.execute("CREATE TABLE sessions (id TEXT PRIMARY KEY, owner TEXT, backend TEXT NOT NULL, model TEXT, "
+                   "sample_rate INTEGER, started_at REAL NOT NULL, ended_at REAL, duration REAL, audio_seconds REAL, "
+                   "end_reason TEXT, share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT, resume_nonce TEXT)")
+        db.execute("INSERT INTO sessions (id, owner, backend, started_at) VALUES ('s1', 'o', 'local', 1.0)")
+    store = SqliteStore(path)
+    await store.start()
+    await store.end_session("s1", {"ended_at": 2.0, "audio_seconds": 60.0, "cost": 0.0077})
+    assert (await store.get_session("s1"))["cost"] == 0.0077
+    await store.add_usage([("ip", "10.0.0.1", today(), 1.0, 0.0)])
+    assert await store.api_keys() == []
+    await store.close()
+
+
 # ---- authenticate ----------------------------------------------------------------------------------
 
 
@@ -415,6 +431,16 @@ def test_metrics_only_for_loopback_or_the_token(app):
         got, _, body = http("GET", url, headers)
         assert got == status, (headers, body)
     assert METRICS_TOKEN not in app.log_text()
+
+
+async def test_an_api_key_sent_to_the_app_never_reaches_its_log(app, session_tmp):
+    key = cli(app_data(app, session_tmp), "create", "--name", "logged").stdout.strip()
+    assert http("GET", f"{app.http}/metrics?api_key={key}", bearer(key))[0] == 401  # not the metrics token
+    async with connect(f"{app.ws}/ws/listen?api_key={key}", compression=None, additional_headers=bearer(key)) as ws:
+        messages = await collect_until_closed(ws)
+    assert messages[0]["code"] == "bad_request" and key not in json.dumps(messages)
+    log = app.log_text()  # LOG_LEVEL=debug: uvicorn's socket lines name the path and query
+    assert "api_key=[redacted]" in log and key not in log and key[4:20] not in log
 
 
 def test_api_key_query_parameter_is_redacted_from_logs():
