@@ -55,7 +55,7 @@ def scrape(app, headers: dict | None = None) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def app(simulator, session_tmp):
     env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
-           "UPSTREAM_RETRY_SECONDS": "0", "COST_PER_MINUTE": str(PRICE), "METRICS_TOKEN": METRICS_TOKEN,
+           "UPSTREAM_RETRY_SECONDS": "30", "COST_PER_MINUTE": str(PRICE), "METRICS_TOKEN": METRICS_TOKEN,
            "TRUSTED_PROXIES": "127.0.0.1"}
     with running_app(env, session_tmp, "apikeys") as a:
         yield a
@@ -411,6 +411,30 @@ async def test_a_live_session_is_metered_and_its_counters_move(app, sim, session
     assert metered[f"caption_relay_api_key_audio_seconds_total{{id={key_id},key=metered}}"] == 90.0
     assert metered[f"caption_relay_api_key_cost_total{{id={key_id},key=metered}}"] == pytest.approx(0.9)
     assert key not in app.log_text()
+
+
+async def test_a_dropped_upstream_shows_as_a_failure_a_reconnect_and_replayed_audio(app, sim):
+    sim.faults.drop_after_bytes, sim.faults.connections = 20 * 2560, 1  # 1.6 s in, before the first final
+    before = scrape(app)
+    async with connect(f"{app.ws}/ws/listen", compression=None) as ws:
+        reader = asyncio.create_task(collect_until_closed(ws, timeout=30))
+        for chunk in frames(tone_pcm(4.0)):
+            await ws.send(chunk)
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        messages = await reader
+    assert {"type": "status", "state": "live"} in messages  # it did reconnect
+    after = scrape(app)
+
+    def moved(prefix):
+        return sum(v for k, v in after.items() if k.startswith(prefix)) - sum(
+            v for k, v in before.items() if k.startswith(prefix))
+    assert moved("caption_relay_upstream_connects_total") == 2
+    assert moved("caption_relay_upstream_reconnects_total") == 1
+    assert moved("caption_relay_upstream_failures_total") == 1
+    received = moved("caption_relay_audio_received_seconds_total")
+    assert received == pytest.approx(4.0, abs=0.01)
+    # the open turn's audio went up again on the new connection
+    assert moved("caption_relay_audio_relayed_seconds_total") > received + 1.0
 
 
 # ---- who may read /metrics -------------------------------------------------------------------------
