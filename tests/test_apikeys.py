@@ -346,6 +346,23 @@ async def test_a_live_session_meets_the_key_and_the_client_limits(tmp_path, key_
     await store.close()
 
 
+async def test_usage_is_kept_while_the_store_is_down_and_written_when_it_answers():
+    from prometheus_client import REGISTRY
+    down = RedisStore("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    down.redis = redis_client(down.url)
+    usage = Usage(config.load({"COST_PER_MINUTE": "1"}), down)
+    errors = REGISTRY.get_sample_value("caption_relay_store_errors_total", {"where": "usage"}) or 0
+    await usage.charge(ApiClient("k1", "k", "10.0.0.1"), 30.0)  # the job is not failed for it
+    await usage.charge(ApiClient("k1", "k", "10.0.0.1"), 15.0)
+    assert REGISTRY.get_sample_value("caption_relay_store_errors_total", {"where": "usage"}) == errors + 2
+    assert usage.pending == {("api_key", "k1", today()): 45.0, ("ip", "10.0.0.1", today()): 45.0}
+    usage.store = up = MemoryStore()  # the store answers again
+    await usage.flush()
+    assert usage.pending == {}
+    assert (await up.usage("api_key", today()))["k1"] == pytest.approx(
+        {"today_s": 45.0, "today_cost": 0.75, "total_s": 45.0, "total_cost": 0.75})
+
+
 # ---- a live session: usage in /sessions, api-key list and /metrics ---------------------------------------
 
 

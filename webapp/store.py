@@ -148,7 +148,7 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def add_usage(self, rows: list[UsageRow]) -> None:
-        """Add each row's seconds and cost to its subject's day (all or nothing)."""
+        """Add each row's seconds and cost to its subject's day; all or nothing for up to 500 rows."""
 
     @abc.abstractmethod
     async def usage(self, kind: str, day: str) -> dict[str, dict[str, float]]:
@@ -483,7 +483,7 @@ class SqliteStore(SessionStore):
 
     async def add_usage(self, rows: list[UsageRow]) -> None:
         # One multi-row upsert per chunk: one statement is one transaction in autocommit mode.
-        for chunk in (rows[i : i + USAGE_PER_WRITE] for i in range(0, len(rows), USAGE_PER_WRITE)):
+        for chunk in (rows[i : i + USAGE_PER_WRITE] for i in range(0, len(rows), USAGE_PER_WRITE)):  # (500 a call)
             await self.db.execute(
                 "INSERT INTO usage (kind, subject, day, seconds, cost) VALUES "
                 + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 10.0  # how often live sessions' usage is written (and what a crash can lose of each)
 KINDS = ("api_key", "embed_key", "ip")
+ROWS_PER_WRITE = 500  # what one store call adds (SQLite: one statement, so one transaction)
 
 
 class ApiQuotaError(Exception):
@@ -212,15 +213,23 @@ class Usage:
             for entry in list(self.tracked.values()):
                 self._collect(entry)
             self.sync_metrics()
-            rows: list[UsageRow] = [(k, s, d, secs, self.cost(secs)) for (k, s, d), secs in self.pending.items()]
+            # Taken out whole: what sessions and jobs add while the write is under way waits for the next flush.
+            batch, self.pending = self.pending, {}
+            rows: list[UsageRow] = [(k, s, d, secs, self.cost(secs)) for (k, s, d), secs in batch.items()]
+            for i in range(0, len(rows), ROWS_PER_WRITE):
+                try:
+                    await self.store.add_usage(rows[i : i + ROWS_PER_WRITE])
+                except STORE_ERRORS as exc:  # each write is all or nothing: the rest is put back for the next flush
+                    for kind, subject, day, secs, _ in rows[i:]:
+                        self.pending[(kind, subject, day)] = self.pending.get((kind, subject, day), 0.0) + secs
+                    metrics.STORE_ERRORS.labels("usage").inc()
+                    log.warning("usage_write_failed", extra=fields(rows=len(rows) - i, error=type(exc).__name__))
+                    return
             try:
-                if rows:
-                    await self.store.add_usage(rows)
-                    self.pending.clear()  # (nothing is added while the lock is held)
                 await self._refresh_keys()
-            except STORE_ERRORS as exc:  # kept in `pending`: the next flush writes it
+            except STORE_ERRORS as exc:
                 metrics.STORE_ERRORS.labels("usage").inc()
-                log.warning("usage_write_failed", extra=fields(rows=len(rows), error=type(exc).__name__))
+                log.warning("usage_read_failed", extra=fields(error=type(exc).__name__))
 
     async def _refresh_keys(self) -> None:
         keys = await self.store.api_keys()
