@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from client import collect_until_closed, frames, tone_pcm
 from conftest import ROOT, TEST_DG_KEY, running_app, start_app, stop_app
-from test_sharing import http, owner_cookie
+from test_sharing import Socket, http, owner_cookie
 
 from webapp import config
 from webapp.apikeys import ApiAuthError, ApiClient, ApiKeys, digest, error_response
@@ -381,19 +381,18 @@ async def test_a_live_session_is_metered_and_its_counters_move(app, sim, session
 
     before = scrape(app)
     cookie = owner_cookie(app)
-    pcm = tone_pcm(4.0)
-    async with connect(f"{app.ws}/ws/listen", compression=None, additional_headers={"Cookie": cookie}) as ws:
-        reader = asyncio.create_task(collect_until_closed(ws, timeout=30))
-        for chunk in frames(pcm)[:10]:
-            await ws.send(chunk)
-        deadline = time.monotonic() + 10
-        while scrape(app)["caption_relay_sessions_active"] != 1:  # polled: /metrics has no event to await
-            assert time.monotonic() < deadline, "sessions_active never showed the session"
-            await asyncio.sleep(0.05)
-        for chunk in frames(pcm)[10:]:
-            await ws.send(chunk)
-        await ws.send(json.dumps({"type": "CloseStream"}))
-        messages = await reader
+    speaker = await Socket.open(f"{app.ws}/ws/listen", additional_headers={"Cookie": cookie})
+    await speaker.send_audio(0.8)
+    ready = await speaker.until(lambda s: s.ready)
+    viewer = await Socket.open(f"{app.ws}/ws/watch/{ready['share_url'].removeprefix('/s/')}")
+    await viewer.until(lambda v: v.of("snapshot"))
+    deadline = time.monotonic() + 10
+    while (scrape(app)["caption_relay_sessions_active"], scrape(app)["caption_relay_viewers_connected"]) != (1, 1):
+        assert time.monotonic() < deadline, "the gauges never showed the session and its viewer"
+        await asyncio.sleep(0.05)  # polled: /metrics has no event to await
+    await speaker.send_audio(3.2)
+    messages = await speaker.close_stream()
+    await viewer.until_closed()
     finals = [m for m in messages if m["type"] == "transcript" and m["final"]]
     assert finals and messages[-1]["type"] == "closed"
 
@@ -407,6 +406,10 @@ async def test_a_live_session_is_metered_and_its_counters_move(app, sim, session
         "caption_relay_finals_total": len(finals), "caption_relay_end_of_turn_seconds_count": len(finals),
         "caption_relay_upstream_connects_total{backend=deepgram}": 1}, abs=0.01)
     assert after["caption_relay_sessions_active"] == 0
+    deadline = time.monotonic() + 10
+    while scrape(app)["caption_relay_viewers_connected"] != 0:  # its socket's handler ends just after the close
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     assert after["caption_relay_end_of_turn_seconds_sum"] > before.get("caption_relay_end_of_turn_seconds_sum", 0)
 
     # /sessions: the session's audio minutes and cost, and the total
