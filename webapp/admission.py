@@ -214,7 +214,11 @@ class Admission:
 
     # ---- admitted --------------------------------------------------------------------------------
 
-    async def run(self, session: RelaySession, lease: Lease, embed_slot: Slot, nonce: str, key_id: str = "") -> None:
+    async def run(
+        self, session: RelaySession, lease: Lease, embed_slot: Slot, nonce: str, key_id: str = "", api_key: str = ""
+    ) -> None:
+        """Run an admitted session; its audio is charged to the embed key `key_id`, the API key `api_key` (ids)
+        and the client's IP."""
         usage = self.usage
 
         def settle(session: RelaySession) -> None:
@@ -228,7 +232,7 @@ class Admission:
 
         session.on_end = settle
         if usage is not None:
-            usage.track(session, embed_key=key_id, ip=lease.client)
+            usage.track(session, api_key=api_key, embed_key=key_id, ip=lease.client)
         self.live.add(session)
         try:
             await session.run()
