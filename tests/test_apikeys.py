@@ -65,6 +65,30 @@ def app_data(app, session_tmp) -> Path:
     return session_tmp / "data-apikeys"
 
 
+# ---- settings ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env, cost", [
+    ({}, 0.0),                                                           # the embedded recognizer costs nothing
+    ({"AIGATEWAY_API_KEY": "k"}, 0.0077),                                # AIgateway's listed deepgram/flux price
+    ({"DEEPGRAM_API_KEY": "k"}, 0.0077),
+    ({"DEEPGRAM_API_KEY": "k", "COST_PER_MINUTE": "0.0065"}, 0.0065),
+    ({"COST_PER_MINUTE": "0"}, 0.0),
+])
+def test_cost_per_minute_defaults_by_backend(env, cost):
+    assert config.load(env).cost_per_minute == cost
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "1e3", "nan", "101", "0,5"])
+def test_a_bad_cost_per_minute_is_refused_naming_it(raw):
+    with pytest.raises(config.ConfigError, match=r"^COST_PER_MINUTE: .* from 0 to 100"):
+        config.load({"COST_PER_MINUTE": raw})
+
+
+def test_the_metrics_token_is_a_secret():
+    assert "m3tr1cs-token" in config.load({"METRICS_TOKEN": "m3tr1cs-token"}).secrets
+
+
 # ---- the CLI, against the store of the running app ---------------------------------------------------
 
 
