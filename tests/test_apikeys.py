@@ -321,6 +321,9 @@ async def test_minutes_per_day_are_enforced_per_key(tmp_path):
     assert 0 < err.value.retry_after <= 86401 and "'k1' has used its 1 minutes" in err.value.message
     meter = usage.meter(client)  # a live session: per frame
     assert [meter(5.0) for _ in range(4)] == [True, True, True, False]  # 45 + 15 = 60 s, then no more
+    usage.day, usage.day_ends = "1999-12-31", 0.0  # as at the next UTC midnight: a new day's minutes
+    assert meter(5.0) is True and usage.day == today()
+    usage.day_used[client.key_id] = 60.0
     assert usage.meter(await ring.authenticate(request(bearer(free)))) is None  # no limit: nothing per frame
     await usage.charge(await ring.authenticate(request(bearer(free))), 600.0)  # never refused
     await usage.flush()

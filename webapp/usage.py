@@ -139,7 +139,8 @@ class Usage:
             now = dt.datetime.now(dt.UTC)
             day = now.strftime("%Y-%m-%d")
             if day != self.day:
-                self.day, self.day_used = day, {}
+                self.day = day
+                self.day_used.clear()  # in place: the meters of running sessions hold this dict
             self.day_ends = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
         return self.day
 
