@@ -1,5 +1,6 @@
 """Command line: `caption-relay [--host H] [--port P] [--workers N]` serves the app; `caption-relay engine` serves the
-Flux-compatible embedded recognizer on its own."""
+Flux-compatible embedded recognizer on its own; `caption-relay embed-key` and `caption-relay api-key` manage the
+widget's and the API's keys."""
 
 from __future__ import annotations
 
