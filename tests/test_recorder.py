@@ -50,7 +50,7 @@ class CheckingBroker(MemoryBroker):
 
 
 SESSION = type("Session", (), {"id": "s1", "resumed": False, "audio_seconds": 3.0, "out": None,
-                               "settings": type("S", (), {"backend": "deepgram", "model": "m"}),
+                               "settings": type("S", (), {"backend": "deepgram", "model": "m", "cost_per_minute": 0.0}),
                                "params": type("P", (), {"sample_rate": 16000})})()
 
 

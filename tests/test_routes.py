@@ -23,6 +23,7 @@ OTHER_APPS = {"app.py", "engine.py"}  # engine.py: the embedded recognizer's own
 EXPECTED = [
     ("Route", "/", {"GET", "HEAD"}),
     ("Route", "/healthz", {"GET", "HEAD"}),
+    ("Route", "/metrics", {"GET", "HEAD"}),  # issue 20
     ("Route", "/login", {"POST"}),
     ("Route", "/logout", {"POST"}),
     ("Route", "/favicon.ico", {"GET", "HEAD"}),

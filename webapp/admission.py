@@ -25,6 +25,7 @@ from .resume import Known, Resumes, new_nonce
 from .security import Login, ResumeTokens, origin_allowed
 from .share_pages import SharePages
 from .store import STORE_ERRORS
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Admission:
         live: LiveSessions,
         resumes: Resumes,
         resume_tokens: ResumeTokens,
+        usage: Usage | None = None,
     ):
         self.settings = settings
         self.shares = shares  # the session's sink (its recorder) and the owner cookie
@@ -58,6 +60,7 @@ class Admission:
         self.live = live
         self.resumes = resumes
         self.resume_tokens = resume_tokens
+        self.usage = usage  # meters the session's audio per embed key and client IP
 
     async def listen(self, ws: WebSocket) -> None:
         """The /ws/listen handler: the steps below in order, then the session."""
@@ -111,7 +114,7 @@ class Admission:
                 )  # refused before `ready`: the token stays good
             await refuse(ws, exc)
             return
-        await self.run(session, lease, embed_slot, nonce)
+        await self.run(session, lease, embed_slot, nonce, key_id)
 
     # ---- the steps, in order -----------------------------------------------------------------------
 
@@ -211,15 +214,25 @@ class Admission:
 
     # ---- admitted --------------------------------------------------------------------------------
 
-    async def run(self, session: RelaySession, lease: Lease, embed_slot: Slot, nonce: str) -> None:
+    async def run(
+        self, session: RelaySession, lease: Lease, embed_slot: Slot, nonce: str, key_id: str = "", api_key: str = ""
+    ) -> None:
+        """Run an admitted session; its audio is charged to the embed key `key_id`, the API key `api_key` (ids)
+        and the client's IP."""
+        usage = self.usage
+
         def settle(session: RelaySession) -> None:
             """Runs before the page hears `closed`, so a client that reconnects at once meets up-to-date
             limits and a resumable record."""
             self.live.remove(session)
             lease.release()
             embed_slot.release()
+            if usage is not None:
+                usage.untrack(session)
 
         session.on_end = settle
+        if usage is not None:
+            usage.track(session, api_key=api_key, embed_key=key_id, ip=lease.client)
         self.live.add(session)
         try:
             await session.run()

@@ -13,11 +13,14 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import config as config_mod
+from . import metrics
 from .admission import Admission
+from .apikeys import ApiKeys
 from .config import Settings
 from .embed import Embeds
 from .home import Home
 from .logs import fields
+from .metrics import MetricsPage
 from .quotas import Quotas
 from .relay import LiveSessions
 from .resume import Resumes
@@ -25,6 +28,7 @@ from .security import Cookies, HostGuard, Login, ResumeTokens, SecurityHeaders, 
 from .share_pages import SharePages
 from .store import RedisError
 from .templates import STATIC_DIR, asset_version, page_templates
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     templates = page_templates(asset_version())  # the one Jinja2Templates, for every page
     shares = SharePages(settings, secret_key, templates, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, templates)  # the /embed widget and its keys
+    usage = shares.usage = Usage(settings, shares.store)  # audio seconds and cost per key, embed key, IP
+    # The one check of the API endpoints (/v1/...): `await api_keys.authenticate(conn)` (webapp/apikeys.py)
+    api_keys = ApiKeys(settings, shares.store, login, quotas.client_ip, usage)
+    app_metrics = MetricsPage(settings, quotas.client_ip, lambda: usage.key_rows, usage.sync_metrics)
     home = Home(settings, templates, login=login, shares=shares)
     admission = Admission(
         settings,
@@ -49,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         live=live,
         resumes=Resumes(shares.store),
         resume_tokens=ResumeTokens(secret_key),
+        usage=usage,
     )
 
     @contextlib.asynccontextmanager
@@ -68,8 +77,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         try:
             await shares.start()
+            await usage.start()
             yield
         finally:
+            await usage.close()  # the last usage of the sessions drained before it
             await shares.close()
             if settings.backend == "local":
                 from .upstreams import local
@@ -81,6 +92,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # the capture page and its login (webapp/home.py)
         Route("/", home.index),
         Route("/healthz", home.healthz),
+        # Prometheus metrics, for loopback clients or METRICS_TOKEN (webapp/metrics.py)
+        Route("/metrics", app_metrics.page),
         Route("/login", home.login_submit, methods=["POST"]),
         Route("/logout", home.logout, methods=["POST"]),
         Route("/favicon.ico", home.favicon),
@@ -111,10 +124,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
     app.state.live = live  # the CLI drains it on SIGTERM
+    app.state.api_keys = api_keys  # until the /v1 endpoints' handler objects take it (and `usage`) here
     return app
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
+    metrics.STORE_ERRORS.labels("request").inc()
     log.warning("store_unavailable", extra=fields(error=type(exc).__name__))  # not the path: it may hold a share token
     return JSONResponse({"error": "store_unavailable"}, status_code=503, headers={"Retry-After": "5"})
 

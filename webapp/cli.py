@@ -1,5 +1,6 @@
 """Command line: `caption-relay [--host H] [--port P] [--workers N]` serves the app; `caption-relay engine` serves the
-Flux-compatible embedded recognizer on its own."""
+Flux-compatible embedded recognizer on its own; `caption-relay embed-key` and `caption-relay api-key` manage the
+widget's and the API's keys."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import argparse
 import dataclasses
 import gc
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
-from . import config, embed, logs
+from . import apikeys, config, embed, logs
 
 # Young-generation collections every 10,000 (not 700) surviving allocations: at a thousand streams the default
 # ran one every ~40 ms, each stopping the loop for milliseconds (docs/benchmarks.md, "Relay performance").
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, default=8765)
     embed.add_cli(sub)  # embed-key: mint or revoke a key for the /embed widget
+    apikeys.add_cli(sub)  # api-key: the relay API keys (create, list, revoke)
     args = parser.parse_args(argv)
 
     try:
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "embed-key":
         return embed.cli(args, settings)
+    if args.command == "api-key":
+        return apikeys.cli(args, settings)
 
     if args.command == "engine":
         from .local import engine as engine_mod
@@ -126,7 +132,11 @@ def _supervise(workers: int, host: str, port: int, settings: config.Settings) ->
         )
         return 2
     cmd = [sys.executable, "-m", "webapp", "--host", host, "--port", str(port), "--reuse-port"]
-    children = [subprocess.Popen(cmd, env=os.environ) for _ in range(workers)]
+    # The workers' metrics are summed through files in one directory (prometheus-client's multiprocess mode,
+    # webapp/metrics.py): a fresh one per run, so a scrape never adds an earlier run's counters.
+    metrics_dir = tempfile.mkdtemp(prefix="caption-relay-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    children = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
 
     forwarded: set[int] = set()
 
@@ -140,4 +150,5 @@ def _supervise(workers: int, host: str, port: int, settings: config.Settings) ->
     signal.signal(signal.SIGINT, forward)
     # uvicorn re-raises the signal it stopped for once it has drained: that is a clean stop
     codes = [0 if -child.wait() in forwarded else child.returncode for child in children]
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max(codes, key=abs)

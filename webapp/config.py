@@ -18,6 +18,9 @@ from .protocol import decimal_number, whole_number
 
 BACKENDS = ("local", "aigateway", "deepgram")
 DEFAULT_MODELS = {"aigateway": "deepgram/flux", "deepgram": "flux-general-en", "local": "moonshine-tiny-en"}
+# USD per audio minute: AIgateway's listed deepgram/flux price; Deepgram's own for Flux is not confirmed (a third
+# party says 0.0065), so the listed one (../shared/docs/protocols.md 1.7); the embedded recognizer costs nothing.
+DEFAULT_COST_PER_MINUTE = {"aigateway": 0.0077, "deepgram": 0.0077, "local": 0.0}
 
 
 class ConfigError(ValueError):
@@ -60,12 +63,22 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     max_connections: int = 4096  # open connections (HTTP and WebSocket) per process; more get 503
     request_timeout: int = 10  # seconds for a request (line, headers, body) to arrive; then 408
+    cost_per_minute: float = 0.0  # what an audio minute costs (usage metering, issue 20); load() sets the backend's
+    metrics_token: str = field(default="", repr=False)  # lets non-loopback clients read /metrics
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line or a browser."""
         return tuple(
-            s for s in (self.aigateway_api_key, self.deepgram_api_key, self.access_token, self.secret_key) if s
+            s
+            for s in (
+                self.aigateway_api_key,
+                self.deepgram_api_key,
+                self.access_token,
+                self.secret_key,
+                self.metrics_token,
+            )
+            if s
         )
 
 
@@ -153,6 +166,19 @@ def _seconds(env: Mapping[str, str], var: str, default: float, lo: float, hi: fl
         raise ConfigError(
             f"{var}: {raw[:40]!r} is not valid; use a number of seconds from {lo:g} to {hi:g} "
             f"(e.g. {default:g}), or unset it for the default"
+        )
+    return value
+
+
+def _cost(env: Mapping[str, str], default: float) -> float:
+    raw = env.get("COST_PER_MINUTE", "").strip()
+    if not raw:
+        return default
+    value = decimal_number(raw)  # ASCII digits only; no nan or inf
+    if value is None or not 0 <= value <= 100:
+        raise ConfigError(
+            f"COST_PER_MINUTE: {raw[:40]!r} is not a price; use what one audio minute costs, from 0 to 100 "
+            f"(e.g. 0.0077), or unset it for the backend's default ({default:g})"
         )
     return value
 
@@ -269,5 +295,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         trusted_proxies=_proxies(env.get("TRUSTED_PROXIES", "")),
         max_connections=_int(env, "MAX_CONNECTIONS", Settings.max_connections, 16, 1_000_000),
         request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
+        cost_per_minute=_cost(env, DEFAULT_COST_PER_MINUTE[backend]),
+        metrics_token=env.get("METRICS_TOKEN", "").strip(),
     )
     return replace(settings, **overrides)

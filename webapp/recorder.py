@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from . import metrics
 from .broker import Broker
 from .live import Live, live_ended, live_resumed, live_transcript
 from .logs import fields
@@ -289,6 +290,7 @@ class Recorder(SessionSink):
                     await broker.publish(session_id, item.live)
             except STORE_ERRORS as exc:
                 failures += 1
+                metrics.STORE_ERRORS.labels("recorder").inc()
                 if failures == 1:
                     self.stalled.set()
                     log.warning(
@@ -333,6 +335,7 @@ class Recorder(SessionSink):
             "ended_at": ended_at,
             "duration": round(ended_at - self.started_at, 3),
             "audio_seconds": round(session.audio_seconds, 3),
+            "cost": round(session.audio_seconds / 60 * session.settings.cost_per_minute, 6),
             "end_reason": reason,
         }
         self.ending = True

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol
+from . import metrics, protocol
 from .browsersocket import BrowserSocket, Outbox
 from .config import Settings
 from .logs import fields
@@ -77,10 +77,12 @@ class LiveSessions:
 
     def add(self, session: RelaySession) -> None:
         self.running[session.id] = session
+        metrics.SESSIONS_ACTIVE.set(len(self.running))
 
     def remove(self, session: RelaySession) -> None:
         if self.running.get(session.id) is session:
             del self.running[session.id]
+            metrics.SESSIONS_ACTIVE.set(len(self.running))
         self.ended[session.id] = {
             "turns": session.timeline.finals,
             "offset_s": session.audio_seconds,
@@ -189,6 +191,8 @@ class RelaySession:
         self.live = False
         self.ever_live = False
         self.sent_to = 0  # session offset sent on the current upstream connection
+        self.relayed = 0  # bytes sent upstream on earlier connections (replays included), for the metrics
+        self.conn_from = 0  # session offset where the current connection's audio started
         self.timeline = Timeline(self.bps, int(resume["turns"]) if resume else 0)
         self.closing = False  # the session is ending (CloseStream, browser gone, stop request)
         self.user_closed = False  # ...because the browser sent CloseStream
@@ -198,7 +202,7 @@ class RelaySession:
         self.resumed = resume is not None
         if resume:
             # Continue the session: times after the audio it had (turn numbers: the Timeline).
-            self.audio.start = self.audio.end = self.sent_to = int(resume["offset_s"] * self.bps) & ~1
+            self.audio.start = self.audio.end = self.sent_to = self.conn_from = int(resume["offset_s"] * self.bps) & ~1
         self.resume_token = resume_token
         self.meter = meter  # charges audio seconds to the quotas; False = over a limit
         self.on_limit = on_limit
@@ -211,6 +215,11 @@ class RelaySession:
     def audio_seconds(self) -> float:
         """Where the session stands on its timeline: seconds of audio received (a resumed session included)."""
         return self.audio.end / self.bps
+
+    @property
+    def relayed_seconds(self) -> float:
+        """Seconds of audio sent upstream over all connections (a replay after a reconnect counts again)."""
+        return (self.relayed + self.sent_to - self.conn_from) / self.bps
 
     def request_stop(self, reason: str, error: dict[str, Any] | None = None) -> None:
         """End the session from outside (shutdown, a quota): finalize, deliver what is left, close."""
@@ -368,6 +377,9 @@ class RelaySession:
         if event["type"] == "transcript":
             if event["final"]:
                 self.audio.trim(int(event["end"] * self.bps) & ~1)
+                metrics.FINALS.inc()
+                # End-of-turn latency in audio time: what arrived after the turn's last word (wall time for a mic).
+                metrics.END_OF_TURN.observe(max(0.0, self.audio_seconds - event["end"]))
             self.sink.event(event)
         self.out.put(event)
 
@@ -391,7 +403,8 @@ class RelaySession:
                 ready["resume_token"] = self.resume_token(self.id)
             self.out.put(ready)
         self._report_gaps()
-        self.sent_to = self.audio.start
+        self.relayed += self.sent_to - self.conn_from  # the previous connection's share
+        self.sent_to = self.conn_from = self.audio.start
         timeline = self.timeline
         timeline.connected(self.sent_to)
         # Frames arriving during the replay are appended to the log and picked up by this loop.
@@ -421,7 +434,9 @@ class RelaySession:
             try:
                 await self._connect()
                 connected_at = time.monotonic()
+                metrics.UPSTREAM_CONNECTS.labels(self.settings.backend).inc()
                 if outage_since is not None:
+                    metrics.UPSTREAM_RECONNECTS.labels(self.settings.backend).inc()
                     gap_ms = round((connected_at - outage_since) * 1000)
                     self.out.put({"type": "status", "state": "live"})
                     log.info("upstream_reconnected", extra=fields(session=self.id, outage_ms=gap_ms, attempts=attempt))
@@ -441,6 +456,7 @@ class RelaySession:
             except (TimeoutError, UpstreamError, OSError) as exc:
                 if not isinstance(exc, UpstreamError):
                     exc = UpstreamError("upstream_unavailable", "lost the connection to the recognizer", retryable=True)
+                metrics.UPSTREAM_FAILURES.labels(self.settings.backend, exc.code).inc()
                 self.live = False
                 if self.upstream is not None:
                     await self.upstream.abort()

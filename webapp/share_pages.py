@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import exports, live
+from . import exports, live, metrics
 from .broker import make_broker
 from .config import Settings
 from .links import Owners, ShareLinks
@@ -32,6 +32,7 @@ from .logs import fields
 from .recorder import Recorder, Recording
 from .security import Cookies, origin_allowed
 from .store import STORE_ERRORS, make_store, store_url
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 3600.0  # seconds between retention sweeps
@@ -107,6 +108,7 @@ class SharePages:
         self.owners = Owners(secret_key, cookies or Cookies(settings))
         self.templates = templates
         self.retention_task: asyncio.Task | None = None
+        self.usage: Usage | None = None  # set by create_app: the live sessions' audio so far, for /sessions
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -230,6 +232,13 @@ class SharePages:
         return PlainTextResponse(body, media_type=EXPORTS[fmt], headers=headers)
 
     async def watch(self, ws: WebSocket) -> None:
+        metrics.VIEWERS.inc()
+        try:
+            await self._watch(ws)
+        finally:
+            metrics.VIEWERS.dec()
+
+    async def _watch(self, ws: WebSocket) -> None:
         await ws.accept()
         try:
             status, meta = await self._resolve(ws.path_params["token"])
@@ -414,7 +423,16 @@ class SharePages:
         if owner is None:
             return []
         rows = await self.store.list_sessions(owner)
+        live_s = self.usage.live_seconds() if self.usage is not None else {}
+        price = self.settings.cost_per_minute
         for row in rows:
+            # Audio and cost: as recorded at the session's end; a live one's so far (this process's sessions).
+            audio = live_s.get(row["id"], row["audio_seconds"]) if row["live"] else row["audio_seconds"]
+            row["audio_minutes"] = None if audio is None else audio / 60
+            cost = row.get("cost")
+            row["cost"] = (
+                cost if cost is not None and not row["live"] else None if audio is None else audio / 60 * price
+            )
             row["form_token"] = self.owners.form_token(owner, row["id"])  # the page's forms only, never the API
             row["share_url"] = f"/s/{row['share_token']}" if row.get("share_token") else None
             row["started"] = _when(row["started_at"])
@@ -423,7 +441,7 @@ class SharePages:
     async def api_list(self, request: Request) -> Response:
         rows = await self._listing(request)
         return JSONResponse(
-            {"sessions": [{**_public_meta(r), "share_url": r["share_url"]} for r in rows]},
+            {"sessions": [{**_public_meta(r), "share_url": r["share_url"], "cost": r["cost"]} for r in rows]},
             headers={"Cache-Control": "no-store"},
         )
 
@@ -434,6 +452,8 @@ class SharePages:
             "sessions.html",
             {
                 "sessions": rows,
+                "total_minutes": sum(r["audio_minutes"] or 0 for r in rows),
+                "total_cost": sum(r["cost"] or 0 for r in rows),
                 "formats": list(EXPORTS),
                 "notice": FORM_NOTICES.get(request.query_params.get("done", "")),
             },

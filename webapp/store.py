@@ -42,7 +42,10 @@ SESSION_FIELDS = (
     "share_version",
     "share_token",
     "resume_nonce",
+    "cost",  # what the session's audio cost (COST_PER_MINUTE), written with audio_seconds at its end
 )
+API_KEY_FIELDS = ("id", "name", "digest", "created_at", "minutes_per_day", "revoked_at")
+UsageRow = tuple[str, str, str, float, float]  # (kind, subject, UTC day "YYYY-MM-DD", seconds, cost) to add
 
 
 def backoff(attempt: int, first: float = STORE_RETRY[0], cap: float = STORE_RETRY[1]) -> float:
@@ -125,6 +128,32 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def list_sessions(self, owner: str, limit: int = 200) -> list[dict[str, Any]]: ...
 
+    # api keys and usage (issue 20)
+    # A relay API key is a dict of API_KEY_FIELDS (its `digest` is the SHA-256 of the key: the key is never stored).
+    # Usage is audio seconds and cost per (kind, subject, UTC day): kinds api_key, embed_key, ip.
+
+    @abc.abstractmethod
+    async def add_api_key(self, key: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def api_keys(self) -> list[dict[str, Any]]:
+        """Every key ever made, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    async def api_key_by_digest(self, digest: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, key_id: str, when: float) -> bool:
+        """Mark the key revoked; False when it is unknown or was revoked already."""
+
+    @abc.abstractmethod
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        """Add each row's seconds and cost to its subject's day; all or nothing for up to 500 rows."""
+
+    @abc.abstractmethod
+    async def usage(self, kind: str, day: str) -> dict[str, dict[str, float]]:
+        """subject -> {today_s, today_cost, total_s, total_cost} for every subject of `kind`; `day` is today."""
+
     @abc.abstractmethod
     async def set_share(self, session_id: str, version: int, token: str | None) -> None: ...
 
@@ -141,6 +170,15 @@ def _session_out(row: dict[str, Any]) -> dict[str, Any]:
     row = {k: row.get(k) for k in SESSION_FIELDS}
     row["live"] = row["ended_at"] is None
     return row
+
+
+def _add_usage(out: dict[str, dict[str, float]], subject: str, today: bool, secs: float, cost: float) -> None:
+    entry = out.setdefault(subject, {"today_s": 0.0, "today_cost": 0.0, "total_s": 0.0, "total_cost": 0.0})
+    entry["total_s"] += secs
+    entry["total_cost"] += cost
+    if today:
+        entry["today_s"] += secs
+        entry["today_cost"] += cost
 
 
 def store_url(settings) -> str:
@@ -168,6 +206,8 @@ class MemoryStore(SessionStore):
     def __init__(self) -> None:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.turns: dict[str, dict[int, dict[str, Any]]] = {}
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.usage_rows: dict[tuple[str, str, str], list[float]] = {}
 
     async def create_session(self, meta: dict[str, Any]) -> None:
         self.sessions[meta["id"]] = {k: meta.get(k) for k in SESSION_FIELDS}
@@ -214,6 +254,37 @@ class MemoryStore(SessionStore):
         rows = sorted((m for m in self.sessions.values() if m["owner"] == owner), key=lambda m: -m["started_at"])
         return [_session_out(m) for m in rows[:limit]]
 
+    # api keys and usage (issue 20)
+
+    async def add_api_key(self, key: dict[str, Any]) -> None:
+        self.keys[key["id"]] = {k: key.get(k) for k in API_KEY_FIELDS}
+
+    async def api_keys(self) -> list[dict[str, Any]]:
+        return sorted((dict(k) for k in self.keys.values()), key=lambda k: k["created_at"])
+
+    async def api_key_by_digest(self, digest: str) -> dict[str, Any] | None:
+        return next((dict(k) for k in self.keys.values() if k["digest"] == digest), None)
+
+    async def revoke_api_key(self, key_id: str, when: float) -> bool:
+        key = self.keys.get(key_id)
+        if key is None or key["revoked_at"] is not None:
+            return False
+        key["revoked_at"] = when
+        return True
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        for kind, subject, day, secs, cost in rows:
+            entry = self.usage_rows.setdefault((kind, subject, day), [0.0, 0.0])
+            entry[0] += secs
+            entry[1] += cost
+
+    async def usage(self, kind: str, day: str) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for (k, subject, d), (secs, cost) in self.usage_rows.items():
+            if k == kind:
+                _add_usage(out, subject, d == day, secs, cost)
+        return out
+
     async def set_share(self, session_id: str, version: int, token: str | None) -> None:
         if session_id in self.sessions:
             self.sessions[session_id].update(share_version=version, share_token=token)
@@ -233,13 +304,20 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, owner TEXT, backend TEXT NOT NULL, model TEXT, sample_rate INTEGER,
     started_at REAL NOT NULL, ended_at REAL, duration REAL, audio_seconds REAL, end_reason TEXT,
-    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT, resume_nonce TEXT);
+    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT, resume_nonce TEXT, cost REAL);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, started_at);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL, seq INTEGER NOT NULL, turn INTEGER, text TEXT NOT NULL,
     start REAL, "end" REAL, words TEXT NOT NULL, PRIMARY KEY (session_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE, created_at REAL NOT NULL,
+    minutes_per_day INTEGER NOT NULL DEFAULT 0, revoked_at REAL);
+CREATE TABLE IF NOT EXISTS usage (
+    kind TEXT NOT NULL, subject TEXT NOT NULL, day TEXT NOT NULL, seconds REAL NOT NULL, cost REAL NOT NULL,
+    PRIMARY KEY (kind, subject, day)) WITHOUT ROWID;
 """
+USAGE_PER_WRITE = 500  # 5 parameters a row
 
 
 FINALS_PER_WRITE = 500  # 7 parameters a row: well under SQLite's 32,766 per statement
@@ -275,8 +353,10 @@ class SqliteStore(SessionStore):
         await self.db.execute("PRAGMA busy_timeout=5000")
         await self.db.executescript(SCHEMA)
         async with self.db.execute("PRAGMA table_info(sessions)") as cur:
-            if "resume_nonce" not in {r["name"] for r in await cur.fetchall()}:  # a file of an older version
-                await self.db.execute("ALTER TABLE sessions ADD COLUMN resume_nonce TEXT")
+            columns = {r["name"] for r in await cur.fetchall()}
+        for column, kind in (("resume_nonce", "TEXT"), ("cost", "REAL")):  # a file of an older version
+            if column not in columns:
+                await self.db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
 
     async def close(self) -> None:
         if self.finals_writer is not None:
@@ -377,6 +457,51 @@ class SqliteStore(SessionStore):
         ) as cur:
             rows = await cur.fetchall()
         return [_session_out(dict(r)) for r in rows]
+
+    # api keys and usage (issue 20)
+
+    async def add_api_key(self, key: dict[str, Any]) -> None:
+        await self.db.execute(
+            f"INSERT INTO api_keys ({', '.join(API_KEY_FIELDS)}) VALUES ({', '.join('?' * len(API_KEY_FIELDS))})",
+            [key.get(k) for k in API_KEY_FIELDS],
+        )
+
+    async def api_keys(self) -> list[dict[str, Any]]:
+        async with self.db.execute("SELECT * FROM api_keys ORDER BY created_at") as cur:
+            return [dict(r) for r in await cur.fetchall()]
+
+    async def api_key_by_digest(self, digest: str) -> dict[str, Any] | None:
+        async with self.db.execute("SELECT * FROM api_keys WHERE digest = ?", (digest,)) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row else None
+
+    async def revoke_api_key(self, key_id: str, when: float) -> bool:
+        cur = await self.db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id)
+        )
+        return bool(cur.rowcount)
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        # One multi-row upsert per chunk: one statement is one transaction in autocommit mode.
+        for chunk in (rows[i : i + USAGE_PER_WRITE] for i in range(0, len(rows), USAGE_PER_WRITE)):  # (500 a call)
+            await self.db.execute(
+                "INSERT INTO usage (kind, subject, day, seconds, cost) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (kind, subject, day) DO UPDATE SET seconds = seconds + excluded.seconds, "
+                "cost = cost + excluded.cost",
+                [v for row in chunk for v in row],
+            )
+
+    async def usage(self, kind: str, day: str) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        async with self.db.execute(
+            "SELECT subject, day = ? AS today, SUM(seconds) AS s, SUM(cost) AS c FROM usage WHERE kind = ? "
+            "GROUP BY subject, day = ?",
+            (day, kind, day),
+        ) as cur:
+            for r in await cur.fetchall():
+                _add_usage(out, r["subject"], bool(r["today"]), r["s"], r["c"])
+        return out
 
     async def set_share(self, session_id: str, version: int, token: str | None) -> None:
         await self.db.execute(
@@ -516,6 +641,62 @@ class RedisStore(SessionStore):
                 pipe.hgetall(self._k("s", session_id))
             rows = await pipe.execute() if ids else []
         return [m for m in map(self._meta, rows) if m]
+
+    # api keys and usage (issue 20)
+    # k:<id> hash (the key's fields, JSON), kd:<digest> string (its id), keys zset (by creation);
+    # u:<kind>:<subject> hash (fields <day>:s, <day>:c, all:s, all:c), uk:<kind> set (its subjects).
+
+    async def add_api_key(self, key: dict[str, Any]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("k", key["id"]), mapping={k: json.dumps(key.get(k)) for k in API_KEY_FIELDS})
+            pipe.set(self._k("kd", key["digest"]), key["id"])
+            pipe.zadd(f"{self.p}keys", {key["id"]: key["created_at"]})
+            await pipe.execute()
+
+    @staticmethod
+    def _key(raw: dict[str, str]) -> dict[str, Any] | None:
+        return {k: json.loads(raw[k]) if k in raw else None for k in API_KEY_FIELDS} if raw else None
+
+    async def api_keys(self) -> list[dict[str, Any]]:
+        ids = await self.redis.zrange(f"{self.p}keys", 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_id in ids:
+                pipe.hgetall(self._k("k", key_id))
+            rows = await pipe.execute() if ids else []
+        return [k for k in map(self._key, rows) if k]
+
+    async def api_key_by_digest(self, digest: str) -> dict[str, Any] | None:
+        key_id = await self.redis.get(self._k("kd", digest))
+        return self._key(await self.redis.hgetall(self._k("k", key_id))) if key_id else None
+
+    async def revoke_api_key(self, key_id: str, when: float) -> bool:
+        raw = await self.redis.hget(self._k("k", key_id), "revoked_at")
+        if raw is None or json.loads(raw) is not None:
+            return False
+        await self.redis.hset(self._k("k", key_id), "revoked_at", json.dumps(when))
+        return True
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for kind, subject, day, secs, cost in rows:
+                key = self._k(f"u:{kind}", subject)
+                for field, value in ((f"{day}:s", secs), (f"{day}:c", cost), ("all:s", secs), ("all:c", cost)):
+                    pipe.hincrbyfloat(key, field, value)
+                pipe.sadd(self._k("uk", kind), subject)
+            await pipe.execute()
+
+    async def usage(self, kind: str, day: str) -> dict[str, dict[str, float]]:
+        subjects = sorted(await self.redis.smembers(self._k("uk", kind)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for subject in subjects:
+                pipe.hmget(self._k(f"u:{kind}", subject), "all:s", "all:c", f"{day}:s", f"{day}:c")
+            rows = await pipe.execute() if subjects else []
+        return {
+            subject: dict(
+                zip(("total_s", "total_cost", "today_s", "today_cost"), (float(v or 0) for v in row), strict=True)
+            )
+            for subject, row in zip(subjects, rows, strict=True)
+        }
 
     async def set_share(self, session_id: str, version: int, token: str | None) -> None:
         await self.redis.hset(
