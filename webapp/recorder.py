@@ -23,6 +23,7 @@ from .live import Live, live_ended, live_resumed, live_transcript
 from .logs import fields
 from .relay import SessionSink
 from .store import STORE_ERRORS, SessionStore, backoff
+from .textrules import NO_RULES, TextRules
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,11 @@ class Recording:
 
     async def catch_up(self, session_id: str, seq: int) -> list[Live]:
         """What a viewer that has finals below `seq` missed: the later stored finals, then `ended` if it ended."""
-        out = [live_transcript({**t, "final": True}, t["seq"]) for t in await self.store.finals_from(session_id, seq)]
+        rules = TextRules.load(await self.store.get_rules(session_id))
+        out = [
+            live_transcript(rules.apply_turn({**t, "final": True}), t["seq"])
+            for t in await self.store.finals_from(session_id, seq)
+        ]
         meta = await self.store.get_session(session_id)
         if meta is not None and not meta["live"]:
             out.append(live_ended(meta.get("end_reason") or "ended", meta.get("ended_at") or 0.0))
@@ -164,12 +169,15 @@ class Recorder(SessionSink):
             if meta is None:
                 return None
             self.seq = len(await store.get_turns(session.id))
+            rules = await store.get_rules(session.id)
             await store.reopen_session(session.id)
             await self.recording.broker.publish(session.id, live_resumed())  # viewers waiting since the pause follow on
         except Exception as exc:
             log.error("session_reopen_failed", extra=fields(session=session.id, error=repr(exc)))
             return None
         self.session_id, self.started_at = session.id, meta["started_at"]
+        if rules is not None:  # the rules set before the restart go on (key terms: in the new connection)
+            session.set_rules(TextRules.load(rules))
         self._start_writer(session.id)
         return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
 
@@ -255,6 +263,11 @@ class Recorder(SessionSink):
                 }
             )
 
+    @property
+    def rules(self) -> TextRules:
+        """The session's text rules as they are now: what viewers get is written with them."""
+        return getattr(self.session, "rules", NO_RULES)
+
     async def _write(self, session_id: str) -> None:
         store, broker = self.recording.store, self.recording.broker
         failures = 0
@@ -267,7 +280,7 @@ class Recorder(SessionSink):
                 self.queue.popleft()
                 if not failures:
                     with contextlib.suppress(Exception):
-                        await broker.publish(session_id, live_transcript(item))
+                        await broker.publish(session_id, live_transcript(self.rules.apply_turn(item)))
                 continue
             try:
                 # Store, then publish; a retry after the store took it publishes only.
@@ -281,7 +294,9 @@ class Recorder(SessionSink):
                         if not landed:
                             await store.append_final(session_id, seq, item.turn)
                         item.stored = True
-                    await broker.publish(session_id, live_transcript({**item.turn, "final": True}, seq))
+                    await broker.publish(
+                        session_id, live_transcript(self.rules.apply_turn({**item.turn, "final": True}), seq)
+                    )
                 else:
                     if not item.stored:
                         await store.end_session(session_id, item.values)

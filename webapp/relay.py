@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -30,6 +31,7 @@ from .browsersocket import BrowserSocket, Outbox
 from .config import Settings
 from .logs import fields
 from .protocol import MAX_AUDIO_FRAME, StreamParams
+from .textrules import TextRules
 from .timeline import Timeline
 from .upstreams import Upstream, UpstreamError, UpstreamListener, make_upstream
 
@@ -190,6 +192,8 @@ class RelaySession:
         self.ever_live = False
         self.sent_to = 0  # session offset sent on the current upstream connection
         self.timeline = Timeline(self.bps, int(resume["turns"]) if resume else 0)
+        # What people see of the text (webapp/textrules.py); the sink records the recognizer's own. set_rules.
+        self.rules = TextRules.build((), False, params.keyterms)
         self.closing = False  # the session is ending (CloseStream, browser gone, stop request)
         self.user_closed = False  # ...because the browser sent CloseStream
         self.close_reason = "client_closed"
@@ -217,6 +221,19 @@ class RelaySession:
         if not self._stop.is_set():
             self.close_reason, self._stop_error = reason, error
             self._stop.set()
+
+    def set_rules(self, rules: TextRules) -> str:
+        """Text rules from now on (the page's events, and what the sink publishes). New key terms go to the live
+        recognizer without reconnecting. Returns what became of the key terms: "unchanged", "sent" (its answer
+        comes as a `notice`), "next_connection" (not live: the next connection's parameters carry them) or
+        "unsupported" (the embedded recognizer takes no key terms)."""
+        self.rules = rules
+        if rules.keyterms == self.params.keyterms:
+            return "unchanged"
+        self.params = dataclasses.replace(self.params, keyterms=rules.keyterms)
+        if self.live and self.upstream.configure(rules.keyterms):
+            return "sent"
+        return "unsupported" if self.settings.backend == "local" else "next_connection"
 
     # ---- browser -> relay ----------------------------------------------------------------------
 
@@ -368,7 +385,9 @@ class RelaySession:
         if event["type"] == "transcript":
             if event["final"]:
                 self.audio.trim(int(event["end"] * self.bps) & ~1)
-            self.sink.event(event)
+            self.sink.event(event)  # as recognized: the store keeps the original text
+            if self.rules.active:
+                event = self.rules.apply_turn(event)
         self.out.put(event)
 
     async def _connect(self) -> None:
@@ -390,6 +409,8 @@ class RelaySession:
             if self.resume_token is not None:
                 ready["resume_token"] = self.resume_token(self.id)
             self.out.put(ready)
+        if up.params.keyterms != self.params.keyterms:  # changed while this connection was being made
+            up.configure(self.params.keyterms)
         self._report_gaps()
         self.sent_to = self.audio.start
         timeline = self.timeline
