@@ -12,8 +12,9 @@ the same `TextRules.apply*`; the stored transcript keeps the recognizer's own wo
   dependency (alt-profanity-check), which is more than a mask needs.
 - Key terms are not applied to text: they go to the recognizer (Flux `Configure`, webapp/upstreams/).
 
-Bounded work on hostile input: at most MAX_RULES rules of at most MAX_FROM / MAX_TO characters, every rule
-text is escaped (re.escape) before it becomes part of one alternation, so matching is linear in the text.
+Bounded work on hostile input: at most MAX_RULES rules of at most MAX_FROM / MAX_TO characters, at most
+MAX_SAME_START of them starting with the same word; every rule text is escaped (re.escape), never a pattern of
+the user's, and a rule is tried only where the text has its first word.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 MAX_RULES = 200
 MAX_FROM = 100  # characters of what is replaced
 MAX_TO = 200  # characters of what replaces it
+MAX_SAME_START = 20  # rules that start with the same word: each is tried where that word is said
 MAX_KEYTERMS = 100  # Flux: at most 100 key terms ...
 MAX_KEYTERM_CHARS = 100
 MAX_KEYTERM_WORDS = 500  # ... and about 500 tokens in all (counted here as words: a lower bound)
@@ -40,6 +42,9 @@ PROFANITY = frozenset(
     nigger niggers nigga niggas faggot faggots retard retards
     """.split()
 )
+
+
+_WORD = re.compile(r"\w+")
 
 
 class RulesError(ValueError):
@@ -71,7 +76,8 @@ class TextRules:
     replacements: tuple[tuple[str, str], ...] = ()
     profanity: bool = False
     keyterms: tuple[str, ...] = ()
-    _pattern: re.Pattern | None = field(default=None, compare=False, repr=False)
+    # first word of a rule (casefolded) -> (pattern, replacement) of the rules that start with it, longest first
+    _index: dict[str, tuple[tuple[re.Pattern, str], ...]] = field(default_factory=dict, compare=False, repr=False)
 
     # ---- building ---------------------------------------------------------------------------------
 
@@ -98,8 +104,8 @@ class TextRules:
             src, dst = _spaces(pair[0]), _spaces(pair[1])
             if not src or len(src) > MAX_FROM or not _printable(src):
                 raise RulesError(f"replacement {i}: the words to replace must be 1 to {MAX_FROM} printable characters")
-            if not re.search(r"\w", src):
-                raise RulesError(f"replacement {i}: the words to replace need at least one letter or digit")
+            if not _WORD.match(src):
+                raise RulesError(f"replacement {i}: the words to replace must start with a letter or digit")
             if len(dst) > MAX_TO or not _printable(dst):
                 raise RulesError(f"replacement {i}: the replacement must be at most {MAX_TO} printable characters")
             pairs[src.casefold()] = (src, dst)
@@ -132,15 +138,17 @@ class TextRules:
 
     @classmethod
     def build(cls, replacements: tuple[tuple[str, str], ...], profanity: bool, keyterms: tuple[str, ...]) -> TextRules:
-        pattern = None
-        if replacements:
-            # One group per rule (m.lastindex says which matched); longest first, so "caption relay" beats "caption".
-            order = sorted(range(len(replacements)), key=lambda i: -len(replacements[i][0]))
-            gap = r"\s+"
-            alts = "|".join("(" + gap.join(map(re.escape, replacements[i][0].split())) + ")" for i in order)
-            pattern = re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
-            replacements = tuple(replacements[i] for i in order)
-        return cls(replacements, profanity, keyterms, pattern)
+        """Rules already normalised (parse checks them). Each rule is its own escaped pattern, tried only where the
+        text has a word its rule starts with: one dict lookup per word of the text, whatever the number of rules."""
+        index: dict[str, list[tuple[re.Pattern, str]]] = {}
+        for src, dst in sorted(replacements, key=lambda p: -len(p[0])):  # longest first: "caption relay" > "caption"
+            first = _WORD.match(src)
+            assert first is not None  # parse: a rule starts with a letter or digit
+            pattern = re.compile(r"\s+".join(map(re.escape, src.split())) + r"(?!\w)", re.IGNORECASE)
+            index.setdefault(first.group(0).casefold(), []).append((pattern, dst))
+        if any(len(rules) > MAX_SAME_START for rules in index.values()):
+            raise RulesError(f"at most {MAX_SAME_START} replacements may start with the same word")
+        return cls(replacements, profanity, keyterms, {k: tuple(v) for k, v in index.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised rules, as the API answers and the store keeps them."""
@@ -153,19 +161,38 @@ class TextRules:
     @property
     def active(self) -> bool:
         """Whether any text changes (key terms do not change text)."""
-        return self._pattern is not None or self.profanity
+        return bool(self._index) or self.profanity
 
     # ---- applying ---------------------------------------------------------------------------------
 
-    def _replace(self, m: re.Match) -> str:
-        return self.replacements[(m.lastindex or 1) - 1][1]
+    def _matches(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, replacement) of each replacement in the text, left to right, never overlapping."""
+        index, out, done = self._index, [], 0
+        for word in _WORD.finditer(text):
+            at = word.start()
+            if at < done:  # inside the last match
+                continue
+            for pattern, dst in index.get(word.group(0).casefold(), ()):
+                m = pattern.match(text, at)
+                if m is not None:
+                    out.append((at, m.end(), dst))
+                    done = m.end()
+                    break
+        return out
 
     def apply(self, text: str) -> str:
         """The text as people should see it."""
-        if self._pattern is not None:
-            text = self._pattern.sub(self._replace, text)
-            if "  " in text or text[:1] == " " or text[-1:] == " ":  # an empty replacement leaves a gap
-                text = _spaces(text)
+        if self._index:
+            matches = self._matches(text)
+            if matches:
+                pieces, at = [], 0
+                for start, end, dst in matches:
+                    pieces += [text[at:start], dst]
+                    at = end
+                pieces.append(text[at:])
+                text = "".join(pieces)
+                if "  " in text or text[:1] == " " or text[-1:] == " ":  # an empty replacement leaves a gap
+                    text = _spaces(text)
         if self.profanity:
             text = _PROFANITY_RE.sub(_mask_word, text)
         return text
@@ -177,7 +204,7 @@ class TextRules:
         if not self.active or not words:
             return words
         out = words
-        if self._pattern is not None:
+        if self._index:
             out = self._replace_words(words)
         if self.profanity:
             out = [
@@ -187,7 +214,6 @@ class TextRules:
         return out
 
     def _replace_words(self, words: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        assert self._pattern is not None
         texts: list[str] = [w["word"] if isinstance(w.get("word"), str) else "" for w in words]
         joined, starts, pos = [], [], 0
         for t in texts:
@@ -197,9 +223,9 @@ class TextRules:
         line = " ".join(joined)
         # Word clusters that a match touches: (first word, last word, [matches]); overlapping clusters merge.
         clusters: list[list[Any]] = []
-        for m in self._pattern.finditer(line):
-            first = _word_at(starts, m.start())
-            last = _word_at(starts, max(m.end() - 1, m.start()))
+        for m in self._matches(line):
+            first = _word_at(starts, m[0])
+            last = _word_at(starts, max(m[1] - 1, m[0]))
             if clusters and clusters[-1][1] >= first:
                 clusters[-1][1] = max(clusters[-1][1], last)
                 clusters[-1][2].append(m)
@@ -214,9 +240,9 @@ class TextRules:
             base = starts[first]
             span = line[base : starts[last] + len(texts[last])]
             pieces, at = [], 0
-            for m in matches:
-                pieces += [span[at : m.start() - base], self._replace(m)]
-                at = m.end() - base
+            for start, end, dst in matches:
+                pieces += [span[at : start - base], dst]
+                at = end - base
             pieces.append(span[at:])
             new = "".join(pieces).split()
             group = words[first : last + 1]
