@@ -4,7 +4,7 @@
 // Rules set before Start are kept here (and in localStorage) and sent as soon as the session is `ready`.
 // It hears the session's messages as `relay:message` events on document, dispatched by static/app.js.
 
-const $ = (id) => document.getElementById(id);
+const $ = (id) => globalThis.document?.getElementById(id) ?? null; // null under node (tests/js)
 const el = {
   form: $('textrules-form'),
   replacements: $('textrules-replacements'),
@@ -13,8 +13,8 @@ const el = {
   status: $('textrules-status'),
 };
 const STORE_KEY = 'captionRelay.textRules';
-const hooks = { sessionId: null, sent: 0, last: null, status: '' };
-window.__textRules = hooks;
+const hooks = { sessionId: null, sent: 0, last: null, status: '', answer: null };
+if (globalThis.window) window.__textRules = hooks;
 
 // "from => to", one a line; blank lines are skipped. Returns {rules} or {error}.
 export function parseForm(replacementsText, profanity, keytermsText) {
@@ -83,6 +83,7 @@ async function send(rules) {
     show(isEmpty(rules) ? 'No rules.' : 'Saved: they apply when you press Start.');
     return;
   }
+  const answerBefore = hooks.answer; // the recognizer's answer may come before the PUT's own response
   let response;
   try {
     response = await fetch(`/api/sessions/${encodeURIComponent(id)}/rules`, {
@@ -109,6 +110,11 @@ async function send(rules) {
   hooks.sent += 1;
   const n = body.rules.replacements.length;
   const parts = [`Applied: ${n} replacement${n === 1 ? '' : 's'}${body.rules.profanity ? ', profanity masked' : ''}.`];
+  if (body.keyterms === 'sent' && hooks.answer !== answerBefore) {
+    parts.push(hooks.answer.message);
+    show(parts.join(' '), hooks.answer.code === 'keyterms_refused' ? 'error' : 'info');
+    return;
+  }
   if (KEYTERMS[body.keyterms]) parts.push(KEYTERMS[body.keyterms]);
   show(parts.join(' '));
 }
@@ -120,10 +126,9 @@ function onMessage(msg) {
     const parsed = current();
     // A resumed session keeps its stored rules; a new one gets what the panel holds.
     if (fresh && parsed.rules && !isEmpty(parsed.rules)) send(parsed.rules);
-  } else if (msg.type === 'notice' && msg.code === 'keyterms_applied') {
-    show(msg.message);
-  } else if (msg.type === 'notice' && msg.code === 'keyterms_refused') {
-    show(msg.message, 'error');
+  } else if (msg.type === 'notice' && (msg.code === 'keyterms_applied' || msg.code === 'keyterms_refused')) {
+    hooks.answer = { code: msg.code, message: msg.message };
+    show(msg.message, msg.code === 'keyterms_refused' ? 'error' : 'info');
   }
 }
 

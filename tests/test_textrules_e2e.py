@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 
 from browser import browser
 from conftest import ARTIFACTS, TEST_DG_KEY, running_app
+from test_redis import two_apps  # noqa: F401 - the fixture: two app processes sharing a redis-server
 from test_sharing import FIRST_TURN_AUDIO, _fake_mic_wav, http, open_viewer, owner_cookie, start_speaker
 
 from webapp.store import MemoryStore, RedisStore, SqliteStore
@@ -161,6 +162,25 @@ async def test_new_key_terms_ride_the_next_connection_after_a_reconnect(simulato
         assert second.configures == []  # nothing to re-send
     finally:
         simulator.reset()
+
+
+async def test_rules_set_through_another_process_reach_the_running_session(two_apps, sim):  # noqa: F811
+    """Behind Redis the API call may land on another process than the session's: it stores the rules and says so
+    on the session's rules topic; the session's process reads them and applies them (key terms: a Configure)."""
+    a, b, _ = two_apps
+    sim.reset(script=SCRIPT)
+    cookie = owner_cookie(a)
+    speaker, token = await start_speaker(a, cookie)
+    viewer = await open_viewer(b, token)
+    status, body = put_rules(b, speaker.ready["session_id"], cookie, FIRST_RULES)
+    assert status == 200 and body["keyterms"] == "not_running"  # not in b
+    await speaker.until(lambda s: [m for m in s.of("notice") if m["code"] == "keyterms_applied"])
+    await speaker.send_audio(FIRST_TURN_AUDIO)
+    await speaker.until(lambda s: s.finals())
+    await viewer.until(lambda v: v.seen_finals())
+    assert speaker.finals() == [SHOWN[0]] and [t for _, t in viewer.seen_finals()] == [SHOWN[0]]
+    assert [c["keyterms"] for c in sim.records[0].configures] == [["Caption Relay"]]
+    await speaker.close_stream()
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from .broker import Broker
-from .live import Live, live_ended, live_resumed, live_transcript
+from .broker import Broker, RedisBroker
+from .live import Live, live_ended, live_resumed, live_transcript, rules_topic
 from .logs import fields
 from .relay import SessionSink
 from .store import STORE_ERRORS, SessionStore, backoff
@@ -123,6 +123,7 @@ class Recorder(SessionSink):
         self.queue: deque[Any] = deque()  # interim events (dicts), _Final, then one _End
         self.wake = asyncio.Event()
         self.writer: asyncio.Task | None = None
+        self.rules_follower: asyncio.Task | None = None  # with several processes: rules set through another
         self.seq = 0  # the next final's seq: a final's place among the stored ones
         self.held = 0  # finals queued and not yet stored, and their bytes
         self.held_bytes = 0
@@ -182,6 +183,8 @@ class Recorder(SessionSink):
         return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
 
     def _start_writer(self, session_id: str) -> None:
+        if isinstance(self.recording.broker, RedisBroker):  # one process: the API applies rules itself
+            self.rules_follower = asyncio.create_task(self._follow_rules(session_id), name=f"rules-{session_id}")
         self.writer = asyncio.create_task(self._write(session_id), name=f"recorder-{session_id}")
         self.recording.recorders.add(self)
         self.writer.add_done_callback(self._writer_done)
@@ -263,6 +266,21 @@ class Recorder(SessionSink):
                 }
             )
 
+    async def _follow_rules(self, session_id: str) -> None:
+        """Text rules set through another process's API (webapp/session_rules.py publishes RULES_CHANGED on the
+        session's rules topic): read the stored rules and apply them to the running session."""
+        feed = self.recording.broker.subscribe(rules_topic(session_id))
+        try:
+            async for _ in feed:  # a change, or a gap (the feed was down: one may have been missed)
+                try:
+                    stored = await self.recording.store.get_rules(session_id)
+                except STORE_ERRORS:
+                    continue  # the next change (or gap) reads them again
+                if stored is not None and self.session is not None:
+                    self.session.set_rules(TextRules.load(stored))
+        finally:
+            feed.close()
+
     @property
     def rules(self) -> TextRules:
         """The session's text rules as they are now: what viewers get is written with them."""
@@ -341,6 +359,8 @@ class Recorder(SessionSink):
                     self.recovering, self.lost = False, 0
 
     async def closed(self, session, reason: str) -> None:
+        if self.rules_follower is not None:
+            self.rules_follower.cancel()
         if self.writer is None:
             return
         ended_at = time.time()

@@ -1,7 +1,8 @@
 """The owner API for a session's text rules (issue 19): `GET` and `PUT /api/sessions/{id}/rules` (the route is in
 app.py). Same owner credential and Origin check as the other /api/sessions calls (webapp/share_pages.py). A PUT
 is validated by webapp/textrules.py, stored with the session, and applied at once to the session if it runs in
-this process: its page's events and what its viewers get from then on, its new key terms sent to the recognizer.
+this process: its page's events and what its viewers get from then on, its new key terms sent to the recognizer;
+otherwise the change is published on the session's rules topic, for the process that runs it (webapp/recorder.py).
 Exports and viewer snapshots read the stored rules, so they always show the rules as they are now.
 """
 
@@ -14,10 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .config import Settings
+from .live import RULES_CHANGED, rules_topic
 from .logs import fields
 from .relay import LiveSessions
 from .security import origin_allowed
 from .share_pages import SharePages
+from .store import STORE_ERRORS
 from .textrules import NO_RULES, RulesError, TextRules
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,14 @@ class SessionRules:
         if not await self.shares.store.set_rules(session_id, rules.to_dict()):
             return JSONResponse({"error": "not_found"}, status_code=404)  # deleted meanwhile
         running = self.live.running.get(session_id)  # (it may have ended or resumed while the store wrote)
-        keyterms = running.set_rules(rules) if running is not None else "not_running"
+        if running is not None:
+            keyterms = running.set_rules(rules)
+        else:  # ended, or running in another process (Redis): that one reads the stored rules again
+            keyterms = "not_running"
+            try:
+                await self.shares.broker.publish(rules_topic(session_id), RULES_CHANGED)
+            except STORE_ERRORS as exc:  # stored: the follower reads them again when its feed is back (a gap)
+                log.warning("rules_publish_failed", extra=fields(session=session_id, error=type(exc).__name__))
         log.info(
             "rules_set",
             extra=fields(
