@@ -141,6 +141,20 @@ async def test_the_rules_api_refuses_bad_hostile_and_foreign_requests(flux_app, 
     await speaker.close_stream()
 
 
+async def test_the_gateway_takes_key_terms_by_configure_on_its_flux_passthrough(gateway_app, sim):
+    sim.reset(script=SCRIPT, gateway_shape="turninfo")
+    cookie = owner_cookie(gateway_app)
+    speaker, _ = await start_speaker(gateway_app, cookie)
+    status, body = put_rules(gateway_app, speaker.ready["session_id"], cookie, FIRST_RULES)
+    assert status == 200 and body["keyterms"] == "sent"  # its model (deepgram/flux) is a Flux model
+    await speaker.until(lambda s: [m for m in s.of("notice") if m["code"] == "keyterms_applied"])
+    await speaker.send_audio(FIRST_TURN_AUDIO)
+    await speaker.until(lambda s: s.finals())
+    assert speaker.finals() == [SHOWN[0]]
+    await speaker.close_stream()
+    assert sim.connection_count == 1 and [c["keyterms"] for c in sim.records[0].configures] == [["Caption Relay"]]
+
+
 async def test_new_key_terms_ride_the_next_connection_after_a_reconnect(simulator, session_tmp):
     simulator.reset(script=SCRIPT)
     simulator.faults.drop_after_bytes, simulator.faults.connections = 40000, 1  # the first connection drops once
