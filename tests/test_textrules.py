@@ -136,13 +136,14 @@ def test_hostile_rules_cost_bounded_time():
     pairs += [[f"w{i} " * 19 + "z", "x" * 200] for i in range(MAX_RULES - 20)]
     r = TextRules.parse({"replacements": pairs, "profanity": True})
     text = "aaaa " * 2000
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: the machine is shared, wall time is not this test's to judge
     for _ in range(5):
         assert r.apply(text) == text
-    assert (time.perf_counter() - started) / 5 < 0.1
+    assert (time.process_time() - started) / 5 < 0.5  # measured 39 ms; a backtracking pattern would take minutes
     plain = "this is an ordinary turn of some twenty words that a speaker says in five seconds or so today"
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(1000):
         r.apply(plain)
-    assert (time.perf_counter() - started) / 1000 < 0.001
-    assert all(w in r.apply(" ".join(PROFANITY)) or "*" in r.apply(w) for w in PROFANITY)
+    assert (time.process_time() - started) / 1000 < 0.005  # measured about 50 µs
+    masked = r.apply(" ".join(sorted(PROFANITY))).split()
+    assert all(m[0] == w[0] and set(m[1:]) == {"*"} for m, w in zip(masked, sorted(PROFANITY), strict=True))
