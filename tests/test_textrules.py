@@ -147,3 +147,15 @@ def test_hostile_rules_cost_bounded_time():
     assert (time.process_time() - started) / 1000 < 0.005  # measured about 50 µs
     masked = r.apply(" ".join(sorted(PROFANITY))).split()
     assert all(m[0] == w[0] and set(m[1:]) == {"*"} for m, w in zip(masked, sorted(PROFANITY), strict=True))
+
+
+@pytest.mark.parametrize("backend,says", [
+    ("local", "The embedded recognizer does not use key terms"),
+    ("deepgram", "Sent to the recognizer at once"),
+])
+def test_the_panel_says_whether_the_recognizer_uses_key_terms(backend, says):
+    from webapp.templates import page_templates
+
+    page = page_templates("v").env.get_template("index.html").render(backend=backend, needs_login=False)
+    panel = page[page.index('id="textrules"'):]
+    assert says in panel and 'id="textrules-apply"' in panel
