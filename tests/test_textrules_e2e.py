@@ -7,15 +7,16 @@ recognizer as one Flux Configure per change on the same connection, and its refu
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 
 import pytest
 from playwright.sync_api import expect
 
 from browser import browser
-from conftest import ARTIFACTS, TEST_DG_KEY, running_app
+from conftest import ARTIFACTS, TEST_DG_KEY, running_app, start_app, stop_app
 from test_redis import two_apps  # noqa: F401 - the fixture: two app processes sharing a redis-server
-from test_sharing import FIRST_TURN_AUDIO, _fake_mic_wav, http, open_viewer, owner_cookie, start_speaker
+from test_sharing import FIRST_TURN_AUDIO, Socket, _fake_mic_wav, http, open_viewer, owner_cookie, start_speaker
 
 from webapp.store import MemoryStore, RedisStore, SqliteStore
 
@@ -195,6 +196,38 @@ async def test_rules_set_through_another_process_reach_the_running_session(two_a
     assert speaker.finals() == [SHOWN[0]] and [t for _, t in viewer.seen_finals()] == [SHOWN[0]]
     assert [c["keyterms"] for c in sim.records[0].configures] == [["Caption Relay"]]
     await speaker.close_stream()
+
+
+async def test_rules_go_on_when_the_session_resumes_after_a_server_restart(simulator, session_tmp):
+    """SIGTERM mid-session, start the app again, resume with the token: the stored rules apply to the resumed
+    session's captions, and its new upstream connection gets the key terms (a Configure) without the page asking."""
+    simulator.reset(script=SCRIPT)
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen",
+           "UPSTREAM_RETRY_SECONDS": "20"}
+    app = start_app(env, session_tmp, "rules-restart")
+    try:
+        cookie = owner_cookie(app)
+        speaker, _ = await start_speaker(app, cookie)
+        ready = speaker.ready
+        assert put_rules(app, ready["session_id"], cookie, SECOND_RULES)[0] == 200
+        await speaker.until(lambda s: [m for m in s.of("notice") if m["code"] == "keyterms_applied"])
+        app.proc.send_signal(signal.SIGTERM)
+        assert (await speaker.until_closed())[-1] == {"type": "closed", "reason": "server_restart"}
+        app.proc.wait(30)
+        app = start_app(env, session_tmp, "rules-restart", port=app.port)
+        again = await Socket.open(f"{app.ws}/ws/listen?resume={ready['resume_token']}",
+                                  additional_headers={"Cookie": cookie})
+        assert (await again.until(lambda s: s.ready))["resumed"] is True
+        await again.until(lambda s: [m for m in s.of("notice") if m["code"] == "keyterms_applied"])
+        await again.send_audio(FIRST_TURN_AUDIO + 2.0)
+        await again.until(lambda s: len(s.finals()) == 2)
+        await again.close_stream()
+        assert again.finals() == SHOWN
+        resumed = simulator.records[-1]
+        assert [c["keyterms"] for c in resumed.configures] == [["Flux"]]
+    finally:
+        stop_app(app)
+        simulator.reset()
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
