@@ -277,7 +277,14 @@ class WsUpstream(Upstream):
     def _flux_configured(self, msg: dict) -> None:
         """ConfigureSuccess / ConfigureFailure: tell the page, then send the change that waited, if any."""
         self._configuring = 0.0
-        self._emit(configure_result(msg))
+        notice = configure_result(msg)
+        log.info(
+            "upstream_configured",
+            extra={
+                "fields": {"provider": self.name, "code": notice["code"], "provider_code": notice.get("provider_code")}
+            },
+        )
+        self._emit(notice)
         waiting, self._configure_next = self._configure_next, None
         if waiting is not None:
             self._flux_configure(waiting)
