@@ -250,6 +250,7 @@ function start() {
       notice: (key, text, kind) => (key ? notice(key, text, kind) : showMessage(text, kind)),
       error: ({ message, key }) => (key ? notice(key, message, 'error') : showMessage(message)),
       message: (msg) => {
+        document.dispatchEvent(new CustomEvent('relay:message', { detail: msg })); // e.g. static/textrules.js
         hooks.messages.push(msg);
         if (hooks.messages.length > MAX_MESSAGES) hooks.messages.splice(0, hooks.messages.length - MAX_MESSAGES);
       },

@@ -16,6 +16,11 @@ Hostile modes (tests/test_relay_hardening.py):
                 chokes on. `sim.connection_count` and `sim.audio_bytes` count what the relay made it do.
   error_text    the Error message's description; "{auth}" in it is replaced by the request's Authorization
                 header, as a gateway that echoes the credential would.
+  configure     Flux `Configure` (protocols.md §1.4): keyterms REPLACE the connection's list (from its `keyterm`
+                URL parameters at first), answered by ConfigureSuccess echoing the active configuration, or by
+                ConfigureFailure (the stream goes on with the previous list) when the message breaks the documented
+                rules (keyterms not a list of strings, over 100 of them) or when `faults.configure_failure` names a
+                code to answer with. `Record.configures` holds what each connection received.
   nonfinite     a JSON value (e.g. `NaN`, `Infinity`, `1e999`, `"Infinity"`) sent as audio_window_end of every
                 Flux Update, raw: Python's json writes NaN/Infinity literals that strict parsers refuse.
 """
@@ -48,6 +53,7 @@ class Faults:
     connections: int = 10 ** 9               # how many connections (or handshakes) the faults above hit
     error_text: str | None = None            # the Error's description ("{auth}": the request's Authorization)
     nonfinite: str | None = None             # raw JSON value for audio_window_end of every Flux Update
+    configure_failure: str | None = None     # answer every Flux Configure with ConfigureFailure of this code
 
 
 @dataclass
@@ -61,6 +67,19 @@ class Record:
     closed: bool = False
     faulty: bool = True
     dropped_at: float | None = None   # time.monotonic() when a drop or stall fault fired
+
+    @property
+    def configures(self) -> list[dict]:
+        """The Configure messages this connection received, parsed."""
+        out = []
+        for t in self.texts:
+            try:
+                msg = json.loads(t)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("type") == "Configure":
+                out.append(msg)
+        return out
 
     @property
     def controls(self) -> list[str]:
@@ -362,6 +381,7 @@ class FluxSession(ScriptedSession):
         self.request_id = str(uuid.uuid4())
         self.do_greet = greet
         self.last_update = 0.0
+        self.keyterms = [v for k, v in rec.query if k == "keyterm"]  # the active list: Configure replaces it
 
     async def greet(self) -> None:
         if self.sim.faults.greet_delay:
@@ -412,8 +432,21 @@ class FluxSession(ScriptedSession):
             await self.ws.close(code=None)  # Flux closes with no status code after CloseStream
             return "stop"
         elif kind == "Configure":
-            await self.send({"type": "ConfigureSuccess", "request_id": self.request_id, "sequence_id": self.next_seq(),
-                             "thresholds": {}, "keyterms": []})
+            msg = json.loads(self.rec.texts[-1])
+            terms = msg.get("keyterms", self.keyterms)  # omitted: kept
+            code = self.sim.faults.configure_failure if self.rec.faulty else None
+            if code is None and (not isinstance(terms, list) or not all(isinstance(t, str) for t in terms)):
+                code = "INVALID_KEYTERMS"
+            elif code is None and len(terms) > 100:
+                code = "TOO_MANY_KEYTERMS"
+            if code is not None:
+                await self.send({"type": "ConfigureFailure", "request_id": self.request_id,
+                                 "sequence_id": self.next_seq(), "code": code,
+                                 "description": "simulated configure failure"})
+            else:
+                self.keyterms = list(terms)
+                await self.send({"type": "ConfigureSuccess", "request_id": self.request_id,
+                                 "sequence_id": self.next_seq(), "thresholds": {}, "keyterms": self.keyterms})
         else:
             await self.send({"type": "Error", "sequence_id": self.next_seq(), "code": "UNKNOWN_MESSAGE",
                              "description": f"unsupported message type {kind!r} on /v2/listen"})

@@ -37,6 +37,7 @@ EXPECTED = [
     ("Route", "/api/sessions", {"GET", "HEAD"}),
     ("Route", "/api/sessions/{session_id}/share", {"POST", "DELETE"}),
     ("Route", "/api/sessions/{session_id}/transcript.{fmt}", {"GET", "HEAD"}),
+    ("Route", "/api/sessions/{session_id}/rules", {"GET", "HEAD", "PUT"}),  # text rules (issue 19)
     ("Route", "/embed", {"GET", "HEAD"}),
     ("Route", "/embed/snippet", {"GET", "HEAD"}),
     ("Mount", "/static", None),

@@ -25,6 +25,7 @@ from .quotas import Quotas
 from .relay import LiveSessions
 from .resume import Resumes
 from .security import Cookies, HostGuard, Login, ResumeTokens, SecurityHeaders, load_secret_key
+from .session_rules import SessionRules
 from .share_pages import SharePages
 from .store import RedisError
 from .templates import STATIC_DIR, asset_version, page_templates
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # The one check of the API endpoints (/v1/...): `await api_keys.authenticate(conn)` (webapp/apikeys.py)
     api_keys = ApiKeys(settings, shares.store, login, quotas.client_ip, usage)
     app_metrics = MetricsPage(settings, quotas.client_ip, lambda: usage.key_rows, usage.sync_metrics)
+    rules = SessionRules(settings, shares, live)  # a session's text rules (issue 19)
     home = Home(settings, templates, login=login, shares=shares)
     admission = Admission(
         settings,
@@ -110,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/sessions", shares.api_list),
         Route("/api/sessions/{session_id}/share", shares.api_share, methods=["POST", "DELETE"]),
         Route("/api/sessions/{session_id}/transcript.{fmt}", shares.owner_export),
+        Route("/api/sessions/{session_id}/rules", rules.api, methods=["GET", "PUT"]),  # webapp/session_rules.py
         # the widget, framable by the sites its key names, and its snippet page (webapp/embed.py)
         Route("/embed", embeds.widget),
         Route("/embed/snippet", embeds.snippet),

@@ -86,6 +86,15 @@ def live_resumed() -> Live:
     return Live("resumed", _encode({"type": "resumed"}))
 
 
+def rules_topic(session_id: str) -> str:
+    """The broker topic on which a session's text rules changed (issue 19): its own, so viewers never get it and
+    the session's interims are not delivered to the process that follows it."""
+    return f"rules:{session_id}"
+
+
+RULES_CHANGED = Live("rules", _encode({"type": "rules"}))  # the stored rules changed: read them again
+
+
 class Viewer:
     """Sends one watching socket its feed. Finals and interims the snapshot already holds are skipped (by seq,
     and by turn); a revocation of an older link than the one it watches through is ignored.

@@ -19,11 +19,12 @@ from typing import Any
 import orjson
 
 from . import metrics
-from .broker import Broker
-from .live import Live, live_ended, live_resumed, live_transcript
+from .broker import Broker, RedisBroker
+from .live import Live, live_ended, live_resumed, live_transcript, rules_topic
 from .logs import fields
 from .relay import SessionSink
 from .store import STORE_ERRORS, SessionStore, backoff
+from .textrules import NO_RULES, TextRules
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,11 @@ class Recording:
 
     async def catch_up(self, session_id: str, seq: int) -> list[Live]:
         """What a viewer that has finals below `seq` missed: the later stored finals, then `ended` if it ended."""
-        out = [live_transcript({**t, "final": True}, t["seq"]) for t in await self.store.finals_from(session_id, seq)]
+        rules = TextRules.load(await self.store.get_rules(session_id))
+        out = [
+            live_transcript(rules.apply_turn({**t, "final": True}), t["seq"])
+            for t in await self.store.finals_from(session_id, seq)
+        ]
         meta = await self.store.get_session(session_id)
         if meta is not None and not meta["live"]:
             out.append(live_ended(meta.get("end_reason") or "ended", meta.get("ended_at") or 0.0))
@@ -119,6 +124,7 @@ class Recorder(SessionSink):
         self.queue: deque[Any] = deque()  # interim events (dicts), _Final, then one _End
         self.wake = asyncio.Event()
         self.writer: asyncio.Task | None = None
+        self.rules_follower: asyncio.Task | None = None  # with several processes: rules set through another
         self.seq = 0  # the next final's seq: a final's place among the stored ones
         self.held = 0  # finals queued and not yet stored, and their bytes
         self.held_bytes = 0
@@ -165,16 +171,21 @@ class Recorder(SessionSink):
             if meta is None:
                 return None
             self.seq = len(await store.get_turns(session.id))
+            rules = await store.get_rules(session.id)
             await store.reopen_session(session.id)
             await self.recording.broker.publish(session.id, live_resumed())  # viewers waiting since the pause follow on
         except Exception as exc:
             log.error("session_reopen_failed", extra=fields(session=session.id, error=repr(exc)))
             return None
         self.session_id, self.started_at = session.id, meta["started_at"]
+        if rules is not None:  # the rules set before the restart go on (key terms: in the new connection)
+            session.set_rules(TextRules.load(rules))
         self._start_writer(session.id)
         return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
 
     def _start_writer(self, session_id: str) -> None:
+        if isinstance(self.recording.broker, RedisBroker):  # one process: the API applies rules itself
+            self.rules_follower = asyncio.create_task(self._follow_rules(session_id), name=f"rules-{session_id}")
         self.writer = asyncio.create_task(self._write(session_id), name=f"recorder-{session_id}")
         self.recording.recorders.add(self)
         self.writer.add_done_callback(self._writer_done)
@@ -256,6 +267,26 @@ class Recorder(SessionSink):
                 }
             )
 
+    async def _follow_rules(self, session_id: str) -> None:
+        """Text rules set through another process's API (webapp/session_rules.py publishes RULES_CHANGED on the
+        session's rules topic): read the stored rules and apply them to the running session."""
+        feed = self.recording.broker.subscribe(rules_topic(session_id))
+        try:
+            async for _ in feed:  # a change, or a gap (the feed was down: one may have been missed)
+                try:
+                    stored = await self.recording.store.get_rules(session_id)
+                except STORE_ERRORS:
+                    continue  # the next change (or gap) reads them again
+                if stored is not None and self.session is not None:
+                    self.session.set_rules(TextRules.load(stored))
+        finally:
+            feed.close()
+
+    @property
+    def rules(self) -> TextRules:
+        """The session's text rules as they are now: what viewers get is written with them."""
+        return getattr(self.session, "rules", NO_RULES)
+
     async def _write(self, session_id: str) -> None:
         store, broker = self.recording.store, self.recording.broker
         failures = 0
@@ -268,7 +299,7 @@ class Recorder(SessionSink):
                 self.queue.popleft()
                 if not failures:
                     with contextlib.suppress(Exception):
-                        await broker.publish(session_id, live_transcript(item))
+                        await broker.publish(session_id, live_transcript(self.rules.apply_turn(item)))
                 continue
             try:
                 # Store, then publish; a retry after the store took it publishes only.
@@ -282,7 +313,9 @@ class Recorder(SessionSink):
                         if not landed:
                             await store.append_final(session_id, seq, item.turn)
                         item.stored = True
-                    await broker.publish(session_id, live_transcript({**item.turn, "final": True}, seq))
+                    await broker.publish(
+                        session_id, live_transcript(self.rules.apply_turn({**item.turn, "final": True}), seq)
+                    )
                 else:
                     if not item.stored:
                         await store.end_session(session_id, item.values)
@@ -328,6 +361,8 @@ class Recorder(SessionSink):
                     self.recovering, self.lost = False, 0
 
     async def closed(self, session, reason: str) -> None:
+        if self.rules_follower is not None:
+            self.rules_follower.cancel()
         if self.writer is None:
             return
         ended_at = time.time()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -30,6 +31,7 @@ from .browsersocket import BrowserSocket, Outbox
 from .config import Settings
 from .logs import fields
 from .protocol import MAX_AUDIO_FRAME, StreamParams
+from .textrules import TextRules
 from .timeline import Timeline
 from .upstreams import Upstream, UpstreamError, UpstreamListener, make_upstream
 
@@ -194,6 +196,8 @@ class RelaySession:
         self.relayed = 0  # bytes sent upstream on earlier connections (replays included), for the metrics
         self.conn_from = 0  # session offset where the current connection's audio started
         self.timeline = Timeline(self.bps, int(resume["turns"]) if resume else 0)
+        # What people see of the text (webapp/textrules.py); the sink records the recognizer's own. set_rules.
+        self.rules = TextRules.build((), False, params.keyterms)
         self.closing = False  # the session is ending (CloseStream, browser gone, stop request)
         self.user_closed = False  # ...because the browser sent CloseStream
         self.close_reason = "client_closed"
@@ -226,6 +230,19 @@ class RelaySession:
         if not self._stop.is_set():
             self.close_reason, self._stop_error = reason, error
             self._stop.set()
+
+    def set_rules(self, rules: TextRules) -> str:
+        """Text rules from now on (the page's events, and what the sink publishes). New key terms go to the live
+        recognizer without reconnecting. Returns what became of the key terms: "unchanged", "sent" (its answer
+        comes as a `notice`), "next_connection" (not live: the next connection's parameters carry them) or
+        "unsupported" (the embedded recognizer takes no key terms)."""
+        self.rules = rules
+        if rules.keyterms == self.params.keyterms:
+            return "unchanged"
+        self.params = dataclasses.replace(self.params, keyterms=rules.keyterms)
+        if self.live and self.upstream.configure(rules.keyterms):
+            return "sent"
+        return "unsupported" if self.settings.backend == "local" else "next_connection"
 
     # ---- browser -> relay ----------------------------------------------------------------------
 
@@ -380,7 +397,9 @@ class RelaySession:
                 metrics.FINALS.inc()
                 # End-of-turn latency in audio time: what arrived after the turn's last word (wall time for a mic).
                 metrics.END_OF_TURN.observe(max(0.0, self.audio_seconds - event["end"]))
-            self.sink.event(event)
+            self.sink.event(event)  # as recognized: the store keeps the original text
+            if self.rules.active:
+                event = self.rules.apply_turn(event)
         self.out.put(event)
 
     async def _connect(self) -> None:
@@ -402,6 +421,8 @@ class RelaySession:
             if self.resume_token is not None:
                 ready["resume_token"] = self.resume_token(self.id)
             self.out.put(ready)
+        if up.params.keyterms != self.params.keyterms:  # changed while this connection was being made
+            up.configure(self.params.keyterms)
         self._report_gaps()
         self.relayed += self.sent_to - self.conn_from  # the previous connection's share
         self.sent_to = self.conn_from = self.audio.start

@@ -33,6 +33,7 @@ from .recorder import Recorder, Recording
 from .security import Cookies, origin_allowed
 from .store import STORE_ERRORS, make_store, store_url
 from .usage import Usage
+from .textrules import TextRules
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 3600.0  # seconds between retention sweeps
@@ -192,7 +193,7 @@ class SharePages:
         status, meta = await self._resolve(token)
         if meta is None:
             return self._link_error(request, status)
-        turns = await self.store.get_turns(meta["id"])
+        turns = await self._shown_turns(meta["id"])
         return self.templates.TemplateResponse(
             request,
             "viewer.html",
@@ -217,8 +218,13 @@ class SharePages:
             return self._link_error(request, 404)
         return await self._export(meta, fmt)
 
+    async def _shown_turns(self, session_id: str) -> list[dict[str, Any]]:
+        """The stored finals as people are shown them: with the session's text rules as they are now."""
+        rules = TextRules.load(await self.store.get_rules(session_id))
+        return rules.apply_turns(await self.store.get_turns(session_id))
+
     async def _export(self, meta: dict[str, Any], fmt: str) -> Response:
-        turns = await self.store.get_turns(meta["id"])
+        turns = await self._shown_turns(meta["id"])
         if fmt == "txt":
             body = exports.to_txt(turns)
         elif fmt == "srt":
@@ -267,7 +273,7 @@ class SharePages:
                 await ws.send_text(REVOKED)
                 await ws.close(1000)
                 return
-            turns = await self.store.get_turns(session_id)
+            turns = await self._shown_turns(session_id)
             wait = _pause_left(meta)  # stopped by a restart: its speaker's page is expected back
             await ws.send_text(
                 json.dumps(

@@ -118,6 +118,15 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
 
+    # text rules (issue 19)
+    @abc.abstractmethod
+    async def get_rules(self, session_id: str) -> dict[str, Any] | None:
+        """The session's text rules as set_rules stored them (webapp/textrules.py's to_dict), or None."""
+
+    @abc.abstractmethod
+    async def set_rules(self, session_id: str, rules: dict[str, Any]) -> bool:
+        """Replace the session's text rules; False if the session is not stored."""
+
     @abc.abstractmethod
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]: ...
 
@@ -235,6 +244,17 @@ class MemoryStore(SessionStore):
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         meta = self.sessions.get(session_id)
         return _session_out(meta) if meta is not None else None
+
+    # text rules (issue 19): beside the session's fields (get_session does not return them)
+    async def get_rules(self, session_id: str) -> dict[str, Any] | None:
+        rules = self.sessions.get(session_id, {}).get("text_rules")
+        return orjson.loads(rules) if rules else None
+
+    async def set_rules(self, session_id: str, rules: dict[str, Any]) -> bool:
+        if session_id not in self.sessions:
+            return False
+        self.sessions[session_id]["text_rules"] = orjson.dumps(rules)  # a copy, as stored
+        return True
 
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
         turns = self.turns.get(session_id, {})
@@ -354,7 +374,8 @@ class SqliteStore(SessionStore):
         await self.db.executescript(SCHEMA)
         async with self.db.execute("PRAGMA table_info(sessions)") as cur:
             columns = {r["name"] for r in await cur.fetchall()}
-        for column, kind in (("resume_nonce", "TEXT"), ("cost", "REAL")):  # a file of an older version
+        # a file of an older version; text_rules (issue 19) is kept outside SESSION_FIELDS
+        for column, kind in (("resume_nonce", "TEXT"), ("cost", "REAL"), ("text_rules", "TEXT")):
             if column not in columns:
                 await self.db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
 
@@ -433,6 +454,18 @@ class SqliteStore(SessionStore):
         async with self.db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
             row = await cur.fetchone()
         return _session_out(dict(row)) if row else None
+
+    # text rules (issue 19): the sessions table's text_rules column (JSON), added by start() to older files
+    async def get_rules(self, session_id: str) -> dict[str, Any] | None:
+        async with self.db.execute("SELECT text_rules FROM sessions WHERE id = ?", (session_id,)) as cur:
+            row = await cur.fetchone()
+        return json.loads(row["text_rules"]) if row and row["text_rules"] else None
+
+    async def set_rules(self, session_id: str, rules: dict[str, Any]) -> bool:
+        cur = await self.db.execute(
+            "UPDATE sessions SET text_rules = ? WHERE id = ?", (json.dumps(rules, ensure_ascii=False), session_id)
+        )
+        return bool(cur.rowcount)
 
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
         async with self.db.execute(
@@ -544,6 +577,13 @@ return 0
 """
 
 
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 class RedisStore(SessionStore):
     """Keys (prefix `cr:`): s:<id> hash (session), t:<id> stream (final turns, field d = JSON),
     sessions zset (by start time, for retention), o:<owner> zset (the owner's sessions).
@@ -608,6 +648,18 @@ class RedisStore(SessionStore):
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         return self._meta(await self.redis.hgetall(self._k("s", session_id)))
+
+    # text rules (issue 19): the session hash's text_rules field (JSON; _meta leaves it out)
+    async def get_rules(self, session_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self._k("s", session_id), "text_rules")
+        return json.loads(raw) if raw else None
+
+    async def set_rules(self, session_id: str, rules: dict[str, Any]) -> bool:
+        # Only an existing session (HSET would create a bare hash): the check and the write are one script.
+        done = await self.redis.eval(
+            _SET_IF_EXISTS, 1, self._k("s", session_id), "text_rules", json.dumps(rules, ensure_ascii=False)
+        )
+        return bool(done)
 
     async def stored_finals(self, session_id: str) -> int | None:
         last = await self.redis.xrevrange(self._k("t", session_id), count=1)

@@ -58,9 +58,20 @@ class AIGatewayUpstream(WsUpstream):
         elif kind == "TurnInfo":
             self.flux = True
             apply_turninfo(self.turns, msg)
+        elif kind in ("ConfigureSuccess", "ConfigureFailure"):
+            self.flux = True
+            self._flux_configured(msg)
         elif kind == "Error" or isinstance(msg.get("error"), dict):
             error = msg.get("error")
             self.fatal(error if isinstance(error, dict) else msg)
+
+    def configure(self, keyterms: tuple[str, ...]) -> bool:
+        # Configure is a Flux message: sent to a Flux model or a stream seen to be Flux-shaped only (the v1 shape
+        # has no mid-stream key terms; the next connection's URL carries them).
+        if not (self.flux or "flux" in self.settings.model):
+            return False
+        self._flux_configure(keyterms)
+        return True
 
     def _results(self, msg: dict) -> None:
         channel = msg.get("channel")

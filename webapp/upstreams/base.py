@@ -6,6 +6,7 @@ Lifecycle, driven by webapp.relay (the session is the UpstreamListener below):
     async for ev in up.events():    # ends after close(); the events themselves go to listener.on_event
         ...
     up.send_audio(pcm)              # 16-bit LE mono PCM at params.sample_rate; never waits
+    up.configure(keyterms)          # new key terms on the live connection; False: not supported
     await up.finalize()             # end the open turn now
     await up.close()                # finalize the open turn, flush, end the event stream
     await up.abort()                # drop everything now (browser gone, server stopping)
@@ -234,6 +235,12 @@ class Upstream(abc.ABC):
     @abc.abstractmethod
     def send_audio(self, pcm: bytes) -> None:
         """Queue audio for the recognizer now (the relay's hot path: no awaiting, no copies)."""
+
+    def configure(self, keyterms: tuple[str, ...]) -> bool:
+        """Replace the recognizer's key terms on the live connection, without reconnecting; its answer comes as
+        a `notice` event (keyterms_applied / keyterms_refused). False: this recognizer takes no key terms
+        mid-stream (the relay's next connection carries them in its parameters)."""
+        return False
 
     @abc.abstractmethod
     async def finalize(self) -> None: ...

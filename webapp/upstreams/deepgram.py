@@ -1,7 +1,8 @@
 """Deepgram Flux (`/v2/listen`): turn-aware TurnInfo events.
 
 Wire facts (Deepgram's Flux documentation; docs/protocol.md, what each upstream does): auth header `Authorization: Token <key>`; wait for `Connected`;
-`ForceEndTurn` ends the open turn; `CloseStream` flushes but emits no EndOfTurn, so stop sends ForceEndTurn
+`ForceEndTurn` ends the open turn; `Configure` replaces the key terms mid-stream (answered by ConfigureSuccess or
+ConfigureFailure); `CloseStream` flushes but emits no EndOfTurn, so stop sends ForceEndTurn
 first; `KeepAlive` is invalid on v2 (it kills the stream), so quiet microphones are covered with silence
 frames while a turn is open.
 """
@@ -44,9 +45,15 @@ class DeepgramUpstream(WsUpstream):
         kind = msg.get("type")
         if kind == "TurnInfo":
             apply_turninfo(self.turns, msg)
+        elif kind in ("ConfigureSuccess", "ConfigureFailure"):
+            self._flux_configured(msg)
         elif kind == "Error":
             self.fatal(msg)
-        # Connected, Warning, ConfigureSuccess/Failure and unknown types carry nothing for the browser.
+        # Connected, Warning and unknown types carry nothing for the browser.
+
+    def configure(self, keyterms: tuple[str, ...]) -> bool:
+        self._flux_configure(keyterms)
+        return True
 
     def needs_silence(self) -> bool:
         return self.turns.open and not self._closing

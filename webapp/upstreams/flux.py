@@ -5,6 +5,8 @@ The wire (picows, callbacks, keep-alive) is wsclient.py's; this module only read
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ..protocol import finite
@@ -50,3 +52,34 @@ def apply_turninfo(turns: Turns, msg: dict) -> None:
     elif event == "EndOfTurn":
         turns.end_turn(text, words, end)
     # Unknown events are tolerated: Flux documents `event` as an open enum.
+
+
+# ---- mid-stream Configure (key terms) --------------------------------------------------------------
+
+
+def configure_message(keyterms: tuple[str, ...]) -> dict[str, Any]:
+    """`keyterms` replaces the whole list (`[]` clears it); thresholds and language hints are left as they are."""
+    return {"type": "Configure", "keyterms": list(keyterms)}
+
+
+def configure_result(msg: dict) -> dict[str, Any]:
+    """ConfigureSuccess / ConfigureFailure -> the page's `notice`. Our words: a provider's text may echo anything."""
+    if msg.get("type") == "ConfigureSuccess":
+        terms = msg.get("keyterms")
+        terms = [t for t in terms if isinstance(t, str)] if isinstance(terms, list) else []
+        return {
+            "type": "notice",
+            "code": "keyterms_applied",
+            "keyterms": terms,
+            "message": f"The recognizer now listens for {len(terms)} key term(s)."
+            if terms
+            else "The recognizer's key terms are cleared.",
+        }
+    code = "".join(c for c in str(msg.get("code") or "")[:40] if c.isalnum() or c == "_") or "unknown"
+    return {
+        "type": "notice",
+        "code": "keyterms_refused",
+        "provider_code": code,
+        "message": f"The recognizer refused the new key terms ({code}); it keeps the previous ones. "
+        "Check the terms (at most 100, plain words) and save them again.",
+    }

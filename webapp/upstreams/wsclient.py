@@ -19,7 +19,7 @@ import orjson
 from picows import WSCloseCode, WSError, WSInvalidStatusError, WSListener, WSMsgType, ws_connect
 
 from .base import Upstream, UpstreamError, handshake_error, provider_error
-from .flux import UPDATES, DecodeError, FluxUpdate, decode_update
+from .flux import UPDATES, DecodeError, FluxUpdate, configure_message, configure_result, decode_update
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ WATCHDOG_TICK = 0.25  # seconds between silence/keep-alive checks while the micr
 WATCHDOG_SLICES = 10  # the connections are checked a tenth at a time, every WATCHDOG_TICK / 10
 SILENCE_AFTER = 0.5  # send silence once the microphone paused this long inside an open turn
 MAX_MESSAGE = 2**20  # bytes; providers send small JSON messages
+CONFIGURE_ACK_TIMEOUT = 5.0  # seconds a Flux Configure may go unanswered before the next one is sent anyway
 # A close frame with these codes (0 = no status code, as Flux sends after CloseStream) is the end we asked for.
 CLEAN_CLOSE = frozenset((WSCloseCode.NO_INFO, WSCloseCode.OK, WSCloseCode.GOING_AWAY))
 
@@ -157,6 +158,8 @@ class WsUpstream(Upstream):
         self._pinged = 0.0  # when a ping went out on a quiet link (0: none pending)
         self._silence = bytes(int(params.sample_rate * 2 * 0.08))  # 80 ms of zeros
         self._on_batch = listener.on_batch if listener is not None else None  # looked up once: every message calls it
+        self._configuring = 0.0  # when the unanswered Flux Configure went out (0: none in flight)
+        self._configure_next: tuple[str, ...] | None = None  # key terms waiting for that answer
 
     # -- provider specifics --
     def url(self) -> str:
@@ -262,6 +265,29 @@ class WsUpstream(Upstream):
         finally:
             if batch is not None:
                 batch(False)
+
+    # -- Flux Configure: one in flight (Flux caps unanswered ones), the latest change waits for its answer --
+    def _flux_configure(self, keyterms: tuple[str, ...]) -> None:
+        if self._configuring and monotonic() - self._configuring < CONFIGURE_ACK_TIMEOUT:
+            self._configure_next = keyterms
+            return
+        self._configuring = monotonic()
+        self._send_json(configure_message(keyterms))
+
+    def _flux_configured(self, msg: dict) -> None:
+        """ConfigureSuccess / ConfigureFailure: tell the page, then send the change that waited, if any."""
+        self._configuring = 0.0
+        notice = configure_result(msg)
+        log.info(
+            "upstream_configured",
+            extra={
+                "fields": {"provider": self.name, "code": notice["code"], "provider_code": notice.get("provider_code")}
+            },
+        )
+        self._emit(notice)
+        waiting, self._configure_next = self._configure_next, None
+        if waiting is not None:
+            self._flux_configure(waiting)
 
     def _on_disconnected(self) -> None:
         self._gone = True
