@@ -32,8 +32,8 @@ from .logs import fields
 from .recorder import Recorder, Recording
 from .security import Cookies, origin_allowed
 from .store import STORE_ERRORS, make_store, store_url
-from .usage import Usage
 from .textrules import TextRules
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY = 3600.0  # seconds between retention sweeps
