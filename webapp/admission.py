@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from . import protocol
+from . import protocol, realtime
 from .browsersocket import socket_for
 from .config import Settings
 from .embed import EmbedKey, EmbedRefused, Embeds, Slot
@@ -25,6 +25,7 @@ from .resume import Known, Resumes, new_nonce
 from .security import Login, ResumeTokens, origin_allowed
 from .share_pages import SharePages
 from .store import STORE_ERRORS
+from .upstreams import language_problem
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,19 @@ class Admission:
         if not allowed:
             raise Refused("unauthorized", "This server needs its access token: reload the page and log in.")
 
-    @staticmethod
-    def params(ws: WebSocket) -> StreamParams:
+    def params(self, ws: WebSocket) -> StreamParams:
         try:
-            return parse_params(ws.query_params.multi_items())
+            params = parse_params(ws.query_params.multi_items())
         except ParamError as exc:
             raise Refused("bad_request", str(exc)) from None
+        self.check_language(params)
+        return params
+
+    def check_language(self, params: StreamParams) -> None:
+        """A language this server's recognizer does not transcribe is refused before any upstream is asked."""
+        problem = language_problem(self.settings, params.language)
+        if problem is not None:
+            raise Refused("unsupported_language", problem)
 
     def check_draining(self) -> None:
         if self.live.draining:
@@ -208,6 +216,65 @@ class Admission:
             return self.embeds.take_slot(embed_key, session)
         except EmbedRefused as exc:
             raise Refused(exc.code, exc.message, exc.retry_after) from None
+
+    # ---- /v1/realtime: the seed's socket (webapp/realtime.py), the same steps where they apply -------
+
+    async def realtime(self, ws: WebSocket) -> None:
+        """The /v1/realtime handler: Origin, credentials, parameters, drain, quota; then a RelaySession that
+        writes through the seed-message adapter. No resume (seed clients start a new stream) and no embed key."""
+        settings = self.settings
+        if not origin_allowed(ws, settings):
+            log.warning("origin_refused", extra=fields(origin=ws.headers.get("origin")))
+            await ws.close(code=1008)  # before accept: HTTP 403, as /ws/listen
+            return
+        await ws.accept()
+        lease = None
+        try:
+            if await self.authenticate(ws) is None:
+                raise Refused(
+                    "unauthorized",
+                    "This server needs a key: pass ?api_key=<key>, or an Authorization: Bearer <key> header.",
+                )
+            try:
+                params, options = realtime.parse(ws.query_params.multi_items())
+            except ParamError as exc:
+                raise Refused("bad_request", str(exc)) from None
+            self.check_language(params)
+            self.check_draining()
+            sink = self.shares.sink(ws)
+            sink.resume_nonce = new_nonce()  # recorded like any session; no token is ever given out for it
+            lease = self.lease(ws, None)
+            translator = realtime.Translator(options, settings.model)
+            session = RelaySession(
+                realtime.SeedSocket(socket_for(ws), translator),
+                settings,
+                params,
+                sink=sink,
+                meter=lease.charge if self.quotas.meters_audio else None,
+                on_limit=lambda: (lease.limit_code, *self.quotas.limit_message(lease)),
+            )
+        except Refused as exc:
+            if lease is not None:
+                lease.release()
+            await ws.send_json(realtime.error_message(exc.code, exc.message, exc.retry_after))
+            await ws.close(code=1008)
+            return
+        await self.run(session, lease, Slot(), "")
+
+    async def authenticate(self, ws: WebSocket) -> str | None:
+        """Who may use /v1/realtime: a name for the credential, or None (refused). `?api_key=` (browsers cannot set
+        headers) or an `Authorization: Bearer`/`Token` header. Kept this small on purpose: the relay-API-keys work
+        (webapp/apikeys.py) replaces this body; for now, open without ACCESS_TOKEN, else the access token."""
+        if not self.login.required:
+            return "open"
+        scheme, _, value = ws.headers.get("authorization", "").partition(" ")
+        candidate = ws.query_params.get("api_key") or (value.strip() if scheme.lower() in ("bearer", "token") else "")
+        if not candidate:
+            return None
+        right, wait = self.login.try_token(self.quotas.client_ip(ws), candidate)  # throttled as the login is
+        if wait is not None:
+            raise Refused("login_throttled", Login.throttled(wait), retry_after=wait)
+        return "access_token" if right else None
 
     # ---- admitted --------------------------------------------------------------------------------
 

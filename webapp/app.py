@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/favicon.ico", home.favicon),
         # the capture socket: every check before a session runs is in webapp/admission.py
         WebSocketRoute("/ws/listen", admission.listen),
+        # the seed's (AIgateway's) realtime socket, same admission and session; its messages: webapp/realtime.py
+        WebSocketRoute("/v1/realtime", admission.realtime),
         # a share link's viewer page, its exports and its live socket (webapp/share_pages.py)
         Route("/s/{token}", shares.viewer_page),
         Route("/s/{token}/transcript.{fmt}", shares.export),

@@ -212,6 +212,10 @@ class RelaySession:
         """Where the session stands on its timeline: seconds of audio received (a resumed session included)."""
         return self.audio.end / self.bps
 
+    def touch(self) -> None:
+        """The client is silent on purpose (a seed client's KeepAlive, webapp/realtime.py): not idle."""
+        self.last_audio = monotonic()
+
     def request_stop(self, reason: str, error: dict[str, Any] | None = None) -> None:
         """End the session from outside (shutdown, a quota): finalize, deliver what is left, close."""
         if not self._stop.is_set():
