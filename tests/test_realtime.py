@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from client import frames, tone_pcm
 from conftest import ROOT, TEST_DG_KEY, running_app
 from simulator import DEFAULT_SCRIPT
-from speech import clip, wer
+from speech import clip, normalize, wer
 
 SEED_QUERY = "model=deepgram/flux&encoding=linear16&sample_rate=16000&interim_results=true"
 SCRIPT_FINALS = [" ".join(turn) for turn in DEFAULT_SCRIPT]
@@ -78,7 +78,10 @@ class SeedClient:
             left = deadline - time.monotonic()
             assert left > 0, f"not within {timeout} s; got {self.messages[-5:]}"
             self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), left)
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except TimeoutError:
+                raise AssertionError(f"not within {timeout} s; got {self.messages[-5:]}") from None
 
     async def ended(self, timeout: float = 20.0) -> tuple[list[dict], int | None]:
         await asyncio.wait_for(self.reader, timeout)
@@ -281,23 +284,24 @@ def local_app(session_tmp):
 
 
 async def test_local_real_speech_python_and_javascript(local_app, tmp_path):
-    first, second = clip("lv-0880"), clip("goforward")
+    first, second = clip("lv-0880"), clip("lv-0870")
     node = asyncio.create_task(run_node_snippet(local_app, noise(0.3) + first.pcm + noise(1.2), tmp_path))
     async with connect(f"{local_app.ws}/v1/realtime?{SEED_QUERY}", compression=None) as ws:
         client = SeedClient(ws)
         await client.send_audio(noise(0.3) + first.pcm + noise(1.2), RT)
         await client.until(lambda m: m["type"] == "Results" and m["is_final"])  # the pause ended the turn
         seen = len(client.messages)
-        await client.send_audio(second.pcm, RT)
+        await client.send_audio(second.pcm[: 3 * 32000], RT)  # its first 3 s, cut off mid-sentence
         await client.until(lambda m: m["type"] == "Results" and not m["is_final"], after=seen)
-        await client.command("Finalize")  # no pause after it: only Finalize ends this turn now
+        await client.command("Finalize")  # no pause after it (no audio at all): only Finalize ends this turn now
         forced = await client.until(lambda m: m["type"] == "Results" and m["from_finalize"])
         await client.command("CloseStream")
         messages, code = await client.ended()
     assert results(messages, False), "interim Results"
     finals = texts(messages)
     assert wer(first.ref, " ".join(finals[:-1])) <= 0.25, finals
-    assert wer(second.ref, forced["channel"]["alternatives"][0]["transcript"]) <= 0.34, forced
+    said = normalize(forced["channel"]["alternatives"][0]["transcript"])  # the sentence's first 3 s
+    assert len(said) >= 4 and sum(w in normalize(second.ref) for w in said) >= 0.75 * len(said), said
     assert_results_shape(messages)
     assert all(m["channel"]["alternatives"][0]["words"] for m in results(messages, True))  # timed words, always
     assert messages[-1]["type"] == "Metadata" and code == 1000
