@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from client import frames, tone_pcm
+from client import frames, run_capture, tone_pcm
 from conftest import ROOT, TEST_DG_KEY, running_app
 from simulator import DEFAULT_SCRIPT
 from speech import clip, normalize, wer
@@ -226,6 +226,13 @@ async def test_languages_on_flux(flux_app, sim, language, detected, model, hints
     assert [t.get("languages") for t in export["turns"]] == [languages] * 2  # stored, and in the JSON export
 
 
+async def test_listen_takes_language_too(flux_app, sim):
+    """The page's own socket has the same `language`: hints upstream, `languages` on its finals."""
+    messages = await run_capture(f"{flux_app.ws}/ws/listen?language=de", tone_pcm(4.5))
+    assert sim.records[0].language_hints == ["de"] and dict(sim.records[0].query)["model"] == "flux-general-multi"
+    assert [m.get("languages") for m in messages if m["type"] == "transcript" and m["final"]] == [["de"]] * 2
+
+
 # ---- credentials and KeepAlive: an app with ACCESS_TOKEN and a short IDLE_TIMEOUT ---------------------
 
 TOKEN = "relay-access-token-5678"
@@ -316,6 +323,8 @@ async def test_local_refuses_another_language_clearly(local_app):
     messages, code = await seed_session(f"{local_app.ws}/v1/realtime?{SEED_QUERY}&language=es", b"")
     assert [m["type"] for m in messages] == ["Error"] and code == 1008
     assert messages[0]["code"] == "unsupported_language" and "English only" in messages[0]["description"]
+    listen = await run_capture(f"{local_app.ws}/ws/listen?language=fr", b"", close=False)
+    assert [m["type"] for m in listen] == ["error", "closed"] and listen[0]["code"] == "unsupported_language"
     with_en, code = await seed_session(f"{local_app.ws}/v1/realtime?{SEED_QUERY}&language=en", noise(0.3))
     assert with_en[-1]["type"] == "Metadata" and code == 1000
 
