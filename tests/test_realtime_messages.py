@@ -1,7 +1,10 @@
 """/v1/realtime's translation layer, in-process and table-driven (webapp/realtime.py): the seed's query string,
 the relay's browser events -> Deepgram-v1-style messages, languages per backend, and the log redaction of
-`api_key`. The same layer over real sockets and every backend: tests/test_realtime.py."""
+`api_key`, and detected languages kept by the stores (an older SQLite file included). The same layer over real
+sockets and every backend: tests/test_realtime.py."""
 from __future__ import annotations
+
+import sqlite3
 
 import pytest
 
@@ -239,3 +242,35 @@ def test_api_key_is_redacted_wherever_a_url_carries_it():
     import logging
     record = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, "%s", ("/v1/realtime?API_KEY=abcd1234",), None)
     assert "abcd1234" not in JsonFormatter().format(record)
+
+
+# ---- detected languages are stored with the turn ------------------------------------------------------
+
+OLD_TURNS = """CREATE TABLE turns (session_id TEXT NOT NULL, seq INTEGER NOT NULL, turn INTEGER, text TEXT NOT NULL,
+    start REAL, "end" REAL, words TEXT NOT NULL, PRIMARY KEY (session_id, seq)) WITHOUT ROWID"""
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite of an older version"])
+async def test_stores_keep_detected_languages(kind, tmp_path):
+    from webapp.store import MemoryStore, SqliteStore
+    if kind == "memory":
+        store = MemoryStore()
+    else:
+        path = tmp_path / "sessions.sqlite3"
+        if kind != "sqlite":  # a file written before turns had languages, with a turn in it
+            with sqlite3.connect(path) as db:
+                db.execute(OLD_TURNS)
+                db.execute("INSERT INTO turns VALUES ('old', 0, 0, 'Before.', 0.0, 1.0, '[]')")
+        store = SqliteStore(path)
+        await store.start()
+    try:
+        await store.append_final("s", 0, {"turn": 0, "text": "Hola.", "start": 0.0, "end": 1.0, "words": [],
+                                          "languages": ["es", "en"]})
+        await store.append_final("s", 1, {"turn": 1, "text": "Hi.", "start": 1.0, "end": 2.0, "words": []})
+        turns = await store.get_turns("s")
+        assert [t.get("languages") for t in turns] == [["es", "en"], None]
+        if kind == "sqlite of an older version":
+            assert "languages" not in (await store.get_turns("old"))[0]
+    finally:
+        if kind != "memory":
+            await store.close()
