@@ -165,6 +165,18 @@ async def test_seed_clients_python_and_javascript(backend, request, sim, tmp_pat
     assert "close 1000" in err, err
 
 
+async def test_on_plain_asgi_too(simulator, session_tmp):
+    """Another ASGI server (no direct socket): the adapter wraps the ASGI fallback the same way."""
+    simulator.reset()
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{simulator.url}/v2/listen"}
+    argv = ["-m", "uvicorn", "webapp.app:create_app", "--factory", "--host", "127.0.0.1", "--port", "{port}",
+            "--ws", "websockets-sansio", "--log-level", "warning"]
+    with running_app(env, session_tmp, "realtime-plain-asgi", argv=argv) as app:
+        messages, code = await seed_session(f"{app.ws}/v1/realtime?{SEED_QUERY}", tone_pcm(4.5))
+    assert results(messages, False) and texts(messages) == SCRIPT_FINALS
+    assert messages[-1]["type"] == "Metadata" and code == 1000
+
+
 @pytest.mark.parametrize("backend", ["flux_app", "gateway_app"])
 async def test_finalize_ends_the_turn_now_and_closestream_delivers_the_rest(backend, request, sim):
     app = request.getfixturevalue(backend)
