@@ -1,6 +1,7 @@
 """/v1/realtime, the seed's realtime socket on the relay, through a real app process and real clients:
 
-- the seed's own JavaScript snippet (tests/seed_client.mjs, node's WebSocket) and a Python client written from the
+- the seed's own JavaScript snippet (tests/seed_client.mjs: node's WebSocket, or headless Chromium where node
+  has none, as Debian 12's node 18; SEED_SNIPPET_IN=chromium forces it) and a Python client written from the
   seed's description (websockets), on every backend: the embedded recognizer with real recorded speech, and
   deepgram / aigateway through the upstream simulator (tests/simulator.py);
 - interim and final `Results`, `Finalize` -> a final now, `CloseStream` -> the remaining finals, `Metadata`, a
@@ -11,7 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import subprocess
 import sys
 import time
 import urllib.request
@@ -122,19 +126,56 @@ def assert_results_shape(messages: list[dict]) -> None:
         assert not m["speech_final"] or m["is_final"]  # speech_final implies is_final
 
 
+SNIPPET = ROOT / "tests" / "seed_client.mjs"
+
+
+def node_has_websocket() -> bool:
+    """node 20.10+ has a WebSocket behind --experimental-websocket (22: always); Debian 12's node 18 has none."""
+    probe = "process.exit(typeof WebSocket === 'function' ? 0 : 1)"
+    try:
+        return subprocess.run(["node", "--experimental-websocket", "-e", probe], capture_output=True,
+                              timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+# Where the snippet runs: node when it has a WebSocket, else headless Chromium (SEED_SNIPPET_IN=chromium forces it)
+SNIPPET_IN = os.environ.get("SEED_SNIPPET_IN") or ("node" if node_has_websocket() else "chromium")
+
+
+def snippet_lines(printed: list[str]) -> list[tuple[str, bool]]:
+    """The snippet's console.log(transcript, is_final) lines as (transcript, is_final)."""
+    return [(text, flag == "true") for text, _, flag in (line.rpartition(" ") for line in printed)]
+
+
 async def run_node_snippet(app, pcm: bytes, tmp: Path, key: str = "any") -> tuple[list[tuple[str, bool]], str]:
-    """The seed's JavaScript snippet under node (its lines, its close code)."""
+    """The seed's JavaScript snippet (its printed lines, and its close code as "close N")."""
+    if SNIPPET_IN == "chromium":
+        return await asyncio.to_thread(snippet_in_chromium, app, pcm, key)
     path = tmp / f"seed-{time.monotonic_ns()}.pcm"
     path.write_bytes(pcm)
     proc = await asyncio.create_subprocess_exec(
-        "node", "--experimental-websocket", str(ROOT / "tests" / "seed_client.mjs"), app.ws, key, str(path),
+        "node", "--experimental-websocket", str(SNIPPET), app.ws, key, str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    lines = []
-    for line in out.decode().splitlines():
-        text, _, flag = line.rpartition(" ")
-        lines.append((text, flag == "true"))
-    return lines, err.decode()
+    return snippet_lines(out.decode().splitlines()), err.decode()
+
+
+def snippet_in_chromium(app, pcm: bytes, key: str) -> tuple[list[tuple[str, bool]], str]:
+    """The same module in a page of the relay's own origin (a browser sends its Origin, which must be allowed);
+    bypass_csp lets the test inject it into that page."""
+    from browser import browser
+    with browser(None) as b:
+        page = b.new_context(bypass_csp=True).new_page()
+        printed: list[tuple[str, str]] = []
+        page.on("console", lambda m: printed.append((m.type, m.text)))
+        page.goto(f"{app.http}/healthz")
+        page.evaluate("s => { globalThis.SEED = s }", {"relay": app.ws, "key": key,
+                                                       "pcm": base64.b64encode(pcm).decode()})
+        with page.expect_console_message(lambda m: m.text.startswith("close "), timeout=60000):
+            page.add_script_tag(content=SNIPPET.read_text(), type="module")
+    logs = [text for kind, text in printed if kind == "log"]
+    return snippet_lines(logs), "\n".join(text for kind, text in printed if kind == "error")
 
 
 # ---- the simulated upstreams: deepgram (Flux) and aigateway (v1 Results) ---------------------------
