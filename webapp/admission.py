@@ -230,7 +230,8 @@ class Admission:
         await ws.accept()
         lease = None
         try:
-            if await self.authenticate(ws) is None:
+            credential = await self.authenticate(ws)
+            if credential is None:
                 raise Refused(
                     "unauthorized",
                     "This server needs a key: pass ?api_key=<key>, or an Authorization: Bearer <key> header.",
@@ -259,10 +260,12 @@ class Admission:
             await ws.send_json(realtime.error_message(exc.code, exc.message, exc.retry_after))
             await ws.close(code=1008)
             return
+        # Where per-key usage belongs: `credential` names the key; the lease's meter and run()'s settle see the audio.
+        log.info("realtime_admitted", extra=fields(session=session.id, credential=credential))
         await self.run(session, lease, Slot(), "")
 
     async def authenticate(self, ws: WebSocket) -> str | None:
-        """Who may use /v1/realtime: a name for the credential, or None (refused). `?api_key=` (browsers cannot set
+        """Who may use /v1/realtime: a name for the credential (never the secret), or None (refused). `?api_key=` (browsers cannot set
         headers) or an `Authorization: Bearer`/`Token` header. Kept this small on purpose: the relay-API-keys work
         (webapp/apikeys.py) replaces this body; for now, open without ACCESS_TOKEN, else the access token."""
         if not self.login.required:

@@ -286,9 +286,11 @@ class SeedSocket:
         self.session = cast(_Session, listener)  # a RelaySession: it has audio_seconds and touch()
         self.inner.attach(_Commands(self.session, self.translator))
 
+    def _duration(self) -> float:
+        return self.session.audio_seconds if self.session is not None else 0.0
+
     def send_event(self, event: dict[str, Any]) -> bool:
-        duration = self.session.audio_seconds if self.session is not None else 0.0
-        msg = self.translator.message(event, duration)
+        msg = self.translator.message(event, self._duration())
         if msg is None:
             return True  # nothing to say to a seed client; the event counts as sent
         return self.inner.send_event(msg)
@@ -303,7 +305,7 @@ class SeedSocket:
         self.inner.resume_reading()
 
     async def drop(self, code: int, reason: str, last: list[dict[str, Any]], grace: float) -> None:
-        translated = [m for e in last if (m := self.translator.message(e)) is not None]
+        translated = [m for e in last if (m := self.translator.message(e, self._duration())) is not None]
         await self.inner.drop(code, reason, translated, grace)
 
     async def close(self, code: int, grace: float) -> None:
