@@ -3,6 +3,9 @@
 A real WebSocket server on 127.0.0.1 that speaks the documented wire formats (Deepgram's Flux and v1 live, AIgateway's realtime; see docs/protocol.md):
   /v2/listen    Deepgram Flux: Connected, TurnInfo (StartOfTurn/Update/EndOfTurn), ForceEndTurn, CloseStream
                 (flush, no EndOfTurn, close without status code), Warning, Error; KeepAlive is fatal as on Flux.
+                flux-general-multi: repeated `language_hint`s (recorded, Record.language_hints; refused with 400
+                INVALID_PARAMETER on flux-general-en), `languages` (`sim.detected`, else the hints, else en) and
+                `languages_hinted` in every TurnInfo.
   /v1/realtime  AIgateway: v1-style Results (is_final/speech_final, KeepAlive, Finalize, CloseStream + Metadata)
                 or, with gateway_shape="turninfo", Flux TurnInfo passthrough.
 Transcripts are scripted and clocked by the audio it receives: each word of the script is "heard" after
@@ -80,6 +83,9 @@ class Record:
             if isinstance(msg, dict) and msg.get("type") == "Configure":
                 out.append(msg)
         return out
+    def language_hints(self) -> list[str]:
+        """The repeated `language_hint`s of the connection's URL (Flux multi), in order."""
+        return [v for k, v in self.query if k == "language_hint"]
 
     @property
     def controls(self) -> list[str]:
@@ -98,6 +104,7 @@ class Simulator:
         self.word_ms, self.eot_ms = word_ms, eot_ms
         self.gateway_shape = "results"
         self.segment_words: int | None = None
+        self.detected: list[str] | None = None  # what flux-general-multi "detects" (default: its hints, or en)
         self.reference: bytes | None = None   # the speaker's whole audio, to place replayed audio on its timeline
         self.faults = Faults()
         self.records: list[Record] = []
@@ -112,6 +119,7 @@ class Simulator:
         self.script, self.word_ms, self.eot_ms = DEFAULT_SCRIPT, 300, 400
         self.gateway_shape = "results"
         self.segment_words: int | None = None   # v1 shape: an is_final segment after every N words of a turn
+        self.detected = None
         self.reference = None
         self.faults = Faults()
         for k, v in kw.items():
@@ -195,6 +203,9 @@ class Simulator:
                 (None if query.get("sample_rate", "16000") in ("8000", "16000", "24000", "44100", "48000") else "sample_rate")
             if problem:  # Flux validates the query at the upgrade: HTTP 400 with a JSON body
                 return conn.respond(400, json.dumps({"code": "INVALID_PARAMETER", "description": f"invalid {problem}"}))
+            if "language_hint" in query and query["model"] != "flux-general-multi":  # as documented (DG-lang)
+                return conn.respond(400, json.dumps({"code": "INVALID_PARAMETER", "description":
+                                                     f"language_hint is not supported for model {query['model']}"}))
         status = self.faults.handshake_status
         if status is not None and self._faulty():
             response = conn.respond(status, json.dumps({"err_code": "SIMULATED", "err_msg": f"simulated {status}"}))
@@ -397,6 +408,11 @@ class FluxSession(ScriptedSession):
                "words": [{"word": w, "confidence": 0.95, "start": self.rel(t - self.sim.word_ms / 1000), "end": self.rel(t)}
                          for w, t in self.heard],
                "end_of_turn_confidence": 0.9 if event == "EndOfTurn" else 0.05}
+        if dict(self.rec.query).get("model") == "flux-general-multi":
+            # multi only: detected languages by word count (empty without a transcript) and the active hints
+            hints = self.rec.language_hints
+            msg["languages"] = (self.sim.detected or hints or ["en"]) if words else []
+            msg["languages_hinted"] = hints
         if event == "EndOfTurn":
             msg["trigger"] = trigger or "model"
         if event == "Update" and self.sim.faults.nonfinite is not None and self.rec.faulty:

@@ -28,6 +28,7 @@ EXPECTED = [
     ("Route", "/logout", {"POST"}),
     ("Route", "/favicon.ico", {"GET", "HEAD"}),
     ("WebSocketRoute", "/ws/listen", None),
+    ("WebSocketRoute", "/v1/realtime", None),
     ("Route", "/s/{token}", {"GET", "HEAD"}),
     ("Route", "/s/{token}/transcript.{fmt}", {"GET", "HEAD"}),
     ("WebSocketRoute", "/ws/watch/{token}", None),

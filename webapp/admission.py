@@ -13,7 +13,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from . import protocol
+from . import protocol, realtime
+from .apikeys import ApiAuthError, ApiClient, ApiKeys
 from .browsersocket import socket_for
 from .config import Settings
 from .embed import EmbedKey, EmbedRefused, Embeds, Slot
@@ -25,7 +26,8 @@ from .resume import Known, Resumes, new_nonce
 from .security import Login, ResumeTokens, origin_allowed
 from .share_pages import SharePages
 from .store import STORE_ERRORS
-from .usage import Usage
+from .upstreams import language_problem
+from .usage import ApiQuotaError, Usage
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class Admission:
         resumes: Resumes,
         resume_tokens: ResumeTokens,
         usage: Usage | None = None,
+        api_keys: ApiKeys | None = None,
     ):
         self.settings = settings
         self.shares = shares  # the session's sink (its recorder) and the owner cookie
@@ -61,6 +64,7 @@ class Admission:
         self.resumes = resumes
         self.resume_tokens = resume_tokens
         self.usage = usage  # meters the session's audio per embed key and client IP
+        self.api_keys = api_keys  # who may use /v1/realtime
 
     async def listen(self, ws: WebSocket) -> None:
         """The /ws/listen handler: the steps below in order, then the session."""
@@ -135,12 +139,19 @@ class Admission:
         if not allowed:
             raise Refused("unauthorized", "This server needs its access token: reload the page and log in.")
 
-    @staticmethod
-    def params(ws: WebSocket) -> StreamParams:
+    def params(self, ws: WebSocket) -> StreamParams:
         try:
-            return parse_params(ws.query_params.multi_items())
+            params = parse_params(ws.query_params.multi_items())
         except ParamError as exc:
             raise Refused("bad_request", str(exc)) from None
+        self.check_language(params)
+        return params
+
+    def check_language(self, params: StreamParams) -> None:
+        """A language this server's recognizer does not transcribe is refused before any upstream is asked."""
+        problem = language_problem(self.settings, params.language)
+        if problem is not None:
+            raise Refused("unsupported_language", problem)
 
     def check_draining(self) -> None:
         if self.live.draining:
@@ -212,7 +223,70 @@ class Admission:
         except EmbedRefused as exc:
             raise Refused(exc.code, exc.message, exc.retry_after) from None
 
-    # ---- admitted --------------------------------------------------------------------------------
+    # ---- /v1/realtime: the seed's socket (webapp/realtime.py), the same steps where they apply -------
+
+    async def realtime(self, ws: WebSocket) -> None:
+        """The /v1/realtime handler: Origin, credentials, parameters, drain, quota; then a RelaySession that
+        writes through the seed-message adapter. No resume (seed clients start a new stream) and no embed key."""
+        settings = self.settings
+        if not origin_allowed(ws, settings):
+            log.warning("origin_refused", extra=fields(origin=ws.headers.get("origin")))
+            await ws.close(code=1008)  # before accept: HTTP 403, as /ws/listen
+            return
+        await ws.accept()
+        lease = None
+        try:
+            client = await self.authenticate(ws)
+            try:
+                params, options = realtime.parse(ws.query_params.multi_items())
+            except ParamError as exc:
+                raise Refused("bad_request", str(exc)) from None
+            self.check_language(params)
+            self.check_draining()
+            sink = self.shares.sink(ws)
+            sink.resume_nonce = new_nonce()  # recorded like any session; no token is ever given out for it
+            lease = self.lease(ws, None)
+            if self.usage is not None:
+                try:
+                    self.usage.check(client)  # the key's minutes for today
+                except ApiQuotaError as exc:
+                    raise Refused("quota_exceeded", str(exc), float(exc.retry_after)) from None
+            meter = self.live_meter(client, lease)
+            translator = realtime.Translator(options, settings.model)
+            session = RelaySession(
+                realtime.SeedSocket(socket_for(ws), translator),
+                settings,
+                params,
+                sink=sink,
+                meter=meter.charge,
+                on_limit=meter.on_limit,
+            )
+        except Refused as exc:
+            if lease is not None:
+                lease.release()
+            await ws.send_json(realtime.error_message(exc.code, exc.message, exc.retry_after))
+            await ws.close(code=1008)
+            return
+        log.info("realtime_admitted", extra=fields(session=session.id, key_id=client.key_id, key_name=client.name))
+        await self.run(session, lease, Slot(), "", api_key=client.key_id)
+
+    async def authenticate(self, ws: WebSocket) -> ApiClient:
+        """Who may use /v1/realtime (webapp/apikeys.py): a relay API key (`?api_key=`, as browsers cannot set
+        headers, or `Authorization: Bearer`), the access token, or anyone while no key exists and no token is set."""
+        if self.api_keys is None:
+            return ApiClient("", "anonymous", self.quotas.client_ip(ws))
+        try:
+            return await self.api_keys.authenticate(ws)
+        except ApiAuthError as exc:
+            code = {401: "unauthorized", 429: "login_throttled"}.get(exc.status, exc.code)
+            raise Refused(code, exc.message, exc.retry_after) from None
+
+    def live_meter(self, client: ApiClient, lease: Lease):
+        """The per-frame charge of a realtime session: the key's minutes per day, then the client's quotas."""
+        lease_meter = lease if self.quotas.meters_audio else None
+        if self.usage is None:
+            return _LeaseMeter(lease_meter, self.quotas, lease)
+        return self.usage.live_meter(client, lease_meter)
 
     async def run(
         self, session: RelaySession, lease: Lease, embed_slot: Slot, nonce: str, key_id: str = "", api_key: str = ""
@@ -249,3 +323,11 @@ async def refuse(ws: WebSocket, refusal: Refused) -> None:
     )
     await ws.send_json({"type": "closed", "reason": refusal.code})
     await ws.close(code=1008)
+
+
+class _LeaseMeter:
+    """Without usage metering (tests that build Admission bare): the client quotas' charge alone."""
+
+    def __init__(self, lease_meter: Lease | None, quotas: Quotas, lease: Lease):
+        self.charge = lease_meter.charge if lease_meter is not None else None
+        self.on_limit = lambda: (lease.limit_code, *quotas.limit_message(lease))

@@ -121,8 +121,10 @@ class ApiKeys:
         today's stored usage, so `usage.check`/`usage.meter` see it."""
         ip = self.client_ip(conn)
         auth = conn.headers.get("authorization", "")
-        from_header = auth[:7].lower() == "bearer "
-        candidate: str | None = auth[7:].strip() if from_header else None
+        scheme, _, value = auth.partition(" ")
+        from_header = scheme.lower() == "bearer"  # what Login.admit reads itself
+        # Deepgram-style clients of /v1/realtime send `Token <key>`
+        candidate: str | None = value.strip() if scheme.lower() in ("bearer", "token") and value.strip() else None
         if candidate is None and conn.scope["type"] == "websocket":
             candidate = conn.query_params.get("api_key")
         try:

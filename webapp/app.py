@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         resumes=Resumes(shares.store),
         resume_tokens=ResumeTokens(secret_key),
         usage=usage,
+        api_keys=api_keys,
     )
 
     @contextlib.asynccontextmanager
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/favicon.ico", home.favicon),
         # the capture socket: every check before a session runs is in webapp/admission.py
         WebSocketRoute("/ws/listen", admission.listen),
+        # the seed's (AIgateway's) realtime socket, same admission and session; its messages: webapp/realtime.py
+        WebSocketRoute("/v1/realtime", admission.realtime),
         # a share link's viewer page, its exports and its live socket (webapp/share_pages.py)
         Route("/s/{token}", shares.viewer_page),
         Route("/s/{token}/transcript.{fmt}", shares.export),
@@ -127,7 +130,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(SecurityHeaders)
     app.state.settings = settings
     app.state.live = live  # the CLI drains it on SIGTERM
-    app.state.api_keys = api_keys  # until the /v1 endpoints' handler objects take it (and `usage`) here
     return app
 
 

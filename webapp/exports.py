@@ -219,6 +219,8 @@ def to_json(meta: dict[str, Any], turns: Iterable[dict[str, Any]]) -> str:
                 "start": t.get("start"),
                 "end": t.get("end"),
                 "words": [_clean_word(w) for w in t.get("words") or []],
+                # detected languages (a multilingual recognizer), only where it reported them
+                **({"languages": [clean(v) for v in t["languages"]]} if t.get("languages") else {}),
             }
             for t in turns
         ],

@@ -20,6 +20,8 @@ ENCODINGS = ("linear16",)
 MAX_KEYTERMS = 100
 MAX_KEYTERM_CHARS = 100
 MAX_AUDIO_FRAME = 64 * 1024  # bytes; larger binary frames are refused
+# A language tag as a client writes it (ISO 639-1 "es", a locale "en-GB"), or "multi" (detect among several)
+_LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8}){0,2}|multi", re.ASCII)
 
 
 class ParamError(ValueError):
@@ -35,6 +37,7 @@ class StreamParams:
     eager_eot_threshold: float | None = None
     eot_timeout_ms: int | None = None
     interim_words: bool = False  # interim transcripts carry their words too (finals always do)
+    language: str = ""  # "" = the recognizer's default (English); a base code ("es") or "multi"
 
     @property
     def bytes_per_second(self) -> int:
@@ -65,6 +68,15 @@ def _float(name: str, raw: str, lo: float, hi: float) -> float:
     return value
 
 
+def parse_language(raw: str) -> str:
+    """A client's `language` (batch or realtime) as its base code ("en-GB" -> "en"), or "multi"; ParamError
+    otherwise. Whether the recognizer speaks it is the upstream's to say (upstreams.language_problem)."""
+    value = raw.strip().lower().replace("_", "-")
+    if not _LANGUAGE.fullmatch(value):
+        raise ParamError("language must be a language code such as en, es or fr (ISO 639-1), or multi")
+    return value.split("-")[0]
+
+
 def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     """Validate the query items of /ws/listen. Raises ParamError with a user-facing message."""
     single: dict[str, str] = {}
@@ -77,6 +89,7 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
         "eager_eot_threshold",
         "eot_timeout_ms",
         "interim_words",
+        "language",
         "resume",
         "key",
     }  # resume/key are read by later layers; accepted here so they are not "unknown"
@@ -119,7 +132,8 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     interim_words = single.get("interim_words", "false")
     if interim_words not in ("true", "false"):
         raise ParamError("interim_words must be true or false")
-    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true")
+    language = parse_language(single["language"]) if "language" in single else ""
+    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true", language)
 
 
 # ---- normalized events -------------------------------------------------------------------------
@@ -174,6 +188,15 @@ def words(raw: Any) -> list[dict[str, Any]]:
                 get = w.get
                 out.append(word(str(get("word", "")), get("start"), get("end"), get("confidence")))
     return out
+
+
+def languages(raw: Any) -> list[str] | None:
+    """A recognizer's detected languages (Flux multi: by word count, most first) as short codes; None when it
+    reported none or something else than a list of codes."""
+    if type(raw) is not list or not raw:
+        return None
+    out = [v for v in raw[:10] if type(v) is str and 0 < len(v) <= 16]
+    return out or None
 
 
 def seconds(t: float) -> float:

@@ -228,6 +228,8 @@ class Recorder(SessionSink):
                 "end": event.get("end"),
                 "words": event.get("words") or [],
             }
+            if "languages" in event:  # a multilingual recognizer's detected languages
+                turn["languages"] = event["languages"]
             size = len(orjson.dumps(turn))
             if self.held >= FINALS_HELD or self.held_bytes + size > FINALS_HELD_BYTES:
                 return self._lose(1, "held_full")

@@ -225,6 +225,10 @@ class RelaySession:
         """Seconds of audio sent upstream over all connections (a replay after a reconnect counts again)."""
         return (self.relayed + self.sent_to - self.conn_from) / self.bps
 
+    def touch(self) -> None:
+        """The client is silent on purpose (a seed client's KeepAlive, webapp/realtime.py): not idle."""
+        self.last_audio = monotonic()
+
     def request_stop(self, reason: str, error: dict[str, Any] | None = None) -> None:
         """End the session from outside (shutdown, a quota): finalize, deliver what is left, close."""
         if not self._stop.is_set():

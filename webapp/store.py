@@ -266,6 +266,7 @@ class MemoryStore(SessionStore):
                 "start": t.get("start"),
                 "end": t.get("end"),
                 "words": list(t.get("words") or []),
+                **({"languages": t["languages"]} if t.get("languages") else {}),
             }
             for seq, t in sorted(turns.items())
         ]
@@ -329,7 +330,7 @@ CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, started_at);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL, seq INTEGER NOT NULL, turn INTEGER, text TEXT NOT NULL,
-    start REAL, "end" REAL, words TEXT NOT NULL, PRIMARY KEY (session_id, seq)) WITHOUT ROWID;
+    start REAL, "end" REAL, words TEXT NOT NULL, languages TEXT, PRIMARY KEY (session_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL UNIQUE, created_at REAL NOT NULL,
     minutes_per_day INTEGER NOT NULL DEFAULT 0, revoked_at REAL);
@@ -340,14 +341,14 @@ CREATE TABLE IF NOT EXISTS usage (
 USAGE_PER_WRITE = 500  # 5 parameters a row
 
 
-FINALS_PER_WRITE = 500  # 7 parameters a row: well under SQLite's 32,766 per statement
+FINALS_PER_WRITE = 500  # 8 parameters a row: well under SQLite's 32,766 per statement
 FINALS_WRITE_INTERVAL = 0.02  # seconds; what a final can wait for its write (and its viewers for it) under load
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_turns(rows: int) -> str:
-    return 'INSERT OR REPLACE INTO turns (session_id, seq, turn, text, start, "end", words) VALUES ' + ", ".join(
-        ["(?, ?, ?, ?, ?, ?, ?)"] * rows
+    return 'INSERT OR REPLACE INTO turns (session_id, seq, turn, text, start, "end", words, languages) VALUES ' + (
+        ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     )
 
 
@@ -378,6 +379,9 @@ class SqliteStore(SessionStore):
         for column, kind in (("resume_nonce", "TEXT"), ("cost", "REAL"), ("text_rules", "TEXT")):
             if column not in columns:
                 await self.db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
+        async with self.db.execute("PRAGMA table_info(turns)") as cur:
+            if "languages" not in {r["name"] for r in await cur.fetchall()}:  # a file of an older version
+                await self.db.execute("ALTER TABLE turns ADD COLUMN languages TEXT")
 
     async def close(self) -> None:
         if self.finals_writer is not None:
@@ -403,6 +407,7 @@ class SqliteStore(SessionStore):
             turn.get("start"),
             turn.get("end"),
             orjson.dumps(turn.get("words") or []).decode(),
+            orjson.dumps(turn["languages"]).decode() if turn.get("languages") else None,
         )
         stored = asyncio.get_running_loop().create_future()
         self.finals.append((row, stored))
@@ -469,7 +474,8 @@ class SqliteStore(SessionStore):
 
     async def get_turns(self, session_id: str) -> list[dict[str, Any]]:
         async with self.db.execute(
-            'SELECT seq, turn, text, start, "end", words FROM turns WHERE session_id = ? ORDER BY seq', (session_id,)
+            'SELECT seq, turn, text, start, "end", words, languages FROM turns WHERE session_id = ? ORDER BY seq',
+            (session_id,),
         ) as cur:
             rows = await cur.fetchall()
         return [
@@ -480,6 +486,7 @@ class SqliteStore(SessionStore):
                 "start": r["start"],
                 "end": r["end"],
                 "words": json.loads(r["words"]),
+                **({"languages": json.loads(r["languages"])} if r["languages"] else {}),
             }
             for r in rows
         ]

@@ -21,4 +21,22 @@ def make_upstream(settings: Settings, params: StreamParams, listener: UpstreamLi
     return LocalUpstream(settings, params, listener)
 
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamListener", "make_upstream"]
+def language_problem(settings: Settings, language: str) -> str | None:
+    """Why this server's recognizer cannot take a client's `language` (protocol.parse_language), or None."""
+    if not language:
+        return None
+    if settings.backend == "deepgram":
+        from .flux import language_problem as flux_problem
+
+        return flux_problem(language)
+    if settings.backend == "aigateway":
+        return None  # the gateway decides (its own error, mapped like any other)
+    if language != "en":
+        return (
+            f"The embedded recognizer (Moonshine tiny-en) transcribes English only, not {language!r}: use "
+            "language=en, or ask the operator to run the server with STT_BACKEND=deepgram for other languages"
+        )
+    return None
+
+
+__all__ = ["Upstream", "UpstreamError", "UpstreamListener", "language_problem", "make_upstream"]

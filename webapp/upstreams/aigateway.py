@@ -43,6 +43,8 @@ class AIGatewayUpstream(WsUpstream):
             ("sample_rate", str(p.sample_rate)),
             ("interim_results", "true"),
         ]
+        if p.language:
+            query.append(("language", p.language))  # as the gateway's batch endpoint takes it (realtime: undocumented)
         query += [("keyterm", term) for term in p.keyterms]
         return build_url(self.settings.aigateway_url, query)
 
@@ -95,15 +97,16 @@ class AIGatewayUpstream(WsUpstream):
                 self._seg_words += words
             self.turns.update(" ".join(self._segments), list(self._seg_words), start, end)
             if msg.get("speech_final") or msg.get("from_finalize"):
-                self._end_v1_turn(end)
+                # v1 multilingual: detected `languages` on the alternative (or the channel)
+                self._end_v1_turn(end, alt.get("languages") or channel.get("languages"))
         else:
             self.turns.update(" ".join(self._segments + ([text] if text else [])), self._seg_words + words, start, end)
 
-    def _end_v1_turn(self, end: float | None) -> None:
+    def _end_v1_turn(self, end: float | None, languages=None) -> None:
         if self._segments:
-            self.turns.end_turn(" ".join(self._segments), list(self._seg_words), end)
+            self.turns.end_turn(" ".join(self._segments), list(self._seg_words), end, languages)
         else:
-            self.turns.end_turn(end=end)
+            self.turns.end_turn(end=end, languages=languages)
         self._segments, self._seg_words = [], []
 
     def on_remote_close(self) -> None:

@@ -156,8 +156,10 @@ class Turns:
         if self.open:
             self._emit(protocol.turn_event(self.index, event))
 
-    def end_turn(self, text: str | None = None, words: Any = None, end: float | None = None) -> None:
-        """Commit the open turn (with the provider's final text when it has one)."""
+    def end_turn(
+        self, text: str | None = None, words: Any = None, end: float | None = None, languages: Any = None
+    ) -> None:
+        """Commit the open turn (with the provider's final text when it has one, and the languages it detected)."""
         if text is not None and text.strip():
             if not self.open:
                 self.update(text, words or [], self.end if end is None else end, end or self.end)
@@ -166,7 +168,10 @@ class Turns:
             self.end = max(self.end, end)
         if not self.open:
             return
-        self._emit(protocol.transcript(self.index, self.text, True, self.start, self.end, protocol.words(self.words)))
+        final = protocol.transcript(self.index, self.text, True, self.start, self.end, protocol.words(self.words))
+        if (detected := protocol.languages(languages)) is not None:
+            final["languages"] = detected
+        self._emit(final)
         self._emit(protocol.turn_event(self.index, "EndOfTurn"))
         self.index += 1
         self.open, self.text, self.words = False, "", []

@@ -9,7 +9,7 @@ frames while a turn is open.
 
 from __future__ import annotations
 
-from .flux import apply_turninfo
+from .flux import apply_turninfo, model_and_hints
 from .wsclient import WsUpstream, build_url
 
 
@@ -21,7 +21,9 @@ class DeepgramUpstream(WsUpstream):
 
     def url(self) -> str:
         p = self.params
-        query = [("model", self.settings.model), ("encoding", p.encoding), ("sample_rate", str(p.sample_rate))]
+        model, hints = model_and_hints(self.settings.model, p.language)
+        query = [("model", model), ("encoding", p.encoding), ("sample_rate", str(p.sample_rate))]
+        query += [("language_hint", hint) for hint in hints]  # repeated, one per language (multi model only)
         if p.eot_threshold is not None:
             query.append(("eot_threshold", str(p.eot_threshold)))
         if p.eager_eot_threshold is not None:

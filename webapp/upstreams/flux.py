@@ -32,6 +32,27 @@ class FluxUpdate(msgspec.Struct):
 decode_update = msgspec.json.Decoder(FluxUpdate).decode
 DecodeError = msgspec.DecodeError
 UPDATES = frozenset(("Update", "StartOfTurn"))
+# flux-general-multi's languages (Deepgram's language-prompting page); flux-general-en knows English only
+MULTI_LANGUAGES = ("en", "es", "fr", "de", "hi", "ru", "pt", "ja", "it", "nl")
+
+
+def model_and_hints(model: str, language: str) -> tuple[str, list[str]]:
+    """The Flux model and `language_hint`s for a client's `language`: English (or none) keeps the configured
+    model; any other language, or "multi" (detect), needs flux-general-multi, hinted unless "multi"."""
+    if not language or language == "en" and not model.endswith("-multi"):
+        return model, []
+    if model == "flux-general-en":
+        model = "flux-general-multi"
+    return model, [] if language == "multi" else [language]
+
+
+def language_problem(language: str) -> str | None:
+    if not language or language == "multi" or language in MULTI_LANGUAGES:
+        return None
+    return (
+        f"Deepgram Flux does not transcribe language {language!r}; use one of {', '.join(MULTI_LANGUAGES)}, "
+        "or multi to detect among them"
+    )
 
 
 def apply_turninfo(turns: Turns, msg: dict) -> None:
@@ -50,7 +71,7 @@ def apply_turninfo(turns: Turns, msg: dict) -> None:
         turns.marker("TurnResumed")
         turns.update(text, words, start, end)
     elif event == "EndOfTurn":
-        turns.end_turn(text, words, end)
+        turns.end_turn(text, words, end, msg.get("languages"))  # `languages`: flux-general-multi only
     # Unknown events are tolerated: Flux documents `event` as an open enum.
 
 
