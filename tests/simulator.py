@@ -83,6 +83,8 @@ class Record:
             if isinstance(msg, dict) and msg.get("type") == "Configure":
                 out.append(msg)
         return out
+
+    @property
     def language_hints(self) -> list[str]:
         """The repeated `language_hint`s of the connection's URL (Flux multi), in order."""
         return [v for k, v in self.query if k == "language_hint"]

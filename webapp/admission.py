@@ -32,6 +32,12 @@ from .usage import ApiQuotaError, Usage
 log = logging.getLogger(__name__)
 
 
+REALTIME_KEY = (
+    "This server needs a key: pass ?api_key=<key> (or an Authorization: Bearer <key> header), a relay API key "
+    "from `caption-relay api-key create` or the access token."
+)
+
+
 class Refused(Exception):
     """A step's no: what the browser is told, and when it may try again (None: not retryable)."""
 
@@ -278,8 +284,12 @@ class Admission:
         try:
             return await self.api_keys.authenticate(ws)
         except ApiAuthError as exc:
-            code = {401: "unauthorized", 429: "login_throttled"}.get(exc.status, exc.code)
-            raise Refused(code, exc.message, exc.retry_after) from None
+            if exc.status != 401:
+                raise Refused(
+                    {429: "login_throttled"}.get(exc.status, exc.code), exc.message, exc.retry_after
+                ) from None
+            message = exc.message if exc.code == "api_key_revoked" else REALTIME_KEY
+            raise Refused("unauthorized", message) from None
 
     def live_meter(self, client: ApiClient, lease: Lease):
         """The per-frame charge of a realtime session: the key's minutes per day, then the client's quotas."""
