@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +90,10 @@ async def test_tls_mode_serves_https_and_wss_with_its_generated_certificate(simu
                                  (f"{socket.gethostname()}:{app.port}", 200), (f"10.1.2.3:{app.port}", 200),
                                  ("evil.example", 403)]:
                 assert client.get(f"https://127.0.0.1:{app.port}/", headers={"Host": host}).status_code == status, host
+        healthcheck = [sys.executable, "-m", "webapp.healthcheck"]  # the Docker HEALTHCHECK, on $PORT
+        assert subprocess.run(healthcheck, cwd=ROOT, env={**os.environ, "PORT": str(app.port)}).returncode == 0
+        assert subprocess.run(healthcheck, cwd=ROOT, env={**os.environ, "PORT": str(free_port())},
+                              capture_output=True).returncode == 1
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # a client that does not trust it
             httpx.get(base + "/healthz", verify=ssl.create_default_context())
 
