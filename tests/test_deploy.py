@@ -63,7 +63,7 @@ async def test_tls_mode_serves_https_and_wss_with_its_generated_certificate(simu
     """What a phone on the LAN gets: the page over HTTPS (Secure __Host- cookies), a capture over WSS with its
     captions, a viewer over WSS; the machine's own names are accepted; the certificate is kept across restarts."""
     argv = ["-m", "webapp", "--tls", "--host", "0.0.0.0", "--port", "{port}"]
-    app = start_app(flux_env(simulator), session_tmp, "tls", argv=argv, tls=True)
+    app = start_app(flux_env(simulator, REQUEST_TIMEOUT="1"), session_tmp, "tls", argv=argv, tls=True)
     cafile = session_tmp / "data-tls" / "tls" / "cert.pem"
     try:
         cert = x509.load_pem_x509_certificate(cafile.read_bytes())
@@ -97,6 +97,12 @@ async def test_tls_mode_serves_https_and_wss_with_its_generated_certificate(simu
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # a client that does not trust it
             httpx.get(base + "/healthz", verify=ssl.create_default_context())
 
+        # server.py's slow-request guard works above the TLS layer too: a request that never ends gets 408
+        with socket.create_connection(("127.0.0.1", app.port)) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.settimeout(5)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 408 ")
+
         wss = f"wss://localhost:{app.port}"
         speaker = await speaker_via(wss, cookie, ctx)
         ready = await speaker.until(lambda s: s.ready)
@@ -109,12 +115,31 @@ async def test_tls_mode_serves_https_and_wss_with_its_generated_certificate(simu
         assert [t for _, t in viewer.seen_finals()] == SCRIPT_FINALS and viewer.messages[-1]["type"] == "ended"
     finally:
         stop_app(app)
-    again = start_app(flux_env(simulator), session_tmp, "tls", argv=argv, tls=True)
+    again = start_app(flux_env(simulator, REQUEST_TIMEOUT="1"), session_tmp, "tls", argv=argv, tls=True)
     try:  # the browser's exception for the certificate keeps working: the same one is served
         wait_until(lambda: "fingerprint" in again.log_text(), 10, "the ready message")
         assert fingerprint.upper() in again.log_text().replace(":", "")
     finally:
         stop_app(again)
+
+
+@pytest.mark.parametrize("host, with_cert, says, not_says", [
+    ("127.0.0.1", True, ["open https://127.0.0.1:8000", "listen on it too: --host 0.0.0.0", "fingerprint: AB:CD",
+                         "Your connection is not private", "Advanced > Proceed"], ["another device"]),
+    ("0.0.0.0", False, ["open http://127.0.0.1:8000", "only over HTTPS: add --tls"], ["fingerprint"]),
+    ("127.0.0.1", False, ["open http://127.0.0.1:8000"], ["--tls", "fingerprint"]),
+    ("192.0.2.7", True, ["open https://192.0.2.7:8000", "--host 0.0.0.0"], []),
+])
+def test_ready_message_says_where_to_open_the_page(monkeypatch, host, with_cert, says, not_says):
+    monkeypatch.setattr(tls, "lan_addresses", lambda: ["192.168.1.23"])
+    cert = tls.Certificate("/d/tls/cert.pem", "/d/tls/key.pem", "AB:CD", True, ()) if with_cert else None
+    text = tls.ready_message(host, 8000, cert)
+    for part in says:
+        assert part in text, (part, text)
+    for part in not_says:
+        assert part not in text, (part, text)
+    if host == "0.0.0.0":
+        assert "from another device on this network (a phone): http://192.168.1.23:8000" in text
 
 
 def test_generated_certificate_names_this_machine_and_is_renewed_before_it_expires(tmp_path):
