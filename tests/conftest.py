@@ -96,8 +96,8 @@ def stop_app(app: AppProcess) -> None:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], tmp: Path, name: str = "app", argv: list[str] | None = None):
-    app = start_app(env, tmp, name, argv=argv)
+def running_app(env: dict[str, str], tmp: Path, name: str = "app", argv: list[str] | None = None, tls: bool = False):
+    app = start_app(env, tmp, name, argv=argv, tls=tls)
     try:
         yield app
     finally:

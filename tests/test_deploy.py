@@ -123,6 +123,23 @@ async def test_tls_mode_serves_https_and_wss_with_its_generated_certificate(simu
         stop_app(again)
 
 
+async def test_tls_with_workers_serves_one_generated_certificate(simulator, session_tmp, redis_url, sim):
+    """--tls --workers 2: the certificate is made once, before the children start; each serves it, one says so."""
+    argv = ["-m", "webapp", "--tls", "--workers", "2", "--host", "127.0.0.1", "--port", "{port}"]
+    env = flux_env(simulator, REDIS_URL=redis_url, SECRET_KEY="workers-tls-secret-0123456789abcdef")
+    with running_app(env, session_tmp, "tls-workers", argv=argv, tls=True) as app:
+        ctx = trusting(session_tmp / "data-tls-workers" / "tls" / "cert.pem")
+        said = wait_until(lambda: "fingerprint" in app.log_text() and app.log_text(), 10, "the ready message")
+        assert said.count("Caption Relay is ready") == 1 and "Your connection is not private" in said
+        with httpx.Client(verify=ctx, timeout=10) as client:  # new connections: the kernel spreads them
+            assert {client.get(f"https://localhost:{app.port}/healthz").status_code for _ in range(6)} == {200}
+        speaker = await speaker_via(f"wss://localhost:{app.port}", "x=1", ctx)
+        await speaker.until(lambda s: s.ready)
+        await speaker.send_audio(FIRST_TURN_AUDIO)
+        await speaker.close_stream()
+        assert speaker.finals() == SCRIPT_FINALS[:1]
+
+
 @pytest.mark.parametrize("host, with_cert, says, not_says", [
     ("127.0.0.1", True, ["open https://127.0.0.1:8000", "listen on it too: --host 0.0.0.0", "fingerprint: AB:CD",
                          "Your connection is not private", "Advanced > Proceed"], ["another device"]),
@@ -147,6 +164,8 @@ def test_generated_certificate_names_this_machine_and_is_renewed_before_it_expir
     assert {"localhost", "127.0.0.1", "::1", socket.gethostname().lower(), *tls.lan_addresses()} <= set(first.names)
     assert oct(os.stat(first.key_file).st_mode & 0o777) == "0o600"
     assert tls.self_signed(str(tmp_path)).fingerprint == first.fingerprint  # kept
+    given = tls.load_given(first.cert_file, first.key_file)  # as TLS_CERT (--workers' children get it so)
+    assert given.self_signed and given.fingerprint == first.fingerprint
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=tls.VALID_DAYS - 10)
     assert tls.self_signed(str(tmp_path), now=later).fingerprint != first.fingerprint  # about to expire: new
 

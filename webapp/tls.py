@@ -79,9 +79,11 @@ def _names_of(cert: x509.Certificate) -> set[str]:
 
 
 def load_given(cert_file: str, key_file: str) -> Certificate:
-    """The operator's own pair (TLS_CERT, TLS_KEY), already checked by config.py."""
+    """The pair TLS_CERT, TLS_KEY names (already checked by config.py)."""
     cert = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())[0]
-    return Certificate(cert_file, key_file, _fingerprint(cert), False, tuple(sorted(_names_of(cert))))
+    # its own issuer: a browser will warn (also the generated one, handed to --workers' children as TLS_CERT)
+    own = cert.issuer == cert.subject
+    return Certificate(cert_file, key_file, _fingerprint(cert), own, tuple(sorted(_names_of(cert))))
 
 
 def self_signed(data_dir: str, now: datetime.datetime | None = None) -> Certificate:
