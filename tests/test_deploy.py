@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from conftest import ROOT, TEST_DG_KEY, free_port, running_app, start_app, stop_app
+from conftest import ARTIFACTS, ROOT, TEST_DG_KEY, free_port, running_app, start_app, stop_app
 from test_sharing import FIRST_TURN_AUDIO, SCRIPT_FINALS, Socket
 from webapp import config, tls
 
@@ -376,3 +377,59 @@ async def test_two_instances_behind_nginx_a_resume_lands_on_the_survivor(simulat
     finally:
         stop_app(a)
         stop_app(b)
+
+
+# ---- the phone, as Chromium: a LAN name that is a secure context only over HTTPS --------------------------------
+
+
+def test_chromium_captions_from_a_lan_name_over_tls_and_is_refused_the_microphone_over_http(simulator, session_tmp,
+                                                                                            sim):
+    """A second device opens this machine by its LAN name (mapped to 127.0.0.1 in Chromium's resolver): over
+    `--tls` (the self-signed warning passed, as a person clicks Proceed) the page is a secure context, Start gets
+    the microphone and captions arrive; the same page over plain http is refused the microphone with advice."""
+    from browser import CHROMIUM, chromium_args
+    from playwright.sync_api import sync_playwright
+
+    from test_sharing import _fake_mic_wav
+
+    assert CHROMIUM, "Debian's chromium is missing: run ./scripts/test, which installs it"
+    name = tls.machine_names()[-1]  # e.g. myhost.local: a name the Host check and the certificate both know
+    wav = _fake_mic_wav(session_tmp / "phone-mic.wav", seconds=3.6)
+    secure = start_app(flux_env(simulator), session_tmp, "tls-phone", tls=True,
+                       argv=["-m", "webapp", "--tls", "--host", "0.0.0.0", "--port", "{port}"])
+    plain = start_app(flux_env(simulator), session_tmp, "plain-phone",
+                      argv=["-m", "webapp", "--host", "0.0.0.0", "--port", "{port}"])
+    try:
+        with sync_playwright() as p:
+            args = chromium_args(wav) + [f"--host-resolver-rules=MAP {name} 127.0.0.1"]
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+            try:
+                errors: list[str] = []
+                ctx = browser.new_context(ignore_https_errors=True)  # "Advanced > Proceed"
+                origin = f"https://{name}:{secure.port}"
+                ctx.grant_permissions(["microphone"], origin=origin)
+                page = ctx.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(origin + "/")
+                assert page.evaluate("window.isSecureContext") is True
+                page.locator("#start").click()
+                page.wait_for_function(
+                    f"() => window.__captionRelay.finals.some(f => (f.text ?? f) === {json.dumps(SCRIPT_FINALS[0])})",
+                    timeout=20000)
+                assert SCRIPT_FINALS[0] in page.locator("#transcript").inner_text()
+                page.screenshot(path=str(ARTIFACTS / "phone-tls.png"))
+                page.locator("#stop").click()
+                assert any(c["name"] == "__Host-cr_owner" and c["secure"] for c in ctx.cookies())
+
+                insecure = browser.new_context().new_page()
+                insecure.goto(f"http://{name}:{plain.port}/")
+                assert insecure.evaluate("window.isSecureContext") is False
+                insecure.locator("#start").click()
+                message = insecure.locator("#messages").inner_text()
+                assert "only available on a secure page" in message and "--tls" in message, message
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        stop_app(secure)
+        stop_app(plain)
