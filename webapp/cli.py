@@ -41,6 +41,14 @@ examples:
   ./scripts/caption-relay SUBCOMMAND --help                a subcommand's own options"""
 
 
+def _port(text: str) -> int:
+    """A --port value: a TCP port number."""
+    value = int(text) if text.isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535)")
+    return value
+
+
 def _serve_args(parser: argparse.ArgumentParser, port: int, env: bool = True) -> None:
     where = "HOST or 127.0.0.1" if env else "127.0.0.1"
     parser.add_argument(
@@ -52,7 +60,7 @@ def _serve_args(parser: argparse.ArgumentParser, port: int, env: bool = True) ->
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=None if env else port,
         metavar="N",
         help=f"port to listen on (default {'PORT or ' if env else ''}{port})",

@@ -12,10 +12,13 @@ import urllib.request
 
 def main() -> int:
     port = os.environ.get("PORT", "").strip() or "8000"
-    for url, context in (
-        (f"http://127.0.0.1:{port}/healthz", None),
-        (f"https://127.0.0.1:{port}/healthz", ssl._create_unverified_context()),
-    ):
+    unchecked = ssl.create_default_context()
+    unchecked.check_hostname, unchecked.verify_mode = False, ssl.CERT_NONE
+    probes = [(f"http://127.0.0.1:{port}/healthz", None), (f"https://127.0.0.1:{port}/healthz", unchecked)]
+    data_dir = os.environ.get("DATA_DIR", "").strip() or "./data"
+    if os.environ.get("TLS_CERT") or os.path.exists(os.path.join(data_dir, "tls", "cert.pem")):
+        probes.reverse()  # https first: a plain request to a TLS server is logged by it as a bad request
+    for url, context in probes:
         try:
             with urllib.request.urlopen(url, timeout=3, context=context) as answer:
                 if answer.status == 200:
