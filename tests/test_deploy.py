@@ -433,3 +433,20 @@ def test_chromium_captions_from_a_lan_name_over_tls_and_is_refused_the_microphon
     finally:
         stop_app(secure)
         stop_app(plain)
+
+
+def test_docker_files_keep_data_run_unprivileged_and_use_the_tested_proxy_config():
+    """No Docker daemon runs here: what the image and compose.yaml say is read instead (the topology itself is run
+    above without Docker)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^VOLUME \["/data"\]$', dockerfile, re.M) and "DATA_DIR=/data" in dockerfile
+    user = re.search(r"^USER (\S+)$", dockerfile, re.M)
+    assert user and user.group(1) not in ("root", "0")
+    assert re.search(r'^HEALTHCHECK .*"webapp\.healthcheck"\]$', dockerfile, re.M) and "8000/healthz" not in dockerfile
+    compose = (ROOT / "compose.yaml").read_text()
+    assert re.search(r"^  app1: \*app$", compose, re.M) and re.search(r"^  app2: \*app$", compose, re.M)
+    assert "REDIS_URL: redis://redis:6379/0" in compose and "- app-data:/data" in compose
+    assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in compose
+    assert re.findall(r"^ *server (app\d):8000", NGINX_TEMPLATE.read_text(), re.M) == ["app1", "app2"]
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"^docker run .*-v caption-relay-data:/data", readme, re.M)
