@@ -1,5 +1,6 @@
-"""Command line: `caption-relay [--host H] [--port P] [--workers N]` serves the app; `caption-relay engine` serves the
-Flux-compatible embedded recognizer on its own."""
+"""Command line (`./scripts/caption-relay`): `caption-relay [--host H] [--port P] [--workers N] [--tls]` serves the
+app; `caption-relay engine` serves the Flux-compatible embedded recognizer on its own; `caption-relay embed-key`
+mints or revokes a key for the /embed widget."""
 
 from __future__ import annotations
 

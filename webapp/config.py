@@ -61,7 +61,7 @@ class Settings:
     max_connections: int = 4096  # open connections (HTTP and WebSocket) per process; more get 503
     request_timeout: int = 10  # seconds for a request (line, headers, body) to arrive; then 408
     tls_cert: str = ""  # PEM certificate (chain) for direct HTTPS; with tls_key (webapp/tls.py)
-    tls_key: str = ""  # its private key (a path; the file itself never leaves it)
+    tls_key: str = ""  # the path of its private key
 
     @property
     def secrets(self) -> tuple[str, ...]:
