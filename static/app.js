@@ -220,7 +220,7 @@ function start() {
   clearMessages();
   hooks.lastError = null;
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-    fail('insecure', 'The microphone is only available on a secure page. Open this site over https:// (or on localhost).');
+    fail('insecure', 'The microphone is only available on a secure page. Open this site over https:// (or on localhost): start the server with ./scripts/start --tls --host 0.0.0.0 and open the https:// address it prints.');
     setState('error');
     return;
   }
@@ -367,7 +367,7 @@ setLarge(storage('large') === '1');
 setState('idle');
 refreshMics();
 if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-  fail('insecure', 'The microphone is only available on a secure page. Open this site over https:// (or on localhost).');
+  fail('insecure', 'The microphone is only available on a secure page. Open this site over https:// (or on localhost): start the server with ./scripts/start --tls --host 0.0.0.0 and open the https:// address it prints.');
 }
 
 window.captionRelay = { start, stop, finalize: finalizeTurn, clear: clearTranscript };

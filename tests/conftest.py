@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,10 +53,10 @@ class AppProcess:
 
 
 def start_app(env: dict[str, str], tmp: Path, name: str = "app", timeout: float = 60.0,
-              port: int | None = None, argv: list[str] | None = None) -> AppProcess:
+              port: int | None = None, argv: list[str] | None = None, tls: bool = False) -> AppProcess:
     """Start `python -m webapp` (or `python <argv>`, given {port}) with `env` on a free port (or `port`, to
-    restart an app where it was); return once /healthz answers. DATA_DIR is tmp/data-<name>, so a restart
-    under one name keeps its data."""
+    restart an app where it was); return once /healthz answers (over https, its certificate unchecked, when
+    `tls`). DATA_DIR is tmp/data-<name>, so a restart under one name keeps its data."""
     port = port or free_port()
     log_path = ARTIFACTS / f"{name}-{port}-{int(time.time() * 1000) % 100000}.log"
     full_env = {k: v for k, v in os.environ.items()
@@ -66,11 +67,13 @@ def start_app(env: dict[str, str], tmp: Path, name: str = "app", timeout: float 
     proc = subprocess.Popen([sys.executable, *args],
                             cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
+    health = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
+    context = ssl._create_unverified_context() if tls else None  # only "is it up"; the tests check the certificate
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"app exited with {proc.returncode}:\n{log_path.read_text()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(health, timeout=1, context=context) as r:
                 if r.status == 200:
                     break
         except OSError:
@@ -93,8 +96,8 @@ def stop_app(app: AppProcess) -> None:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], tmp: Path, name: str = "app", argv: list[str] | None = None):
-    app = start_app(env, tmp, name, argv=argv)
+def running_app(env: dict[str, str], tmp: Path, name: str = "app", argv: list[str] | None = None, tls: bool = False):
+    app = start_app(env, tmp, name, argv=argv, tls=tls)
     try:
         yield app
     finally:

@@ -1,6 +1,6 @@
-"""Command line: `caption-relay [--host H] [--port P] [--workers N]` serves the app; `caption-relay engine` serves the
-Flux-compatible embedded recognizer on its own; `caption-relay embed-key` and `caption-relay api-key` manage the
-widget's and the API's keys."""
+"""Command line (`./scripts/caption-relay`): `caption-relay [--host H] [--port P] [--workers N] [--tls]` serves the
+app; `caption-relay engine` serves the Flux-compatible embedded recognizer on its own; `caption-relay embed-key` and
+`caption-relay api-key` manage the widget's and the API's keys."""
 
 from __future__ import annotations
 
@@ -27,25 +27,90 @@ WS_MAX_SIZE = 2**20
 KEEP_ALIVE_SECONDS = 5
 
 
-def _serve_args(parser: argparse.ArgumentParser, port: int) -> None:
-    parser.add_argument("--host", default=None, help="address to bind (default HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help=f"port to bind (default PORT or {port})")
+DESCRIPTION = """\
+Caption Relay: live captions from a browser's microphone. Without a subcommand it serves the capture page, the share
+links and the audio socket on http://127.0.0.1:8000 (settings come from the environment: see the README's table).
+From a checkout, run it as ./scripts/caption-relay (it creates .venv on the first run); ./scripts/start is the
+same command."""
+
+EPILOG = """\
+examples:
+  ./scripts/caption-relay                                  serve on http://127.0.0.1:8000
+  ./scripts/caption-relay --tls --host 0.0.0.0             HTTPS on every address: open it from a phone on this network
+  TLS_CERT=cert.pem TLS_KEY=key.pem ./scripts/caption-relay --host 0.0.0.0 --port 8443    HTTPS with your own certificate
+  REDIS_URL=redis://127.0.0.1:6379/0 DEEPGRAM_API_KEY=... ./scripts/caption-relay --workers 4
+  ./scripts/caption-relay embed-key --origin https://www.example.org
+  ./scripts/caption-relay engine --port 8765               the embedded recognizer as a Flux endpoint
+  ./scripts/caption-relay SUBCOMMAND --help                a subcommand's own options"""
+
+
+def _port(text: str) -> int:
+    """A --port value: a TCP port number."""
+    value = int(text) if text.isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535)")
+    return value
+
+
+def _serve_args(parser: argparse.ArgumentParser, port: int, env: bool = True) -> None:
+    where = "HOST or 127.0.0.1" if env else "127.0.0.1"
+    parser.add_argument(
+        "--host",
+        default=None if env else "127.0.0.1",
+        metavar="ADDRESS",
+        help=f"address to listen on (default {where}); 0.0.0.0 listens on every network of this machine, so other "
+        "devices can connect",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=None if env else port,
+        metavar="N",
+        help=f"port to listen on (default {'PORT or ' if env else ''}{port})",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: the server's options, then its subcommands (engine, embed-key)."""
+    parser = argparse.ArgumentParser(
+        prog="caption-relay",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _serve_args(parser, 8000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (default 1); more than 1 needs REDIS_URL and a remote recognizer",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS and WSS directly, with TLS_CERT/TLS_KEY or else a self-signed certificate generated into "
+        "DATA_DIR/tls (its fingerprint is printed); browsers allow the microphone of another device only over HTTPS",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --workers' children
+    parser.add_argument("--quiet-ready", action="store_true", help=argparse.SUPPRESS)  # all but one of the workers
+    sub = parser.add_subparsers(dest="command", title="subcommands", metavar="SUBCOMMAND")
+    engine = sub.add_parser(
+        "engine",
+        help="serve the embedded recognizer as a Flux-compatible /v2/listen endpoint",
+        description="Serves the embedded recognizer (Moonshine tiny-en) as a Deepgram-Flux-compatible WebSocket\n"
+        "endpoint, ws://HOST:PORT/v2/listen, for any Flux client (another relay: DEEPGRAM_URL=ws://HOST:PORT/v2/listen).",
+        epilog="example:\n  ./scripts/caption-relay engine --host 127.0.0.1 --port 8765",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _serve_args(engine, 8765, env=False)
+    embed.add_cli(sub)  # embed-key: mint or revoke a key for the /embed widget
+    apikeys.add_cli(sub)  # api-key: the relay API keys (create, list, revoke)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="caption-relay", description="Live captions relay server")
-    _serve_args(parser, 8000)
-    parser.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (needs REDIS_URL when more than 1)"
-    )
-    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --workers' children
-    sub = parser.add_subparsers(dest="command")
-    engine = sub.add_parser("engine", help="serve the embedded recognizer as a Flux-compatible /v2/listen endpoint")
-    engine.add_argument("--host", default="127.0.0.1")
-    engine.add_argument("--port", type=int, default=8765)
-    embed.add_cli(sub)  # embed-key: mint or revoke a key for the /embed widget
-    apikeys.add_cli(sub)  # api-key: the relay API keys (create, list, revoke)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
 
     try:
         settings = config.load()
@@ -71,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
 
     host, port = args.host or settings.host, args.port or settings.port
     settings = dataclasses.replace(settings, host=host, port=port)  # the Host check knows the bind address
+    cert = None
+    if args.tls or settings.tls_cert:
+        from . import tls
+
+        if settings.tls_cert:
+            cert = tls.load_given(settings.tls_cert, settings.tls_key)
+        else:  # made before --workers' children start: they all serve this one (TLS_CERT/TLS_KEY in their env)
+            cert = tls.self_signed(settings.data_dir)
+            settings = dataclasses.replace(settings, tls_cert=cert.cert_file, tls_key=cert.key_file)
     if args.workers > 1:
         return _supervise(args.workers, host, port, settings)
 
@@ -96,13 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=10,
         proxy_headers=False,
+        # direct HTTPS: the scope's scheme is then https/wss, which webapp.security.Cookies takes as a secure page
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
     )  # X-Forwarded-For is judged by webapp.quotas (TRUSTED_PROXIES)
     # The start-up heap (imports, templates) never dies: keep it out of every later collection.
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     sockets = [_reuse_port_socket(host, port)] if args.reuse_port else None
-    DrainingServer(server_config, app.state.live).run(sockets=sockets)
+    ready = None
+    if not args.quiet_ready:
+        from .tls import ready_message
+
+        def ready() -> None:  # for the person at the terminal; the JSON log lines say the same for machines
+            print(ready_message(host, port, cert), file=sys.stderr, flush=True)
+
+    DrainingServer(server_config, app.state.live, on_ready=ready).run(sockets=sockets)
     return 0
 
 
@@ -136,7 +220,10 @@ def _supervise(workers: int, host: str, port: int, settings: config.Settings) ->
     # webapp/metrics.py): a fresh one per run, so a scrape never adds an earlier run's counters.
     metrics_dir = tempfile.mkdtemp(prefix="caption-relay-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    children = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+    if settings.tls_cert:  # the one certificate (a generated one too) for every child
+        env.update(TLS_CERT=settings.tls_cert, TLS_KEY=settings.tls_key)
+    # one of them says where to open the page once it serves
+    children = [subprocess.Popen(cmd + ["--quiet-ready"] * (i > 0), env=env) for i in range(workers)]
 
     forwarded: set[int] = set()
 

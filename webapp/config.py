@@ -65,6 +65,8 @@ class Settings:
     request_timeout: int = 10  # seconds for a request (line, headers, body) to arrive; then 408
     cost_per_minute: float = 0.0  # what an audio minute costs (usage metering, issue 20); load() sets the backend's
     metrics_token: str = field(default="", repr=False)  # lets non-loopback clients read /metrics
+    tls_cert: str = ""  # PEM certificate (chain) for direct HTTPS; with tls_key (webapp/tls.py)
+    tls_key: str = ""  # the path of its private key
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -222,6 +224,32 @@ def check_redis(url: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def _tls_pair(env: Mapping[str, str]) -> tuple[str, str]:
+    """TLS_CERT and TLS_KEY: both or neither, readable PEM files that belong together."""
+    import ssl
+
+    cert, key = env.get("TLS_CERT", "").strip(), env.get("TLS_KEY", "").strip()
+    if not cert and not key:
+        return "", ""
+    if not (cert and key):
+        missing = "TLS_KEY" if cert else "TLS_CERT"
+        raise ConfigError(
+            f"{missing}: set it too (TLS_CERT is the PEM certificate chain, TLS_KEY its private key), or unset both "
+            "and use --tls for a generated self-signed certificate"
+        )
+    for var, path in (("TLS_CERT", cert), ("TLS_KEY", key)):
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"{var}: {path!r} is not a file this user can read; give the path of a PEM file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"TLS_CERT/TLS_KEY: {cert!r} and {key!r} are not a PEM certificate and its unencrypted private key "
+            f"({getattr(exc, 'reason', None) or exc}); check that the key belongs to the certificate"
+        ) from None
+    return cert, key
+
+
 LOCAL_SETTINGS = ("LOCAL_MAX_STREAMS", "LOCAL_BEAMS", "LOCAL_CONTEXT_SECONDS")
 
 
@@ -256,6 +284,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     origins = tuple(
         _origin(o, "ALLOWED_ORIGINS") for o in env.get("ALLOWED_ORIGINS", "").replace(",", " ").split() if o
     )
+    tls_cert, tls_key = _tls_pair(env)
     log_level = env.get("LOG_LEVEL", "info").strip().lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"LOG_LEVEL: {log_level!r} is not one of debug, info, warning, error")
@@ -297,5 +326,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
         cost_per_minute=_cost(env, DEFAULT_COST_PER_MINUTE[backend]),
         metrics_token=env.get("METRICS_TOKEN", "").strip(),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     return replace(settings, **overrides)

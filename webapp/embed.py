@@ -117,9 +117,9 @@ class KeyCheck:
 
 KEY_PROBLEMS = {
     "missing": "This caption widget needs an embed key: its address must end in ?key=… "
-    "(the site owner mints one with `caption-relay embed-key`).",
+    "(the site owner mints one with `./scripts/caption-relay embed-key`).",
     "invalid": "This embed key is not valid: it may have been cut short or changed when it was copied.",
-    "expired": "This embed key has expired. The site owner can mint a new one with `caption-relay embed-key`.",
+    "expired": "This embed key has expired. The site owner can mint a new one with `./scripts/caption-relay embed-key`.",
     "revoked": "This embed key was revoked, so the captions cannot be shown here.",
 }
 
@@ -563,7 +563,13 @@ def add_cli(sub) -> None:
     p = sub.add_parser(
         "embed-key",
         help="mint a key that lets the listed sites embed the /embed widget, or --revoke one",
-        description="Prints a key for /embed?key=…; the listed origins may frame the widget.",
+        description="Prints a key for /embed?key=…; the listed origins may frame the widget (docs/embed.md).\n"
+        "It is signed with the server's SECRET_KEY (or the one kept in DATA_DIR): run it with the server's settings.",
+        epilog="examples:\n"
+        "  ./scripts/caption-relay embed-key --origin https://www.example.org\n"
+        "  ./scripts/caption-relay embed-key --origin https://a.example --origin https://b.example --mode view --ttl 7\n"
+        "  ./scripts/caption-relay embed-key --revoke KEY_OR_ID",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--origin",

@@ -79,7 +79,9 @@ class HostGuard:
         bind = settings.host.strip("[]").lower()
         self.any_ip = bind in ("0.0.0.0", "::", "")
         if self.any_ip:
-            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+            host_name = socket.gethostname().lower()
+            # the names a phone may type for this machine (the mDNS .local one too; webapp/tls.py puts them in its cert)
+            names |= {host_name, f"{host_name}.local", socket.getfqdn().lower()}
         else:
             names.add(bind)
         self.open = "*" in names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -16,15 +17,18 @@ class DrainingServer(uvicorn.Server):
     """On SIGTERM/SIGINT, first finalize every live session and tell its page to reconnect (`closed` with
     reason server_restart, close code 1012), then stop as uvicorn does. A second signal stops at once."""
 
-    def __init__(self, config: uvicorn.Config, live: LiveSessions):
+    def __init__(self, config: uvicorn.Config, live: LiveSessions, on_ready: Callable[[], None] | None = None):
         super().__init__(config)
         self.live = live
+        self.on_ready = on_ready  # called once the sockets listen (cli.py prints where to open the page)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
 
     async def startup(self, sockets=None):
         self.loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready()
 
     def handle_exit(self, sig, frame):
         if self.draining or self.loop is None or not self.live.running:
