@@ -28,6 +28,7 @@ EXPECTED = [
     ("Route", "/favicon.ico", {"GET", "HEAD"}),
     ("WebSocketRoute", "/ws/listen", None),
     ("Route", "/s/{token}", {"GET", "HEAD"}),
+    ("Route", "/s/{token}/overlay", {"GET", "HEAD"}),
     ("Route", "/s/{token}/transcript.{fmt}", {"GET", "HEAD"}),
     ("WebSocketRoute", "/ws/watch/{token}", None),
     ("Route", "/sessions", {"GET", "HEAD"}),
