@@ -59,9 +59,10 @@ def live_session(app, simulator):
         pool.shutdown()
 
 
-def png_alpha(path: Path) -> tuple[int, int, list[bytes]]:
-    """(width, height, rows of alpha bytes) of an 8-bit RGBA PNG, as Chromium writes them (no Pillow here)."""
+def png_rgba(path: Path) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGBA bytes) of an 8-bit RGBA PNG, as Chromium writes them (no Pillow here)."""
     data = path.read_bytes()
+    bpp = 4
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, width = 8, b"", 0
     while pos < len(data):
@@ -69,16 +70,18 @@ def png_alpha(path: Path) -> tuple[int, int, list[bytes]]:
         body = data[pos + 8:pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour = struct.unpack(">IIBB", body[:10])
-            assert (depth, colour) == (8, 6), "expected 8-bit RGBA"
+            assert depth == 8 and colour in (2, 6), "expected 8-bit RGB or RGBA"
+            bpp = 4 if colour == 6 else 3
         elif kind == b"IDAT":
             idat += body
         pos += 12 + length
-    raw, stride, rows, prev = zlib.decompress(idat), width * 4, [], bytearray(width * 4)
+    raw, stride, rows = zlib.decompress(idat), width * bpp, []
+    prev = bytearray(stride)
     for y in range(height):
         f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
         for i in range(stride):
-            a = line[i - 4] if i >= 4 else 0
-            b, c = prev[i], prev[i - 4] if i >= 4 else 0
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
             if f == 1:
                 line[i] = (line[i] + a) & 255
             elif f == 2:
@@ -89,7 +92,7 @@ def png_alpha(path: Path) -> tuple[int, int, list[bytes]]:
                 p = a + b - c
                 pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append(bytes(line[3::4]))
+        rows.append(bytes(line) if bpp == 4 else b"".join(bytes(line[x:x + 3]) + b"\xff" for x in range(0, stride, 3)))
         prev = line
     return width, height, rows
 
@@ -174,7 +177,8 @@ def test_overlay_applies_its_parameters_keeps_whole_lines_and_is_see_through(flu
         assert box and box["y"] + box["height"] > VIEWPORT["height"] - 40, box  # position=bottom
         shot = ARTIFACTS / "overlay-transparent.png"
         page.screenshot(path=str(shot), omit_background=True)
-        width, height, alpha = png_alpha(shot)
+        width, height, rgba = png_rgba(shot)
+        alpha = [row[3::4] for row in rgba]
         assert (width, height) == (1280, 720)
         clear = sum(a == 0 for row in alpha for a in row)
         inked = sum(a == 255 for row in alpha for a in row)
@@ -220,7 +224,8 @@ def test_overlay_fades_after_silence(flux_app, simulator):
 
 def test_builder_previews_and_builds_the_overlay_address(flux_app, simulator):
     with live_session(flux_app, simulator) as share, browser(None) as b:
-        page = b.new_page(viewport={"width": 1280, "height": 900})
+        # A dark system scheme: the see-through preview frame must stay see-through over the dark page.
+        page = b.new_page(viewport={"width": 1280, "height": 900}, color_scheme="dark")
         page.goto(flux_app.http + share)
         page.get_by_role("button", name="OBS overlay…").click()
         dialog = page.locator("#overlay-builder")
@@ -243,6 +248,11 @@ def test_builder_previews_and_builds_the_overlay_address(flux_app, simulator):
         assert page.locator("#overlay-params tr").count() == 14
         page.wait_for_timeout(600)  # the preview frame reloads 200 ms after the last change; let it paint
         page.screenshot(path=str(ARTIFACTS / "overlay-builder.png"))
+        # The checkerboard shows through the preview's empty top-left corner (not a white frame).
+        page.locator(".preview").screenshot(path=str(ARTIFACTS / "overlay-builder-preview.png"))
+        _, _, rgba = png_rgba(ARTIFACTS / "overlay-builder-preview.png")
+        corner = {tuple(rgba[y][x * 4:x * 4 + 3]) for y in range(4, 40) for x in range(4, 40)}
+        assert corner <= {(0x5a, 0x5a, 0x5a), (0x3a, 0x3a, 0x3a)} | {(v, v, v) for v in range(0x3a, 0x5b)}, corner
         # The address works as a browser source on its own.
         other = b.new_page(viewport=VIEWPORT)
         other.goto(url.input_value())
@@ -264,6 +274,7 @@ def check_presentation(page, box: str, button: str, name: str) -> None:
         expect(page.locator(hidden).first).to_be_hidden()
     state = page.evaluate("JSON.parse(JSON.stringify(window.__present))")
     assert state["on"] and state["rows"] >= 1, state
+    assert style(page, "#announcer", "visibility")["visibility"] == "visible"  # finals still reach screen readers
     height = page.locator(box).bounding_box()["height"]
     assert abs(height - state["rows"] * state["lineHeight"]) < 0.5, (height, state)  # whole lines
     shown = visible_lines(page, box, f"{box} .turn")
