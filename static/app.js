@@ -352,7 +352,7 @@ window.addEventListener('online', () => session?.retryNow());
 
 el.processing.checked = storage('processing') === '1';
 // ---- presentation mode (static/present.js, issue 19): only the captions, whole lines, full screen ----
-setupPresentation({ box: el.transcript, button: $('present') });
+setupPresentation({ box: el.transcript, button: $('present'), status: el.state });
 // ---- end presentation mode ----
 setState('idle');
 refreshMics();

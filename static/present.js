@@ -29,8 +29,9 @@ function typing(target) {
   return target instanceof HTMLElement && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
 }
 
-// `box`: the element holding the caption lines; `button`: the page's "Present" toggle.
-export function setupPresentation({ box, button }) {
+// `box`: the element holding the caption lines; `button`: the page's "Present" toggle; `status`: the page's
+// connection state, shown in the corner while it is not live (the audience must not read stale captions).
+export function setupPresentation({ box, button, status }) {
   const $ = (id) => document.getElementById(id);
   const bar = $('present-bar');
   const theme = $('present-theme');
@@ -40,6 +41,7 @@ export function setupPresentation({ box, button }) {
   let wasFullscreen = false;
   const state = { on: false, rows: 0, lineHeight: 0, settings }; // test hooks
   window.__present = state;
+  status?.classList.add('present-status');
 
   function wake() {
     document.body.classList.remove('present-idle');
@@ -91,7 +93,6 @@ export function setupPresentation({ box, button }) {
         () => {}, // refused (no gesture, an iframe without allow="fullscreen"): present in the window
       );
     }
-    box.focus({ preventScroll: true });
   }
 
   function leave() {

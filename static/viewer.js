@@ -161,7 +161,7 @@ function connect() {
 }
 
 // Presentation mode (static/present.js) and the OBS overlay builder (static/overlay-builder.js).
-const presenter = setupPresentation({ box, button: $('present') });
+const presenter = setupPresentation({ box, button: $('present'), status: badge });
 const params = new URLSearchParams(location.search);
 if (params.has('present') || params.has('large')) presenter.enter({ fullscreen: false }); // ?large: older links
 setupBuilder();

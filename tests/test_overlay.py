@@ -268,6 +268,8 @@ def test_builder_previews_and_builds_the_overlay_address(flux_app, simulator):
 def check_presentation(page, box: str, button: str, name: str) -> None:
     page.locator(button).click()
     expect(page.locator("body")).to_have_class(re.compile(r"\bpresenting\b"))
+    expect(page.locator(".present-status")).to_be_hidden()  # live: nothing but the captions
+    assert page.evaluate("document.fullscreenElement === document.documentElement")  # the Fullscreen API
     bar = page.locator("#present-bar")
     expect(bar).to_have_css("opacity", "0", timeout=6000)  # the pointer rests: the controls go
     for hidden in ("h1", button):
@@ -329,7 +331,14 @@ def test_presentation_mode_on_the_capture_page_and_finals_only_announced(flux_ap
         assert page.get_attribute("#transcript", "aria-live") == "off"
         expect(page.locator("#announcer")).to_have_text(FINALS[2])  # the last final, never the interim
         check_presentation(page, "#transcript", "#present", "capture")
-        page.click("#stop")
+        page.locator("#present").click()
+        page.evaluate("window.captionRelay.stop()")  # the session stops: the audience sees it is not live
+        expect(page.locator("#conn-state")).to_be_visible()
+        expect(page.locator("#conn-state")).to_have_text("closed", timeout=10000)
+        page.screenshot(path=str(ARTIFACTS / "present-capture-stopped.png"))
+        table: list[tuple] = []
+        measure(page, "present-capture", ["#conn-state"], table)
+        assert table and table[0][3] >= 4.5, table
 
 
 # ---- contrast ----------------------------------------------------------------------------------
@@ -388,7 +397,8 @@ CAPTURE = ["h1", "#conn-state", ".field label", ".hint", "#start", "#stop", "#fi
            "#transcript .turn.final", "#transcript .turn.interim", ".foot p", ".share", ".share a", ".msg span"]
 VIEWER = ["h1", "#badge", ".meta span:not(.badge)", ".meta time", ".exports a", "#present", "#overlay-open",
           "#transcript .turn.final", "#transcript .turn.interim", ".empty-note"]
-PRESENT = ["#transcript .turn.final", "#transcript .turn.interim", "#present-bar button", "#present-bar label"]
+PRESENT = ["#transcript .turn.final", "#transcript .turn.interim", "#present-bar button", "#present-bar label",
+           ".present-status"]
 BUILDER = ["#overlay-heading", ".builder-hint", ".builder-field label", ".builder-help", "#overlay-url",
            "#overlay-copy", ".builder-label", ".builder-params summary"]
 SESSIONS = ["h1", ".bar a", "th", "td", ".badge.live", ".badge.ended", "a.share-link", "a.overlay-link",
