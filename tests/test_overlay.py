@@ -34,9 +34,11 @@ VIEWPORT = {"width": 1280, "height": 720}
 
 
 @contextlib.contextmanager
-def live_session(app, simulator):
-    """A session that said FINALS and is mid-way through a fourth turn (its interim shown), kept open."""
-    simulator.reset(script=SCRIPT)
+def live_session(app, simulator, script=SCRIPT):
+    """A session that said FINALS and is mid-way through a fourth turn (its interim shown), kept open; with
+    `script=SCRIPT[:3]`, one that said FINALS and then nothing more."""
+    simulator.reset(script=script)
+    open_turn = len(script) > 3
     loop = asyncio.new_event_loop()
     pool = concurrent.futures.ThreadPoolExecutor(1)
     run = lambda coro: pool.submit(loop.run_until_complete, coro).result()  # noqa: E731
@@ -45,8 +47,8 @@ def live_session(app, simulator):
         speaker = await Socket.open(f"{app.ws}/ws/listen")
         ready = await speaker.until(lambda s: s.ready)
         await speaker.send_audio(AUDIO)
-        await speaker.until(lambda s: len(s.finals()) == 3 and any(
-            m["type"] == "transcript" and not m["final"] and m["text"].startswith("We begin") for m in s.messages))
+        await speaker.until(lambda s: len(s.finals()) == 3 and (not open_turn or any(
+            m["type"] == "transcript" and not m["final"] and m["text"].startswith("We begin") for m in s.messages)))
         return speaker, ready["share_url"]
 
     speaker, share = run(speak())
@@ -214,9 +216,12 @@ def test_overlay_bad_parameters_fall_back_to_the_defaults(flux_app, simulator):
 
 
 def test_overlay_fades_after_silence(flux_app, simulator):
-    with live_session(flux_app, simulator) as share, browser(None) as b:
+    """The speaker's page is still live but nothing more is said: after `clear` seconds the lines fade out."""
+    with live_session(flux_app, simulator, SCRIPT[:3]) as share, browser(None) as b:
         page = b.new_page(viewport=VIEWPORT)
         page.goto(f"{flux_app.http}{share}/overlay?clear=1")
+        expect(page.locator("#captions .line.final")).to_have_count(3)
+        assert page.evaluate("window.__overlay.state") == "live"
         expect(page.locator("#stage")).to_have_class(re.compile(r"\bfaded\b"), timeout=5000)
         expect(page.locator("#captions .line")).to_have_count(0, timeout=5000)
         expect(page.locator("#box")).to_be_hidden()
