@@ -127,7 +127,7 @@ export function setupPresentation({ box, button, status }) {
   document.addEventListener('pointerdown', () => state.on && wake());
   document.addEventListener('keydown', (e) => {
     if (state.on) wake(); // Tab to the controls shows them
-    if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target) || document.querySelector('dialog[open]')) return;
     if (e.key === 'Escape' && state.on) leave();
     else if ((e.key === 'p' || e.key === 'P') && !e.repeat) {
       e.preventDefault();

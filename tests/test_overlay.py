@@ -299,6 +299,16 @@ def check_presentation(page, box: str, button: str, name: str) -> None:
     assert state["settings"]["size"] == 88 and state["settings"]["lines"] == 2, state
     shown = visible_lines(page, box, f"{box} .turn")
     assert 1 <= len(shown) <= 2 and shown[-1]["newest"], shown
+    for _ in range(5):  # 7 lines of 80 px: taller than the page's usual 60vh transcript box
+        page.get_by_role("button", name="More lines").click()
+    page.get_by_role("button", name="Smaller text").click()
+    page.get_by_role("button", name="Smaller text").click()
+    state = page.evaluate("JSON.parse(JSON.stringify(window.__present))")
+    assert state["rows"] == 7 and state["lineHeight"] == 80, state
+    assert abs(page.locator(box).bounding_box()["height"] - 560) < 0.5
+    shown = visible_lines(page, box, f"{box} .turn")
+    assert 4 <= len(shown) <= 7 and shown[-1]["newest"], shown
+    page.screenshot(path=str(ARTIFACTS / f"present-{name}-7-lines.png"))
     page.keyboard.press("Escape")
     expect(page.locator("body")).not_to_have_class(re.compile(r"\bpresenting\b"))
     expect(page.locator(button)).to_be_visible()
@@ -318,7 +328,7 @@ def test_presentation_mode_on_the_viewer_page(flux_app, simulator):
         check_presentation(page, "#transcript", "#present", "viewer")
         page.reload()  # the style choices are remembered
         expect(page.locator("#transcript .turn.interim")).to_contain_text("We begin")
-        assert page.evaluate("window.__present.settings.size") == 88
+        assert page.evaluate("window.__present.settings") == {"theme": "dark", "size": 64, "lines": 7, "font": "sans"}
 
 
 def test_presentation_mode_on_the_capture_page_and_finals_only_announced(flux_app, simulator):
