@@ -1,6 +1,7 @@
 // Caption Relay page: the microphone picker, the transcript view and the tools around one capture session (static/session.js).
 import { listMicrophones, startCapture } from './capture.js';
 import { levelToMeter } from './pcm.js';
+import { setupPresentation } from './present.js'; // presentation mode (issue 19)
 import { CaptureSession } from './session.js';
 import { Transcript, downloadName } from './transcript.js';
 
@@ -16,7 +17,6 @@ const el = {
   transcript: $('transcript'),
   announcer: $('announcer'),
   messages: $('messages'),
-  large: $('large-toggle'),
   copy: $('copy'),
   download: $('download'),
   clear: $('clear'),
@@ -336,13 +336,6 @@ function downloadText() {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
-function setLarge(on) {
-  document.body.classList.toggle('large', on);
-  el.large.setAttribute('aria-pressed', String(on));
-  storage('large', on ? '1' : '0');
-  el.transcript.scrollTop = el.transcript.scrollHeight;
-}
-
 // ---- wiring ---------------------------------------------------------------------------------
 
 el.start.addEventListener('click', start);
@@ -352,10 +345,6 @@ el.copy.addEventListener('click', copyText);
 el.shareCopy.addEventListener('click', () => copyToClipboard(el.shareLink.href, el.shareCopy));
 el.download.addEventListener('click', downloadText);
 el.clear.addEventListener('click', clearTranscript);
-el.large.addEventListener('click', () => setLarge(!document.body.classList.contains('large')));
-document.addEventListener('keydown', (e) => {
-  if (e.key === 'Escape' && document.body.classList.contains('large')) setLarge(false);
-});
 el.mic.addEventListener('change', () => storage('mic', el.mic.value));
 el.processing.addEventListener('change', () => storage('processing', el.processing.checked ? '1' : '0'));
 navigator.mediaDevices?.addEventListener?.('devicechange', () => refreshMics());
@@ -363,7 +352,9 @@ navigator.mediaDevices?.addEventListener?.('devicechange', () => refreshMics());
 window.addEventListener('online', () => session?.retryNow());
 
 el.processing.checked = storage('processing') === '1';
-setLarge(storage('large') === '1');
+// ---- presentation mode (static/present.js, issue 19): only the captions, whole lines, full screen ----
+setupPresentation({ box: el.transcript, button: $('present'), status: el.state });
+// ---- end presentation mode ----
 setState('idle');
 refreshMics();
 if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {

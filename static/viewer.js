@@ -1,6 +1,8 @@
 // Viewer of a shared session (/s/<token>). The server already rendered the transcript so far, so the page
 // reads fine without this module; it adds live updates over /ws/watch/<token>, follow-the-text scrolling
-// that stops when the reader scrolls up, and the large-caption mode for projection.
+// that stops when the reader scrolls up, presentation mode (static/present.js) and the overlay builder.
+import { setupBuilder } from './overlay-builder.js';
+import { setupPresentation } from './present.js';
 import { watchLive } from './watch.js';
 
 const $ = (id) => document.getElementById(id);
@@ -8,7 +10,6 @@ const box = $('transcript');
 const badge = $('badge');
 const announcer = $('announcer');
 const jump = $('jump');
-const large = $('large');
 
 // Test hooks (read by the browser tests), updated in place.
 const hooks = {
@@ -159,30 +160,11 @@ function connect() {
   });
 }
 
-function setLarge(on) {
-  document.body.classList.toggle('large', on);
-  large.setAttribute('aria-pressed', String(on));
-  try {
-    localStorage.setItem('captionRelay.viewerLarge', on ? '1' : '0');
-  } catch {
-    // storage disabled: the choice is just not remembered
-  }
-  follow = true;
-  keepFollowing();
-}
-
-large.hidden = false;
-large.addEventListener('click', () => setLarge(!document.body.classList.contains('large')));
-document.addEventListener('keydown', (e) => {
-  if (e.key === 'Escape' && document.body.classList.contains('large')) setLarge(false);
-});
-let remembered = null;
-try {
-  remembered = localStorage.getItem('captionRelay.viewerLarge');
-} catch {
-  // storage disabled
-}
-if (remembered === '1' || new URLSearchParams(location.search).has('large')) setLarge(true);
+// Presentation mode (static/present.js) and the OBS overlay builder (static/overlay-builder.js).
+const presenter = setupPresentation({ box, button: $('present'), status: badge });
+const params = new URLSearchParams(location.search);
+if (params.has('present') || params.has('large')) presenter.enter({ fullscreen: false }); // ?large: older links
+setupBuilder();
 
 keepFollowing();
 if (done) {

@@ -88,7 +88,7 @@ def test_phone_sized_screen(flux_app, speech_wav):
         page = b.new_page(viewport={"width": 360, "height": 740})
         page.goto(flux_app.http + "/")
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
-        for sel in ("#start", "#stop", "#transcript", "#conn-state", "#large-toggle"):
+        for sel in ("#start", "#stop", "#transcript", "#conn-state", "#present"):
             box = page.locator(sel).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360, sel
         page.screenshot(path=str(ARTIFACTS / "phone.png"))

@@ -30,6 +30,7 @@ EXPECTED = [
     ("WebSocketRoute", "/ws/listen", None),
     ("WebSocketRoute", "/v1/realtime", None),
     ("Route", "/s/{token}", {"GET", "HEAD"}),
+    ("Route", "/s/{token}/overlay", {"GET", "HEAD"}),
     ("Route", "/s/{token}/transcript.{fmt}", {"GET", "HEAD"}),
     ("WebSocketRoute", "/ws/watch/{token}", None),
     ("Route", "/sessions", {"GET", "HEAD"}),

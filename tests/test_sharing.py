@@ -465,8 +465,8 @@ def test_browser_viewer_follows_a_capture_live(flux_app, sim):
             assert viewer.evaluate("window.__viewer.finals")[0] == SCRIPT_FINALS[0]
             capture_finals = capture.evaluate("window.__captionRelay.finals")
             assert [f if isinstance(f, str) else f.get("text") for f in capture_finals][0] == SCRIPT_FINALS[0]
-            viewer.locator("#large").click()
-            assert "large" in viewer.evaluate("document.body.className")
+            viewer.locator("#present").click()  # presentation mode (tests/test_overlay.py checks it in depth)
+            assert "presenting" in viewer.evaluate("document.body.className")
             viewer.screenshot(path=str(ARTIFACTS / "sharing-viewer.png"))
             assert errors == []
         finally:

@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         WebSocketRoute("/v1/realtime", admission.realtime),
         # a share link's viewer page, its exports and its live socket (webapp/share_pages.py)
         Route("/s/{token}", shares.viewer_page),
+        Route("/s/{token}/overlay", shares.overlay_page),  # the OBS/vMix browser source (docs/overlay.md)
         Route("/s/{token}/transcript.{fmt}", shares.export),
         WebSocketRoute("/ws/watch/{token}", shares.watch),
         # the owner's sessions: the page, its two buttons, the JSON API (webapp/share_pages.py)

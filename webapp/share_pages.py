@@ -1,5 +1,5 @@
-"""Sharing a live transcript: the viewer page /s/<token>, its live socket /ws/watch/<token>, exports,
-the owner's /sessions list and the revoke/new-link API (their routes are listed in app.py). `SharePages` also
+"""Sharing a live transcript: the viewer page /s/<token>, its OBS/vMix overlay /s/<token>/overlay, its live
+socket /ws/watch/<token>, exports, the owner's /sessions list and the revoke/new-link API (their routes are listed in app.py). `SharePages` also
 runs the store's lifecycle and hands the relay its sink.
 
 Every bad link gets the same generic page (404, or 410 once expired), whatever session it names or not,
@@ -206,6 +206,20 @@ class SharePages:
                 "started_iso": _iso(meta["started_at"]),
                 "formats": list(EXPORTS),
             },
+            headers=NOINDEX,
+        )
+
+    async def overlay_page(self, request: Request) -> Response:
+        """The OBS/vMix browser source: the same link checks and live socket as the viewer; its style
+        parameters are read and validated by static/caption-style.js (docs/overlay.md)."""
+        token = request.path_params["token"]
+        status, meta = await self._resolve(token)
+        if meta is None:
+            return self._link_error(request, status)
+        return self.templates.TemplateResponse(
+            request,
+            "overlay.html",
+            {"session": meta, "token": token, "paused": _pause_left(meta) > 0},
             headers=NOINDEX,
         )
 
