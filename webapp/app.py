@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from . import config as config_mod
 from .admission import Admission
+from .batch import Batch
 from .config import Settings
 from .embed import Embeds
 from .home import Home
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     shares = SharePages(settings, secret_key, templates, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, templates)  # the /embed widget and its keys
     home = Home(settings, templates, login=login, shares=shares)
+    batch = Batch(settings, quotas, login, shares)  # OpenAI-compatible file transcription
     admission = Admission(
         settings,
         shares=shares,
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # the widget, framable by the sites its key names, and its snippet page (webapp/embed.py)
         Route("/embed", embeds.widget),
         Route("/embed/snippet", embeds.snippet),
+        # OpenAI-compatible batch transcription; each result is a session (webapp/batch.py)
+        Route("/v1/audio/transcriptions", batch.transcriptions, methods=["POST"]),
         Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
     app = Starlette(
