@@ -163,6 +163,9 @@ class Batch:
             transcript = await runner.run()
         except BatchError as exc:
             return _batch_error(exc)
+        except Exception:
+            log.exception("batch_failed")
+            return openai_error(500, "The transcription failed; the operator should check the server's log.")
         return runner.render(transcript)
 
     # ---- checks ---------------------------------------------------------------------------------------

@@ -253,19 +253,19 @@ async def transcribe_aigateway(
 ) -> Transcript:
     """The gateway's OpenAI-compatible endpoint, always asked for verbose_json (so every format, and the stored
     session, can be made from its answer)."""
-    data: list[tuple[str, str]] = [("model", settings.model), ("response_format", "verbose_json")]
-    data += [("timestamp_granularities[]", "segment")] + ([("timestamp_granularities[]", "word")] if words else [])
+    data: dict[str, str | list[str]] = {"model": settings.model, "response_format": "verbose_json"}
+    data["timestamp_granularities[]"] = ["segment", "word"] if words else ["segment"]
     if language:
-        data.append(("language", language))
+        data["language"] = language
     if prompt:
-        data.append(("prompt", prompt))
+        data["prompt"] = prompt
     file.seek(0)
     body = await _post(
         "AIgateway",
         settings.aigateway_batch_url,
         headers={"Authorization": f"Bearer {settings.aigateway_api_key}"},
         data=data,
-        files={"file": (filename, file, content_type)},
+        files={"file": (filename, file.read(), content_type)},  # at most MAX_UPLOAD_MB, already spooled to disk
     )
     text = _str(body.get("text"))
     dur = _num(body.get("duration"), duration or 0.0)
