@@ -20,10 +20,14 @@ const el = {
   downloads: $('transcribe-downloads'),
 };
 const FORMATS = ['txt', 'srt', 'vtt', 'json'];
+// Test hook (read by tests/test_batch.py): the stages the progress bar went through, in order.
+const hooks = { stages: [] };
+window.__captionRelayTranscribe = hooks;
 
 function setProgress(stage, fraction) {
   el.status.hidden = false;
   el.stage.textContent = stage;
+  if (hooks.stages.at(-1) !== stage.split(':')[0]) hooks.stages.push(stage.split(':')[0]);
   const f = Math.max(0, Math.min(1, fraction));
   el.progress.value = f;
   el.percent.textContent = `${Math.round(f * 100)} %`;

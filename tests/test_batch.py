@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import wave
 
 import av
@@ -75,7 +76,7 @@ SPEECH_START, SPEECH_END = speech_bounds(PCM)
 
 @pytest.fixture(scope="module")
 def local_app(session_tmp):
-    env = {"LOCAL_MAX_STREAMS": "2", "MAX_UPLOAD_MB": "1", "MAX_UPLOAD_MINUTES": "1"}
+    env = {"LOCAL_MAX_STREAMS": "2", "MAX_UPLOAD_MB": "1", "MAX_UPLOAD_MINUTES": "1", "REQUEST_TIMEOUT": "2"}
     with running_app(env, session_tmp, "batch-local") as app:
         yield app
 
@@ -237,6 +238,23 @@ def test_missing_file_and_model_are_400(local_app):
     assert r.status_code == 400 and r.json()["error"]["param"] == "file"
 
 
+def test_a_slow_upload_outlives_the_request_timeout(local_app):
+    """REQUEST_TIMEOUT=2 (slowloris) would cut a 2.5 s body; an upload gets a bytes-per-second floor instead."""
+    built = httpx.Request("POST", f"{local_app.http}/v1/audio/transcriptions",
+                          data={"model": "whisper-1"}, files={"file": ("speech.wav", WAV)})
+    body = built.read()
+
+    def trickle():
+        step = len(body) // 10 + 1
+        for i in range(0, len(body), step):
+            yield body[i:i + step]
+            time.sleep(0.25)  # a slow uplink, not a wait for an event
+
+    headers = {"content-type": built.headers["content-type"], "content-length": str(len(body))}
+    r = httpx.post(f"{local_app.http}/v1/audio/transcriptions", content=trickle(), headers=headers, timeout=30)
+    assert r.status_code == 200 and "forward" in r.json()["text"].lower()
+
+
 def test_foreign_page_is_refused(local_app):
     r = httpx.post(f"{local_app.http}/v1/audio/transcriptions", headers={"Origin": "https://evil.example"},
                    data={"model": "m"}, files={"file": ("a.wav", WAV)})
@@ -356,6 +374,9 @@ def test_transcribe_a_file_in_the_page(local_app):
         expect(page.locator("#transcribe-text .final").nth(2)).to_contain_text("forward", timeout=30000)
         expect(page.locator("#transcribe-done")).to_be_visible(timeout=15000)
         expect(page.locator("#transcribe-stage")).to_have_text("Done")
+        stages = page.evaluate("() => window.__captionRelayTranscribe.stages")
+        assert stages[0] == "Uploading" and stages[-1] == "Done" and "Recognizing" in stages, stages
+        assert page.locator("#transcribe-progress").get_attribute("value") == "1"
         page.screenshot(path=str(ARTIFACTS / "batch-panel.png"), full_page=True)
         text = page.locator("#transcribe-text").inner_text()
         share = page.locator("#transcribe-share").get_attribute("href")
