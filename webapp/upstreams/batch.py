@@ -205,6 +205,14 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _first(value: Any) -> dict[str, Any]:
+    return _dict(value[0]) if isinstance(value, list) and value else {}
+
+
 def _str(value: Any, default: str = "") -> str:
     return value if isinstance(value, str) else default
 
@@ -272,7 +280,7 @@ async def transcribe_aigateway(
     word_list = _words(body.get("words"))
     segments = [
         Segment(_num(s.get("start")), _num(s.get("end")), s["text"].strip(), _words(s.get("words")))
-        for s in body.get("segments") or []
+        for s in _list(body.get("segments"))
         if isinstance(s, dict) and isinstance(s.get("text"), str)
     ] or _segments_from_words(word_list, dur, text)
     if word_list and not any(s.words for s in segments):
@@ -311,8 +319,8 @@ async def transcribe_deepgram(
         content=file.read(),
     )
     results = _dict(body.get("results"))
-    channel = _dict((results.get("channels") or [{}])[0])
-    alt = _dict((channel.get("alternatives") or [{}])[0])
+    channel = _first(results.get("channels"))
+    alt = _first(channel.get("alternatives"))
     text = _str(alt.get("transcript"))
     meta = _dict(body.get("metadata"))
     dur = _num(meta.get("duration"), duration or 0.0)
@@ -321,7 +329,7 @@ async def transcribe_deepgram(
         Segment(
             _num(u.get("start")), _num(u.get("end")), u["transcript"].strip(), _words(u.get("words"), "punctuated_word")
         )
-        for u in results.get("utterances") or []
+        for u in _list(results.get("utterances"))
         if isinstance(u, dict) and isinstance(u.get("transcript"), str) and u["transcript"].strip()
     ] or _segments_from_words(word_list, dur, text)
     return Transcript(segments, dur, _str(channel.get("detected_language"), language or "en"), text)
