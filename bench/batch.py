@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
 import recognizer as live_bench  # noqa: E402  (bench/recognizer.py: the live-stream machinery)
 import speech  # noqa: E402
+
 from webapp import config  # noqa: E402
 from webapp import local as recognizer  # noqa: E402
 from webapp.upstreams.batch import transcribe_local  # noqa: E402
@@ -73,6 +74,7 @@ async def main(args) -> None:
     print(f"recording: {len(pcm) / (2 * RATE) / 60:.1f} min, {len(speech.normalize(ref))} words; "
           f"{pool.n_workers} live workers, cores {os.cpu_count()}", flush=True)
     rows = []
+    loads: list[float] = []
     try:
         # warm the batch worker (its start is a one-off, like the first upload after a restart)
         warm = await batch_job(settings, clips[0].pcm, pool)
@@ -80,10 +82,12 @@ async def main(args) -> None:
 
         alone = await asyncio.wait_for(batch_job(settings, pcm, pool), args.timeout)
         alone["wer"] = speech.wer(ref, alone["text"])
+        loads.append(os.getloadavg()[0])  # other work on the machine (the lock covers benchmarks only)
         print(f"1. batch alone: RTF {alone['rtf']:.3f} (wall {alone['wall']:.1f} s for {alone['audio']:.0f} s), "
               f"CPU RTF {alone['cpu_rtf']:.3f}, WER {alone['wer'] * 100:.1f}%, {alone['segments']} segments", flush=True)
 
         live = await live_bench.run_level(settings, pool, live_clips, args.live, 1.5, args.timeout)
+        loads.append(os.getloadavg()[0])  # other work on the machine (the lock covers benchmarks only)
         print(f"2. {args.live} live alone: EOT p50 {live['eot50']:.2f} p95 {live['eot95']:.2f} "
               f"max {live['eotmax']:.2f}, WER {live['wer'] * 100:.1f}%, missing {live['missing']}", flush=True)
 
@@ -91,6 +95,7 @@ async def main(args) -> None:
         both = await live_bench.run_level(settings, pool, live_clips, args.live, 1.5, args.timeout)
         beside = await job
         beside["wer"] = speech.wer(ref, beside["text"])
+        loads.append(os.getloadavg()[0])  # other work on the machine (the lock covers benchmarks only)
         print(f"3. {args.live} live + batch: EOT p50 {both['eot50']:.2f} p95 {both['eot95']:.2f} "
               f"max {both['eotmax']:.2f}, live WER {both['wer'] * 100:.1f}%, missing {both['missing']}; "
               f"batch RTF {beside['rtf']:.3f}, WER {beside['wer'] * 100:.1f}%", flush=True)
@@ -99,8 +104,10 @@ async def main(args) -> None:
         same = await batch_job(settings, session, pool)
         same_ref = " ".join(m[0].ref for m in marks)
         same["wer"] = speech.wer(same_ref, same["text"])
-        print(f"4. batch of live stream 0's audio: WER {same['wer'] * 100:.1f}% "
-              f"(live stream 0 on it: {live_wer(live, len(live_clips)) * 100:.1f}%)", flush=True)
+        loads.append(os.getloadavg()[0])  # other work on the machine (the lock covers benchmarks only)
+        print(f"4. batch of live stream 0's audio: WER {same['wer'] * 100:.1f}% (live stream 0 on it: "
+              f"{live_wer(live, len(live_clips)) * 100:.1f}% alone, {live_wer(both, len(live_clips)) * 100:.1f}% "
+              f"beside the upload)", flush=True)
         rows = [alone, live, both, beside, same]
     finally:
         recognizer.shutdown()
@@ -116,7 +123,9 @@ async def main(args) -> None:
           f"{beside['rtf']:.3f} | {beside['wer'] * 100:.1f}% | {both['eot50']:.2f} s | {both['eot95']:.2f} s | "
           f"{both['eotmax']:.2f} s | {both['wer'] * 100:.1f}% |")
     print(f"| batch of live stream 0's audio | {same['audio']:.0f} s | {same['wall']:.1f} s | {same['rtf']:.3f} | "
-          f"{same['wer'] * 100:.1f}% | | | | {live_wer(live, len(live_clips)) * 100:.1f}% (stream 0) |")
+          f"{same['wer'] * 100:.1f}% | | | | {live_wer(live, len(live_clips)) * 100:.1f}% / "
+          f"{live_wer(both, len(live_clips)) * 100:.1f}% (stream 0 alone / beside) |")
+    print(f"load average (1 min) at the phases' ends: {', '.join(f'{x:.1f}' for x in loads)}")
     ok = both["eot95"] <= 1.0 and both["missing"] == 0
     print(f"\ntarget (live EOT p95 <= 1 s during an upload): {'met' if ok else 'NOT met'}")
 

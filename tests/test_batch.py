@@ -112,7 +112,7 @@ def gateway_app(batch_sim, session_tmp):
 @pytest.fixture(scope="module")
 def deepgram_app(batch_sim, session_tmp):
     env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_BATCH_URL": f"{batch_sim.url}/v1/listen",
-           "DEEPGRAM_BATCH_MODEL": "nova-3-general"}
+           "DEEPGRAM_BATCH_MODEL": "nova-3-general", "CLIENT_MINUTES_PER_DAY": "1"}
     with running_app(env, session_tmp, "batch-deepgram") as app:
         yield app
 
@@ -387,3 +387,15 @@ def test_transcribe_a_file_in_the_page(local_app):
         expect(page.locator(f"a.share-link[href='{share.removeprefix(local_app.http)}']")).to_have_count(1)
     assert wer(REF, text) <= 0.25, text
     assert SRT_CUE.findall(httpx.get(local_app.http + srt_href).text)
+
+
+def test_uploads_count_against_the_minute_quota(deepgram_app, bsim):
+    """CLIENT_MINUTES_PER_DAY=1: a 70 s file is refused before it is sent anywhere, with the live quota's words."""
+    long = encode(noise(70), "ogg", "libopus", 48000)
+    client = OpenAI(base_url=f"{deepgram_app.http}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("long.ogg", long))
+    err = _error(info.value)
+    assert err["code"] == "quota_exceeded" and "1 minutes" in err["message"], err
+    assert int(info.value.response.headers["retry-after"]) > 0
+    assert bsim.received == []

@@ -38,6 +38,7 @@ EXPECTED = [
     ("Route", "/api/sessions/{session_id}/transcript.{fmt}", {"GET", "HEAD"}),
     ("Route", "/embed", {"GET", "HEAD"}),
     ("Route", "/embed/snippet", {"GET", "HEAD"}),
+    ("Route", "/v1/audio/transcriptions", {"POST"}),  # issue 20: OpenAI-compatible batch (docs/api.md)
     ("Mount", "/static", None),
 ]
 

@@ -150,9 +150,9 @@ class Batch:
                 principal=principal,
             ),
         )
-        # Hook for usage metering and the batch-jobs metric (other branches): here a job starts; Runner.finish
-        # knows its audio seconds.
-        runner = Runner(self, request, job, lease, duration)
+        # Hooks for the batch-jobs metric and usage metering (other branches): a job starts here; it ends in
+        # Runner.run's `finally`, which knows its principal, outcome and audio seconds.
+        runner = Runner(self, request, job, lease, duration, principal)
         if job.stream:
             return StreamingResponse(
                 runner.events(),
@@ -319,8 +319,9 @@ def _batch_error(exc: BatchError) -> JSONResponse:
 class Runner:
     """One job: runs the backend, records the session, and renders or streams the answer."""
 
-    def __init__(self, batch: Batch, request: Request, job: Job, lease: Lease, duration: float | None):
+    def __init__(self, batch: Batch, request: Request, job: Job, lease: Lease, duration: float | None, principal: str):
         self.batch, self.job, self.lease, self.duration = batch, job, lease, duration
+        self.principal = principal  # who authenticate() let in: whose usage this job is
         self.settings = batch.settings
         self.recorder = batch.shares.sink(request)
         self.upload = _Upload(self.settings)
@@ -350,6 +351,7 @@ class Runner:
                 "batch_finished",
                 extra=fields(
                     session=self.upload.id,
+                    principal=self.principal,
                     reason=reason,
                     audio_s=round(self.upload.audio_seconds, 3),
                     turns=self.turns,
