@@ -399,3 +399,29 @@ def test_uploads_count_against_the_minute_quota(deepgram_app, bsim):
     assert err["code"] == "quota_exceeded" and "1 minutes" in err["message"], err
     assert int(info.value.response.headers["retry-after"]) > 0
     assert bsim.received == []
+
+
+def test_store_down_still_answers_without_a_session(batch_sim, tmp_path):
+    """Redis (the session store) killed: the client still gets its transcript, without X-Session-Url, promptly."""
+    from test_redis_outage import RedisServer
+
+    batch_sim.reset()
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "REDIS_URL": redis.url,
+           "DEEPGRAM_BATCH_URL": f"{batch_sim.url}/v1/listen"}
+    try:
+        with running_app(env, tmp_path, "batch-redis") as app:
+            client = OpenAI(base_url=f"{app.http}/v1", api_key="x", max_retries=0)
+            first = client.audio.transcriptions.with_raw_response.create(model="m", file=("a.wav", WAV))
+            assert first.headers.get("x-session-url")  # stored while the store answers
+            redis.kill()
+            t = time.monotonic()
+            raw = client.audio.transcriptions.with_raw_response.create(model="m", file=("a.wav", WAV))
+            assert time.monotonic() - t < 20
+            assert raw.parse().text == "Hello from the simulated service. Second segment here."
+            assert "x-session-url" not in raw.headers
+            assert "session_record_failed" in app.log_text()
+    finally:
+        redis.stop()
+        batch_sim.reset()
