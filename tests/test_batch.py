@@ -425,3 +425,37 @@ def test_store_down_still_answers_without_a_session(batch_sim, tmp_path):
     finally:
         redis.stop()
         batch_sim.reset()
+
+
+def _progress_seen(lines) -> bool:
+    """Read the event stream until the first caption_relay.progress event (bounded by the stream's own length);
+    `lines` stays open (closing it would close the response)."""
+    for line in lines:
+        if line.startswith("data:") and '"caption_relay.progress"' in line:
+            return True
+    return False
+
+
+def test_a_third_job_is_503_and_a_client_that_leaves_frees_its_slot(session_tmp):
+    """Two batch jobs at most (pool.BATCH_JOBS); leaving a stream cancels its job and frees its slot."""
+    data = encode(PCM * 25, "ogg", "libopus", 48000)  # 5.4 min: the two jobs are still running when the third comes
+    fields = {"model": "m", "stream": "true", "relay_progress": "true"}
+    with running_app({}, session_tmp, "batch-slots") as app, httpx.Client(timeout=30) as http:
+        url = f"{app.http}/v1/audio/transcriptions"
+        with http.stream("POST", url, data=fields, files={"file": ("a.ogg", data)}) as one, \
+                http.stream("POST", url, data=fields, files={"file": ("b.ogg", data)}) as two:
+            lines_one, lines_two = one.iter_lines(), two.iter_lines()
+            assert _progress_seen(lines_one) and _progress_seen(lines_two)  # both hold a batch slot now
+            third = http.post(url, data={"model": "m"}, files={"file": ("c.wav", WAV)})
+            assert third.status_code == 503 and third.headers["retry-after"] == "60"
+            assert third.json()["error"]["code"] == "busy"
+        # both clients left mid-job: their jobs stop and give their slots back
+        deadline = time.monotonic() + 20
+        while True:
+            r = http.post(url, data={"model": "m"}, files={"file": ("d.wav", WAV)})
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # polling the slots' release: there is no event to await from outside
+        assert r.status_code == 200 and "forward" in r.json()["text"].lower()
+        left = [line for line in app.log_text().splitlines() if "batch_finished" in line and '"reason": "error"' in line]
+        assert len(left) == 3  # the two jobs whose clients left (recorded as far as they got) and the refused one

@@ -346,8 +346,7 @@ class Runner:
             return transcript
         finally:
             self.lease.release()
-            await self.recorder.closed(self.upload, reason)
-            log.info(
+            log.info(  # before the record's close, which a client that left may cut short
                 "batch_finished",
                 extra=fields(
                     session=self.upload.id,
@@ -358,6 +357,7 @@ class Runner:
                     wall_s=round(time.monotonic() - started, 3),
                 ),
             )
+            await self.recorder.closed(self.upload, reason)
 
     async def _transcribe(self) -> Transcript:
         job, settings = self.job, self.settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import IO
 
 import av
@@ -50,7 +50,7 @@ def _reason(exc: Exception) -> str:
     return (getattr(exc, "strerror", None) or type(exc).__name__)[:120]
 
 
-async def pcm_chunks(file: IO[bytes], max_seconds: float) -> AsyncIterator[bytes]:
+async def pcm_chunks(file: IO[bytes], max_seconds: float) -> AsyncGenerator[bytes, None]:
     """The file's audio as 16 kHz mono s16le chunks of about CHUNK_SECONDS. Raises MediaError for a file that
     fails to decode, and (after yielding max_seconds of audio) for one that is longer."""
     loop = asyncio.get_running_loop()

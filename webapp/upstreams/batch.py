@@ -11,9 +11,10 @@ Provider formats stay here; webapp/batch.py renders a Transcript in the client's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -65,7 +66,7 @@ class BatchError(Exception):
 
 async def transcribe_local(
     settings: Settings,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncGenerator[bytes, None],
     on_segment: Callable[[Segment], None],
     on_progress: Callable[[float], None],
     charge: Callable[[float], None],
@@ -101,12 +102,13 @@ async def transcribe_local(
         log.error("batch_recognizer_unavailable", extra=fields(error=repr(exc)[:300]))
         raise BatchError(503, "The embedded recognizer could not start; try again shortly.", "unavailable") from None
     try:
-        async for chunk in chunks:
-            seconds = len(chunk) / 32000
-            charge(seconds)
-            await job.wait_until(job.fed - AHEAD)
-            stream.feed(chunk)
-            job.fed += seconds
+        async with contextlib.aclosing(chunks) as feed:  # closed at once when the job stops: the decoder thread ends
+            async for chunk in feed:
+                seconds = len(chunk) / 32000
+                charge(seconds)
+                await job.wait_until(job.fed - AHEAD)
+                stream.feed(chunk)
+                job.fed += seconds
         await job.wait_until(job.fed - 1.0)  # progress comes per second of audio handled
         await stream.close(timeout=STALL)
         if job.error:
