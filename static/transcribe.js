@@ -4,6 +4,8 @@
 // relay_progress=true asks for this page's extra events (caption_relay.progress / .session); OpenAI clients never
 // get them. Same origin, with the page's cookies: the login cookie and the owner cookie that lists it in /sessions.
 
+import { parseEvents } from './sse.js';
+
 const $ = (id) => document.getElementById(id);
 const el = {
   form: $('transcribe-form'),
@@ -38,25 +40,6 @@ function showError(message) {
   p.className = 'message error';
   p.textContent = message;
   el.error.replaceChildren(p);
-}
-
-// Parses the SSE body as it grows: returns the events completed since `offset`, and the new offset.
-export function parseEvents(body, offset) {
-  const events = [];
-  let end;
-  while ((end = body.indexOf('\n\n', offset)) !== -1) {
-    const block = body.slice(offset, end);
-    offset = end + 2;
-    const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
-    if (data) {
-      try {
-        events.push(JSON.parse(data));
-      } catch {
-        /* not ours: skipped */
-      }
-    }
-  }
-  return { events, offset };
 }
 
 function handle(event, state) {
