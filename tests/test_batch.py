@@ -333,6 +333,21 @@ def test_gateway_app_requires_the_access_token(gateway_app, bsim):
     assert bsim.received == []  # nothing was forwarded
 
 
+def test_the_logged_in_page_uploads_with_its_cookie(gateway_app, bsim):
+    """The page sends no Bearer token: its login cookie (and its own Origin) admit the upload; a foreign Origin not."""
+    with httpx.Client(base_url=gateway_app.http) as http:
+        assert http.post("/v1/audio/transcriptions", data={"model": "m"},
+                         files={"file": ("a.wav", WAV)}).status_code == 401
+        assert http.post("/login", data={"token": ACCESS}).status_code == 303
+        own = {"Origin": gateway_app.http}
+        r = http.post("/v1/audio/transcriptions", data={"model": "m"}, files={"file": ("a.wav", WAV)}, headers=own)
+        assert r.status_code == 200 and r.json()["text"].startswith("Hello from the simulated service.")
+        r = http.post("/v1/audio/transcriptions", data={"model": "m"}, files={"file": ("a.wav", WAV)},
+                      headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+    assert len(bsim.received) == 1
+
+
 def test_deepgram_prerecorded(deepgram_app, bsim):
     client = OpenAI(base_url=f"{deepgram_app.http}/v1", api_key="x", max_retries=0)
     out = client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", WAV, "audio/wav"),
