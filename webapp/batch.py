@@ -135,9 +135,13 @@ class Batch:
                     )
                 )
             job = await self._read(request)
+        except Refused as refused:
+            return refused.response
+        try:
             duration = await asyncio.to_thread(self._probe, job.file)
             lease = self._admit(request)
         except Refused as refused:
+            await job.file.close()  # its spooled temporary file goes now, not at garbage collection
             return refused.response
         log.info(
             "batch_started",
@@ -357,6 +361,7 @@ class Runner:
                     wall_s=round(time.monotonic() - started, 3),
                 ),
             )
+            await self.job.file.close()
             await self.recorder.closed(self.upload, reason)
 
     async def _transcribe(self) -> Transcript:
