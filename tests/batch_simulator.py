@@ -9,7 +9,8 @@ formats (docs/api.md, "Backends"; ../shared/docs/protocols.md §4-5):
                                  query `model`, `utterances`, `smart_format`, `keyterm`...; answers metadata,
                                  results.channels[0].alternatives[0] (transcript, words) and results.utterances.
 It checks the key (401 in the provider's error shape otherwise), records every request (path, query, headers,
-fields, file bytes) and can fail: `sim.fail(status, retry_after=None)` answers that status to the next requests.
+fields, file bytes) and can fail: `sim.fail(status, retry_after=None, echo=False)` answers that status to the next
+requests (with `echo`, its message repeats the request's Authorization header, as a careless provider might).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class BatchSimulator:
         self.aig_key, self.dg_key = aig_key, dg_key
         self.received: list[Received] = []
         self.failure: tuple[int, str | None] | None = None
+        self.echo = False
         self.lock = threading.Lock()
         sim = self
 
@@ -80,9 +82,11 @@ class BatchSimulator:
         with self.lock:
             self.received.clear()
             self.failure = None
+            self.echo = False
 
-    def fail(self, status: int, retry_after: str | None = None) -> None:
+    def fail(self, status: int, retry_after: str | None = None, echo: bool = False) -> None:
         self.failure = (status, retry_after)
+        self.echo = echo
 
     # ---- the server ----------------------------------------------------------------------------------
 
@@ -102,7 +106,8 @@ class BatchSimulator:
                 return self._send(h, 401, {"error": {"message": "Invalid API key", "type": "invalid_key"}})
             if self.failure:
                 status, retry = self.failure
-                return self._send(h, status, {"error": {"message": f"simulated {status}", "type": "api_error"}}, retry)
+                text = f"simulated {status}" + (f" for {auth}" if self.echo else "")
+                return self._send(h, status, {"error": {"message": text, "type": "api_error"}}, retry)
             return self._send(h, 200, self._openai_answer(got))
         if parts.path == "/v1/listen":
             if auth != f"Token {self.dg_key}":

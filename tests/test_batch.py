@@ -324,6 +324,15 @@ def test_gateway_errors_are_mapped(gateway_app, bsim, status, retry, exc):
     assert TEST_AIG_KEY not in gateway_app.log_text()
 
 
+def test_a_provider_echoing_the_key_does_not_hand_it_on(gateway_app, bsim):
+    bsim.fail(400, echo=True)
+    client = OpenAI(base_url=f"{gateway_app.http}/v1", api_key=ACCESS, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", WAV))
+    message = _error(info.value)["message"]
+    assert "simulated 400 for Bearer [redacted]" in message and TEST_AIG_KEY not in message
+
+
 def test_gateway_app_requires_the_access_token(gateway_app, bsim):
     for key in ("wrong-token", TEST_AIG_KEY):
         client = OpenAI(base_url=f"{gateway_app.http}/v1", api_key=key, max_retries=0)

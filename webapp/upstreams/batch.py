@@ -150,7 +150,7 @@ class _Progress:
 PASSED_STATUSES = {400, 401, 402, 403, 404, 413, 415, 429, 500, 503}
 
 
-def _http_error(provider: str, response: httpx.Response) -> BatchError:
+def _http_error(provider: str, response: httpx.Response, secrets: tuple[str, ...] = ()) -> BatchError:
     """The provider's refusal, same status for the client (what the issue maps), its message when it gives one.
     A 401/403 is about the server's key, never the client's: said so."""
     status = response.status_code
@@ -167,7 +167,10 @@ def _http_error(provider: str, response: httpx.Response) -> BatchError:
             )
     except ValueError:
         pass
-    message = str(message)[:300]
+    message = str(message)
+    for secret in secrets:  # a provider that echoes the credential it was sent must not hand it to the client
+        message = message.replace(secret, "[redacted]")
+    message = message[:300]
     if status in (401, 403):
         text = f"{provider} refused this server's API key; the operator should check it."
     elif status == 402:
@@ -184,7 +187,7 @@ def _http_error(provider: str, response: httpx.Response) -> BatchError:
     return BatchError(status if status in PASSED_STATUSES else 502, text, code, response.headers.get("retry-after"))
 
 
-async def _post(provider: str, url: str, **kw) -> dict[str, Any]:
+async def _post(provider: str, url: str, secrets: tuple[str, ...], **kw) -> dict[str, Any]:
     try:
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
             response = await client.post(url, **kw)
@@ -193,7 +196,7 @@ async def _post(provider: str, url: str, **kw) -> dict[str, Any]:
         raise BatchError(502, f"{provider} could not be reached; try again later.", "upstream_unreachable") from None
     if response.status_code != 200:
         log.warning("batch_upstream_refused", extra=fields(provider=provider, status=response.status_code))
-        raise _http_error(provider, response)
+        raise _http_error(provider, response, secrets)
     try:
         body = response.json()
     except ValueError:
@@ -273,6 +276,7 @@ async def transcribe_aigateway(
     body = await _post(
         "AIgateway",
         settings.aigateway_batch_url,
+        settings.secrets,
         headers={"Authorization": f"Bearer {settings.aigateway_api_key}"},
         data=data,
         files={"file": (filename, file.read(), content_type)},  # at most MAX_UPLOAD_MB, already spooled to disk
@@ -316,6 +320,7 @@ async def transcribe_deepgram(
     body = await _post(
         "Deepgram",
         settings.deepgram_batch_url,
+        settings.secrets,
         params=query,
         headers={"Authorization": f"Token {settings.deepgram_api_key}", "Content-Type": content_type},
         content=file.read(),
