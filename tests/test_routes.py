@@ -42,6 +42,7 @@ EXPECTED = [
     ("Route", "/api/sessions/{session_id}/rules", {"GET", "HEAD", "PUT"}),  # text rules (issue 19)
     ("Route", "/embed", {"GET", "HEAD"}),
     ("Route", "/embed/snippet", {"GET", "HEAD"}),
+    ("Route", "/v1/audio/transcriptions", {"POST"}),  # issue 20: OpenAI-compatible batch (docs/api.md)
     ("Mount", "/static", None),
 ]
 

@@ -16,6 +16,7 @@ from . import config as config_mod
 from . import metrics
 from .admission import Admission
 from .apikeys import ApiKeys
+from .batch import Batch
 from .config import Settings
 from .embed import Embeds
 from .home import Home
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app_metrics = MetricsPage(settings, quotas.client_ip, lambda: usage.key_rows, usage.sync_metrics)
     rules = SessionRules(settings, shares, live)  # a session's text rules (issue 19)
     home = Home(settings, templates, login=login, shares=shares)
+    batch = Batch(settings, quotas, login, shares, api_keys, usage)  # OpenAI-compatible file transcription
     admission = Admission(
         settings,
         shares=shares,
@@ -120,6 +122,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # the widget, framable by the sites its key names, and its snippet page (webapp/embed.py)
         Route("/embed", embeds.widget),
         Route("/embed/snippet", embeds.snippet),
+        # OpenAI-compatible batch transcription; each result is a session (webapp/batch.py)
+        Route("/v1/audio/transcriptions", batch.transcriptions, methods=["POST"]),
         Mount("/static", NoCache(StaticFiles(directory=str(STATIC_DIR))), name="static"),
     ]
     app = Starlette(

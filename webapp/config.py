@@ -67,6 +67,12 @@ class Settings:
     metrics_token: str = field(default="", repr=False)  # lets non-loopback clients read /metrics
     tls_cert: str = ""  # PEM certificate (chain) for direct HTTPS; with tls_key (webapp/tls.py)
     tls_key: str = ""  # the path of its private key
+    # batch transcription (POST /v1/audio/transcriptions, webapp/batch.py)
+    max_upload_mb: int = 100
+    max_upload_minutes: int = 180  # audio length of one file
+    aigateway_batch_url: str = "https://api.aigateway.sh/v1/audio/transcriptions"
+    deepgram_batch_url: str = "https://api.deepgram.com/v1/listen"
+    deepgram_batch_model: str = "nova-3"  # Flux is streaming-only; pre-recorded files go to a Nova model
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -118,6 +124,15 @@ def _ws_url(value: str, var: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
         raise ConfigError(f"{var}: {value!r} must be a ws:// or wss:// URL")
+    if parts.query:
+        raise ConfigError(f"{var}: put no query string in the URL; the relay adds the parameters itself")
+    return value
+
+
+def _http_url(value: str, var: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{var}: {value!r} must be an http:// or https:// URL")
     if parts.query:
         raise ConfigError(f"{var}: put no query string in the URL; the relay adds the parameters itself")
     return value
@@ -328,5 +343,14 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         metrics_token=env.get("METRICS_TOKEN", "").strip(),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        max_upload_mb=_int(env, "MAX_UPLOAD_MB", Settings.max_upload_mb, 1, 4096),
+        max_upload_minutes=_int(env, "MAX_UPLOAD_MINUTES", Settings.max_upload_minutes, 1, 1440),
+        aigateway_batch_url=_http_url(
+            env.get("AIGATEWAY_BATCH_URL", "").strip() or Settings.aigateway_batch_url, "AIGATEWAY_BATCH_URL"
+        ),
+        deepgram_batch_url=_http_url(
+            env.get("DEEPGRAM_BATCH_URL", "").strip() or Settings.deepgram_batch_url, "DEEPGRAM_BATCH_URL"
+        ),
+        deepgram_batch_model=env.get("DEEPGRAM_BATCH_MODEL", "").strip() or Settings.deepgram_batch_model,
     )
     return replace(settings, **overrides)

@@ -52,6 +52,11 @@ _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 16\r\nconnection: close\r\n\r\nRequest Timeout\n"
 )
+# A file upload's body may take longer than request_timeout: at least a bytes-per-second floor is asked instead
+# (100 MB over 1 Mbit/s in ~15 minutes). Its headers still had to arrive within request_timeout.
+UPLOAD_PATHS = (b"/v1/audio/transcriptions",)
+UPLOAD_MIN_RATE = 128 * 1024  # bytes per second of Content-Length, and at least request_timeout
+UPLOAD_MAX_SECONDS = 1800.0
 _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 20\r\nretry-after: 5\r\nconnection: close\r\n\r\nService Unavailable\n"
@@ -63,6 +68,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     - each request (request line, headers, body) must have arrived `request_timeout` seconds after its first byte
       (after the connection opened, for the first one), else 408 and the connection is closed;
+    - an upload (UPLOAD_PATHS) gets Content-Length / UPLOAD_MIN_RATE seconds for its body instead (at most
+      UPLOAD_MAX_SECONDS), counted from its headers;
     - at `limit_concurrency` open connections (HTTP and WebSocket, uvicorn counts both) a WebSocket upgrade is
       refused with 503 too (uvicorn's own check, which answers plain HTTP requests with 503, skips upgrades).
       /healthz is answered even then: a full server is alive, and an orchestrator that restarted it for a failed
@@ -102,6 +109,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_headers_complete(self) -> None:
+        if self.url.split(b"?", 1)[0] in UPLOAD_PATHS:
+            self._upload_timer()
         if self.limit_concurrency is not None and self.url.split(b"?", 1)[0] == b"/healthz":
             limit, self.limit_concurrency = self.limit_concurrency, None
             try:
@@ -109,6 +118,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             finally:
                 self.limit_concurrency = limit
         super().on_headers_complete()
+
+    def _upload_timer(self) -> None:
+        length = next((v for k, v in self.headers if k == b"content-length"), b"")
+        size = int(length) if length.isdigit() else 0
+        seconds = min(UPLOAD_MAX_SECONDS, max(self.request_timeout, size / UPLOAD_MIN_RATE))
+        self._disarm()
+        self._request_timer = self.loop.call_later(seconds, self._request_timed_out)
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -194,10 +194,12 @@ class Usage:
         when nothing needs counting: then nothing runs per frame) and `on_limit=m.on_limit`."""
         return LiveMeter(self, client, lease)
 
-    async def charge(self, client: ApiClient, seconds: float, *, embed_key: str = "") -> None:
-        """A batch job of `seconds` of audio, before it is recognized: raises ApiQuotaError when it would pass the
-        key's minutes for today, else charges it to the key and the client's IP and writes it now."""
-        self.check(client, seconds)
+    async def charge(self, client: ApiClient, seconds: float, *, embed_key: str = "", check: bool = True) -> None:
+        """A batch job of `seconds` of audio: raises ApiQuotaError when it would pass the key's minutes for today
+        (unless `check` is False: the job is done and is charged whatever it cost), else charges it to the key and
+        the client's IP and writes it now."""
+        if check:
+            self.check(client, seconds)
         if client.minutes_per_day:
             self.day_used[client.key_id] = self.day_used.get(client.key_id, 0.0) + seconds
         day = self._today()

@@ -1,5 +1,6 @@
 """The web process's side of the embedded recognizer: the pool of worker processes (worker.py), one proxy per
 worker (a reader and a writer thread on its socketpair), and the RecognizerStream handed to each session.
+Pre-recorded files (open_batch) run in one more worker of their own, started on first use, at a low nice value.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 # leaves that margin. LOCAL_MAX_STREAMS=4 is the setting for a busy host.
 STREAMS_PER_CORE = 3
 READY_TIMEOUT = 60.0
+# Batch jobs at once, all in the batch worker (it runs them at nice 15, so they only take what live streams leave).
+# They do not take live slots: a file never stops a speaker from starting.
+BATCH_JOBS = 2
+BATCH_INDEX = -1  # the batch worker's index in logs
 
 
 class CapacityError(Exception):
@@ -54,7 +59,7 @@ def _cores() -> int:
 class _Worker:
     """One worker process, talked to over a socketpair; a reader thread and a writer thread."""
 
-    def __init__(self, pool: Pool, index: int):
+    def __init__(self, pool: Pool, index: int, batch: bool = False):
         self.pool, self.index = pool, index
         self.streams: dict[int, RecognizerStream] = {}
         self.ready = threading.Event()
@@ -66,7 +71,8 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webapp.local.worker", str(child.fileno()), pool.tuning.to_json()],
+            [sys.executable, "-m", "webapp.local.worker", str(child.fileno()), pool.tuning.to_json()]
+            + (["batch"] if batch else []),
             pass_fds=(child.fileno(),),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -136,6 +142,7 @@ class RecognizerStream:
         self._pending: dict[int, asyncio.Future] = {}
         self._closed_fut: asyncio.Future = loop.create_future()
         self._released = False
+        self.batch = False  # a batch job's stream (Pool.open_batch)
         worker.streams[sid] = self
         worker.send(("open", sid, rate))
 
@@ -224,6 +231,40 @@ class Pool:
         self._ids = itertools.count(1)
         self._active: set[RecognizerStream] = set()
         self.workers = [_Worker(self, i) for i in range(self.n_workers)]
+        self.batch_worker: _Worker | None = None  # started by the first batch job
+        self._batch_jobs = 0  # batch streams open or starting
+
+    @property
+    def batch_jobs(self) -> int:
+        return self._batch_jobs
+
+    async def open_batch(self, on_event: Callable[[str, dict[str, Any]], None]) -> RecognizerStream:
+        """A stream in the batch worker (started, or restarted if it died, here), 16 kHz input. CapacityError
+        when BATCH_JOBS run already; RuntimeError if the worker cannot start."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self.closing:
+                raise RuntimeError("the recognizer pool is shut down")
+            if self._batch_jobs >= BATCH_JOBS:
+                raise CapacityError(BATCH_JOBS)
+            worker = self.batch_worker
+            if worker is None or worker.dead or worker.proc.poll() is not None:
+                if worker is not None:
+                    worker.dead = True
+                worker = self.batch_worker = _Worker(self, BATCH_INDEX, batch=True)
+            self._batch_jobs += 1
+        try:
+            ready = await loop.run_in_executor(None, worker.ready.wait, READY_TIMEOUT)
+            if not ready or worker.dead:
+                raise RuntimeError(f"the batch recognizer worker failed to start (exit code {worker.proc.poll()})")
+            with self._lock:
+                stream = RecognizerStream(self, worker, next(self._ids), RATE, on_event, loop)
+                stream.batch = True
+        except BaseException:
+            with self._lock:
+                self._batch_jobs -= 1
+            raise
+        return stream
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -259,11 +300,13 @@ class Pool:
 
     def _release(self, stream: RecognizerStream) -> None:
         with self._lock:
+            if stream.batch:
+                self._batch_jobs -= 1
             self._active.discard(stream)
 
     def shutdown(self) -> None:
         self.closing = True
-        for w in self.workers:
+        for w in self.workers + ([self.batch_worker] if self.batch_worker else []):
             w.stop()
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class Stream:
+    nice_thread = True  # the live streams' threads yield to the final decodes (_run)
+
     def __init__(self, sid: int, rate: int, transcriber, send: Callable[[tuple], None], decoder):
         self.sid, self.tr, self.send, self.decoder = sid, transcriber, send, decoder
         self.t = decoder.tuning
@@ -287,7 +289,7 @@ class Stream:
 
     # -- the thread --
     def _run(self) -> None:
-        if self.t.stream_nice:
+        if self.t.stream_nice and self.nice_thread:
             # Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to
             # the worker's final-decoder thread, whose decodes the speakers are waiting for.
             try:
@@ -324,3 +326,40 @@ class Stream:
                 finally:
                     self.send(("closed", self.sid))
                 return
+
+
+FEED_SAMPLES = 1280  # 80 ms: a batch file is fed to the planner in the live streams' frame size
+
+
+class BatchStream(Stream):
+    """A pre-recorded file (webapp/upstreams/batch.py), in the batch worker process (its whole process runs at a
+    low nice value, so live streams' workers get the cores first). Same endpointer and planner as a live stream,
+    but audio arrives faster than real time: its speculative finals are decoded at once on this thread (as if the
+    decoder were instant, so turns end where they would live), no interims, and a `progress` event per second of
+    audio handled (the web process feeds at most a bounded look-ahead beyond it)."""
+
+    nice_thread = False  # the process is niced already; a thread nice of its own would raise it again (as root)
+
+    def __init__(self, *args, **kw):
+        self.reported = 0  # samples handled at the last progress event
+        super().__init__(*args, **kw)
+
+    def _quiet(self, young: bool) -> bool:
+        return True  # no interim re-decodes: nobody watches a batch job word by word
+
+    def _speculate(self) -> None:
+        p = self.p
+        p.inflight = p.total
+        base, start, job = p.job()
+        tag = Tag(p.gen, p.turn_no, base, start)
+        t = time.monotonic()
+        text, ids = self.decoder.decode(job)
+        self._spec_done(Done(tag, text or "", ids, p.total, time.monotonic() - t, len(job.audio) / RATE, 0.0))
+
+    def _audio(self, pcm: bytes, queued: float = 0.0) -> None:
+        step = FEED_SAMPLES * 2
+        for i in range(0, len(pcm), step):
+            super()._audio(pcm[i : i + step], queued)
+        if self.p.total - self.reported >= RATE:
+            self.reported = self.p.total
+            self.send(("ev", self.sid, "progress", {"seconds": self.p.total / RATE}))

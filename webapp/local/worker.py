@@ -1,7 +1,10 @@
 """A worker process of the embedded recognizer: one Transcriber, one final-decoder thread, and one Stream thread per
 client stream, talking to the web process (pool.py) over a socketpair.
 
-    python -m webapp.local.worker FD TUNING_JSON
+    python -m webapp.local.worker FD TUNING_JSON [batch]
+
+With `batch`, the process runs pre-recorded files (stream.BatchStream) at nice BATCH_NICE: live streams, in the
+other workers, get the cores first.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from . import moonshine
 from .onnxdecoder import OnnxDecoder
 from .planner import Done, Job, Tag
 from .signal import RATE
-from .stream import Stream
+from .stream import BatchStream, Stream
 from .tuning import Tuning
 from .vad import StreamVad, load_session
 
 log = logging.getLogger(__name__)
 
+BATCH_NICE = 15  # CFS weight 36 against 1024 at nice 0 (a live final decode) and 335 at 5 (a live stream thread)
 VERIFY_SECONDS = 2.0  # turns up to this long are decoded by libmoonshine first, to check that they hold speech
 
 
@@ -107,7 +111,9 @@ class FinalDecoder:
                 )
 
 
-def main(fd: int, tuning: Tuning) -> None:
+def main(fd: int, tuning: Tuning, batch: bool = False) -> None:
+    if batch:
+        os.nice(BATCH_NICE)  # before any thread starts: they all inherit it
     logging.basicConfig(
         level="INFO" if tuning.trace else os.environ.get("RECOGNIZER_LOG_LEVEL", "WARNING"),
         format="recognizer-worker %(process)d %(levelname)s %(message)s",
@@ -159,7 +165,7 @@ def main(fd: int, tuning: Tuning) -> None:
             rest[0] if rest else None
         )  # unpickled: open: the sample rate; audio: the PCM; finalize: the reply's token
         if op == "open":
-            streams[sid] = Stream(sid, arg, tr, send, decoder)
+            streams[sid] = (BatchStream if batch else Stream)(sid, arg, tr, send, decoder)
             decoder.sessions = len(streams)
             continue
         s = streams.get(sid)
@@ -185,4 +191,4 @@ def main(fd: int, tuning: Tuning) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Tuning.from_json(sys.argv[2]))
+    main(int(sys.argv[1]), Tuning.from_json(sys.argv[2]), batch=sys.argv[3:4] == ["batch"])
