@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -99,6 +100,9 @@ WRONG = "That API key is not valid here. Check it, or ask the operator for a key
 REVOKED = "That API key was revoked. Ask the operator for a new one."
 
 
+SEEN_KEYS = 1000  # key records remembered for a store outage
+
+
 class ApiKeys:
     def __init__(
         self,
@@ -113,6 +117,10 @@ class ApiKeys:
         self.client_ip = client_ip or (lambda conn: conn.client.host if conn.client else "unknown")
         self.usage = usage
         self.in_use = False  # a key was made (it never changes back: revoked keys stay in the store)
+        # While the store is down no key can be made or revoked, so what it last said still holds: keys seen
+        # lately, and whether it had none. A Redis outage then does not stop the API (captions go on).
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.none_seen = False
 
     # ---- the endpoints' check ----------------------------------------------------------------------
 
@@ -130,14 +138,15 @@ class ApiKeys:
         try:
             if candidate and candidate.startswith(KEY_PREFIX) and len(candidate) <= MAX_KEY_CHARS:
                 wanted = digest(candidate)
-                row = await self.store.api_key_by_digest(wanted)
+                row = await self._lookup(wanted)
                 if row is not None and hmac.compare_digest(row["digest"], wanted):
                     if row["revoked_at"] is not None:
                         log.info("api_key_refused", extra=fields(key_id=row["id"], why="revoked"))
                         raise ApiAuthError(401, "api_key_revoked", REVOKED)
                     client = ApiClient(row["id"], row["name"], ip, int(row["minutes_per_day"] or 0))
                     if self.usage is not None:
-                        await self.usage.prime(client)
+                        with contextlib.suppress(*STORE_ERRORS):  # down: today's figure is what this process knows
+                            await self.usage.prime(client)
                     return client
             if self.login is not None and self.login.required:
                 if candidate is not None and not from_header:
@@ -161,8 +170,27 @@ class ApiKeys:
 
     async def _keys_in_use(self) -> bool:
         if not self.in_use:
-            self.in_use = bool(await self.store.api_keys())  # the CLI may have made one since
+            try:
+                self.in_use = bool(await self.store.api_keys())  # the CLI may have made one since
+            except STORE_ERRORS:
+                if not self.none_seen:
+                    raise
+                return False  # none before the outage, and none can be made during it
+            self.none_seen = not self.in_use
         return self.in_use
+
+    async def _lookup(self, wanted: str) -> dict[str, Any] | None:
+        try:
+            row = await self.store.api_key_by_digest(wanted)
+        except STORE_ERRORS:
+            if wanted in self.seen:
+                return self.seen[wanted]
+            raise
+        if row is not None:
+            if len(self.seen) >= SEEN_KEYS:
+                self.seen.pop(next(iter(self.seen)))
+            self.seen[wanted] = row
+        return row
 
     # ---- what the CLI does -------------------------------------------------------------------------
 
