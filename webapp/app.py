@@ -18,6 +18,8 @@ from .config import Settings
 from .embed import Embeds
 from .home import Home
 from .logs import fields
+from .outputs.api import OutputsApi
+from .outputs.manager import Outputs
 from .quotas import Quotas
 from .relay import LiveSessions
 from .resume import Resumes
@@ -40,6 +42,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     shares = SharePages(settings, secret_key, templates, cookies=cookies)  # sessions, share links, viewers
     embeds = Embeds(settings, secret_key, templates)  # the /embed widget and its keys
     home = Home(settings, templates, login=login, shares=shares)
+    outputs = Outputs(settings, shares.store, shares.broker)  # caption outputs (issue 19): their runs
+    shares.recording.on_reopen = outputs.resumed  # a resumed session's outputs run again
+    outputs_api = OutputsApi(settings, shares, outputs)
     admission = Admission(
         settings,
         shares=shares,
@@ -68,8 +73,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         try:
             await shares.start()
+            await outputs.start()  # sessions whose outputs were running when the app stopped
             yield
         finally:
+            await outputs.close()
             await shares.close()
             if settings.backend == "local":
                 from .upstreams import local
@@ -97,6 +104,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/sessions", shares.api_list),
         Route("/api/sessions/{session_id}/share", shares.api_share, methods=["POST", "DELETE"]),
         Route("/api/sessions/{session_id}/transcript.{fmt}", shares.owner_export),
+        # a session's caption outputs: YouTube, Zoom, webhooks, OBS (webapp/outputs/api.py)
+        Route("/api/sessions/{session_id}/outputs", outputs_api.collection, methods=["GET", "POST"]),
+        Route("/api/sessions/{session_id}/outputs/{output_id}", outputs_api.item, methods=["DELETE"]),
         # the widget, framable by the sites its key names, and its snippet page (webapp/embed.py)
         Route("/embed", embeds.widget),
         Route("/embed/snippet", embeds.snippet),

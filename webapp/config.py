@@ -60,6 +60,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     max_connections: int = 4096  # open connections (HTTP and WebSocket) per process; more get 503
     request_timeout: int = 10  # seconds for a request (line, headers, body) to arrive; then 408
+    output_allowed_urls: tuple[str, ...] = ()  # URL prefixes caption outputs may post to besides the built-in ones
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -96,6 +97,30 @@ def _hosts(raw: str) -> tuple[str, ...]:
                 "or port), *.example.org for its subdomains, or * to turn the Host check off"
             )
         out.append(name)
+    return tuple(out)
+
+
+def _output_prefixes(raw: str) -> tuple[str, ...]:
+    """OUTPUT_ALLOWED_URLS: URL prefixes (http, https, ws, wss) caption outputs may reach (webapp/outputs/allowlist.py)."""
+    out = []
+    for item in raw.replace(",", " ").split():
+        parts = urlsplit(item)
+        if (
+            parts.scheme not in ("http", "https", "ws", "wss")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ConfigError(
+                f"OUTPUT_ALLOWED_URLS: {item!r} is not a URL prefix; use e.g. https://hooks.example.org/captions/ "
+                "or ws://10.0.0.5:4455 (scheme, host, optional port and path; no user, query or fragment)"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ConfigError(f"OUTPUT_ALLOWED_URLS: {item!r} has a bad port") from None
+        out.append(item)
     return tuple(out)
 
 
@@ -269,5 +294,6 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         trusted_proxies=_proxies(env.get("TRUSTED_PROXIES", "")),
         max_connections=_int(env, "MAX_CONNECTIONS", Settings.max_connections, 16, 1_000_000),
         request_timeout=_int(env, "REQUEST_TIMEOUT", Settings.request_timeout, 1, 300),
+        output_allowed_urls=_output_prefixes(env.get("OUTPUT_ALLOWED_URLS", "")),
     )
     return replace(settings, **overrides)
