@@ -101,7 +101,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "youtube": Kind(("https", "http"), _youtube, lambda url, o: YoutubeDestination(url), "new"),
-    "zoom": Kind(("https",), _zoom, lambda url, o: ZoomDestination(url, o["lang"]), "new"),
+    "zoom": Kind(("https", "http"), _zoom, lambda url, o: ZoomDestination(url, o["lang"]), "new"),
     "webhook": Kind(("https", "http"), _webhook, lambda url, o: WebhookDestination(url, o["secret"]), "prefix"),
 }
 

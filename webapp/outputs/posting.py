@@ -4,11 +4,16 @@ never followed, and what a response or a network failure means as a DeliveryErro
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
 from .base import DeliveryError
+
+# httpx logs every request's full URL at info level: output URLs are secrets (they carry the stream's key).
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 TIMEOUT = httpx.Timeout(5.0, connect=3.0)  # seconds: per request; a stalled receiver fails it and is retried
 USER_AGENT = "caption-relay (+https://github.com/caption-relay)"
