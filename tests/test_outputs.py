@@ -181,3 +181,171 @@ def test_the_documented_webhook_check_accepts_ours_and_refuses_forgeries():
     assert not verify("whsec_test", header, body + b" ")
     assert not verify("whsec_test", sign("whsec_test", now - 3600, body), body)  # a replay of an old one
     assert not verify("whsec_test", "v1=deadbeef", body)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_outputs_resume_where_they_stopped_across_an_app_restart(simulator, session_tmp, receivers, sig):
+    """Two turns delivered, the third under way: the app stops (drained, or killed), YouTube's receiver is down
+    meanwhile, the app starts again and the page resumes the session. Each receiver ends up with every stored
+    final once, in order, numbered on without a gap or a repeat."""
+    sim = simulator
+    sim.reset(script=SCRIPT)
+    rx = fresh(receivers)
+    name = f"outputs-{sig.name.lower()}"
+    env = app_env(sim, rx)
+    app = start_app(env, session_tmp, name)
+    try:
+        cookie = owner_cookie(app)
+        speaker = await open_speaker(app, cookie)
+        session_id, token = speaker.ready["session_id"], speaker.ready["resume_token"]
+        add_outputs(app, cookie, session_id, rx)
+        await speak(speaker, 3.2)  # turns 1 and 2 final (1.3 s, 2.9 s of audio), turn 3 begun
+        await speaker.until(lambda s: len(s.finals()) >= 2)
+        await wait_delivered(rx, len(words(LINES[:2])), 2)
+        rx["youtube"].down()
+        app.proc.send_signal(sig)
+        app.proc.wait(30)
+        await speaker.until_closed()
+        before = len(rx["zoom"].captions)
+        app = start_app(env, session_tmp, name, port=app.port)
+        speaker = await open_speaker(app, cookie, f"?resume={urllib.parse.quote(token)}")
+        assert speaker.ready["resumed"] is True and speaker.ready["session_id"] == session_id
+        rx["youtube"].down(False)
+        await speak(speaker, 8.0)  # the simulator's new connection recognizes the whole script again
+        await speaker.close_stream()
+        lines = stored_finals(app, cookie, session_id)
+        assert lines[:2] == LINES[:2] and lines[-len(LINES):] == LINES
+        await wait_delivered(rx, len(words(lines)), len(lines))
+        assert_delivered(rx, lines)
+        assert len(rx["zoom"].captions) > before
+        for kind in ("youtube", "zoom"):  # numbered on: 1, 2, 3… across the restart (Zoom from its GET)
+            seqs = [c.seq for c in rx[kind].captions]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (kind, seqs)
+    finally:
+        stop_app(app)
+
+
+# ---- timing: a long turn's beginning goes out early; a dead receiver delays no one -----------------
+
+LONG_TURN = [["Today", "we", "remember", "the", "people", "who", "built", "this", "hall", "with", "their", "own",
+              "hands", "and", "the", "families", "who", "kept", "it", "open", "every", "winter."]]  # 6.6 s
+
+
+async def test_a_long_turn_reaches_outputs_within_three_seconds_of_each_word(simulator, session_tmp, receivers):
+    """Real-time audio, one 6.6 s turn: its stable beginning is sent early, the final adds only the rest. Each
+    word's lag = when the receiver got it - when the speaker finished saying it (the simulator hears word i at
+    (i + 1) x 0.3 s of audio)."""
+    sim = simulator
+    sim.reset(script=LONG_TURN)
+    rx = fresh(receivers)
+    with running_app(app_env(sim, rx), session_tmp, "outputs-lag") as app:
+        cookie = owner_cookie(app)
+        speaker = await open_speaker(app, cookie)
+        add_outputs(app, cookie, speaker.ready["session_id"], rx)
+        t0 = time.time()
+        await speak(speaker, 7.4, pace=0.08)  # real time
+        await speaker.until(lambda s: s.finals())
+        await speaker.close_stream()
+        line = " ".join(LONG_TURN[0])
+        await wait_delivered(rx, len(line.split()), 1)
+    assert_delivered(rx, [line])
+    for kind in ("youtube", "zoom"):
+        posts = rx[kind].captions
+        assert len(posts) >= 3, (kind, [p.text for p in posts])  # early parts, then the rest with the final
+        lags, i = [], 0
+        for post in posts:
+            for _ in post.text.split():
+                lags.append(post.at - (t0 + (i + 1) * 0.3))
+                i += 1
+        early = lags[: len(lags) - len(posts[-1].text.split())]
+        print(f"{kind}: {len(posts)} posts; early words' lag max {max(early):.2f} s, median "
+              f"{statistics.median(early):.2f} s; every word's lag max {max(lags):.2f} s")
+        assert max(early) < 3.0, (kind, lags)
+        assert max(lags) < 3.0, (kind, lags)
+    partials = [p for p in rx["webhook"].payloads if not p["final"]]
+    assert partials and all(line.startswith(p["text"]) for p in partials)  # the webhook gets the whole beginning
+
+
+async def final_latencies(app, cookie: str, before_audio=None) -> list[float]:
+    """Seconds from the audio frame that ends each turn (its final's `end`: the simulator's end of turn) leaving
+    the speaker to that turn's final reaching the speaker's socket: the relay's own latency, free of the client's
+    pacing."""
+    from client import FRAME, frames, tone_pcm
+    speaker = await open_speaker(app, cookie)
+    if before_audio:
+        await before_audio(speaker.ready["session_id"])
+    sent: list[float] = []
+    arrivals: dict[int, float] = {}
+
+    def note(s):
+        for m in s.messages:
+            if m["type"] == "transcript" and m["final"] and m["turn"] not in arrivals:
+                arrivals[m["turn"]] = time.monotonic()
+        return len(arrivals) == len(LINES)
+
+    async def watch():
+        while not note(speaker):
+            speaker.changed.clear()
+            await speaker.changed.wait()
+
+    watcher = asyncio.create_task(watch())
+    for chunk in frames(tone_pcm(9.0)):
+        await speaker.ws.send(chunk)
+        sent.append(time.monotonic())
+        await asyncio.sleep(PACE)  # pacing the audio like a microphone
+    await asyncio.wait_for(watcher, 15)
+    ends = {m["turn"]: m["end"] for m in speaker.messages if m["type"] == "transcript" and m["final"]}
+    await speaker.close_stream()
+    bytes_per_s = 32000
+    last = [max(0, -(-round(ends[t] * bytes_per_s) // FRAME) - 1) for t in sorted(ends)]  # the frame holding `end`
+    return [arrivals[t] - sent[min(len(sent) - 1, i)] for t, i in zip(sorted(ends), last, strict=True)]
+
+
+async def test_dead_and_stalled_receivers_delay_neither_the_speaker_nor_other_outputs(simulator, session_tmp):
+    """The same capture twice: without outputs, then with nine outputs whose receivers are dead (no answer) or
+    stalled (hold every request) plus one healthy webhook. The speaker's finals arrive at the same times; the
+    healthy webhook gets each final within moments of the speaker."""
+    sim = simulator
+    sim.reset(script=SCRIPT)
+    dead = [YoutubeReceiver("dead-yt"), ZoomReceiver("dead-zoom"), WebhookReceiver("dead-hook", "s" * 16)]
+    stalled = [YoutubeReceiver("stalled-yt"), ZoomReceiver("stalled-zoom"), WebhookReceiver("stalled-hook", "s" * 16)]
+    healthy = WebhookReceiver("healthy")
+    everyone = dead + stalled + [healthy]
+    for r in dead:
+        r.down()
+    for r in stalled:
+        r.stall()
+    try:
+        with running_app(app_env(sim, {r.name: r for r in everyone}), session_tmp, "outputs-dead") as app:
+            cookie = owner_cookie(app)
+            without = await final_latencies(app, cookie)
+            sim.reset(script=SCRIPT)
+
+            async def add(session_id):
+                for r in dead + stalled + dead:  # nine
+                    kind = {"YoutubeReceiver": "youtube", "ZoomReceiver": "zoom"}.get(type(r).__name__, "webhook")
+                    query = {"youtube": "?cid=k", "zoom": "?id=m&signature=s", "webhook": ""}[kind]
+                    body = {"type": kind, "url": r.url + query, "secret": "s" * 16}
+                    assert api(app, "POST", f"/api/sessions/{session_id}/outputs", cookie, body)[0] == 201
+                status, body = api(app, "POST", f"/api/sessions/{session_id}/outputs", cookie,
+                                   {"type": "webhook", "url": healthy.url})
+                assert status == 201
+                healthy.secret = body["secret"]
+
+            with_dead = await final_latencies(app, cookie, add)
+            healthy.wait_for(lambda r: len(r.texts(final=True)) == len(LINES))
+            rows = api(app, "GET", "/api/sessions", cookie)[1]["sessions"]
+            states = api(app, "GET", f"/api/sessions/{rows[0]['id']}/outputs", cookie)[1]["outputs"]
+    finally:
+        for r in everyone:
+            r.stop()
+    print("speaker's final latency without outputs (s)", [round(x, 3) for x in without])
+    print("speaker's final latency with 9 dead or stalled outputs (s)", [round(x, 3) for x in with_dead])
+    assert len(without) == len(with_dead) == len(LINES)
+    # The same within scheduling noise (2 shared cores): no final waits for an output.
+    assert statistics.median(with_dead) < statistics.median(without) + 0.05, (without, with_dead)
+    assert max(with_dead) < max(without) + 0.25, (without, with_dead)
+    assert healthy.texts(final=True) == LINES and not healthy.violations
+    assert {s["state"] for s in states if s["url"].startswith(healthy.origin)} <= {"active", "stopped"}
+    # The dead ones' connections fail at once: retrying; a stalled one's request waits for its timeout (5 s) first.
+    assert sum(s["state"] == "retrying" for s in states) >= 6, states
