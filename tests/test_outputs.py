@@ -349,3 +349,166 @@ async def test_dead_and_stalled_receivers_delay_neither_the_speaker_nor_other_ou
     assert {s["state"] for s in states if s["url"].startswith(healthy.origin)} <= {"active", "stopped"}
     # The dead ones' connections fail at once: retrying; a stalled one's request waits for its timeout (5 s) first.
     assert sum(s["state"] == "retrying" for s in states) >= 6, states
+
+
+# ---- the allowlist, the API's answers, the store's records -----------------------------------------
+
+ALLOWED = ("http://127.0.0.1:9000/", "https://hooks.example.org/captions", "ws://10.0.0.5:4455")
+ALLOWLIST = [
+    # (kind, url, allowed?, what the refusal says)
+    ("youtube", "https://upload.youtube.com/closedcaption?cid=abc", True, ""),
+    ("youtube", "http://upload.youtube.com/closedcaption?cid=abc", True, ""),  # YouTube documents http too
+    ("youtube", "https://upload.youtube.com.evil.example/closedcaption?cid=abc", False, "OUTPUT_ALLOWED_URLS"),
+    ("youtube", "https://upload.youtube.com/upload?cid=abc", False, "OUTPUT_ALLOWED_URLS"),
+    ("youtube", "https://upload.youtube.com:8443/closedcaption?cid=abc", False, "OUTPUT_ALLOWED_URLS"),
+    ("youtube", "https://me@upload.youtube.com/closedcaption", False, "user names"),
+    ("zoom", "https://wmcapi.zoom.us/closedcaption?id=1&signature=x", True, ""),
+    ("zoom", "http://wmcapi.zoom.us/closedcaption?id=1", False, "OUTPUT_ALLOWED_URLS"),  # Zoom's is https only
+    ("zoom", "https://upload.youtube.com/closedcaption", False, "OUTPUT_ALLOWED_URLS"),  # another kind's host
+    ("webhook", "https://upload.youtube.com/closedcaption", False, "OUTPUT_ALLOWED_URLS"),
+    ("webhook", "https://hooks.example.org/captions", True, ""),
+    ("webhook", "https://hooks.example.org/captions/room-1", True, ""),
+    ("webhook", "https://hooks.example.org/captions-evil", False, "OUTPUT_ALLOWED_URLS"),  # a path boundary
+    ("webhook", "http://hooks.example.org/captions", False, "OUTPUT_ALLOWED_URLS"),  # the scheme is the prefix's
+    ("webhook", "http://127.0.0.1:9000/anything", True, ""),
+    ("webhook", "http://127.0.0.1:9001/anything", False, "OUTPUT_ALLOWED_URLS"),  # another port
+    ("webhook", "http://169.254.169.254/latest/meta-data", False, "OUTPUT_ALLOWED_URLS"),
+    ("webhook", "file:///etc/passwd", False, "https:// or http://"),
+    ("webhook", "http://127.0.0.1:9000/x#frag", False, "fragment"),
+    ("webhook", "", False, "give the destination's URL"),
+    ("obs", "ws://10.0.0.5:4455", True, ""),
+    ("obs", "ws://10.0.0.6:4455", False, "OUTPUT_ALLOWED_URLS"),  # obs needs its host listed too
+]
+
+
+@pytest.mark.parametrize("kind, url, ok, says", ALLOWLIST, ids=[f"{c[0]}:{c[1][:48]}" for c in ALLOWLIST])
+def test_the_allowlist(kind, url, ok, says):
+    from webapp.outputs import allowlist
+    schemes = ("ws", "wss") if kind == "obs" else ("https", "http")
+    if ok:
+        assert allowlist.check(kind, url, ALLOWED, schemes)
+    else:
+        with pytest.raises(allowlist.Refused) as refused:
+            allowlist.check(kind, url, ALLOWED, schemes)
+        assert says in str(refused.value) and (not url or url not in str(refused.value))
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://upload.youtube.com/closedcaption?cid=abc-123", "https://upload.youtube.com/closedcaption?cid=…"),
+    ("https://wmcapi.zoom.us/closedcaption?id=1&ns=x&signature=s", "https://wmcapi.zoom.us/closedcaption?id=…&ns=…&signature=…"),
+    ("https://hooks.slack.example/services/T00/B00/XXXX", "https://hooks.slack.example/services/…"),
+    ("ws://10.0.0.5:4455", "ws://10.0.0.5:4455"),
+])
+def test_urls_are_shown_masked(url, shown):
+    from webapp.outputs.allowlist import mask
+    assert mask(url) == shown
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"OUTPUT_ALLOWED_URLS": "hooks.example.org"}, "OUTPUT_ALLOWED_URLS"),
+    ({"OUTPUT_ALLOWED_URLS": "https://user:pw@hooks.example.org/"}, "OUTPUT_ALLOWED_URLS"),
+    ({"OUTPUT_ALLOWED_URLS": "https://hooks.example.org/?token=1"}, "no user, query or fragment"),
+    ({"OUTPUT_ALLOWED_URLS": "ftp://files.example.org/"}, "OUTPUT_ALLOWED_URLS"),
+    ({"OUTPUT_ALLOWED_URLS": "http://127.0.0.1:99999/"}, "bad port"),
+])
+def test_the_allowlist_setting_is_validated(env, needle):
+    from webapp import config
+    with pytest.raises(config.ConfigError) as err:
+        config.load(env)
+    assert needle in str(err.value)
+    assert config.load({"OUTPUT_ALLOWED_URLS": "https://a.example/x, ws://10.0.0.5:4455"}).output_allowed_urls == (
+        "https://a.example/x", "ws://10.0.0.5:4455")
+
+
+async def test_the_owner_api_answers_each_mistake_clearly(simulator, session_tmp, receivers):
+    sim = simulator
+    sim.reset(script=SCRIPT)
+    rx = fresh(receivers)
+    hook = rx["webhook"]
+    with running_app(app_env(sim, rx), session_tmp, "outputs-api") as app:
+        cookie, stranger = owner_cookie(app), owner_cookie(app)
+        speaker = await open_speaker(app, cookie)
+        session_id = speaker.ready["session_id"]
+        path = f"/api/sessions/{session_id}/outputs"
+        good = {"type": "webhook", "url": hook.url}
+        cases = [
+            # (cookie, body or raw bytes, extra headers, status, error, words in its message)
+            (None, good, {}, 404, "not_found", ""),
+            (stranger, good, {}, 404, "not_found", ""),  # another browser's session looks like no session
+            (cookie, good, {"Origin": "http://evil.example"}, 403, "forbidden", ""),
+            (cookie, good, {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", "JSON"),
+            (cookie, b"{not json", {}, 400, "bad_json", "not JSON"),
+            (cookie, b"[1, 2]", {}, 400, "bad_request", "JSON object"),
+            (cookie, b"x" * 9000, {}, 413, "too_large", "8192"),
+            (cookie, {"type": "fax", "url": hook.url}, {}, 400, "refused", "type: one of youtube, zoom, webhook"),
+            (cookie, {"type": "webhook"}, {}, 400, "refused", "url:"),
+            (cookie, {"type": "webhook", "url": "http://10.1.2.3/hook"}, {}, 400, "refused", "OUTPUT_ALLOWED_URLS"),
+            (cookie, {"type": "youtube", "url": "https://example.org/closedcaption"}, {}, 400, "refused",
+             "youtube outputs post only to https://upload.youtube.com/closedcaption"),
+            (cookie, {"type": "zoom", "url": rx["zoom"].url + "?id=1", "lang": "english please"}, {}, 400, "refused",
+             "lang"),
+            (cookie, {**good, "secret": "short"}, {}, 400, "refused", "at least 16"),
+        ]
+        for who, body, headers, status, error, says in cases:
+            got, answer = api(app, "POST", path, who, body, headers)
+            assert (got, answer.get("error")) == (status, error), (body, answer)
+            assert says in answer.get("message", ""), answer
+        assert api(app, "GET", path, cookie)[1] == {"outputs": []}  # nothing was added by any of them
+
+        # An owner-given secret is used and never shown back; removing stops the output and forgets it.
+        status, body = api(app, "POST", path, cookie, {**good, "secret": "my-own-secret-0123"})
+        assert status == 201 and "secret" not in body
+        hook.secret = "my-own-secret-0123"
+        for _ in range(15):
+            assert api(app, "POST", path, cookie, good)[0] == 201
+        assert api(app, "POST", path, cookie, good)[1]["error"] == "too_many_outputs"
+        rows = api(app, "GET", path, cookie)[1]["outputs"]
+        assert len(rows) == 16 and "my-own-secret" not in json.dumps(rows)
+        assert api(app, "GET", path, stranger)[0] == 404
+        assert api(app, "DELETE", f"{path}/{rows[0]['id']}", stranger)[0] == 404
+        assert api(app, "DELETE", f"{path}/{rows[0]['id']}", cookie, headers={"Origin": "http://evil.example"})[0] == 403
+        for row in rows:
+            assert api(app, "DELETE", f"{path}/{row['id']}", cookie)[0] == 204
+        assert api(app, "DELETE", f"{path}/{rows[0]['id']}", cookie)[0] == 404
+        assert api(app, "GET", path, cookie)[1] == {"outputs": []}
+        await speaker.close_stream()
+        # An ended session takes no new outputs.
+        assert api(app, "POST", path, cookie, good)[1]["error"] == "session_ended"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request, tmp_path):
+    from webapp.store import make_store
+    url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/s.sqlite3"}.get(request.param) or \
+        request.getfixturevalue("redis_url")
+    s = make_store(url)
+    await s.start()
+    if request.param == "redis":
+        await s.redis.flushdb()
+    yield s
+    await s.close()
+
+
+async def test_each_store_keeps_output_records(store):
+    """The cursor's home: add, update (never bringing back a deleted one), list, delete, the lease."""
+    await store.create_session({"id": "s1", "owner": "o", "backend": "local", "started_at": 1.0})
+    for seq in range(5):
+        await store.append_final("s1", seq, {"turn": seq, "text": f"t{seq}", "start": 0, "end": 1, "words": []})
+    record = {"id": "a", "cursor": {"next": 0, "seq": 0}, "text": "Grüße"}
+    await store.add_output("s1", "a", record)
+    await store.add_output("s1", "b", {**record, "id": "b"})
+    assert await store.update_output("s1", "a", {**record, "cursor": {"next": 3, "seq": 7}})
+    assert [r["cursor"] for r in await store.get_outputs("s1")] == [{"next": 3, "seq": 7}, {"next": 0, "seq": 0}]
+    assert await store.output_sessions() == ["s1"]
+    assert [t["text"] for t in await store.output_finals("s1", 3, 10)] == ["t3", "t4"]
+    assert [t["seq"] for t in await store.output_finals("s1", 1, 2)] == [1, 2]
+    assert await store.delete_output("s1", "a") and not await store.delete_output("s1", "a")
+    assert not await store.update_output("s1", "a", record)  # a runner's late write does not revive it
+    assert [r["id"] for r in await store.get_outputs("s1")] == ["b"]
+    assert await store.lease_outputs("s1", "p1", 5) and await store.lease_outputs("s1", "p1", 5)
+    if type(store).__name__ == "RedisStore":  # several processes: one holds it
+        assert not await store.lease_outputs("s1", "p2", 5)
+        await store.release_outputs("s1", "p1")
+        assert await store.lease_outputs("s1", "p2", 5)
+    await store.delete_output("s1", "b")
+    assert await store.output_sessions() == []
