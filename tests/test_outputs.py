@@ -512,3 +512,55 @@ async def test_each_store_keeps_output_records(store):
         assert await store.lease_outputs("s1", "p2", 5)
     await store.delete_output("s1", "b")
     assert await store.output_sessions() == []
+
+
+# ---- the capture page's panel, in Chromium ---------------------------------------------------------
+
+
+def test_the_send_captions_panel_adds_shows_and_removes_an_output(simulator, session_tmp, receivers):
+    from playwright.sync_api import expect
+
+    from browser import browser
+    from conftest import ARTIFACTS
+    from test_sharing import _fake_mic_wav
+
+    simulator.reset()  # two turns: "Hello world, this is a caption test." and "Second turn here."
+    rx = fresh(receivers)
+    wav = _fake_mic_wav(ARTIFACTS / "outputs-fake-mic.wav", seconds=5.0)
+    with running_app(app_env(simulator, rx), session_tmp, "outputs-browser") as app, browser(wav) as b:
+        page = b.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(app.http + "/")
+        panel = page.locator("#outputs")
+        expect(panel).to_be_hidden()  # no session yet: nothing to send
+        page.click("#start")
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=15000)
+        expect(panel).to_be_visible()
+        page.click("#outputs-heading")
+        # A URL outside the allowlist: the page says which rule.
+        page.select_option("#output-type", "webhook")
+        page.fill("#output-url", "http://192.0.2.7/hook")
+        page.click("#output-add")
+        expect(page.locator("#output-error")).to_contain_text("OUTPUT_ALLOWED_URLS")
+        # OBS asks for its password.
+        page.select_option("#output-type", "obs")
+        expect(page.locator("#output-password")).to_be_visible()
+        page.select_option("#output-type", "youtube")
+        expect(page.locator("#output-password")).to_be_hidden()
+        page.fill("#output-url", rx["youtube"].url + "?cid=page-key-42")
+        page.click("#output-add")
+        row = page.locator("#output-list li.output")
+        expect(row).to_have_count(1)
+        expect(page.locator("#output-error")).to_be_hidden()
+        expect(row).to_contain_text("youtube · http://127.0.0.1")
+        expect(row).not_to_contain_text("page-key-42")  # shown masked
+        expect(row.locator(".output-state")).to_have_text("sending")
+        expect(row.locator(".output-counts")).to_contain_text("1 sent", timeout=15000)  # its counts update
+        rx["youtube"].wait_for(lambda r: r.captions)
+        page.screenshot(path=str(ARTIFACTS / "outputs-panel.png"), full_page=True)
+        row.locator(".output-remove").click()
+        expect(row).to_have_count(0)
+        page.click("#stop")
+    assert rx["youtube"].texts()[0] == "Hello world, this is a caption test." and not rx["youtube"].violations
+    assert not errors, errors
