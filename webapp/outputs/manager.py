@@ -326,6 +326,7 @@ class SessionRun:
                         if not await self.manager.store.lease_outputs(self.id, self.manager.holder, LEASE_TTL):
                             log.warning("outputs_lease_lost", extra=fields(session=self.id))
                             return
+                        await self._sync()
         finally:
             feed.close()
             for run in list(self.outputs.values()):
@@ -335,6 +336,15 @@ class SessionRun:
                 del self.manager.runs[self.id]
             with contextlib.suppress(*STORE_ERRORS):
                 await self.manager.store.release_outputs(self.id, self.manager.holder)
+
+    async def _sync(self) -> None:
+        """Outputs added or removed through another process (Redis, several workers) join or leave this run."""
+        records = {r["id"]: r for r in await self.manager.store.get_outputs(self.id)}
+        for output_id, record in records.items():
+            if output_id not in self.outputs and record["status"] == "active":
+                self.add(record)
+        for output_id in [i for i in self.outputs if i not in records]:
+            await self.remove(output_id)
 
     async def _meta(self) -> dict[str, Any] | None:
         with contextlib.suppress(*STORE_ERRORS):

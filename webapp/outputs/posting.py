@@ -4,7 +4,9 @@ never followed, and what a response or a network failure means as a DeliveryErro
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -19,9 +21,18 @@ TIMEOUT = httpx.Timeout(5.0, connect=3.0)  # seconds: per request; a stalled rec
 USER_AGENT = "caption-relay (+https://github.com/caption-relay)"
 
 
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """One TLS context for every output's client (loading the CA bundle costs milliseconds of CPU each time)."""
+    import certifi  # httpx's own CA bundle
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=TIMEOUT,
+        verify=tls(),
         follow_redirects=False,  # a redirect could lead anywhere: the allowlist checked only this URL
         headers={"User-Agent": USER_AGENT},
         limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
