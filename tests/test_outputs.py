@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import statistics
 import time
@@ -556,11 +557,12 @@ def test_the_send_captions_panel_adds_shows_and_removes_an_output(simulator, ses
         expect(row).to_contain_text("youtube · http://127.0.0.1")
         expect(row).not_to_contain_text("page-key-42")  # shown masked
         expect(row.locator(".output-state")).to_have_text("sending")
-        expect(row.locator(".output-counts")).to_contain_text("1 sent", timeout=15000)  # its counts update
+        expect(row.locator(".output-counts")).to_have_text(re.compile(r"^[1-9]\d* sent, 0 failed$"), timeout=15000)
         rx["youtube"].wait_for(lambda r: r.captions)
         page.screenshot(path=str(ARTIFACTS / "outputs-panel.png"), full_page=True)
         row.locator(".output-remove").click()
         expect(row).to_have_count(0)
         page.click("#stop")
-    assert rx["youtube"].texts()[0] == "Hello world, this is a caption test." and not rx["youtube"].violations
+    first = "Hello world, this is a caption test.".split()
+    assert words(rx["youtube"].texts())[: len(first)] == first and not rx["youtube"].violations
     assert not errors, errors

@@ -36,6 +36,8 @@ EXPECTED = [
     ("Route", "/api/sessions", {"GET", "HEAD"}),
     ("Route", "/api/sessions/{session_id}/share", {"POST", "DELETE"}),
     ("Route", "/api/sessions/{session_id}/transcript.{fmt}", {"GET", "HEAD"}),
+    ("Route", "/api/sessions/{session_id}/outputs", {"GET", "HEAD", "POST"}),
+    ("Route", "/api/sessions/{session_id}/outputs/{output_id}", {"DELETE"}),
     ("Route", "/embed", {"GET", "HEAD"}),
     ("Route", "/embed/snippet", {"GET", "HEAD"}),
     ("Mount", "/static", None),
