@@ -566,3 +566,36 @@ def test_the_send_captions_panel_adds_shows_and_removes_an_output(simulator, ses
     first = "Hello world, this is a caption test.".split()
     assert words(rx["youtube"].texts())[: len(first)] == first and not rx["youtube"].violations
     assert not errors, errors
+
+
+# ---- the early-send rule (pure) ----------------------------------------------------------------------
+
+STABLE = [
+    # (interims as (seconds, text), at, stable words)
+    ([(0.0, "hello")], 5.0, 0),  # seen once: not agreed by two interims
+    ([(0.0, "hello"), (0.3, "hello world")], 1.1, 1),  # "hello" agreed and 1.1 s old; "world" seen once
+    ([(0.0, "hello"), (0.3, "hello world")], 0.9, 0),  # agreed but not yet 1 s old
+    ([(0.0, "hello"), (0.3, "hello world"), (0.6, "hello word")], 2.0, 1),  # "world" changed: its age restarts
+    ([(0.0, "Hello"), (0.3, "hello, world"), (0.6, "hello, world and")], 2.0, 2),  # case and punctuation agree
+    ([(0.0, "a b c"), (0.3, "x b c")], 5.0, 0),  # the first word changed: nothing after it is a beginning
+]
+
+
+@pytest.mark.parametrize("interims, at, n", STABLE)
+def test_the_stable_beginning_of_a_turn(interims, at, n):
+    from webapp.outputs.stable import StablePrefix
+    prefix = StablePrefix(0)
+    for t, text in interims:
+        prefix.update(text, t)
+    assert prefix.stable(at) == n
+
+
+@pytest.mark.parametrize("final, early, rest", [
+    ("Hello world, this is a test.", "hello world", "this is a test."),
+    ("Hello world.", "Hello world", ""),
+    ("Yellow world, this is a test.", "hello world", None),  # changed its mind: the whole final goes out
+    ("Hi.", "hi there", None),
+])
+def test_what_a_final_adds_to_its_early_part(final, early, rest):
+    from webapp.outputs.stable import remainder
+    assert remainder(final, early) == rest

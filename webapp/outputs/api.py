@@ -54,7 +54,8 @@ class OutputsApi:
         if request.method == "GET":
             running = self.outputs.running(meta["id"])
             rows = []
-            for record in await self.shares.store.get_outputs(meta["id"]):
+            records = sorted(await self.shares.store.get_outputs(meta["id"]), key=lambda r: r["created_at"])
+            for record in records:
                 run = running.get(record["id"])
                 rows.append(public(run.record if run is not None else record, run))
             return JSONResponse({"outputs": rows}, headers=NO_STORE)
