@@ -184,16 +184,19 @@ def test_the_documented_webhook_check_accepts_ours_and_refuses_forgeries():
     assert not verify("whsec_test", "v1=deadbeef", body)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-async def test_outputs_resume_where_they_stopped_across_an_app_restart(simulator, session_tmp, receivers, sig):
+@pytest.mark.parametrize("sig, backend", [(signal.SIGTERM, "sqlite"), (signal.SIGKILL, "sqlite"),
+                                          (signal.SIGKILL, "redis")], ids=["sigterm", "sigkill", "sigkill-redis"])
+async def test_outputs_resume_where_they_stopped_across_an_app_restart(simulator, session_tmp, receivers, sig,
+                                                                       backend, request):
     """Two turns delivered, the third under way: the app stops (drained, or killed), YouTube's receiver is down
     meanwhile, the app starts again and the page resumes the session. Each receiver ends up with every stored
-    final once, in order, numbered on without a gap or a repeat."""
+    final once, in order, numbered on without a gap or a repeat. With Redis the killed process's output lease
+    must expire first (another process could be holding it)."""
     sim = simulator
     sim.reset(script=SCRIPT)
     rx = fresh(receivers)
-    name = f"outputs-{sig.name.lower()}"
-    env = app_env(sim, rx)
+    name = f"outputs-{sig.name.lower()}-{backend}"
+    env = app_env(sim, rx, {"REDIS_URL": request.getfixturevalue("redis_url")} if backend == "redis" else None)
     app = start_app(env, session_tmp, name)
     try:
         cookie = owner_cookie(app)

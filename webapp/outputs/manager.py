@@ -47,7 +47,7 @@ MAX_OUTPUTS = 16  # per session
 DELIVER_TIMEOUT = 15.0  # seconds one delivery may take, whatever the kind does inside (httpx has its own 5 s)
 RETRY = (0.5, 30.0)  # seconds: first and longest wait between tries of a failing receiver
 GIVE_UP = 3600.0  # seconds of failures in a row after which an output is marked failed
-LEASE_TTL = 30.0  # seconds a process's right to deliver a session's outputs lasts unless renewed
+LEASE_TTL = 10.0  # seconds a process's right to deliver a session's outputs lasts unless renewed (every third)
 TICK = 0.25  # seconds between stable-prefix checks while a turn is open
 LANG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,2}")
 
@@ -172,6 +172,7 @@ class Outputs:
         self.holder = secrets.token_hex(8)  # this process, for the store's lease
         self.runs: dict[str, SessionRun] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.waiting: set[str] = set()  # sessions whose lease is asked for again later
         self.closing = False
 
     async def start(self) -> None:
@@ -186,6 +187,8 @@ class Outputs:
 
     async def close(self) -> None:
         self.closing = True
+        for task in list(self.tasks):
+            task.cancel()
         await asyncio.gather(*(run.stop() for run in list(self.runs.values())), return_exceptions=True)
 
     def resumed(self, session_id: str) -> None:
@@ -195,7 +198,9 @@ class Outputs:
         task.add_done_callback(self.tasks.discard)
 
     async def ensure(self, session_id: str, revive: bool = False) -> SessionRun | None:
-        """The session's run in this process, started if it has outputs to run and this process may run them."""
+        """The session's run in this process, started if it has outputs to run and this process may run them.
+        While another process holds the lease (or the store is down), this one asks again every LEASE_TTL / 3:
+        a holder that was killed leaves its lease to expire, and its sessions must not wait for a restart."""
         run = self.runs.get(session_id)
         if run is not None or self.closing:
             if run is not None:
@@ -212,10 +217,14 @@ class Outputs:
             if not records:
                 return None
             meta = await self.store.get_session(session_id)
-            if meta is None or not await self.store.lease_outputs(session_id, self.holder, LEASE_TTL):
+            if meta is None:
+                return None
+            if not await self.store.lease_outputs(session_id, self.holder, LEASE_TTL):
+                self._later(session_id)
                 return None
         except STORE_ERRORS as exc:
             log.warning("outputs_start_failed", extra=fields(session=session_id, error=type(exc).__name__))
+            self._later(session_id)
             return None
         if session_id in self.runs:  # started by another caller while this one read the store
             return self.runs[session_id]
@@ -225,6 +234,22 @@ class Outputs:
             run.add(record)
         run.start()
         return run
+
+    def _later(self, session_id: str) -> None:
+        if session_id in self.waiting or self.closing:
+            return
+        self.waiting.add(session_id)
+
+        async def again() -> None:
+            try:
+                await asyncio.sleep(LEASE_TTL / 3)
+            finally:
+                self.waiting.discard(session_id)
+            await self.ensure(session_id)
+
+        task = asyncio.create_task(again(), name=f"outputs-later-{session_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def add(self, session_id: str, record: dict[str, Any]) -> None:
         await self.store.add_output(session_id, record["id"], record)
