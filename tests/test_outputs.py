@@ -602,3 +602,15 @@ def test_the_stable_beginning_of_a_turn(interims, at, n):
 def test_what_a_final_adds_to_its_early_part(final, early, rest):
     from webapp.outputs.stable import remainder
     assert remainder(final, early) == rest
+
+
+@pytest.mark.parametrize("spoken, now, line", [
+    (1796311066.72, 1796311070.0, "2026-12-03T15:17:46.720"),  # when the words were spoken, in UTC, to the ms
+    (1796311066.0005, 1796311070.0, "2026-12-03T15:17:46.000"),
+    (1796311000.0, 1796311070.0, "2026-12-03T15:17:20.000"),  # 70 s late: stamped 30 s ago, or YouTube drops it
+])
+def test_youtube_bodies(spoken, now, line):
+    from webapp.outputs.base import Caption
+    from webapp.outputs.youtube import body
+    caption = Caption("s", 0, "and so\nmy  fellow Americans", 0.0, 1.0, spoken)
+    assert body(caption, now) == f"{line}\nand so my fellow Americans\n".encode()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import ClassVar
 
 import httpx
@@ -18,9 +19,14 @@ def timestamp(epoch: float) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}"
 
 
-def body(caption: Caption) -> bytes:
+OLDEST = 30.0  # seconds: YouTube drops captions stamped ~60 s off its clock; a late one (a resumed session, a
+# receiver back from an outage) is stamped at most this far in the past so it is still shown
+
+
+def body(caption: Caption, now: float | None = None) -> bytes:
     text = " ".join(caption.text.split())  # one line: a newline in the text would start a new caption
-    return f"{timestamp(caption.spoken_at)}\n{text}\n".encode()
+    stamp = max(caption.spoken_at, (time.time() if now is None else now) - OLDEST)
+    return f"{timestamp(stamp)}\n{text}\n".encode()
 
 
 class YoutubeDestination:
@@ -29,16 +35,19 @@ class YoutubeDestination:
     def __init__(self, url: str, http: httpx.AsyncClient | None = None):
         self.url = url
         self.http = http or posting.client()
+        self.last: tuple[int, bytes] | None = None  # a retry of post `seq` sends the very same body
 
     async def start(self) -> int | None:
         return None  # YouTube does not say which seq it has; the stored cursor is the truth
 
     async def deliver(self, caption: Caption, seq: int) -> bool:
+        if self.last is None or self.last[0] != seq:
+            self.last = (seq, body(caption))
         await posting.send(
             self.http,
             "POST",
             posting.with_params(self.url, seq=seq),
-            content=body(caption),
+            content=self.last[1],
             headers={"Content-Type": "text/plain"},
         )
         return True
