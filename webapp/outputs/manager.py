@@ -176,7 +176,13 @@ class Outputs:
         self.closing = False
 
     async def start(self) -> None:
-        """Pick up every session whose outputs were running when the app stopped."""
+        """Pick up, in the background (serving does not wait), every session whose outputs were running when the
+        app stopped."""
+        task = asyncio.create_task(self._pickup(), name="outputs-pickup")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _pickup(self) -> None:
         try:
             session_ids = await self.store.output_sessions()
         except STORE_ERRORS as exc:
