@@ -333,12 +333,12 @@ class SessionRun:
 
     async def _pump(self) -> None:
         assert self.feed is not None
-        feed, renewed = self.feed, time.monotonic()
+        renewed = time.monotonic()
         try:
             while True:
                 timeout = TICK if self.prefix is not None else LEASE_TTL / 3
-                try:
-                    msg = await asyncio.wait_for(feed.__anext__(), timeout)
+                try:  # self.feed: an overflow replaces it
+                    msg = await asyncio.wait_for(self.feed.__anext__(), timeout)
                 except TimeoutError:
                     msg = None
                 now = time.monotonic()
@@ -359,7 +359,7 @@ class SessionRun:
                             return
                         await self._sync()
         finally:
-            feed.close()
+            self.feed.close()
             for run in list(self.outputs.values()):
                 if run.task is not None and not run.task.done():
                     run.task.cancel()
@@ -471,11 +471,11 @@ class OutputRun:
             if server_seq is not None:
                 self._continue_from(server_seq)
             while True:
+                self.wake.clear()  # before looking: a final stored while we look wakes the wait below
                 item = await self._next()
                 if item is None:
                     if self.session.ended:
                         return await self._finish("stopped", None)
-                    self.wake.clear()
                     await self.wake.wait()
                     continue
                 caption, after = item
