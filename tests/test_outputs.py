@@ -316,7 +316,8 @@ async def final_latencies(app, cookie: str, before_audio=None) -> list[float]:
 async def test_dead_and_stalled_receivers_delay_neither_the_speaker_nor_other_outputs(simulator, session_tmp):
     """The same capture twice: without outputs, then with nine outputs whose receivers are dead (no answer) or
     stalled (hold every request) plus one healthy webhook. The speaker's finals arrive at the same times; the
-    healthy webhook gets each final within moments of the speaker."""
+    healthy webhook gets each final within moments of the speaker; a stalled receiver's requests time out, are
+    retried with the same seq, and everything arrives once it answers again."""
     sim = simulator
     sim.reset(script=SCRIPT)
     dead = [YoutubeReceiver("dead-yt"), ZoomReceiver("dead-zoom"), WebhookReceiver("dead-hook", "s" * 16)]
@@ -347,7 +348,21 @@ async def test_dead_and_stalled_receivers_delay_neither_the_speaker_nor_other_ou
             with_dead = await final_latencies(app, cookie, add)
             healthy.wait_for(lambda r: len(r.texts(final=True)) == len(LINES))
             rows = api(app, "GET", "/api/sessions", cookie)[1]["sessions"]
-            states = api(app, "GET", f"/api/sessions/{rows[0]['id']}/outputs", cookie)[1]["outputs"]
+            path = f"/api/sessions/{rows[0]['id']}/outputs"
+            states = api(app, "GET", path, cookie)[1]["outputs"]
+            # A stalled receiver's request times out (5 s) and is retried; once it answers again, all arrives.
+            stalled_origins = tuple(r.origin for r in stalled)
+            deadline = time.monotonic() + 15
+            while not all(s["state"] == "retrying" and "did not answer in time" in (s["last_error"] or "")
+                          for s in api(app, "GET", path, cookie)[1]["outputs"] if s["url"].startswith(stalled_origins)):
+                assert time.monotonic() < deadline, api(app, "GET", path, cookie)[1]
+                await asyncio.sleep(0.2)  # polling the API with a deadline: the timeout fires inside the app
+            for r in stalled:
+                r.release()
+            for r in stalled:
+                await asyncio.to_thread(r.wait_for, lambda r: words(r.texts(final=True)) == words(LINES), 20)
+                assert not r.violations, (r.name, r.violations)
+            assert stalled[0].retries >= 1  # YouTube's timed-out post came again with its seq (Zoom's stall was its GET)
     finally:
         for r in everyone:
             r.stop()
