@@ -237,7 +237,8 @@ function start() {
         if (s.ended && session === s) session = null;
         setState(state);
       },
-      ready: ({ shareUrl }) => {
+      ready: ({ sessionId, shareUrl }) => {
+        document.dispatchEvent(new CustomEvent('caption-relay:session', { detail: { sessionId } })); // static/outputs.js
         if (shareUrl === null) return;
         hooks.shareUrl = shareUrl;
         showShare(shareUrl);

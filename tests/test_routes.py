@@ -40,6 +40,8 @@ EXPECTED = [
     ("Route", "/api/sessions/{session_id}/share", {"POST", "DELETE"}),
     ("Route", "/api/sessions/{session_id}/transcript.{fmt}", {"GET", "HEAD"}),
     ("Route", "/api/sessions/{session_id}/rules", {"GET", "HEAD", "PUT"}),  # text rules (issue 19)
+    ("Route", "/api/sessions/{session_id}/outputs", {"GET", "HEAD", "POST"}),
+    ("Route", "/api/sessions/{session_id}/outputs/{output_id}", {"DELETE"}),
     ("Route", "/embed", {"GET", "HEAD"}),
     ("Route", "/embed/snippet", {"GET", "HEAD"}),
     ("Route", "/v1/audio/transcriptions", {"POST"}),  # issue 20: OpenAI-compatible batch (docs/api.md)

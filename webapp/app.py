@@ -22,6 +22,8 @@ from .embed import Embeds
 from .home import Home
 from .logs import fields
 from .metrics import MetricsPage
+from .outputs.api import OutputsApi
+from .outputs.manager import Outputs
 from .quotas import Quotas
 from .relay import LiveSessions
 from .resume import Resumes
@@ -52,6 +54,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     rules = SessionRules(settings, shares, live)  # a session's text rules (issue 19)
     home = Home(settings, templates, login=login, shares=shares)
     batch = Batch(settings, quotas, login, shares, api_keys, usage)  # OpenAI-compatible file transcription
+    outputs = Outputs(settings, shares.store, shares.broker)  # caption outputs (issue 19): their runs
+    shares.recording.on_reopen = outputs.resumed  # a resumed session's outputs run again
+    outputs_api = OutputsApi(settings, shares, outputs)
     admission = Admission(
         settings,
         shares=shares,
@@ -83,8 +88,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             await shares.start()
             await usage.start()
+            await outputs.start()  # sessions whose outputs were running when the app stopped
             yield
         finally:
+            await outputs.close()
             await usage.close()  # the last usage of the sessions drained before it
             await shares.close()
             if settings.backend == "local":
@@ -119,6 +126,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/sessions/{session_id}/share", shares.api_share, methods=["POST", "DELETE"]),
         Route("/api/sessions/{session_id}/transcript.{fmt}", shares.owner_export),
         Route("/api/sessions/{session_id}/rules", rules.api, methods=["GET", "PUT"]),  # webapp/session_rules.py
+        # a session's caption outputs: YouTube, Zoom, webhooks, OBS (webapp/outputs/api.py)
+        Route("/api/sessions/{session_id}/outputs", outputs_api.collection, methods=["GET", "POST"]),
+        Route("/api/sessions/{session_id}/outputs/{output_id}", outputs_api.item, methods=["DELETE"]),
         # the widget, framable by the sites its key names, and its snippet page (webapp/embed.py)
         Route("/embed", embeds.widget),
         Route("/embed/snippet", embeds.snippet),

@@ -73,6 +73,7 @@ class Settings:
     aigateway_batch_url: str = "https://api.aigateway.sh/v1/audio/transcriptions"
     deepgram_batch_url: str = "https://api.deepgram.com/v1/listen"
     deepgram_batch_model: str = "nova-3"  # Flux is streaming-only; pre-recorded files go to a Nova model
+    output_allowed_urls: tuple[str, ...] = ()  # URL prefixes caption outputs may post to besides the built-in ones
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -117,6 +118,30 @@ def _hosts(raw: str) -> tuple[str, ...]:
                 "or port), *.example.org for its subdomains, or * to turn the Host check off"
             )
         out.append(name)
+    return tuple(out)
+
+
+def _output_prefixes(raw: str) -> tuple[str, ...]:
+    """OUTPUT_ALLOWED_URLS: URL prefixes (http, https, ws, wss) caption outputs may reach (webapp/outputs/allowlist.py)."""
+    out = []
+    for item in raw.replace(",", " ").split():
+        parts = urlsplit(item)
+        if (
+            parts.scheme not in ("http", "https", "ws", "wss")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ConfigError(
+                f"OUTPUT_ALLOWED_URLS: {item!r} is not a URL prefix; use e.g. https://hooks.example.org/captions/ "
+                "or ws://10.0.0.5:4455 (scheme, host, optional port and path; no user, query or fragment)"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ConfigError(f"OUTPUT_ALLOWED_URLS: {item!r} has a bad port") from None
+        out.append(item)
     return tuple(out)
 
 
@@ -352,5 +377,6 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
             env.get("DEEPGRAM_BATCH_URL", "").strip() or Settings.deepgram_batch_url, "DEEPGRAM_BATCH_URL"
         ),
         deepgram_batch_model=env.get("DEEPGRAM_BATCH_MODEL", "").strip() or Settings.deepgram_batch_model,
+        output_allowed_urls=_output_prefixes(env.get("OUTPUT_ALLOWED_URLS", "")),
     )
     return replace(settings, **overrides)

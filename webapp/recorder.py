@@ -44,6 +44,7 @@ class Recording:
         self.broker = broker
         self.lost = 0  # finals given up since start (held past FINALS_HELD, or at exit)
         self.recorders: set[Recorder] = set()  # those whose writer runs (it may outlive its session)
+        self.on_reopen: Callable[[str], None] | None = None  # told of each session resumed here (its outputs)
 
     @property
     def held(self) -> int:
@@ -181,6 +182,8 @@ class Recorder(SessionSink):
         if rules is not None:  # the rules set before the restart go on (key terms: in the new connection)
             session.set_rules(TextRules.load(rules))
         self._start_writer(session.id)
+        if self.recording.on_reopen is not None:
+            self.recording.on_reopen(session.id)
         return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
 
     def _start_writer(self, session_id: str) -> None:

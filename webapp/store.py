@@ -166,6 +166,38 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def set_share(self, session_id: str, version: int, token: str | None) -> None: ...
 
+    # outputs (issue 19): each caption output's record (webapp/outputs/manager.py): its kind, URL, secrets and
+    # cursor (finals delivered, its own sequence number, what was sent early), as one JSON object per output.
+
+    @abc.abstractmethod
+    async def add_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def update_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> bool:
+        """Replace a stored output's record; False (and nothing written) if it was deleted meanwhile."""
+
+    @abc.abstractmethod
+    async def get_outputs(self, session_id: str) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def delete_output(self, session_id: str, output_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def output_sessions(self) -> list[str]:
+        """Sessions that have outputs (at start-up: which may have finals left to deliver)."""
+
+    async def output_finals(self, session_id: str, seq: int, limit: int) -> list[dict[str, Any]]:
+        """At most `limit` stored finals from `seq` on, in order (an output's next deliveries)."""
+        return (await self.finals_from(session_id, seq))[:limit]
+
+    async def lease_outputs(self, session_id: str, holder: str, ttl: float) -> bool:
+        """Take or renew the right to deliver this session's outputs for `ttl` seconds. One process owns a
+        SQLite file or a memory store, so only Redis (several processes) has to decide."""
+        return True
+
+    async def release_outputs(self, session_id: str, holder: str) -> None:  # noqa: B027 - as lease_outputs
+        pass
+
     @abc.abstractmethod
     async def purge(self, started_before: float) -> int:
         """Delete sessions started before this Unix time; returns how many."""
@@ -217,6 +249,7 @@ class MemoryStore(SessionStore):
         self.turns: dict[str, dict[int, dict[str, Any]]] = {}
         self.keys: dict[str, dict[str, Any]] = {}
         self.usage_rows: dict[tuple[str, str, str], list[float]] = {}
+        self.outputs: dict[str, dict[str, dict[str, Any]]] = {}
 
     async def create_session(self, meta: dict[str, Any]) -> None:
         self.sessions[meta["id"]] = {k: meta.get(k) for k in SESSION_FIELDS}
@@ -310,12 +343,38 @@ class MemoryStore(SessionStore):
         if session_id in self.sessions:
             self.sessions[session_id].update(share_version=version, share_token=token)
 
+    # outputs (issue 19)
+
+    async def add_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> None:
+        self.outputs.setdefault(session_id, {})[output_id] = orjson.loads(orjson.dumps(record))
+
+    async def update_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> bool:
+        group = self.outputs.get(session_id, {})
+        if output_id not in group:
+            return False
+        group[output_id] = orjson.loads(orjson.dumps(record))
+        return True
+
+    async def get_outputs(self, session_id: str) -> list[dict[str, Any]]:
+        return [orjson.loads(orjson.dumps(r)) for r in self.outputs.get(session_id, {}).values()]
+
+    async def delete_output(self, session_id: str, output_id: str) -> bool:
+        group = self.outputs.get(session_id, {})
+        found = group.pop(output_id, None) is not None
+        if not group:
+            self.outputs.pop(session_id, None)
+        return found
+
+    async def output_sessions(self) -> list[str]:
+        return list(self.outputs)
+
     async def purge(self, started_before: float) -> int:
         # Open sessions are kept whatever their age, as in SqliteStore.
         ids = [i for i, m in self.sessions.items() if m["started_at"] < started_before and m["ended_at"] is not None]
         for session_id in ids:
             del self.sessions[session_id]
             self.turns.pop(session_id, None)
+            self.outputs.pop(session_id, None)
         return len(ids)
 
 
@@ -337,6 +396,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS usage (
     kind TEXT NOT NULL, subject TEXT NOT NULL, day TEXT NOT NULL, seconds REAL NOT NULL, cost REAL NOT NULL,
     PRIMARY KEY (kind, subject, day)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outputs (
+    session_id TEXT NOT NULL, id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (session_id, id)) WITHOUT ROWID;
 """
 USAGE_PER_WRITE = 500  # 5 parameters a row
 
@@ -548,6 +609,42 @@ class SqliteStore(SessionStore):
             "UPDATE sessions SET share_version = ?, share_token = ? WHERE id = ?", (version, token, session_id)
         )
 
+    # outputs (issue 19)
+
+    async def add_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> None:
+        await self.db.execute(
+            "INSERT INTO outputs (session_id, id, record) VALUES (?, ?, ?)",
+            (session_id, output_id, orjson.dumps(record).decode()),
+        )
+
+    async def update_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> bool:
+        cur = await self.db.execute(
+            "UPDATE outputs SET record = ? WHERE session_id = ? AND id = ?",
+            (orjson.dumps(record).decode(), session_id, output_id),
+        )
+        return cur.rowcount > 0
+
+    async def get_outputs(self, session_id: str) -> list[dict[str, Any]]:
+        async with self.db.execute("SELECT record FROM outputs WHERE session_id = ? ORDER BY id", (session_id,)) as cur:
+            return [json.loads(r["record"]) for r in await cur.fetchall()]
+
+    async def delete_output(self, session_id: str, output_id: str) -> bool:
+        cur = await self.db.execute("DELETE FROM outputs WHERE session_id = ? AND id = ?", (session_id, output_id))
+        return cur.rowcount > 0
+
+    async def output_sessions(self) -> list[str]:
+        async with self.db.execute("SELECT DISTINCT session_id FROM outputs") as cur:
+            return [r["session_id"] for r in await cur.fetchall()]
+
+    async def output_finals(self, session_id: str, seq: int, limit: int) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            'SELECT seq, turn, text, start, "end", words FROM turns WHERE session_id = ? AND seq >= ? ORDER BY seq '
+            "LIMIT ?",
+            (session_id, seq, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [{**dict(r), "words": json.loads(r["words"])} for r in rows]
+
     async def purge(self, started_before: float) -> int:
         # Open sessions are kept whatever their age: their speaker may still be talking.
         async with self.db.execute(
@@ -558,6 +655,7 @@ class SqliteStore(SessionStore):
             marks = ", ".join("?" * len(chunk))
             await self.db.execute("BEGIN")
             await self.db.execute(f"DELETE FROM turns WHERE session_id IN ({marks})", chunk)
+            await self.db.execute(f"DELETE FROM outputs WHERE session_id IN ({marks})", chunk)
             await self.db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", chunk)
             await self.db.execute("COMMIT")
         return len(ids)
@@ -588,6 +686,18 @@ _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
+_UPDATE_OUTPUT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1
+"""
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -762,6 +872,47 @@ class RedisStore(SessionStore):
             self._k("s", session_id), mapping={"share_version": json.dumps(version), "share_token": json.dumps(token)}
         )
 
+    # outputs (issue 19): out:<id> hash (output id -> record JSON), outs set (sessions with outputs),
+    # olease:<id> (the process delivering them: SET NX with a TTL, renewed by its holder)
+
+    async def add_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("out", session_id), output_id, json.dumps(record, ensure_ascii=False))
+            pipe.sadd(f"{self.p}outs", session_id)
+            await pipe.execute()
+
+    async def update_output(self, session_id: str, output_id: str, record: dict[str, Any]) -> bool:
+        # One script: a record deleted meanwhile is not written back.
+        return bool(
+            await self.redis.eval(
+                _UPDATE_OUTPUT, 1, self._k("out", session_id), output_id, json.dumps(record, ensure_ascii=False)
+            )
+        )
+
+    async def get_outputs(self, session_id: str) -> list[dict[str, Any]]:
+        rows = await self.redis.hgetall(self._k("out", session_id))
+        return [json.loads(rows[k]) for k in sorted(rows)]
+
+    async def delete_output(self, session_id: str, output_id: str) -> bool:
+        return bool(await self.redis.hdel(self._k("out", session_id), output_id))
+
+    async def output_sessions(self) -> list[str]:
+        ids = list(await self.redis.smembers(f"{self.p}outs"))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                pipe.exists(self._k("out", session_id))
+            alive = await pipe.execute() if ids else []
+        gone = [i for i, a in zip(ids, alive, strict=True) if not a]
+        if gone:
+            await self.redis.srem(f"{self.p}outs", *gone)
+        return [i for i, a in zip(ids, alive, strict=True) if a]
+
+    async def lease_outputs(self, session_id: str, holder: str, ttl: float) -> bool:
+        return bool(await self.redis.eval(_LEASE, 1, self._k("olease", session_id), holder, int(ttl * 1000)))
+
+    async def release_outputs(self, session_id: str, holder: str) -> None:
+        await self.redis.eval(_RELEASE, 1, self._k("olease", session_id), holder)
+
     async def purge(self, started_before: float) -> int:
         removed = 0
         for session_id in await self.redis.zrangebyscore(f"{self.p}sessions", "-inf", f"({started_before}"):
@@ -771,7 +922,7 @@ class RedisStore(SessionStore):
                 # without ending them (Redis has no single owner to mark them at start-up).
                 continue
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._k("s", session_id), self._k("t", session_id))
+                pipe.delete(self._k("s", session_id), self._k("t", session_id), self._k("out", session_id))
                 pipe.zrem(f"{self.p}sessions", session_id)
                 if meta and meta.get("owner"):
                     pipe.zrem(self._k("o", meta["owner"]), session_id)
