@@ -584,12 +584,13 @@ def test_the_send_captions_panel_adds_shows_and_removes_an_output(simulator, ses
         expect(row).not_to_contain_text("page-key-42")  # shown masked
         expect(row.locator(".output-state")).to_have_text("sending")
         expect(row.locator(".output-counts")).to_have_text(re.compile(r"^[1-9]\d* sent, 0 failed$"), timeout=15000)
-        rx["youtube"].wait_for(lambda r: r.captions)
+        first = "Hello world, this is a caption test.".split()
+        # the whole first turn (an early send may carry only its beginning), then Remove
+        rx["youtube"].wait_for(lambda r: len(words([c.text for c in r.captions])) >= len(first))
         page.screenshot(path=str(ARTIFACTS / "outputs-panel.png"), full_page=True)
         row.locator(".output-remove").click()
         expect(row).to_have_count(0)
         page.click("#stop")
-    first = "Hello world, this is a caption test.".split()
     assert words(rx["youtube"].texts())[: len(first)] == first and not rx["youtube"].violations
     assert not errors, errors
 
