@@ -20,6 +20,7 @@ ENCODINGS = ("linear16",)
 MAX_KEYTERMS = 100
 MAX_KEYTERM_CHARS = 100
 MAX_AUDIO_FRAME = 64 * 1024  # bytes; larger binary frames are refused
+MAX_NAME_CHARS = 80  # a session's name (the `name` parameter, the owner API, the /sessions form)
 
 
 class ParamError(ValueError):
@@ -35,6 +36,7 @@ class StreamParams:
     eager_eot_threshold: float | None = None
     eot_timeout_ms: int | None = None
     interim_words: bool = False  # interim transcripts carry their words too (finals always do)
+    name: str | None = None  # the session's name, for its owner's list
 
     @property
     def bytes_per_second(self) -> int:
@@ -77,6 +79,7 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
         "eager_eot_threshold",
         "eot_timeout_ms",
         "interim_words",
+        "name",
         "resume",
         "key",
     }  # resume/key are read by later layers; accepted here so they are not "unknown"
@@ -119,7 +122,18 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     interim_words = single.get("interim_words", "false")
     if interim_words not in ("true", "false"):
         raise ParamError("interim_words must be true or false")
-    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true")
+    named = session_name(single["name"]) if "name" in single else None
+    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true", named)
+
+
+def session_name(raw: Any) -> str | None:
+    """A session's name as given (spaces trimmed and runs of them made one; "" = no name), else ParamError."""
+    if not isinstance(raw, str):
+        raise ParamError("name must be text")
+    name = " ".join(raw.split())
+    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise ParamError(f"name must be at most {MAX_NAME_CHARS} printable characters")
+    return name or None
 
 
 # ---- normalized events -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .broker import Broker
+from .links import share_urls, short_id
 from .live import Live, live_ended, live_resumed, live_transcript
 from .logs import fields
 from .relay import SessionSink
@@ -146,6 +147,8 @@ class Recorder(SessionSink):
             "share_version": 0,
             "share_token": token,
             "resume_nonce": self.resume_nonce,
+            "name": session.params.name,
+            "short_id": short_id(),
         }
         try:
             await self.recording.store.create_session(meta)
@@ -154,7 +157,7 @@ class Recorder(SessionSink):
             self.session_id = None
             return {}
         self._start_writer(session.id)
-        return {"share_url": f"/s/{token}"}
+        return share_urls(token, meta["short_id"])
 
     async def _reopen(self, session) -> dict[str, Any] | None:
         """Continue the stored record of a resumed session: same share link, finals numbered on."""
@@ -171,7 +174,7 @@ class Recorder(SessionSink):
             return None
         self.session_id, self.started_at = session.id, meta["started_at"]
         self._start_writer(session.id)
-        return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
+        return share_urls(meta["share_token"], meta.get("short_id")) if meta.get("share_token") else {}
 
     def _start_writer(self, session_id: str) -> None:
         self.writer = asyncio.create_task(self._write(session_id), name=f"recorder-{session_id}")
