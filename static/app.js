@@ -1,5 +1,6 @@
 // Caption Relay page: the microphone picker, the transcript view and the tools around one capture session (static/session.js).
 import { listMicrophones, startCapture } from './capture.js';
+import { CAPTURE_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
 import { CaptureSession } from './session.js';
 import { Transcript, downloadName } from './transcript.js';
@@ -23,6 +24,8 @@ const el = {
   share: $('share'),
   shareLink: $('share-link'),
   shareCopy: $('share-copy'),
+  shareQr: $('share-qr'),
+  name: $('session-name'),
 };
 
 const MAX_MESSAGES = 500;
@@ -50,6 +53,7 @@ const hooks = {
   connections: [],
   states: [], // the indicator's states, in order
   shareUrl: null,
+  shortUrl: null,
 };
 window.__captionRelay = hooks;
 
@@ -63,7 +67,7 @@ function setState(state) {
   if (hooks.states.at(-1) !== state) hooks.states.push(state);
   if (hooks.states.length > 200) hooks.states.splice(0, hooks.states.length - 200);
   hooks.state = state;
-  el.state.textContent = state;
+  el.state.textContent = stateLabel(state, CAPTURE_LABELS); // people read the label; tests read data-state
   el.state.dataset.state = state;
   const busy = session !== null;
   el.start.disabled = busy;
@@ -71,6 +75,7 @@ function setState(state) {
   el.finalize.disabled = !busy || session.stopping || state !== 'live';
   el.mic.disabled = busy;
   el.processing.disabled = busy;
+  el.name.disabled = busy;
   document.body.classList.toggle('capturing', busy);
 }
 
@@ -227,9 +232,11 @@ function start() {
   hooks.states = [];
   const deviceId = el.mic.value;
   const processing = el.processing.checked;
+  const name = el.name.value.trim();
   const s = new CaptureSession({
     capture: (onFrame) => openMic(onFrame, deviceId, processing),
     location,
+    params: name ? { name } : {},
     transcript,
     stats: hooks,
     on: {
@@ -237,10 +244,11 @@ function start() {
         if (s.ended && session === s) session = null;
         setState(state);
       },
-      ready: ({ shareUrl }) => {
+      ready: ({ sessionId, shareUrl, shortUrl }) => {
         if (shareUrl === null) return;
         hooks.shareUrl = shareUrl;
-        showShare(shareUrl);
+        hooks.shortUrl = shortUrl;
+        showShare(shortUrl ?? shareUrl, sessionId);
       },
       change: render,
       remove: (key) => {
@@ -315,10 +323,13 @@ async function copyToClipboard(text, button) {
   flashLabel(button, 'Copied');
 }
 
-function showShare(path) {
+function showShare(path, sessionId) {
   const url = new URL(path, location.href).href;
   el.shareLink.href = url;
   el.shareLink.textContent = url;
+  // The QR code of the same link, drawn by the server (webapp/share_pages.py), for viewers in the room.
+  if (sessionId) el.shareQr.src = `/api/sessions/${encodeURIComponent(sessionId)}/qr.svg`;
+  el.shareQr.hidden = !sessionId;
   el.share.hidden = false;
 }
 

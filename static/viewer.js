@@ -1,6 +1,7 @@
 // Viewer of a shared session (/s/<token>). The server already rendered the transcript so far, so the page
 // reads fine without this module; it adds live updates over /ws/watch/<token>, follow-the-text scrolling
 // that stops when the reader scrolls up, and the large-caption mode for projection.
+import { VIEW_LABELS, localizeTimes, stateLabel } from './labels.js';
 import { watchLive } from './watch.js';
 
 const $ = (id) => document.getElementById(id);
@@ -43,9 +44,11 @@ jump.addEventListener('click', () => {
   keepFollowing();
 });
 
-function setBadge(state, text) {
-  badge.className = `badge ${state}`;
-  badge.textContent = text;
+// `state` is the machine-readable one (data-state, for tests); `look` picks the badge's style.
+function setBadge(state, look = state) {
+  badge.className = `badge ${look}`;
+  badge.dataset.state = state;
+  badge.textContent = stateLabel(state, VIEW_LABELS);
 }
 
 function finalEl(t) {
@@ -68,14 +71,14 @@ function snapshot(msg) {
 // The connection to the speaker is interrupted (a dropped socket, a server restart): not the end.
 function reconnecting() {
   hooks.state = 'reconnecting';
-  setBadge('reconnecting', 'Reconnecting…');
+  setBadge('reconnecting');
   badge.title = 'The captions were interrupted; they continue when the connection is back.';
 }
 
 function live() {
   paused = false;
   hooks.state = 'live';
-  setBadge('live', 'Live');
+  setBadge('live');
   badge.removeAttribute('title');
 }
 
@@ -107,12 +110,13 @@ function transcript(msg) {
   keepFollowing();
 }
 
-function finish(state, label) {
+function finish(state, label = stateLabel(state, VIEW_LABELS)) {
   done = true;
   paused = false;
   badge.removeAttribute('title');
   hooks.state = state;
-  setBadge(state === 'ended' ? 'ended' : 'gone', label);
+  setBadge(state, state === 'ended' ? 'ended' : 'gone');
+  badge.textContent = label;
   interimEl?.remove();
   interimEl = null;
 }
@@ -141,7 +145,10 @@ function onWatchMessage(msg) {
       finish('ended', 'Ended');
       break;
     case 'revoked':
-      finish('revoked', 'Link turned off');
+      finish('revoked');
+      break;
+    case 'deleted': // its owner deleted the session: the link is gone too
+      finish('deleted');
       break;
     case 'error':
       finish('error', msg.code === 'expired' ? 'Link expired' : 'Link not valid');
@@ -184,6 +191,7 @@ try {
 }
 if (remembered === '1' || new URLSearchParams(location.search).has('large')) setLarge(true);
 
+localizeTimes();
 keepFollowing();
 if (done) {
   hooks.state = 'ended';
