@@ -550,6 +550,7 @@ class SharePages:
             row["started"] = _when(row["started_at"])
             row["started_iso"] = _iso(row["started_at"])
             row["preview"] = previews.get(row["id"], "")
+            row["short_abs"] = self._absolute(request, row["short_url"]) if row["short_url"] else None
         return rows
 
     @staticmethod
