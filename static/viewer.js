@@ -147,9 +147,17 @@ function onWatchMessage(msg) {
     case 'revoked':
       finish('revoked');
       break;
-    case 'deleted': // its owner deleted the session: the link is gone too
+    case 'deleted': { // its owner deleted the session: its text goes from this page too, and the link is gone
       finish('deleted');
+      const note = document.createElement('p');
+      note.className = 'empty-note';
+      note.id = 'deleted-note';
+      note.textContent = 'The person sharing these captions deleted this session.';
+      box.replaceChildren(note);
+      hooks.finals = [];
+      document.querySelector('nav.exports')?.remove();
       break;
+    }
     case 'error':
       finish('error', msg.code === 'expired' ? 'Link expired' : 'Link not valid');
       break;

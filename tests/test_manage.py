@@ -379,6 +379,8 @@ def test_a_waiting_viewer_is_told_at_once_when_the_session_is_deleted(simulator,
             assert status == 204
             expect(badge).to_have_text("Session deleted", timeout=5000)
             expect(badge).to_have_attribute("data-state", "deleted")
+            expect(viewer.locator("#transcript")).to_have_text("The person sharing these captions deleted this session.")
+            expect(viewer.locator("nav.exports")).to_have_count(0)
             expect(widget.locator("#status")).to_have_attribute("data-state", "revoked")  # the host's word for it
             expect(widget.locator("#error")).to_contain_text("deleted the session")
             viewer.screenshot(path=str(ARTIFACTS / "manage-viewer-deleted.png"), full_page=True)
