@@ -4,6 +4,7 @@ The store contract runs on SQLite, a real redis-server and memory; the owner API
 process (SQLite in its DATA_DIR) fed by the upstream simulator; the flows a person clicks in headless Chromium."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -185,6 +186,44 @@ async def test_naming_at_start_and_the_owner_api_rules(flux_app, sim):
     assert messages[0]["type"] == "error" and "at most 80 printable" in messages[0]["message"], messages
 
 
+async def test_the_name_and_delete_forms_follow_the_form_rules(flux_app, sim):
+    """The /sessions forms carry the page's signed token and are refused from another site, as "Turn off link" is
+    (tests/test_browser_flows.py); browsers post them with Origin: null, which works with the token."""
+    cookie, stranger = owner_cookie(flux_app), owner_cookie(flux_app)
+    ready = await spoken(flux_app, cookie, name="Forms")
+    sid = ready["session_id"]
+    page = http("GET", f"{flux_app.http}/sessions", {"Cookie": cookie})[2]
+    csrf = re.search(rf'action="/sessions/{sid}/name"[^>]*><input type="hidden" name="csrf" value="([^"]+)"', page)[1]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for action, body in (("name", f"csrf={csrf}&name=Changed"), ("delete", f"csrf={csrf}")):
+        url = f"{flux_app.http}/sessions/{sid}/{action}"
+        refused = [  # (why, headers, body)
+            ("another site", {"Cookie": cookie, "Sec-Fetch-Site": "cross-site"}, body),
+            ("a sibling site", {"Cookie": cookie, "Sec-Fetch-Site": "same-site"}, body),
+            ("a foreign Origin", {"Cookie": cookie, "Origin": "http://evil.example"}, body),
+            ("no token", {"Cookie": cookie, "Sec-Fetch-Site": "same-origin"}, body.replace(f"csrf={csrf}", "")),
+            ("a forged token", {"Cookie": cookie, "Sec-Fetch-Site": "same-origin"}, body.replace(csrf, "forged")),
+            ("another owner", {"Cookie": stranger, "Sec-Fetch-Site": "same-origin"}, body),
+        ]
+        for why, headers, data in refused:
+            status, _, text = http("POST", url, {**form, **headers}, data.encode())
+            assert status == 403 and "That request was refused" in text, (action, why, status)
+        row = next(m for m in mine(flux_app, cookie) if m["id"] == sid)
+        assert row["name"] == "Forms", action  # nothing changed
+    ok = {**form, "Cookie": cookie, "Sec-Fetch-Site": "same-origin", "Origin": "null"}
+    for body, done, name in ((f"csrf={csrf}&name={'z' * 81}", "badname", "Forms"),
+                             (f"csrf={csrf}&name=%20Changed%20%20name", "named", "Changed name"),
+                             (f"csrf={csrf}&name=", "named", None)):
+        status, headers, _ = http("POST", f"{flux_app.http}/sessions/{sid}/name", ok, body.encode())
+        assert status == 303 and headers["Location"] == f"/sessions?done={done}", body
+        assert next(m for m in mine(flux_app, cookie) if m["id"] == sid)["name"] == name, body
+    status, headers, _ = http("POST", f"{flux_app.http}/sessions/{sid}/delete", ok, f"csrf={csrf}".encode())
+    assert status == 303 and headers["Location"] == "/sessions?done=deleted"
+    assert sid not in [m["id"] for m in mine(flux_app, cookie)]
+    status, headers, _ = http("POST", f"{flux_app.http}/sessions/{sid}/delete", ok, f"csrf={csrf}".encode())
+    assert status == 303 and headers["Location"] == "/sessions?done=missing"  # a second click: already gone
+
+
 async def test_delete_is_refused_while_live_and_then_removes_everything(flux_app, sim):
     cookie, stranger = owner_cookie(flux_app), owner_cookie(flux_app)
     speaker = await Socket.open(f"{flux_app.ws}/ws/listen?name=Live%20one", additional_headers={"Cookie": cookie})
@@ -210,6 +249,32 @@ async def test_delete_is_refused_while_live_and_then_removes_everything(flux_app
     assert http("DELETE", url, {"Cookie": cookie})[0] == 404  # already gone
     watcher = await Socket.open(f"{flux_app.ws}/ws/watch/{ready['share_url'][3:]}")
     assert [m["type"] for m in await watcher.until_closed()] == ["error"]
+
+
+async def test_a_deleted_session_resumed_by_its_page_stays_deleted(flux_app, sim):
+    """The page lost its socket (the session ended as client_gone), the owner deleted the session, then the page
+    resumed it: it captions on, unrecorded, and the deleted links stay dead."""
+    cookie = owner_cookie(flux_app)
+    speaker = await Socket.open(f"{flux_app.ws}/ws/listen", additional_headers={"Cookie": cookie})
+    ready = await speaker.until(lambda s: s.ready)
+    await speaker.send_audio(FIRST_TURN_AUDIO)
+    await speaker.until(lambda s: s.finals())
+    await speaker.ws.close()  # the socket drops without CloseStream
+    deadline = time.monotonic() + 10
+    while next(m for m in mine(flux_app, cookie) if m["id"] == ready["session_id"])["live"]:
+        assert time.monotonic() < deadline, "the dropped session never ended"
+        await asyncio.sleep(0.05)  # polling the API with a deadline: no event to await from outside
+    assert http("DELETE", f"{flux_app.http}/api/sessions/{ready['session_id']}", {"Cookie": cookie})[0] == 204
+    again = await Socket.open(f"{flux_app.ws}/ws/listen?resume={ready['resume_token']}",
+                              additional_headers={"Cookie": cookie})
+    back = await again.until(lambda s: s.ready)
+    assert back["resumed"] is True and "share_url" not in back and "short_url" not in back, back
+    await again.send_audio(FIRST_TURN_AUDIO)
+    await again.until(lambda s: s.finals())
+    await again.close_stream()
+    for path in (ready["share_url"], ready["short_url"]):
+        assert http("GET", flux_app.http + path)[0] == 404, path
+    assert ready["session_id"] not in [m["id"] for m in mine(flux_app, cookie)]
 
 
 async def test_short_links_retire_with_turn_off_and_new_link(flux_app, sim):

@@ -160,12 +160,14 @@ class Recorder(SessionSink):
         return share_urls(token, meta["short_id"])
 
     async def _reopen(self, session) -> dict[str, Any] | None:
-        """Continue the stored record of a resumed session: same share link, finals numbered on."""
+        """Continue the stored record of a resumed session: same share link, finals numbered on. A session whose
+        record is gone is not recorded again (a new record would revive its deleted links); None: the store failed."""
         try:
             store = self.recording.store
             meta = await store.get_session(session.id)
-            if meta is None:
-                return None
+            if meta is None:  # deleted by its owner since (or never recorded): it stays gone, its old links dead
+                log.info("session_resumed_unrecorded", extra=fields(session=session.id))
+                return {}
             self.seq = len(await store.get_turns(session.id))
             await store.reopen_session(session.id)
             await self.recording.broker.publish(session.id, live_resumed())  # viewers waiting since the pause follow on
