@@ -14,12 +14,12 @@ from urllib.parse import quote, urlencode
 
 import pytest
 import segno
-from playwright.sync_api import expect
-
 from browser import browser, hooks
 from conftest import ARTIFACTS, start_app, stop_app
+from playwright.sync_api import expect
 from test_browser_flows import flux_env, in_thread
 from test_sharing import FIRST_TURN_AUDIO, SCRIPT_FINALS, Socket, http, owner_cookie
+
 from webapp.store import PREVIEW_CHARS, MemoryStore, RedisStore, SqliteStore
 
 JSON = {"Content-Type": "application/json"}
