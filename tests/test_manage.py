@@ -20,6 +20,7 @@ from playwright.sync_api import expect
 from test_browser_flows import flux_env, in_thread
 from test_sharing import FIRST_TURN_AUDIO, SCRIPT_FINALS, Socket, http, owner_cookie
 
+from webapp import store as store_module
 from webapp.store import PREVIEW_CHARS, MemoryStore, RedisStore, SqliteStore
 
 JSON = {"Content-Type": "application/json"}
@@ -113,6 +114,24 @@ async def test_store_names_previews_searches_and_deletes(store):
     assert [m["id"] for m in await store.list_sessions("o1")] == ["c", "a"]
     assert await store.delete_session("b") is False
     assert [m["id"] for m in await store.list_sessions("o2")] == ["d"]  # another owner's untouched
+
+
+async def test_a_search_without_an_index_reads_a_bounded_number_of_finals(store, monkeypatch):
+    """Redis and memory read finals to search them: at most SEARCH_TURNS per search (SQLite's LIKE is one query)."""
+    if isinstance(store, SqliteStore):
+        pytest.skip("SQLite searches in one query over the owner's newest sessions")
+    monkeypatch.setattr(store_module, "SEARCH_TURNS", 30)
+    now = time.time()
+    for i, needle_at in enumerate((3, 25, 1)):  # newest first; s1's match lies past the 30 finals read
+        sid = f"s{i}"
+        await store.create_session({"id": sid, "owner": "o", "backend": "local", "started_at": now - i,
+                                    "share_version": 0})
+        for seq in range(40):
+            text = "the needle" if seq == needle_at else f"hay {seq}"
+            await store.append_final(sid, seq, {"turn": seq, "text": text, "start": seq, "end": seq, "words": []})
+    assert [m["id"] for m in await store.search_sessions("o", "needle")] == ["s0"]  # s1's is past the budget
+    monkeypatch.setattr(store_module, "SEARCH_TURNS", 1000)
+    assert [m["id"] for m in await store.search_sessions("o", "needle")] == ["s0", "s1", "s2"]
 
 
 async def test_an_older_sqlite_file_gets_the_name_and_short_link_columns(tmp_path):

@@ -698,20 +698,28 @@ class RedisStore(SessionStore):
     async def search_sessions(self, owner: str, query: str, limit: int = 200) -> list[dict[str, Any]]:
         # No index in Redis: the owner's newest sessions, their finals read in pages, at most SEARCH_TURNS in all.
         needle, budget, out = query.casefold(), SEARCH_TURNS, []
+        # The raw JSON of a final holds its text as is unless the query has what JSON escapes: then a quick look
+        # at the raw entry rules out most non-matches without decoding them.
+        quick = needle.isprintable() and '"' not in needle and "\\" not in needle
         for meta in await self.list_sessions(owner, SEARCH_SESSIONS):
             if needle in (meta.get("name") or "").casefold():
                 out.append(meta)
             else:
-                key, low = self._k("t", meta["id"]), "-"
+                key, low, size = self._k("t", meta["id"]), "-", 20  # small first: a match is often early
                 while budget > 0:
-                    page = await self.redis.xrange(key, min=low, max="+", count=min(500, budget))
+                    count = min(size, budget)
+                    page = await self.redis.xrange(key, min=low, max="+", count=count)
                     budget -= len(page)
-                    if any(needle in json.loads(e["d"]).get("text", "").casefold() for _, e in page):
+                    if any(
+                        (not quick or needle in e["d"].casefold())
+                        and needle in json.loads(e["d"]).get("text", "").casefold()
+                        for _, e in page
+                    ):
                         out.append(meta)
                         break
-                    if len(page) < 500:
+                    if len(page) < count:
                         break
-                    low = f"({page[-1][0]}"
+                    low, size = f"({page[-1][0]}", min(500, size * 5)
             if len(out) >= limit or budget <= 0:
                 break
         return out[:limit]
