@@ -213,6 +213,8 @@ async def test_the_name_and_delete_forms_follow_the_form_rules(flux_app, sim):
     sid = ready["session_id"]
     page = http("GET", f"{flux_app.http}/sessions", {"Cookie": cookie})[2]
     csrf = re.search(rf'action="/sessions/{sid}/name"[^>]*><input type="hidden" name="csrf" value="([^"]+)"', page)[1]
+    # Without JavaScript the start time reads in UTC, and says so; the script turns it into local time.
+    assert re.search(r'<time data-local datetime="[0-9T:+-]+">\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>', page)
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     for action, body in (("name", f"csrf={csrf}&name=Changed"), ("delete", f"csrf={csrf}")):
         url = f"{flux_app.http}/sessions/{sid}/{action}"

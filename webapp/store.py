@@ -147,10 +147,6 @@ class SessionStore(abc.ABC):
     async def purge(self, started_before: float) -> int:
         """Delete sessions started before this Unix time; returns how many."""
 
-    async def recover(self) -> int:
-        """At start-up: mark sessions left open by a crash as ended. Returns how many."""
-        return 0
-
     # session management (issue 21)
 
     @abc.abstractmethod
@@ -177,6 +173,10 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def set_short(self, session_id: str, short_id: str | None) -> None:
         """Replace the session's short link (None: none); the old one stops resolving."""
+
+    async def recover(self) -> int:
+        """At start-up: mark sessions left open by a crash as ended. Returns how many."""
+        return 0
 
 
 def _session_out(row: dict[str, Any]) -> dict[str, Any]:
