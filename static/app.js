@@ -25,6 +25,7 @@ const el = {
   shareLink: $('share-link'),
   shareCopy: $('share-copy'),
   shareQr: $('share-qr'),
+  shareHint: $('share-hint'),
   name: $('session-name'),
 };
 
@@ -330,6 +331,8 @@ function showShare(path, sessionId) {
   // The QR code of the same link, drawn by the server (webapp/share_pages.py), for viewers in the room.
   if (sessionId) el.shareQr.src = `/api/sessions/${encodeURIComponent(sessionId)}/qr.svg`;
   el.shareQr.hidden = !sessionId;
+  // A loopback address works on this computer only: say so rather than hand viewers a QR code that cannot open.
+  el.shareHint.hidden = !/^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/.test(new URL(url).hostname);
   el.share.hidden = false;
 }
 

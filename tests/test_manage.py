@@ -363,6 +363,7 @@ def test_a_person_names_searches_opens_the_short_link_and_deletes(flux_app, sim)
         short = link.inner_text()
         qr = page.locator("#share-qr")
         expect(qr).to_be_visible()
+        expect(page.locator("#share-hint")).to_be_visible()  # 127.0.0.1: the page says phones cannot open it
         expect(page.locator("#transcript .final").first).to_have_text(SCRIPT_FINALS[0], timeout=15000)
         assert page.evaluate("document.querySelector('#share-qr').complete && document.querySelector('#share-qr').naturalWidth") > 0
         assert qr_matrix_in_page(page, "#share-qr") == expected_matrix(short)  # the QR code is of the short link
