@@ -1,5 +1,6 @@
 // Caption Relay page: the microphone picker, the transcript view and the tools around one capture session (static/session.js).
 import { listMicrophones, startCapture } from './capture.js';
+import { CAPTURE_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
 import { setupPresentation } from './present.js'; // presentation mode (issue 19)
 import { CaptureSession } from './session.js';
@@ -23,6 +24,9 @@ const el = {
   share: $('share'),
   shareLink: $('share-link'),
   shareCopy: $('share-copy'),
+  shareQr: $('share-qr'),
+  shareHint: $('share-hint'),
+  name: $('session-name'),
 };
 
 const MAX_MESSAGES = 500;
@@ -50,6 +54,7 @@ const hooks = {
   connections: [],
   states: [], // the indicator's states, in order
   shareUrl: null,
+  shortUrl: null,
 };
 window.__captionRelay = hooks;
 
@@ -63,7 +68,7 @@ function setState(state) {
   if (hooks.states.at(-1) !== state) hooks.states.push(state);
   if (hooks.states.length > 200) hooks.states.splice(0, hooks.states.length - 200);
   hooks.state = state;
-  el.state.textContent = state;
+  el.state.textContent = stateLabel(state, CAPTURE_LABELS); // people read the label; tests read data-state
   el.state.dataset.state = state;
   const busy = session !== null;
   el.start.disabled = busy;
@@ -71,6 +76,7 @@ function setState(state) {
   el.finalize.disabled = !busy || session.stopping || state !== 'live';
   el.mic.disabled = busy;
   el.processing.disabled = busy;
+  el.name.disabled = busy;
   document.body.classList.toggle('capturing', busy);
 }
 
@@ -227,9 +233,11 @@ function start() {
   hooks.states = [];
   const deviceId = el.mic.value;
   const processing = el.processing.checked;
+  const name = el.name.value.trim();
   const s = new CaptureSession({
     capture: (onFrame) => openMic(onFrame, deviceId, processing),
     location,
+    params: name ? { name } : {},
     transcript,
     stats: hooks,
     on: {
@@ -237,11 +245,12 @@ function start() {
         if (s.ended && session === s) session = null;
         setState(state);
       },
-      ready: ({ sessionId, shareUrl }) => {
+      ready: ({ sessionId, shareUrl, shortUrl }) => {
         document.dispatchEvent(new CustomEvent('caption-relay:session', { detail: { sessionId } })); // static/outputs.js
         if (shareUrl === null) return;
         hooks.shareUrl = shareUrl;
-        showShare(shareUrl);
+        hooks.shortUrl = shortUrl;
+        showShare(shortUrl ?? shareUrl, sessionId);
       },
       change: render,
       remove: (key) => {
@@ -317,10 +326,15 @@ async function copyToClipboard(text, button) {
   flashLabel(button, 'Copied');
 }
 
-function showShare(path) {
+function showShare(path, sessionId) {
   const url = new URL(path, location.href).href;
   el.shareLink.href = url;
   el.shareLink.textContent = url;
+  // The QR code of the same link, drawn by the server (webapp/share_pages.py), for viewers in the room.
+  if (sessionId) el.shareQr.src = `/api/sessions/${encodeURIComponent(sessionId)}/qr.svg`;
+  el.shareQr.hidden = !sessionId;
+  // A loopback address works on this computer only: say so rather than hand viewers a QR code that cannot open.
+  el.shareHint.hidden = !/^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/.test(new URL(url).hostname);
   el.share.hidden = false;
 }
 

@@ -3,6 +3,7 @@
 // embedding page with postMessage and takes start/stop commands from it.
 import { watchLive } from './watch.js';
 import { describeCaptureError, startCapture } from './capture.js';
+import { CAPTURE_LABELS, VIEW_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
 import { CaptureSession } from './session.js';
 import { Transcript } from './transcript.js';
@@ -15,8 +16,8 @@ const MODE = body.dataset.mode; // 'capture' | 'view'
 const KEY = body.dataset.key || '';
 const KEPT = 40; // caption paragraphs kept in the page; only the last few lines are visible anyway
 const WORKLET_URL = new URL(`./worklet.js${new URL(import.meta.url).search}`, import.meta.url).href;
-const LABELS = { idle: 'Ready', connecting: 'Connecting…', live: 'Live', reconnecting: 'Reconnecting…',
-  closed: 'Stopped', ended: 'Ended', revoked: 'Link turned off', error: 'Error' };
+// What people read; the state names themselves (data-state, and the `state` messages to the host) stay as they are.
+const LABELS = MODE === 'capture' ? CAPTURE_LABELS : { ...VIEW_LABELS, error: 'Error' };
 
 // Test hooks, updated in place.
 const hooks = { mode: MODE, state: null, finals: [], interim: '', posted: [], commands: [], error: null, targets: [] };
@@ -86,7 +87,7 @@ function setState(state, extra = {}) {
   if (hooks.state === state && !Object.keys(extra).length) return;
   hooks.state = state;
   el.status.dataset.state = state;
-  el.status.textContent = LABELS[state] || state;
+  el.status.textContent = stateLabel(state, LABELS);
   post('state', { state, ...extra });
 }
 
@@ -281,6 +282,9 @@ function watch() {
         break;
       case 'revoked':
         stopWatching('revoked', 'revoked', 'The person sharing these captions turned the link off.');
+        break;
+      case 'deleted': // to the host, the same as a link turned off (docs/embed.md's states are unchanged)
+        stopWatching('revoked', 'revoked', 'The person sharing these captions deleted the session.');
         break;
       case 'error':
         stopWatching('error', msg.code, msg.code === 'expired' ? 'This caption link has expired.'

@@ -10,7 +10,7 @@
 // It reports through `on` callbacks, all optional:
 //   state(state)                 'connecting' | 'live' | 'reconnecting' | 'closed' | 'error'; `ended` is set
 //                                before the last one
-//   ready({sessionId, shareUrl, resumed})
+//   ready({sessionId, shareUrl, shortUrl, resumed})   shortUrl: the short link (/v/<id>), or null
 //   change({entry, committed})   a transcript entry (static/transcript.js) to show
 //   remove(key)                  a transcript entry to take away (an empty open turn at a drop)
 //   notice(key, text, kind)      a message for the user; kind 'info' | 'error'; a key names one to update in place
@@ -283,7 +283,8 @@ export class CaptureSession {
     this.stats.sessionId = id;
     // Resume tokens are good once: always keep the newest.
     this.token = typeof msg.resume_token === 'string' && msg.resume_token ? msg.resume_token : null;
-    this.on.ready({ sessionId: id, shareUrl: typeof msg.share_url === 'string' ? msg.share_url : null, resumed });
+    const text = (v) => (typeof v === 'string' ? v : null);
+    this.on.ready({ sessionId: id, shareUrl: text(msg.share_url), shortUrl: text(msg.short_url), resumed });
     this.attempt = 0;
     this.downSince = null;
     this.#flush(c); // audio captured while disconnected, in order, before any new frame

@@ -3,6 +3,7 @@
 // that stops when the reader scrolls up, presentation mode (static/present.js) and the overlay builder.
 import { setupBuilder } from './overlay-builder.js';
 import { setupPresentation } from './present.js';
+import { VIEW_LABELS, localizeTimes, stateLabel } from './labels.js';
 import { watchLive } from './watch.js';
 
 const $ = (id) => document.getElementById(id);
@@ -44,9 +45,11 @@ jump.addEventListener('click', () => {
   keepFollowing();
 });
 
-function setBadge(state, text) {
-  badge.className = `badge ${state}`;
-  badge.textContent = text;
+// `state` is the machine-readable one (data-state, for tests); `look` picks the badge's style.
+function setBadge(state, look = state) {
+  badge.className = `badge ${look}`;
+  badge.dataset.state = state;
+  badge.textContent = stateLabel(state, VIEW_LABELS);
 }
 
 function finalEl(t) {
@@ -69,14 +72,14 @@ function snapshot(msg) {
 // The connection to the speaker is interrupted (a dropped socket, a server restart): not the end.
 function reconnecting() {
   hooks.state = 'reconnecting';
-  setBadge('reconnecting', 'Reconnecting…');
+  setBadge('reconnecting');
   badge.title = 'The captions were interrupted; they continue when the connection is back.';
 }
 
 function live() {
   paused = false;
   hooks.state = 'live';
-  setBadge('live', 'Live');
+  setBadge('live');
   badge.removeAttribute('title');
 }
 
@@ -108,12 +111,13 @@ function transcript(msg) {
   keepFollowing();
 }
 
-function finish(state, label) {
+function finish(state, label = stateLabel(state, VIEW_LABELS)) {
   done = true;
   paused = false;
   badge.removeAttribute('title');
   hooks.state = state;
-  setBadge(state === 'ended' ? 'ended' : 'gone', label);
+  setBadge(state, state === 'ended' ? 'ended' : 'gone');
+  badge.textContent = label;
   interimEl?.remove();
   interimEl = null;
 }
@@ -142,8 +146,19 @@ function onWatchMessage(msg) {
       finish('ended', 'Ended');
       break;
     case 'revoked':
-      finish('revoked', 'Link turned off');
+      finish('revoked');
       break;
+    case 'deleted': { // its owner deleted the session: its text goes from this page too, and the link is gone
+      finish('deleted');
+      const note = document.createElement('p');
+      note.className = 'empty-note';
+      note.id = 'deleted-note';
+      note.textContent = 'The person sharing these captions deleted this session.';
+      box.replaceChildren(note);
+      hooks.finals = [];
+      document.querySelector('nav.exports')?.remove();
+      break;
+    }
     case 'error':
       finish('error', msg.code === 'expired' ? 'Link expired' : 'Link not valid');
       break;
@@ -166,6 +181,7 @@ const params = new URLSearchParams(location.search);
 if (params.has('present') || params.has('large')) presenter.enter({ fullscreen: false }); // ?large: older links
 setupBuilder();
 
+localizeTimes();
 keepFollowing();
 if (done) {
   hooks.state = 'ended';

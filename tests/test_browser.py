@@ -31,7 +31,7 @@ def test_page_shows_interim_then_final_and_upstream_gets_the_audio(flux_app, sim
         page.goto(flux_app.http + "/")
         page.click("#start")
         expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=15000)
-        expect(page.locator("#share-link")).to_contain_text(flux_app.http + "/s/")  # viewers can follow along
+        expect(page.locator("#share-link")).to_contain_text(flux_app.http + "/v/")  # viewers can follow along (the short link)
         # Interim text appears first, styled apart, and is replaced in place...
         expect(page.locator("#transcript .interim")).to_contain_text("Hello", timeout=15000)
         # ...then settles into the final text of the turn.

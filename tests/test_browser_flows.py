@@ -348,7 +348,7 @@ def test_unreachable_recognizer_shows_the_reason_then_an_error_that_says_what_to
         page.screenshot(path=str(ARTIFACTS / "unreachable-retrying.png"), full_page=True)
         # Then it gives up: an error state, and a message that says what to do next.
         expect(state).to_have_attribute("data-state", "error", timeout=30000)
-        expect(state).to_have_text("error")
+        expect(state).to_have_text("Error")  # the label people read; data-state keeps "error"
         expect(page.locator("#messages")).to_contain_text("Press Start to try again")
         page.screenshot(path=str(ARTIFACTS / "unreachable-error.png"), full_page=True)
         final = hooks(page)

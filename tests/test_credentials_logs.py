@@ -95,6 +95,7 @@ async def test_debug_logs_hold_no_token_cookie_or_key(simulator, session_tmp):
     ('127.0.0.1:5 - "WebSocket /ws/listen?resume=abc.def.ghi&sample_rate=16000" [accepted]', "abc.def.ghi"),
     ('"WebSocket /ws/watch/WzEsMl0.aGk.c2ln" 403', "WzEsMl0.aGk.c2ln"),
     ('"GET /s/WzEsMl0.aGk.c2ln/transcript.txt HTTP/1.1" 200', "WzEsMl0.aGk.c2ln"),
+    ('"GET /v/DhrljKHhMt HTTP/1.1" 404', "DhrljKHhMt"),  # a short link is as good as its token
     ('"GET /embed?theme=dark&key=eyJrIjoxfQ.c2ln HTTP/1.1" 200', "eyJrIjoxfQ.c2ln"),
     ('"GET /embed?share=WzEsMl0.aGk.c2ln HTTP/1.1" 200', "WzEsMl0.aGk.c2ln"),
     ("/x?access_token=t0k3n&api_key=k3y", "t0k3n"),

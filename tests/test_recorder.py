@@ -51,7 +51,7 @@ class CheckingBroker(MemoryBroker):
 
 SESSION = type("Session", (), {"id": "s1", "resumed": False, "audio_seconds": 3.0, "out": None,
                                "settings": type("S", (), {"backend": "deepgram", "model": "m", "cost_per_minute": 0.0}),
-                               "params": type("P", (), {"sample_rate": 16000})})()
+                               "params": type("P", (), {"sample_rate": 16000, "name": None})})()
 
 
 @pytest.mark.parametrize("store_fails, publish_fails", [(0, 0), (2, 0), (0, 1), (3, 2)])
@@ -62,7 +62,8 @@ async def test_each_final_is_stored_then_published_once_in_order(monkeypatch, st
     recording = Recording(store, broker)
     recorder = Recorder(recording, lambda session_id, version: "tok", None)
     feed = broker.subscribe("s1")
-    assert await recorder.opened(SESSION) == {"share_url": "/s/tok"}
+    ready = await recorder.opened(SESSION)
+    assert ready == {"share_url": "/s/tok", "short_url": f"/v/{store.sessions['s1']['short_id']}"}
     for turn in range(3):
         recorder.event({"type": "transcript", "turn": turn, "text": f"t{turn}", "final": True, "start": turn,
                         "end": turn + 0.5, "words": []})

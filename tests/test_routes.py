@@ -31,13 +31,18 @@ EXPECTED = [
     ("WebSocketRoute", "/v1/realtime", None),
     ("Route", "/s/{token}", {"GET", "HEAD"}),
     ("Route", "/s/{token}/overlay", {"GET", "HEAD"}),
+    ("Route", "/v/{short}", {"GET", "HEAD"}),  # issue 21: the short share link
     ("Route", "/s/{token}/transcript.{fmt}", {"GET", "HEAD"}),
     ("WebSocketRoute", "/ws/watch/{token}", None),
     ("Route", "/sessions", {"GET", "HEAD"}),
     ("Route", "/sessions/{session_id}/revoke", {"POST"}),
     ("Route", "/sessions/{session_id}/share", {"POST"}),
+    ("Route", "/sessions/{session_id}/name", {"POST"}),  # issue 21: name and delete, on the page
+    ("Route", "/sessions/{session_id}/delete", {"POST"}),
     ("Route", "/api/sessions", {"GET", "HEAD"}),
+    ("Route", "/api/sessions/{session_id}", {"PATCH", "DELETE"}),  # issue 21: name and delete, the API
     ("Route", "/api/sessions/{session_id}/share", {"POST", "DELETE"}),
+    ("Route", "/api/sessions/{session_id}/qr.svg", {"GET", "HEAD"}),  # issue 21: the share link's QR code
     ("Route", "/api/sessions/{session_id}/transcript.{fmt}", {"GET", "HEAD"}),
     ("Route", "/api/sessions/{session_id}/rules", {"GET", "HEAD", "PUT"}),  # text rules (issue 19)
     ("Route", "/api/sessions/{session_id}/outputs", {"GET", "HEAD", "POST"}),

@@ -116,14 +116,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # a share link's viewer page, its exports and its live socket (webapp/share_pages.py)
         Route("/s/{token}", shares.viewer_page),
         Route("/s/{token}/overlay", shares.overlay_page),  # the OBS/vMix browser source (docs/overlay.md)
+        Route("/v/{short}", shares.short_viewer_page),  # a short link: a random id the store maps to the token
         Route("/s/{token}/transcript.{fmt}", shares.export),
         WebSocketRoute("/ws/watch/{token}", shares.watch),
-        # the owner's sessions: the page, its two buttons, the JSON API (webapp/share_pages.py)
+        # the owner's sessions: the page, its buttons, the JSON API (webapp/share_pages.py)
         Route("/sessions", shares.sessions_page),
         Route("/sessions/{session_id}/revoke", shares.revoke_form, methods=["POST"]),
         Route("/sessions/{session_id}/share", shares.new_link_form, methods=["POST"]),
+        Route("/sessions/{session_id}/name", shares.name_form, methods=["POST"]),
+        Route("/sessions/{session_id}/delete", shares.delete_form, methods=["POST"]),
         Route("/api/sessions", shares.api_list),
+        Route("/api/sessions/{session_id}", shares.api_session, methods=["PATCH", "DELETE"]),
         Route("/api/sessions/{session_id}/share", shares.api_share, methods=["POST", "DELETE"]),
+        Route("/api/sessions/{session_id}/qr.svg", shares.qr_code),
         Route("/api/sessions/{session_id}/transcript.{fmt}", shares.owner_export),
         Route("/api/sessions/{session_id}/rules", rules.api, methods=["GET", "PUT"]),  # webapp/session_rules.py
         # a session's caption outputs: YouTube, Zoom, webhooks, OBS (webapp/outputs/api.py)

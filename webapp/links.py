@@ -2,7 +2,8 @@
 
 A share token is itsdangerous-signed [session_id, version] with its mint time; it expires after SHARE_TTL.
 Revoking bumps the session's share_version, so every earlier token stops matching (404) without keeping a
-deny list. The owner credential is the signed HttpOnly `cr_owner` cookie (`__Host-cr_owner`, Secure, over HTTPS)
+deny list. A short link /v/<short id> is a random id the store maps to the session's current token: "Turn off
+link" and "New link" replace it with the token, and deleting the session removes it. The owner credential is the signed HttpOnly `cr_owner` cookie (`__Host-cr_owner`, Secure, over HTTPS)
 holding a random owner id: the page response sets it, the capture socket's handshake carries it, and the session
 records it.
 """
@@ -10,7 +11,9 @@ records it.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
+import string
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
@@ -22,6 +25,18 @@ from .security import Cookies
 OWNER_COOKIE = "cr_owner"
 OWNER_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers honour
 SHARE_SALT = "caption-relay.share"
+SHORT_CHARS = 10  # base62: 59 random bits, as a link that people type from a slide
+SHORT_ALPHABET = string.digits + string.ascii_letters
+SHORT_ID = re.compile(f"[0-9A-Za-z]{{{SHORT_CHARS}}}", re.ASCII)
+
+
+def short_id() -> str:
+    return "".join(secrets.choice(SHORT_ALPHABET) for _ in range(SHORT_CHARS))
+
+
+def share_urls(token: str, short: str | None) -> dict[str, str]:
+    """The `share_url` (the signed token's) and, when there is one, the `short_url` of a session's link."""
+    return {"share_url": f"/s/{token}", **({"short_url": f"/v/{short}"} if short else {})}
 
 
 @dataclass(frozen=True)

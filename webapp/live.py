@@ -29,7 +29,9 @@ PAUSING_REASONS = ("server_restart", "interrupted")
 class Live:
     """One live message, encoded once per process and sent as is to every viewer."""
 
-    kind: str  # "interim", "final", "ended", "revoked", "paused" or "resumed" (and a Feed's "gap", "overflow")
+    kind: (
+        str  # "interim", "final", "ended", "revoked", "deleted", "paused" or "resumed" (and a Feed's "gap", "overflow")
+    )
     text: str  # the JSON a viewer receives
     turn: int | None = None  # recognizer turn index (transcripts)
     seq: int | None = None  # position among the session's stored finals (finals)
@@ -82,6 +84,14 @@ def live_revoked(version: int | None = None) -> Live:
     return Live("revoked", _encode({"type": "revoked", "share_version": version}), version=version)
 
 
+DELETED = _encode({"type": "deleted"})
+
+
+def live_deleted() -> Live:
+    """The session was deleted by its owner: every viewer is told and closed, whatever link it used."""
+    return Live("deleted", DELETED)
+
+
 def live_resumed() -> Live:
     return Live("resumed", _encode({"type": "resumed"}))
 
@@ -129,7 +139,7 @@ class Viewer:
         return False
 
     async def run(self) -> str:
-        """Send until the session ends or the link is revoked; returns why it stopped ("not_resumed" when a
+        """Send until the session ends, is deleted or the link is revoked; returns why it stopped ("not_resumed" when a
         paused session was not continued within PAUSE_GRACE, "overflow" when it fell too far behind)."""
         while True:
             if self.paused_until is None:
@@ -161,7 +171,7 @@ class Viewer:
             self.min_seq = max(self.min_seq, (msg.seq or 0) + 1)
             if msg.turn is not None:
                 self.done_turn = max(self.done_turn, msg.turn)
-        elif msg.kind in ("ended", "revoked"):
+        elif msg.kind in ("ended", "revoked", "deleted"):
             return msg.kind
         if msg.kind == "paused":
             self.paused_until = time.monotonic() + PAUSE_GRACE

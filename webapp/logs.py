@@ -20,8 +20,8 @@ _QUERY = re.compile(
     r"(?i)([?&;](?:resume|key|share|token|api_key|apikey|access_token|auth|password|secret|sig)=)"
     r"[^&#\s\"'\\]*"
 )
-# Path segments that are tokens: /s/<share token>…, /ws/watch/<share token>
-_PATH = re.compile(r"(/s/|/ws/watch/)[^/?#\s\"'\\]+")
+# Path segments that are tokens: /s/<share token>…, /v/<short link id>, /ws/watch/<share token>
+_PATH = re.compile(r"(/s/|/v/|/ws/watch/)[^/?#\s\"'\\]+")
 # Header values: everything after the name, to the end of the value (websockets' debug lines, tracebacks)
 _HEADER = re.compile(
     r"(?i)\b((?:set-)?cookie|authorization|proxy-authorization|x-api-key)"

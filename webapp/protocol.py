@@ -22,6 +22,7 @@ MAX_KEYTERM_CHARS = 100
 MAX_AUDIO_FRAME = 64 * 1024  # bytes; larger binary frames are refused
 # A language tag as a client writes it (ISO 639-1 "es", a locale "en-GB"), or "multi" (detect among several)
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8}){0,2}|multi", re.ASCII)
+MAX_NAME_CHARS = 80  # a session's name (the `name` parameter, the owner API, the /sessions form)
 
 
 class ParamError(ValueError):
@@ -38,6 +39,7 @@ class StreamParams:
     eot_timeout_ms: int | None = None
     interim_words: bool = False  # interim transcripts carry their words too (finals always do)
     language: str = ""  # "" = the recognizer's default (English); a base code ("es") or "multi"
+    name: str | None = None  # the session's name, for its owner's list
 
     @property
     def bytes_per_second(self) -> int:
@@ -90,6 +92,7 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
         "eot_timeout_ms",
         "interim_words",
         "language",
+        "name",
         "resume",
         "key",
     }  # resume/key are read by later layers; accepted here so they are not "unknown"
@@ -133,7 +136,20 @@ def parse_params(items: Iterable[tuple[str, str]]) -> StreamParams:
     if interim_words not in ("true", "false"):
         raise ParamError("interim_words must be true or false")
     language = parse_language(single["language"]) if "language" in single else ""
-    return StreamParams(sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true", language)
+    named = session_name(single["name"]) if "name" in single else None
+    return StreamParams(
+        sample_rate, encoding, tuple(keyterms), eot, eager, timeout, interim_words == "true", language, named
+    )
+
+
+def session_name(raw: Any) -> str | None:
+    """A session's name as given (spaces trimmed and runs of them made one; "" = no name), else ParamError."""
+    if not isinstance(raw, str):
+        raise ParamError("name must be text")
+    name = " ".join(raw.split())
+    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise ParamError(f"name must be at most {MAX_NAME_CHARS} printable characters")
+    return name or None
 
 
 # ---- normalized events -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import orjson
 
 from . import metrics
 from .broker import Broker, RedisBroker
+from .links import share_urls, short_id
 from .live import Live, live_ended, live_resumed, live_transcript, rules_topic
 from .logs import fields
 from .relay import SessionSink
@@ -154,6 +155,8 @@ class Recorder(SessionSink):
             "share_version": 0,
             "share_token": token,
             "resume_nonce": self.resume_nonce,
+            "name": session.params.name,
+            "short_id": short_id(),
         }
         try:
             await self.recording.store.create_session(meta)
@@ -162,15 +165,17 @@ class Recorder(SessionSink):
             self.session_id = None
             return {}
         self._start_writer(session.id)
-        return {"share_url": f"/s/{token}"}
+        return share_urls(token, meta["short_id"])
 
     async def _reopen(self, session) -> dict[str, Any] | None:
-        """Continue the stored record of a resumed session: same share link, finals numbered on."""
+        """Continue the stored record of a resumed session: same share link, finals numbered on. A session whose
+        record is gone is not recorded again (a new record would revive its deleted links); None: the store failed."""
         try:
             store = self.recording.store
             meta = await store.get_session(session.id)
-            if meta is None:
-                return None
+            if meta is None:  # deleted by its owner since (or never recorded): it stays gone, its old links dead
+                log.info("session_resumed_unrecorded", extra=fields(session=session.id))
+                return {}
             self.seq = len(await store.get_turns(session.id))
             rules = await store.get_rules(session.id)
             await store.reopen_session(session.id)
@@ -184,7 +189,7 @@ class Recorder(SessionSink):
         self._start_writer(session.id)
         if self.recording.on_reopen is not None:
             self.recording.on_reopen(session.id)
-        return {"share_url": f"/s/{meta['share_token']}"} if meta.get("share_token") else {}
+        return share_urls(meta["share_token"], meta.get("short_id")) if meta.get("share_token") else {}
 
     def _start_writer(self, session_id: str) -> None:
         if isinstance(self.recording.broker, RedisBroker):  # one process: the API applies rules itself

@@ -1,5 +1,6 @@
-"""Sharing a live transcript: the viewer page /s/<token>, its OBS/vMix overlay /s/<token>/overlay, its live
-socket /ws/watch/<token>, exports, the owner's /sessions list and the revoke/new-link API (their routes are listed in app.py). `SharePages` also
+"""Sharing a live transcript: the viewer page /s/<token> (and its short link /v/<id>), its OBS/vMix overlay
+/s/<token>/overlay, its live socket /ws/watch/<token>, exports, the owner's /sessions list (names, search, delete,
+QR codes) and the owner API (their routes are listed in app.py). `SharePages` also
 runs the store's lifecycle and hands the relay its sink.
 
 Every bad link gets the same generic page (404, or 410 once expired), whatever session it names or not,
@@ -12,12 +13,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import io
 import json
 import logging
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
+import segno
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
@@ -26,9 +29,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import exports, live, metrics
 from .broker import make_broker
 from .config import Settings
-from .links import Owners, ShareLinks
-from .live import PAUSING_REASONS, REVOKED, Viewer, live_revoked
+from .links import SHORT_ID, Owners, ShareLinks, share_urls, short_id
+from .live import PAUSING_REASONS, REVOKED, Viewer, live_deleted, live_revoked
 from .logs import fields
+from .protocol import ParamError, session_name
 from .recorder import Recorder, Recording
 from .security import Cookies, origin_allowed
 from .store import STORE_ERRORS, make_store, store_url
@@ -50,7 +54,14 @@ FORM_NOTICES = {  # what the /sessions page says after one of its buttons (?done
     "off": "The share link is turned off: it no longer opens the captions.",
     "new": "A new share link is on; any earlier link no longer works.",
     "missing": "That session is no longer in your list.",
+    "named": "The session's name is saved.",
+    "badname": "That name was not saved: a name is at most 80 printable characters.",
+    "deleted": "The session is deleted: its captions, downloads and share links are gone.",
+    "live": "That session is still live: press Stop on its capture page first, then delete it.",
 }
+MAX_QUERY_CHARS = 100  # a search of /sessions or /api/sessions
+QUERY_TOO_LONG = f"q must be at most {MAX_QUERY_CHARS} characters"
+LIVE_NOT_DELETED = "This session is still live: stop it on its capture page first, then delete it."
 
 
 async def _small_form(request: Request) -> dict[str, str] | None:
@@ -71,6 +82,13 @@ def _when(ts: float | None) -> str:
 
 def _iso(ts: float | None) -> str:
     return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def qr_svg(url: str) -> bytes:
+    """The QR code of `url` as an SVG image (segno: error correction M, 4-module quiet zone, 8 px a module)."""
+    out = io.BytesIO()
+    segno.make(url, error="m").save(out, kind="svg", scale=8, border=4, title="QR code of the share link")
+    return out.getvalue()
 
 
 def _pause_left(meta: dict[str, Any]) -> float:
@@ -188,11 +206,29 @@ class SharePages:
 
     # ---- viewer ----------------------------------------------------------------------------------
 
+    async def _resolve_short(self, short: str) -> tuple[int, dict[str, Any] | None]:
+        """A short link resolves through its session's current token: turned off, renewed or deleted, it is gone."""
+        if not SHORT_ID.fullmatch(short):
+            return 404, None
+        meta = await self.store.session_by_short(short)
+        if meta is None or not meta.get("share_token"):
+            return 404, None
+        return await self._resolve(meta["share_token"])
+
+    async def short_viewer_page(self, request: Request) -> Response:
+        status, meta = await self._resolve_short(request.path_params["short"])
+        if meta is None:
+            return self._link_error(request, status)
+        return await self._viewer(request, meta["share_token"], meta)
+
     async def viewer_page(self, request: Request) -> Response:
         token = request.path_params["token"]
         status, meta = await self._resolve(token)
         if meta is None:
             return self._link_error(request, status)
+        return await self._viewer(request, token, meta)
+
+    async def _viewer(self, request: Request, token: str, meta: dict[str, Any]) -> Response:
         turns = await self._shown_turns(meta["id"])
         return self.templates.TemplateResponse(
             request,
@@ -204,6 +240,7 @@ class SharePages:
                 "paused": _pause_left(meta) > 0,
                 "started": _when(meta["started_at"]),
                 "started_iso": _iso(meta["started_at"]),
+                "name": meta.get("name"),
                 "formats": list(EXPORTS),
             },
             headers=NOINDEX,
@@ -333,7 +370,7 @@ class SharePages:
                             )
                         )
                         why = "ended"
-                await ws.close(1000 if why in ("ended", "revoked") else 1013)  # 1013: try again (overflow)
+                await ws.close(1000 if why in ("ended", "revoked", "deleted") else 1013)  # 1013: try again (overflow)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the viewer left
         except STORE_ERRORS as exc:  # the snapshot could not be read: the page reconnects
@@ -372,13 +409,34 @@ class SharePages:
         return token
 
     async def _replace_link(self, meta: dict[str, Any], mint: bool) -> str | None:
-        """Retire the current link (its open viewers close now) and, with `mint`, make the next one."""
+        """Retire the current link and its short link (their open viewers close now) and, with `mint`, make the
+        next pair."""
         version = meta["share_version"] + 1
         token = self.links.mint(meta["id"], version) if mint else None
         await self.store.set_share(meta["id"], version, token)
+        await self.store.set_short(meta["id"], short_id() if mint else None)
         await self.broker.publish(meta["id"], live_revoked(version))
         log.info("share_created" if mint else "share_revoked", extra=fields(session=meta["id"]))
         return token
+
+    async def _delete(self, meta: dict[str, Any]) -> bool:
+        """Delete a session that is not live: its record, finals and links; its open viewers are told now.
+        (No audio is ever stored: the relay keeps only seconds of it in memory while a session runs.)"""
+        if meta["live"]:
+            return False
+        await self.store.delete_session(meta["id"])
+        await self.broker.publish(meta["id"], live_deleted())
+        log.info("session_deleted", extra=fields(session=meta["id"]))
+        return True
+
+    async def _rename(self, meta: dict[str, Any], name: str | None) -> None:
+        await self.store.rename_session(meta["id"], name)
+        log.info("session_named", extra=fields(session=meta["id"], named=name is not None))
+
+    def _absolute(self, request: Request, path: str) -> str:
+        """`path` on this server as the browser reaches it (the Host header, which HostGuard checked)."""
+        scheme = "https" if self.owners.cookies.https(request) else "http"
+        return f"{scheme}://{request.headers.get('host', request.url.netloc)}{path}"
 
     async def api_share(self, request: Request) -> Response:
         if not origin_allowed(request, self.settings):
@@ -390,15 +448,80 @@ class SharePages:
             await self._revoke(meta)
             return Response(status_code=204)
         token = await self._new_link(meta)
-        return JSONResponse({"share_url": f"/s/{token}"}, status_code=201)
+        fresh = await self.store.get_session(meta["id"])
+        return JSONResponse(share_urls(token, fresh.get("short_id") if fresh else None), status_code=201)
+
+    async def api_session(self, request: Request) -> Response:
+        """PATCH {"name": …} names a session (null or "" clears it); DELETE deletes it (409 while it is live)."""
+        if not origin_allowed(request, self.settings):
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        meta = await self._owned(request)
+        if meta is None:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        if request.method == "DELETE":
+            if not await self._delete(meta):
+                return JSONResponse({"error": "live", "message": LIVE_NOT_DELETED}, status_code=409)
+            return Response(status_code=204)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > FORM_LIMIT:
+                return JSONResponse(
+                    {"error": "bad_request", "message": f"the body must be at most {FORM_LIMIT} bytes"}, status_code=400
+                )
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict) or set(data) != {"name"}:
+                raise ParamError('send a JSON object {"name": "…"} (null or "" clears the name)')
+            name = None if data["name"] is None else session_name(data["name"])
+        except (ValueError, ParamError) as exc:  # a JSONDecodeError is a ValueError too
+            message = str(exc) if isinstance(exc, ParamError) else 'the body must be JSON: {"name": "…"}'
+            return JSONResponse({"error": "bad_request", "message": message}, status_code=400)
+        await self._rename(meta, name)
+        return JSONResponse({**_public_meta(meta), "name": name}, headers={"Cache-Control": "no-store"})
+
+    async def qr_code(self, request: Request) -> Response:
+        """The QR code of the session's share link (its short link when it has one), for viewers in the room."""
+        meta = await self._owned(request)
+        if meta is None or not meta.get("share_token"):
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        path = f"/v/{meta['short_id']}" if meta.get("short_id") else f"/s/{meta['share_token']}"
+        return Response(
+            qr_svg(self._absolute(request, path)), media_type="image/svg+xml", headers={"Cache-Control": "no-store"}
+        )
 
     async def revoke_form(self, request: Request) -> Response:
-        return await self._owner_form(request, self._revoke, "off")
+        async def action(meta: dict[str, Any], form: dict[str, str]) -> str:
+            await self._revoke(meta)
+            return "off"
+
+        return await self._owner_form(request, action)
 
     async def new_link_form(self, request: Request) -> Response:
-        return await self._owner_form(request, self._new_link, "new")
+        async def action(meta: dict[str, Any], form: dict[str, str]) -> str:
+            await self._new_link(meta)
+            return "new"
 
-    async def _owner_form(self, request: Request, action, done: str) -> Response:
+        return await self._owner_form(request, action)
+
+    async def name_form(self, request: Request) -> Response:
+        async def action(meta: dict[str, Any], form: dict[str, str]) -> str:
+            try:
+                name = session_name(form.get("name", ""))
+            except ParamError:
+                return "badname"
+            await self._rename(meta, name)
+            return "named"
+
+        return await self._owner_form(request, action)
+
+    async def delete_form(self, request: Request) -> Response:
+        async def action(meta: dict[str, Any], form: dict[str, str]) -> str:
+            return "deleted" if await self._delete(meta) else "live"
+
+        return await self._owner_form(request, action)
+
+    async def _owner_form(self, request: Request, action) -> Response:
         """A /sessions button. Browsers post these with `Origin: null` (Referrer-Policy: no-referrer), so the
         defence is the page's signed per-session token, plus Sec-Fetch-Site (or a foreign Origin) for what
         browsers mark as another site's. A refusal is a page that says so, never a silent redirect."""
@@ -429,7 +552,7 @@ class SharePages:
         meta = await self._owned(request)
         if meta is None:
             return RedirectResponse("/sessions?done=missing", status_code=303)  # deleted since the page was shown
-        await action(meta)
+        done = await action(meta, form)
         return RedirectResponse(f"/sessions?done={done}", status_code=303)
 
     async def owner_export(self, request: Request) -> Response:
@@ -438,11 +561,16 @@ class SharePages:
             return JSONResponse({"error": "not_found"}, status_code=404)
         return await self._export(meta, request.path_params["fmt"])
 
-    async def _listing(self, request: Request) -> list[dict[str, Any]]:
+    async def _listing(self, request: Request, query: str) -> list[dict[str, Any]]:
+        """The owner's sessions (those matching `query` when one is given), with their previews and links."""
         owner = self.owners.read(request)
         if owner is None:
             return []
-        rows = await self.store.list_sessions(owner)
+        if query:
+            rows = await self.store.search_sessions(owner, query)
+        else:
+            rows = await self.store.list_sessions(owner)
+        previews = await self.store.previews([r["id"] for r in rows])
         live_s = self.usage.live_seconds() if self.usage is not None else {}
         price = self.settings.cost_per_minute
         for row in rows:
@@ -454,19 +582,46 @@ class SharePages:
                 cost if cost is not None and not row["live"] else None if audio is None else audio / 60 * price
             )
             row["form_token"] = self.owners.form_token(owner, row["id"])  # the page's forms only, never the API
-            row["share_url"] = f"/s/{row['share_token']}" if row.get("share_token") else None
+            row.update(share_url=None, short_url=None)
+            if row.get("share_token"):
+                row.update(share_urls(row["share_token"], row.get("short_id")))
             row["started"] = _when(row["started_at"])
+            row["started_iso"] = _iso(row["started_at"])
+            row["preview"] = previews.get(row["id"], "")
+            row["short_abs"] = self._absolute(request, row["short_url"]) if row["short_url"] else None
         return rows
 
+    @staticmethod
+    def _query(request: Request) -> str | None:
+        """The search words of ?q= (spaces trimmed), or None when too long."""
+        query = " ".join(request.query_params.get("q", "").split())
+        return query if len(query) <= MAX_QUERY_CHARS else None
+
     async def api_list(self, request: Request) -> Response:
-        rows = await self._listing(request)
+        query = self._query(request)
+        if query is None:
+            return JSONResponse({"error": "bad_request", "message": QUERY_TOO_LONG}, status_code=400)
+        rows = await self._listing(request, query)
         return JSONResponse(
-            {"sessions": [{**_public_meta(r), "share_url": r["share_url"], "cost": r["cost"]} for r in rows]},
+            {
+                "sessions": [
+                    {
+                        **_public_meta(r),
+                        "name": r.get("name"),
+                        "preview": r["preview"],
+                        "share_url": r["share_url"],
+                        "short_url": r["short_url"],
+                        "cost": r["cost"],
+                    }
+                    for r in rows
+                ]
+            },
             headers={"Cache-Control": "no-store"},
         )
 
     async def sessions_page(self, request: Request) -> Response:
-        rows = await self._listing(request)
+        query = self._query(request)
+        rows = await self._listing(request, query or "")
         response = self.templates.TemplateResponse(
             request,
             "sessions.html",
@@ -474,6 +629,8 @@ class SharePages:
                 "sessions": rows,
                 "total_minutes": sum(r["audio_minutes"] or 0 for r in rows),
                 "total_cost": sum(r["cost"] or 0 for r in rows),
+                "query": query if query is not None else request.query_params.get("q", "")[:MAX_QUERY_CHARS],
+                "query_error": QUERY_TOO_LONG.replace("q must", "A search must") if query is None else None,
                 "formats": list(EXPORTS),
                 "notice": FORM_NOTICES.get(request.query_params.get("done", "")),
             },

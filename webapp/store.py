@@ -43,9 +43,24 @@ SESSION_FIELDS = (
     "share_token",
     "resume_nonce",
     "cost",  # what the session's audio cost (COST_PER_MINUTE), written with audio_seconds at its end
+    "name",
+    "short_id",
 )
 API_KEY_FIELDS = ("id", "name", "digest", "created_at", "minutes_per_day", "revoked_at")
 UsageRow = tuple[str, str, str, float, float]  # (kind, subject, UTC day "YYYY-MM-DD", seconds, cost) to add
+PREVIEW_CHARS = 120  # the first words of a session shown in the list
+SEARCH_SESSIONS = 200  # a search looks through the owner's newest sessions only: bounded work
+SEARCH_TURNS = 20000  # ...and at most this many finals of them (Redis and memory; SQLite reads the owner's rows)
+
+
+def like_pattern(query: str) -> str:
+    """A LIKE pattern matching `query` anywhere, its % _ and \\ taken literally (ESCAPE '\\')."""
+    return "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _preview(texts: list[str]) -> str:
+    text = " ".join(t.strip() for t in texts if t and t.strip())
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
 
 def backoff(attempt: int, first: float = STORE_RETRY[0], cap: float = STORE_RETRY[1]) -> float:
@@ -201,6 +216,33 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def purge(self, started_before: float) -> int:
         """Delete sessions started before this Unix time; returns how many."""
+
+    # session management (issue 21)
+
+    @abc.abstractmethod
+    async def rename_session(self, session_id: str, name: str | None) -> None:
+        """Set (or, with None, clear) the session's name."""
+
+    @abc.abstractmethod
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete the session, its finals, its outputs and its short link; False if it was not stored."""
+
+    @abc.abstractmethod
+    async def search_sessions(self, owner: str, query: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The owner's sessions (newest first, among their SEARCH_SESSIONS newest) whose name or finals contain
+        `query`, case-insensitively, taken literally (no wildcards)."""
+
+    @abc.abstractmethod
+    async def previews(self, session_ids: list[str]) -> dict[str, str]:
+        """The first words (up to PREVIEW_CHARS) of each session that has finals."""
+
+    @abc.abstractmethod
+    async def session_by_short(self, short_id: str) -> dict[str, Any] | None:
+        """The session whose current short link is `short_id`."""
+
+    @abc.abstractmethod
+    async def set_short(self, session_id: str, short_id: str | None) -> None:
+        """Replace the session's short link (None: none); the old one stops resolving."""
 
     async def recover(self) -> int:
         """At start-up: mark sessions left open by a crash as ended. Returns how many."""
@@ -377,6 +419,38 @@ class MemoryStore(SessionStore):
             self.outputs.pop(session_id, None)
         return len(ids)
 
+    # session management (issue 21)
+
+    async def rename_session(self, session_id: str, name: str | None) -> None:
+        if session_id in self.sessions:
+            self.sessions[session_id]["name"] = name
+
+    async def delete_session(self, session_id: str) -> bool:
+        self.turns.pop(session_id, None)
+        self.outputs.pop(session_id, None)
+        return self.sessions.pop(session_id, None) is not None
+
+    async def search_sessions(self, owner: str, query: str, limit: int = 200) -> list[dict[str, Any]]:
+        needle, budget, out = query.casefold(), SEARCH_TURNS, []
+        for meta in await self.list_sessions(owner, SEARCH_SESSIONS):
+            texts = [t.get("text", "") for _, t in sorted(self.turns.get(meta["id"], {}).items())][:budget]
+            budget -= len(texts)
+            if needle in (meta.get("name") or "").casefold() or any(needle in t.casefold() for t in texts):
+                out.append(meta)
+        return out[:limit]
+
+    async def previews(self, session_ids: list[str]) -> dict[str, str]:
+        firsts = {i: [t.get("text", "") for _, t in sorted(self.turns.get(i, {}).items())[:3]] for i in session_ids}
+        return {i: p for i, texts in firsts.items() if (p := _preview(texts))}
+
+    async def session_by_short(self, short_id: str) -> dict[str, Any] | None:
+        meta = next((m for m in self.sessions.values() if m.get("short_id") == short_id), None)
+        return _session_out(meta) if meta is not None else None
+
+    async def set_short(self, session_id: str, short_id: str | None) -> None:
+        if session_id in self.sessions:
+            self.sessions[session_id]["short_id"] = short_id
+
 
 # ---- SQLite -------------------------------------------------------------------------------------
 
@@ -384,7 +458,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, owner TEXT, backend TEXT NOT NULL, model TEXT, sample_rate INTEGER,
     started_at REAL NOT NULL, ended_at REAL, duration REAL, audio_seconds REAL, end_reason TEXT,
-    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT, resume_nonce TEXT, cost REAL);
+    share_version INTEGER NOT NULL DEFAULT 0, share_token TEXT, resume_nonce TEXT, cost REAL, name TEXT, short_id TEXT);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, started_at);
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started_at);
 CREATE TABLE IF NOT EXISTS turns (
@@ -437,12 +511,19 @@ class SqliteStore(SessionStore):
         async with self.db.execute("PRAGMA table_info(sessions)") as cur:
             columns = {r["name"] for r in await cur.fetchall()}
         # a file of an older version; text_rules (issue 19) is kept outside SESSION_FIELDS
-        for column, kind in (("resume_nonce", "TEXT"), ("cost", "REAL"), ("text_rules", "TEXT")):
+        for column, kind in (
+            ("resume_nonce", "TEXT"),
+            ("cost", "REAL"),
+            ("text_rules", "TEXT"),
+            ("name", "TEXT"),
+            ("short_id", "TEXT"),
+        ):
             if column not in columns:
                 await self.db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
         async with self.db.execute("PRAGMA table_info(turns)") as cur:
             if "languages" not in {r["name"] for r in await cur.fetchall()}:  # a file of an older version
                 await self.db.execute("ALTER TABLE turns ADD COLUMN languages TEXT")
+        await self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS sessions_short ON sessions (short_id)")
 
     async def close(self) -> None:
         if self.finals_writer is not None:
@@ -660,6 +741,58 @@ class SqliteStore(SessionStore):
             await self.db.execute("COMMIT")
         return len(ids)
 
+    # session management (issue 21)
+
+    async def rename_session(self, session_id: str, name: str | None) -> None:
+        await self.db.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, session_id))
+
+    async def delete_session(self, session_id: str) -> bool:
+        await self.db.execute("BEGIN")
+        try:
+            await self.db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,))
+            await self.db.execute("DELETE FROM outputs WHERE session_id = ?", (session_id,))
+            cur = await self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return cur.rowcount > 0
+
+    async def search_sessions(self, owner: str, query: str, limit: int = 200) -> list[dict[str, Any]]:
+        # LIKE with the query's wildcards escaped; ASCII letters match either case (SQLite's LIKE).
+        pattern = like_pattern(query)
+        async with self.db.execute(
+            "SELECT * FROM (SELECT * FROM sessions WHERE owner = ? ORDER BY started_at DESC LIMIT ?) AS s "
+            "WHERE s.name LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM turns AS t WHERE t.session_id = s.id "
+            "AND t.text LIKE ? ESCAPE '\\') ORDER BY s.started_at DESC LIMIT ?",
+            (owner, SEARCH_SESSIONS, pattern, pattern, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_session_out(dict(r)) for r in rows]
+
+    async def previews(self, session_ids: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in (session_ids[i : i + 200] for i in range(0, len(session_ids), 200)):
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT session_id, text FROM turns WHERE session_id IN ({marks}) AND seq < 3 ORDER BY session_id, seq",
+                chunk,
+            ) as cur:
+                rows = await cur.fetchall()
+            firsts: dict[str, list[str]] = {}
+            for r in rows:
+                firsts.setdefault(r["session_id"], []).append(r["text"])
+            out.update({i: p for i, texts in firsts.items() if (p := _preview(texts))})
+        return out
+
+    async def session_by_short(self, short_id: str) -> dict[str, Any] | None:
+        async with self.db.execute("SELECT * FROM sessions WHERE short_id = ?", (short_id,)) as cur:
+            row = await cur.fetchone()
+        return _session_out(dict(row)) if row else None
+
+    async def set_short(self, session_id: str, short_id: str | None) -> None:
+        await self.db.execute("UPDATE sessions SET short_id = ? WHERE id = ?", (short_id, session_id))
+
     async def recover(self) -> int:
         # One process owns this file, so at start-up no session can still be running.
         cur = await self.db.execute(
@@ -738,6 +871,8 @@ class RedisStore(SessionStore):
             pipe.zadd(f"{self.p}sessions", {meta["id"]: meta["started_at"]})
             if meta.get("owner"):
                 pipe.zadd(self._k("o", meta["owner"]), {meta["id"]: meta["started_at"]})
+            if meta.get("short_id"):
+                pipe.set(self._k("v", meta["short_id"]), meta["id"])
             await pipe.execute()
 
     async def append_final(self, session_id: str, seq: int, turn: dict[str, Any]) -> None:
@@ -927,6 +1062,91 @@ class RedisStore(SessionStore):
                 pipe.zrem(f"{self.p}sessions", session_id)
                 if meta and meta.get("owner"):
                     pipe.zrem(self._k("o", meta["owner"]), session_id)
+                if meta and meta.get("short_id"):
+                    pipe.delete(self._k("v", meta["short_id"]))
                 await pipe.execute()
             removed += 1
         return removed
+
+    # session management (issue 21)
+
+    async def rename_session(self, session_id: str, name: str | None) -> None:
+        key = self._k("s", session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # only a stored session: never a stub hash
+            await pipe.watch(key)
+            if await pipe.exists(key):
+                pipe.multi()
+                pipe.hset(key, "name", json.dumps(name))
+                await pipe.execute()
+
+    async def delete_session(self, session_id: str) -> bool:
+        meta = await self.get_session(session_id)
+        if meta is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._k("s", session_id), self._k("t", session_id), self._k("out", session_id))
+            pipe.zrem(f"{self.p}sessions", session_id)
+            if meta.get("owner"):
+                pipe.zrem(self._k("o", meta["owner"]), session_id)
+            if meta.get("short_id"):
+                pipe.delete(self._k("v", meta["short_id"]))
+            await pipe.execute()
+        return True
+
+    async def search_sessions(self, owner: str, query: str, limit: int = 200) -> list[dict[str, Any]]:
+        # No index in Redis: the owner's newest sessions, their finals read in pages, at most SEARCH_TURNS in all.
+        needle, budget, out = query.casefold(), SEARCH_TURNS, []
+        # The raw JSON of a final holds its text as is unless the query has what JSON escapes: then a quick look
+        # at the raw entry rules out most non-matches without decoding them.
+        quick = needle.isprintable() and '"' not in needle and "\\" not in needle
+        for meta in await self.list_sessions(owner, SEARCH_SESSIONS):
+            if needle in (meta.get("name") or "").casefold():
+                out.append(meta)
+            else:
+                key, low, size = self._k("t", meta["id"]), "-", 20  # small first: a match is often early
+                while budget > 0:
+                    count = min(size, budget)
+                    page = await self.redis.xrange(key, min=low, max="+", count=count)
+                    budget -= len(page)
+                    if any(
+                        (not quick or needle in e["d"].casefold())
+                        and needle in json.loads(e["d"]).get("text", "").casefold()
+                        for _, e in page
+                    ):
+                        out.append(meta)
+                        break
+                    if len(page) < count:
+                        break
+                    low, size = f"({page[-1][0]}", min(500, size * 5)
+            if len(out) >= limit or budget <= 0:
+                break
+        return out[:limit]
+
+    async def previews(self, session_ids: list[str]) -> dict[str, str]:
+        if not session_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.xrange(self._k("t", session_id), count=3)
+            pages = await pipe.execute()
+        firsts = {
+            i: [self._turn(e).get("text", "") for _, e in page] for i, page in zip(session_ids, pages, strict=True)
+        }
+        return {i: p for i, texts in firsts.items() if (p := _preview(texts))}
+
+    async def session_by_short(self, short_id: str) -> dict[str, Any] | None:
+        session_id = await self.redis.get(self._k("v", short_id))
+        meta = await self.get_session(session_id) if session_id else None
+        return meta if meta is not None and meta.get("short_id") == short_id else None
+
+    async def set_short(self, session_id: str, short_id: str | None) -> None:
+        meta = await self.get_session(session_id)
+        if meta is None:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if meta.get("short_id"):
+                pipe.delete(self._k("v", meta["short_id"]))
+            if short_id:
+                pipe.set(self._k("v", short_id), session_id)
+            pipe.hset(self._k("s", session_id), "short_id", json.dumps(short_id))
+            await pipe.execute()

@@ -98,7 +98,7 @@ async function setup({ params, failMic = null, startNow = true } = {}) {
 
 async function live(t, { token = 'tok1', id = 'sess1' } = {}) {
   t.ws().open();
-  t.ws().receive({ type: 'ready', session_id: id, resume_token: token, share_url: '/s/abc' });
+  t.ws().receive({ type: 'ready', session_id: id, resume_token: token, share_url: '/s/abc', short_url: '/v/abcdefghij' });
 }
 
 test('the first socket takes audio at once; ready makes the session live; Stop flushes the last frame, then CloseStream', async () => {
@@ -109,7 +109,7 @@ test('the first socket takes audio at once; ready makes the session live; Stop f
   assert.deepEqual(t.ws().sent, []); // RelaySocket holds it until open
   await live(t);
   assert.deepEqual(t.ws().audio, [1]);
-  assert.deepEqual(t.of('ready'), [[{ sessionId: 'sess1', shareUrl: '/s/abc', resumed: false }]]);
+  assert.deepEqual(t.of('ready'), [[{ sessionId: 'sess1', shareUrl: '/s/abc', shortUrl: '/v/abcdefghij', resumed: false }]]);
   assert.equal(t.s.stats.sessionId, 'sess1');
   t.mic.frame(2);
   t.ws().receive({ type: 'transcript', turn: 0, text: 'Hello', final: false });
@@ -184,7 +184,7 @@ test('a dropped live socket resumes with the newest token; queued audio goes fir
   assert.equal(t.s.stats.queuedPeak, 3 * 2560);
   assert.equal(t.s.stats.reconnects, 1);
   assert.equal(t.of('notice').at(-1)[1], 'Reconnected after 4 s; captions continue.');
-  assert.deepEqual(t.of('ready').at(-1), [{ sessionId: 'sess1', shareUrl: null, resumed: true }]);
+  assert.deepEqual(t.of('ready').at(-1), [{ sessionId: 'sess1', shareUrl: null, shortUrl: null, resumed: true }]);
   // the server's final of the recovered turn replaces it
   second.receive({ type: 'transcript', turn: 1, text: 'Four five six.', final: true });
   assert.deepEqual(t.transcript.finals, ['One two three.', 'Four five six.']);
