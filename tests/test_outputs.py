@@ -638,3 +638,48 @@ def test_youtube_bodies(spoken, now, line):
     from webapp.outputs.youtube import body
     caption = Caption("s", 0, "and so\nmy  fellow Americans", 0.0, 1.0, spoken)
     assert body(caption, now) == f"{line}\nand so my fellow Americans\n".encode()
+
+
+# ---- OBS through the app (obs-websocket simulator, tests/fake_obs.py) ------------------------------------
+
+
+async def test_obs_gets_the_captions_through_the_app_while_it_streams(simulator, session_tmp, receivers):
+    from fake_obs import FakeObs
+
+    sim = simulator
+    sim.reset(script=SCRIPT)
+    obs = FakeObs(password="obs-secret-pw", streaming=False).start()
+    try:
+        env = app_env(sim, fresh(receivers), {"OUTPUT_ALLOWED_URLS": obs.url})
+        with running_app(env, session_tmp, "outputs-obs") as app:
+            cookie = owner_cookie(app)
+            speaker = await open_speaker(app, cookie)
+            session_id = speaker.ready["session_id"]
+            body = {"type": "obs", "url": obs.url, "password": "obs-secret-pw"}
+            status, made = api(app, "POST", f"/api/sessions/{session_id}/outputs", cookie, body)
+            assert status == 201, made
+
+            def row():
+                return api(app, "GET", f"/api/sessions/{session_id}/outputs", cookie)[1]["outputs"][0]
+            deadline = time.monotonic() + 10
+            while row()["detail"] != "OBS is not streaming":  # connected, authenticated, told the stream is off
+                assert time.monotonic() < deadline, row()
+                await asyncio.sleep(0.05)  # polling the API with a deadline: nothing to await across the process
+            assert obs.identified >= 1 and obs.auth_failures == 0
+            obs.set_streaming(True)
+            await speak(speaker, 8.2)
+            messages = await speaker.close_stream()
+            assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == LINES
+            deadline = time.monotonic() + 15
+            while len(words([text for _, text in obs.captions])) < len(words(LINES)):
+                assert time.monotonic() < deadline, obs.captions
+                await asyncio.sleep(0.05)  # the simulator runs in its own thread: polled with a deadline
+            sent = [text for _, text in obs.captions]
+            assert words(sent) == words(LINES)  # each word once, in order (early parts and their remainders)
+            assert all(len(line) <= 32 for text in sent for line in text.split("\n"))  # CEA-608 rows
+            assert row()["detail"] is None or row()["state"] in ("active", "stopped")
+            shown = json.dumps(api(app, "GET", f"/api/sessions/{session_id}/outputs", cookie)[1])
+            log = app.log_text()
+        assert "obs-secret-pw" not in shown and "obs-secret-pw" not in log
+    finally:
+        obs.stop()
