@@ -349,7 +349,8 @@ def test_presentation_mode_on_the_capture_page_and_finals_only_announced(flux_ap
         page.locator("#present").click()
         page.evaluate("window.captionRelay.stop()")  # the session stops: the audience sees it is not live
         expect(page.locator("#conn-state")).to_be_visible()
-        expect(page.locator("#conn-state")).to_have_text("closed", timeout=10000)
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed", timeout=10000)
+        expect(page.locator("#conn-state")).to_have_text("Stopped")  # the label people read (static/labels.js)
         page.screenshot(path=str(ARTIFACTS / "present-capture-stopped.png"))
         table: list[tuple] = []
         measure(page, "present-capture", ["#conn-state"], table)

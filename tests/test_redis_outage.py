@@ -212,7 +212,7 @@ async def test_finals_past_the_bound_are_counted_and_told_the_rest_written_in_or
     recording = Recording(store, broker)
     page = []  # what the speaker's page is sent by the recorder
     session = type("Session", (), {"id": "s1", "resumed": False, "audio_seconds": 5.0,
-                                   "settings": type("S", (), {"backend": "deepgram", "model": "m"}),
+                                   "settings": type("S", (), {"backend": "deepgram", "model": "m", "cost_per_minute": 0.0}),
                                    "params": type("P", (), {"sample_rate": 16000, "name": None}),
                                    "out": type("Out", (), {"put": staticmethod(page.append)})})()
     got, changed = [], asyncio.Event()
