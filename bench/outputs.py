@@ -1,17 +1,24 @@
-"""Caption outputs benchmark (issue 19): one session feeding 4 outputs of each kind (youtube, zoom, webhook).
+"""Caption outputs benchmark (issue 19): one session feeding 4 outputs of each kind (youtube, zoom, webhook, obs).
 
-    flock /tmp/cpu.lock .venv/bin/python bench/outputs.py [--seconds 20] [--per-kind 4]
+    flock /tmp/cpu.lock .venv/bin/python bench/outputs.py [--seconds 20] [--per-kind 4] [--dead-obs stall|stopped]
 
-Everything on 127.0.0.1: the upstream simulator (tests/simulator.py, Flux wire format) and the receiver
-simulators (tests/receivers.py, which check the documented formats) in this process, the app as users run it
-(`python -m webapp`, SQLite store) in its own process; audio paced in real time. Three sessions of the same
-script, one after the other:
+Everything on 127.0.0.1: the upstream simulator (tests/simulator.py, Flux wire format), the receiver
+simulators (tests/receivers.py, which check the documented formats) and the obs-websocket simulators
+(tests/fake_obs.py: streaming, with a password) in this process, the app as users run it (`python -m webapp`,
+SQLite store) in its own process; audio paced in real time. Three sessions of the same script, one after the
+other:
   none     no outputs (the baseline)
   outputs  4 outputs of each kind, every receiver healthy
-  dead     the same, with one receiver of each kind dead (connections closed unanswered)
+  dead     the same, with one receiver of each kind dead: the HTTP ones close connections unanswered; the OBS one
+           stalls (connects and identifies, never answers a request: a hung OBS) or, with --dead-obs stopped, is
+           not listening at all (OBS closed)
+Checked: every post at the HTTP receivers (their format checks: no violation); at each live OBS the caption words
+arrive once and in order (the script's words, early parts and remainders joined), every row <= 32 characters,
+at most 2 rows and 128 bytes; the dead receivers get nothing.
 Measured:
   final latency  for each final, a receiver's receipt of the post that completes that turn minus the speaker
-                 socket's receipt of the final (time.time() in this one process)
+                 socket's receipt of the final (time.time() in this one process; FakeObs's monotonic times are
+                 mapped to it), also per kind
   word lag       for each word, its receipt at a YouTube receiver minus when the speaker finished saying it (the
                  simulator hears word i of a turn at its (i+1) x 0.3 s of audio): what the early sends buy
   speaker        the relay's own latency for the speaker's finals, with and without outputs
@@ -28,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +75,62 @@ def script_turns(seconds: float) -> list[list[str]]:
             if total > seconds - 0.5:
                 return turns
             turns.append(words)
+
+
+@dataclass
+class ObsPost:
+    """One caption an OBS simulator accepted, shaped like receivers.Post (text with its rows joined)."""
+
+    text: str
+    at: float  # time.time()
+    rows: list[str]
+
+
+class ObsReceiver:
+    """A FakeObs (tests/fake_obs.py) as the bench sees a receiver: name, url, captions as posts, dead or not."""
+
+    kind = "obs"
+
+    def __init__(self, name: str, password: str):
+        from fake_obs import FakeObs
+
+        self.name, self.password = name, password
+        self.obs = FakeObs(password=password, streaming=True).start()
+        self.origin = self.url = self.obs.url
+        self.is_down = False
+        self.mode = "stall"
+
+    @property
+    def captions(self) -> list[ObsPost]:
+        shift = time.time() - time.monotonic()  # FakeObs stamps with time.monotonic(), the bench uses time.time()
+        with self.obs._changed:
+            raw = list(self.obs.captions)
+        return [ObsPost(" ".join(t.split("\n")), at + shift, t.split("\n")) for at, t in raw]
+
+    @property
+    def violations(self) -> list[str]:
+        bad = []
+        for post in self.captions:
+            if len(post.rows) > 2 or any(len(row) > 32 for row in post.rows) or len("\n".join(post.rows).encode()) > 128:
+                bad.append(f"not two CEA-608 rows: {post.rows!r}")
+        return bad
+
+    def reset(self) -> None:
+        with self.obs._changed:
+            self.obs.captions.clear()
+            self.obs.requests.clear()
+        self.obs.stall = False
+        self.is_down = False
+
+    def down(self, mode: str) -> None:
+        self.is_down, self.mode = True, mode
+        if mode == "stopped":
+            self.obs.stop()  # nothing listens: every connect is refused
+        else:
+            self.obs.stall = True
+
+    def stop(self) -> None:
+        self.obs.stop()
 
 
 def final_posts(receiver, turns: list[list[str]]) -> dict[int, float]:
@@ -131,6 +195,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--per-kind", type=int, default=4)
+    ap.add_argument("--dead-obs", choices=("stall", "stopped"), default="stall")
     args = ap.parse_args()
     seconds, per_kind = min(args.seconds, 120.0), max(1, min(args.per_kind, 16))
 
@@ -143,6 +208,7 @@ async def main() -> None:
     sim = Simulator().start()
     kinds = {"youtube": YoutubeReceiver, "zoom": ZoomReceiver, "webhook": WebhookReceiver}
     rx = {k: [cls(f"{k}-{i}") for i in range(per_kind)] for k, cls in kinds.items()}
+    rx["obs"] = [ObsReceiver(f"obs-{i}", f"bench-obs-pw-{i}") for i in range(per_kind)]
     every = [r for group in rx.values() for r in group]
     env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": TEST_DG_KEY, "DEEPGRAM_URL": f"{sim.url}/v2/listen",
            "LOG_LEVEL": "info", "OUTPUT_ALLOWED_URLS": " ".join(r.origin for r in every)}
@@ -154,8 +220,11 @@ async def main() -> None:
         def add(session_id):
             for kind, group in rx.items():
                 for r in group:
-                    query = {"youtube": "?cid=bench", "zoom": "?id=m&signature=s", "webhook": ""}[kind]
-                    body = json.dumps({"type": kind, "url": r.url + query, "secret": "bench-secret-0123456"}).encode()
+                    if kind == "obs":
+                        body = json.dumps({"type": "obs", "url": r.url, "password": r.password}).encode()
+                    else:
+                        query = {"youtube": "?cid=bench", "zoom": "?id=m&signature=s", "webhook": ""}[kind]
+                        body = json.dumps({"type": kind, "url": r.url + query, "secret": "bench-secret-0123456"}).encode()
                     status, _, text = http("POST", f"{app.http}/api/sessions/{session_id}/outputs",
                                            {"Cookie": cookie, "Content-Type": "application/json"}, body)
                     assert status == 201, text
@@ -163,6 +232,9 @@ async def main() -> None:
 
         def reset():
             for r in every:
+                if isinstance(r, ObsReceiver):
+                    r.reset()
+                    continue
                 with r.lock:
                     r.captions.clear()
                     r.violations.clear()
@@ -177,17 +249,28 @@ async def main() -> None:
         for phase in ("none", "outputs", "dead"):
             reset()
             if phase == "dead":
-                for group in rx.values():
-                    group[0].down()
+                for kind, group in rx.items():
+                    group[0].down(args.dead_obs) if kind == "obs" else group[0].down()
+            conns0 = rx["obs"][0].obs.connections
             res = await session(app, cookie, turns, sim, None if phase == "none" else add)
+            dead_obs = (rx["obs"][0].obs.connections - conns0, len(rx["obs"][0].obs.requests))
             live = [r for r in every if not r.is_down] if phase != "none" else []
-            latencies, posts = [], 0
+            latencies, posts, by_kind = [], 0, {}
+            script_words = [w for words in turns for w in words]
             for r in live:
                 assert not r.violations, (r.name, r.violations[:3])
                 got = final_posts(r, turns)
                 assert len(got) == len(turns), (phase, r.name, len(got), len(turns))
-                latencies += [got[k] - res["finals_at"][k] for k in got]
+                if isinstance(r, ObsReceiver):  # each word once, in order (early parts and their remainders)
+                    sent = [w for post in r.captions for w in post.text.split()]
+                    assert sent == script_words, (phase, r.name, sent[:20], script_words[:20])
+                lat = [got[k] - res["finals_at"][k] for k in got]
+                latencies += lat
+                by_kind.setdefault(getattr(r, "kind", None) or type(r).__name__, []).extend(lat)
                 posts += len(r.captions)
+            for r in every:
+                if phase == "dead" and r.is_down:  # a dead receiver accepted nothing
+                    assert not r.captions, (r.name, len(r.captions))
             lag = []
             if live:
                 yt = next(r for r in live if type(r).__name__ == "YoutubeReceiver")
@@ -201,7 +284,17 @@ async def main() -> None:
                     for _ in post.text.split():
                         lag.append(post.at - spoken[i])
                         i += 1
-            results[phase] = {**res, "latencies": latencies, "posts": posts, "lag": lag, "receivers": len(live)}
+            obs_lag = []
+            if live:
+                ob = next(r for r in live if isinstance(r, ObsReceiver))
+                i = 0
+                for post in ob.captions:
+                    for _ in post.text.split():
+                        obs_lag.append(post.at - spoken[i])
+                        i += 1
+            results[phase] = {**res, "latencies": latencies, "posts": posts, "lag": lag, "obs_lag": obs_lag,
+                              "by_kind": by_kind, "receivers": len(live),
+                              "dead_obs": dead_obs}
     finally:
         stop_app(app)
         for r in every:
@@ -210,18 +303,34 @@ async def main() -> None:
 
     base = results["none"]
     print(f"script: {len(turns)} turns, {sum(map(len, turns))} words, {seconds:.0f} s of real-time audio; "
-          f"{per_kind} outputs of each kind (youtube, zoom, webhook)")
+          f"{per_kind} outputs of each kind (youtube, zoom, webhook, obs); dead OBS: {args.dead_obs}")
     print("| session | receivers | posts delivered | final latency p50 / p99 (ms) | word lag p50 / max (s) "
           "| speaker final latency p50 / max (ms) | app CPU (s) | CPU per delivered post (µs) |")
     print("|---|---|---|---|---|---|---|---|")
-    for phase, label in (("none", "no outputs"), ("outputs", f"{3 * per_kind} outputs"),
-                         ("dead", f"{3 * per_kind} outputs, 1 of each kind dead")):
+    n = len(rx) * per_kind
+    labels = (("none", "no outputs"), ("outputs", f"{n} outputs"), ("dead", f"{n} outputs, 1 of each kind dead"))
+    for phase, label in labels:
         r = results[phase]
         lat = f"{pct(r['latencies'], 0.5) * 1000:.1f} / {pct(r['latencies'], 0.99) * 1000:.1f}" if r["latencies"] else "–"
         lag = f"{statistics.median(r['lag']):.2f} / {max(r['lag']):.2f}" if r["lag"] else "–"
         relay = f"{statistics.median(r['relay']) * 1000:.1f} / {max(r['relay']) * 1000:.1f}"
         per_post = f"{(r['cpu'] - base['cpu']) / r['posts'] * 1e6:.0f}" if r["posts"] else "–"
         print(f"| {label} | {r['receivers']} | {r['posts']} | {lat} | {lag} | {relay} | {r['cpu']:.2f} | {per_post} |")
+    print()
+    print("| session | final latency p50 / p99 (ms): youtube | zoom | webhook | obs | OBS word lag p50 / max (s) |")
+    print("|---|---|---|---|---|---|")
+    for phase, label in labels[1:]:
+        r = results[phase]
+        cells = []
+        for kind in ("YoutubeReceiver", "ZoomReceiver", "WebhookReceiver", "obs"):
+            v = r["by_kind"].get(kind, [])
+            cells.append(f"{pct(v, 0.5) * 1000:.1f} / {pct(v, 0.99) * 1000:.1f}" if v else "–")
+        ol = r["obs_lag"]
+        olag = f"{statistics.median(ol):.2f} / {max(ol):.2f}" if ol else "–"
+        print(f"| {label} | {' | '.join(cells)} | {olag} |")
+    conns, requests = results["dead"]["dead_obs"]
+    print(f"\ndead OBS ({args.dead_obs}): {conns} connections accepted, {requests} requests left unanswered, "
+          "0 captions")
 
 
 if __name__ == "__main__":
