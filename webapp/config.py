@@ -145,22 +145,23 @@ def _output_prefixes(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _ws_url(value: str, var: str) -> str:
+def _url(value: str, var: str, secure: str = "wss") -> str:
+    """An upstream endpoint: ws:// or wss:// (secure="wss"), http:// or https:// (secure="https"), no query."""
+    plain = secure[:-1]
     parts = urlsplit(value)
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ConfigError(f"{var}: {value!r} must be a ws:// or wss:// URL")
+    if parts.scheme not in (plain, secure) or not parts.netloc:
+        raise ConfigError(f"{var}: {value!r} must be a {plain}:// or {secure}:// URL")
     if parts.query:
         raise ConfigError(f"{var}: put no query string in the URL; the relay adds the parameters itself")
     return value
+
+
+def _ws_url(value: str, var: str) -> str:
+    return _url(value, var, "wss")
 
 
 def _http_url(value: str, var: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{var}: {value!r} must be an http:// or https:// URL")
-    if parts.query:
-        raise ConfigError(f"{var}: put no query string in the URL; the relay adds the parameters itself")
-    return value
+    return _url(value, var, "https")
 
 
 def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> int:

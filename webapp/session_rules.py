@@ -18,7 +18,6 @@ from .config import Settings
 from .live import RULES_CHANGED, rules_topic
 from .logs import fields
 from .relay import LiveSessions
-from .security import origin_allowed
 from .share_pages import SharePages
 from .store import STORE_ERRORS
 from .textrules import NO_RULES, RulesError, TextRules
@@ -39,11 +38,9 @@ class SessionRules:
         self.live = live
 
     async def api(self, request: Request) -> Response:
-        if not origin_allowed(request, self.settings):
-            return JSONResponse({"error": "forbidden"}, status_code=403)
-        meta = await self.shares._owned(request)  # the owner cookie, as for /share and the exports
-        if meta is None:
-            return JSONResponse({"error": "not_found"}, status_code=404)
+        meta = await self.shares.owned_api(request)  # the owner cookie and Origin, as for /share and the exports
+        if isinstance(meta, Response):
+            return meta
         session_id = meta["id"]
         running = self.live.running.get(session_id)
         if request.method == "GET":

@@ -40,6 +40,7 @@ from .textrules import TextRules
 from .usage import Usage
 
 log = logging.getLogger(__name__)
+NO_STORE = {"Cache-Control": "no-store"}
 RETENTION_EVERY = 3600.0  # seconds between retention sweeps
 NOINDEX = {"X-Robots-Tag": "noindex, nofollow", "Cache-Control": "no-store"}
 EXPORTS = {
@@ -400,6 +401,14 @@ class SharePages:
         meta = await self.store.get_session(request.path_params["session_id"][:64])
         return meta if meta is not None and meta.get("owner") == owner else None
 
+    async def owned_api(self, request: Request) -> dict[str, Any] | Response:
+        """The session of an owner's `/api/sessions/{id}/…` call, or the answer refusing it: 403 for another
+        site's page (its Origin), 404 for a session that is not the caller's (or not there at all)."""
+        if not origin_allowed(request, self.settings):
+            return JSONResponse({"error": "forbidden"}, status_code=403, headers=NO_STORE)
+        meta = await self._owned(request)
+        return meta if meta is not None else JSONResponse({"error": "not_found"}, status_code=404, headers=NO_STORE)
+
     async def _revoke(self, meta: dict[str, Any]) -> None:
         await self._replace_link(meta, mint=False)
 
@@ -439,11 +448,9 @@ class SharePages:
         return f"{scheme}://{request.headers.get('host', request.url.netloc)}{path}"
 
     async def api_share(self, request: Request) -> Response:
-        if not origin_allowed(request, self.settings):
-            return JSONResponse({"error": "forbidden"}, status_code=403)
-        meta = await self._owned(request)
-        if meta is None:
-            return JSONResponse({"error": "not_found"}, status_code=404)
+        meta = await self.owned_api(request)
+        if isinstance(meta, Response):
+            return meta
         if request.method == "DELETE":
             await self._revoke(meta)
             return Response(status_code=204)
@@ -453,11 +460,9 @@ class SharePages:
 
     async def api_session(self, request: Request) -> Response:
         """PATCH {"name": …} names a session (null or "" clears it); DELETE deletes it (409 while it is live)."""
-        if not origin_allowed(request, self.settings):
-            return JSONResponse({"error": "forbidden"}, status_code=403)
-        meta = await self._owned(request)
-        if meta is None:
-            return JSONResponse({"error": "not_found"}, status_code=404)
+        meta = await self.owned_api(request)
+        if isinstance(meta, Response):
+            return meta
         if request.method == "DELETE":
             if not await self._delete(meta):
                 return JSONResponse({"error": "live", "message": LIVE_NOT_DELETED}, status_code=409)

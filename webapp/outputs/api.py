@@ -14,7 +14,6 @@ from starlette.responses import JSONResponse, Response
 
 from ..config import Settings
 from ..live import PAUSING_REASONS
-from ..security import origin_allowed
 from ..share_pages import SharePages
 from .allowlist import Refused
 from .manager import MAX_OUTPUTS, Outputs, new_record, public
@@ -37,20 +36,11 @@ class OutputsApi:
         self.shares = shares
         self.outputs = outputs
 
-    async def _owned(self, request: Request) -> dict[str, Any] | None:
-        owner = self.shares.owners.read(request)
-        if owner is None:
-            return None
-        meta = await self.shares.store.get_session(request.path_params["session_id"][:64])
-        return meta if meta is not None and meta.get("owner") == owner else None
-
     async def collection(self, request: Request) -> Response:
         """GET: the session's outputs; POST: add one."""
-        if not origin_allowed(request, self.settings):
-            return _error(403, "forbidden")
-        meta = await self._owned(request)
-        if meta is None:
-            return _error(404, "not_found")
+        meta = await self.shares.owned_api(request)  # the owner cookie and Origin, as the other /api/sessions calls
+        if isinstance(meta, Response):
+            return meta
         if request.method == "GET":
             running = self.outputs.running(meta["id"])
             rows = []
@@ -92,11 +82,9 @@ class OutputsApi:
 
     async def item(self, request: Request) -> Response:
         """DELETE: remove one output (it stops at once)."""
-        if not origin_allowed(request, self.settings):
-            return _error(403, "forbidden")
-        meta = await self._owned(request)
-        if meta is None:
-            return _error(404, "not_found")
+        meta = await self.shares.owned_api(request)  # the owner cookie and Origin, as the other /api/sessions calls
+        if isinstance(meta, Response):
+            return meta
         if not await self.outputs.remove(meta["id"], request.path_params["output_id"][:64]):
             return _error(404, "not_found")
         return Response(status_code=204)
