@@ -1156,6 +1156,119 @@ def probe_realtime_frames() -> Result:
                         + ("never" if math.isinf(end_s) else f"{end_s:.2f} s"))
 
 
+SLOW_UPLOAD_WINDOW_S = 14.0
+
+
+def probe_slow_upload() -> Result:
+    """Uploads that never finish (MAX_UPLOAD_MB=1): a body declared as 1 MB that stops after 1 KB, a chunked body
+    (no Content-Length) trickling a byte a second, a Content-Length of 10^12: the server answers or closes each
+    within 14 s (its body deadline is Content-Length / 128 KiB/s, at least 10 s), and /healthz stays < 1 s."""
+    env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": KEY, "MAX_UPLOAD_MB": "1"}
+    with App(env) as app:
+        head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\n"
+                "Content-Type: multipart/form-data; boundary=b0undary\r\n")
+        plans = {
+            "1 MB declared, 1 KB sent": (head + "Content-Length: 1048576\r\n\r\n").encode() + b"--b0undary\r\n" + b"x" * 1000,
+            "chunked, a byte a second": (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"c\r\n--b0undary\r\n\r\n",
+            "10^12 declared": (head + "Content-Length: 1000000000000\r\n\r\n").encode() + b"--b0undary\r\n",
+        }
+        socks = {}
+        for name, first in plans.items():
+            s = socket.create_connection(("127.0.0.1", app.port), timeout=2)
+            s.sendall(first)
+            s.setblocking(False)
+            socks[name] = s
+        t0, ended, worst = time.monotonic(), {}, 0.0
+        while len(ended) < len(socks) and time.monotonic() - t0 < SLOW_UPLOAD_WINDOW_S:
+            for name, s in socks.items():
+                if name in ended:
+                    continue
+                try:
+                    data = s.recv(4096)
+                    if data == b"" or data.startswith(b"HTTP/"):
+                        ended[name] = (time.monotonic() - t0, data.split(b" ", 2)[1].decode() if data else "closed")
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    ended[name] = (time.monotonic() - t0, "reset")
+                    continue
+                if name.startswith("chunked"):
+                    try:
+                        s.send(b"1\r\nx\r\n")
+                    except OSError:
+                        ended[name] = (time.monotonic() - t0, "reset")
+            worst = max(worst, healthz_ms(app))
+            time.sleep(1.0)  # the attack's own pace
+        for s in socks.values():
+            s.close()
+    held = len(ended) == len(socks) and worst < 1000
+    return Result(held, "; ".join(f"{n}: " + (f"{ended[n][1]} after {ended[n][0]:.1f} s" if n in ended else
+                                               f"still open after {SLOW_UPLOAD_WINDOW_S:.0f} s") for n in socks)
+                  + f"; /healthz worst {worst:.0f} ms")
+
+
+OVERLAY_PARAMS = {
+    "color": "red;}</style><script>alert(1)</script>",
+    "bg": "url(javascript:alert(1))",
+    "font": "x\" onload=\"alert(1)",
+    "size": "48px;position:fixed",
+    "box": "expression(alert(1))",
+}
+
+
+def probe_overlay_params() -> Result:
+    """The overlay page /s/<token>/overlay with style parameters that try to inject HTML, CSS or JS: the server's
+    page never repeats them (the page's script validates them, tests/js/style.test.mjs) and answers < 500."""
+    with Sim() as sim, App(flux_env(sim)) as app:
+        async def run():
+            page = await Socket.open(f"{app.ws}/ws/listen")
+            await page.until(lambda s: s.ready, 5)
+            await page.close()
+            return (page.ready or {}).get("share_url", "/s/")[3:]
+        token = asyncio.run(run())
+        query = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in OVERLAY_PARAMS.items())
+        status, headers, body = http("GET", f"{app.http}/s/{token}/overlay?{query}")
+    echoed = [k for k, v in OVERLAY_PARAMS.items() if v in body or urllib.request.quote(v) in body
+              or "alert(1)" in body]
+    held = status == 200 and not echoed
+    csp = headers.get("Content-Security-Policy", "none") if headers else "none"
+    return Result(held, f"status {status}; echoed: {echoed or 'none'}; CSP {csp[:60]}")
+
+
+RULES_TIMING = r"""
+import json, time
+from webapp.textrules import TextRules, RulesError
+literal = []
+for src in ["(a+)+$", "a.*", "x|y", "\\d+"]:
+    try:
+        r = TextRules.parse({"replacements": [[src, "HIT"]]})
+        literal.append(r.apply("aaaa xy 123") == "aaaa xy 123")
+    except RulesError:
+        literal.append(True)   # refused is as good as literal
+reps = []   # the worst rules: 10 first words x 20 rules that each match ~45 words of "a a a ..." and then fail
+for w in range(10):
+    first = "a" if w == 0 else f"w{w}"
+    for i in range(20):
+        reps.append([(first + " " + " ".join(["a"] * 45))[:94].rsplit(" ", 1)[0] + f" q{i}", "X"])
+rules = TextRules.parse({"replacements": reps, "profanity": True})
+text = " ".join(["a"] * 5000)
+t = time.perf_counter(); rules.apply(text); took = time.perf_counter() - t
+print(json.dumps({"literal": all(literal), "seconds": took}))
+"""
+
+
+def probe_text_rules_worst_case() -> Result:
+    """Text rules that look like regular expressions are taken literally (or refused), and the slowest legal rule set
+    (200 rules, 20 per first word, each matching ~45 words before it fails) on a 5000-word turn applies < 1 s."""
+    out = subprocess.run([sys.executable, "-c", RULES_TIMING], cwd=APP_DIR, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return Result(False, f"failed: {out.stderr[-300:]}")
+    got = json.loads(out.stdout)
+    held = got["literal"] and got["seconds"] < 1.0
+    return Result(held, f"patterns literal: {got['literal']}; worst rules on 5000 words: {got['seconds'] * 1000:.0f} ms")
+
+
 PROBES = [
     Probe("redis_outage", "1", probe_redis_outage),
     Probe("nonreading_flood", "2", probe_nonreading_flood),
@@ -1184,6 +1297,9 @@ PROBES = [
     Probe("wrong_key_flood", "21", probe_wrong_key_flood),
     Probe("upload_bombs", "21", probe_upload_bombs),
     Probe("realtime_frames", "21", probe_realtime_frames),
+    Probe("slow_upload", "21", probe_slow_upload),
+    Probe("overlay_params", "21", probe_overlay_params),
+    Probe("text_rules_worst_case", "21", probe_text_rules_worst_case),
 ]
 
 
