@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http import server as http_server
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -861,17 +862,23 @@ def probe_output_ssrf() -> Result:
 
 
 def probe_output_count_and_secret() -> Result:
-    """More outputs than a session may have are refused (409), and the URL's secret (its query, its path after the
-    first segment) is in no API answer and not in the log."""
+    """More outputs than a session may have are refused (409), and a secret (the URL's query, its path after the
+    first segment, a webhook's own signing secret, an OBS password) is in no API answer and not in the log."""
     port = free_port()
     secret = "SeCrEt0123456789stream-key"
-    with Sim() as sim, App(flux_env(sim, OUTPUT_ALLOWED_URLS=f"http://127.0.0.1:{port}/")) as app:
+    allowed = f"http://127.0.0.1:{port}/,ws://127.0.0.1:{port}/"
+    with Sim() as sim, App(flux_env(sim, OUTPUT_ALLOWED_URLS=allowed)) as app:
         cookie = owner_cookie(app)
 
         async def run():
             page, ready = await _owned_session(app, cookie)
             url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
             statuses, answers = [], []
+            for body in ({"type": "webhook", "url": f"http://127.0.0.1:{port}/h", "secret": secret},
+                         {"type": "obs", "url": f"ws://127.0.0.1:{port}", "password": secret}):
+                status, text = await asyncio.to_thread(_json, "POST", url, cookie, body)
+                statuses.append(status)
+                answers.append(text)
             for i in range(40):
                 status, text = await asyncio.to_thread(_json, "POST", url, cookie, {
                     "type": "webhook", "url": f"http://127.0.0.1:{port}/hook/{secret}/{i}?token={secret}"})
@@ -1064,7 +1071,8 @@ def _chunked_post(app: App, path: str, body: bytes, boundary: str, timeout: floa
 def probe_upload_bombs() -> Result:
     """Hostile uploads to /v1/audio/transcriptions (MAX_UPLOAD_MB=1): 5000 form fields, a 900 KB field name, a
     2 MB body without Content-Length, WAVs whose header claims 37 hours / 65535 channels / a 4 GHz rate / zero
-    channels over 1 KB of data, random bytes. Each is answered in < 5 s with a 4xx, or with the dead backend's 502
+    channels over 1 KB of data, random bytes, an HLS playlist and an ffconcat script naming a local URL (which
+    FFmpeg must not fetch) and /etc/passwd. Each is answered in < 5 s with a 4xx, or with the dead backend's 502
     (FFmpeg measured the real length, never the claimed one: nothing is refused or charged for 37 h), never a
     500, and /healthz answers < 1 s after each."""
     noise = bytes((i * 7919) % 251 for i in range(1000))
@@ -1077,6 +1085,26 @@ def probe_upload_bombs() -> Result:
         ("4 GHz rate", _multipart([("file", _wav(1, 0xFFFFFFFF, 1000, noise), "a.wav")])),
         ("0 channels", _multipart([("file", _wav(0, 16000, 1000, noise), "a.wav")])),
         ("random bytes", _multipart([("file", noise * 50, "a.mp3")])),
+    ]
+    # Playlists FFmpeg could follow to other URLs or files (server-side request forgery through the demuxer)
+    hits: list[str] = []
+
+    class Spy(http_server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    spy = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Spy)
+    threading.Thread(target=spy.serve_forever, daemon=True).start()
+    there = f"http://127.0.0.1:{spy.server_address[1]}"
+    cases += [
+        ("HLS playlist", _multipart([("file", f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{there}/seg.ts\n"
+                                              "#EXT-X-ENDLIST\n".encode(), "a.m3u8")])),
+        ("ffconcat", _multipart([("file", f"ffconcat version 1.0\nfile {there}/c.wav\nfile /etc/passwd\n".encode(),
+                                  "a.ffconcat")])),
     ]
     dead = free_port()  # the backend's URL: nothing listens (a job that gets that far fails cleanly)
     env = {"STT_BACKEND": "deepgram", "DEEPGRAM_API_KEY": KEY, "DEEPGRAM_URL": f"ws://127.0.0.1:{dead}/v2/listen",
@@ -1093,10 +1121,15 @@ def probe_upload_bombs() -> Result:
                               {"Content-Type": "multipart/form-data; boundary=b0undary"}, body, timeout=10)[0]
                 took = time.monotonic() - t0
             rows.append((name, status, took, healthz_ms(app)))
+    spy.shutdown()
+    spy.server_close()
     # 502: the job got as far as the (dead) backend, the defined outcome for an unreachable one
     bad = [r for r in rows if r[1] not in range(400, 500) and r[1] not in (200, 502) or r[2] >= 5 or r[3] >= 1000]
     text = ", ".join(f"{n}: {s} in {t:.1f} s" for n, s, t, _ in rows)
-    return Result(not bad, text + (f"; BROKEN: {[r[0] for r in bad]}" if bad else ""))
+    if hits:
+        bad.append(("playlist followed", 0, 0, 0))
+    return Result(not bad, text + f"; URLs fetched by FFmpeg: {hits or 'none'}"
+                  + (f"; BROKEN: {[r[0] for r in bad]}" if bad else ""))
 
 
 REALTIME_FLOOD = 2000
