@@ -1302,6 +1302,69 @@ def probe_text_rules_worst_case() -> Result:
     return Result(held, f"patterns literal: {got['literal']}; worst rules on 5000 words: {got['seconds'] * 1000:.0f} ms")
 
 
+def _spy_server(answer: Callable[[http_server.BaseHTTPRequestHandler], None]):
+    """A loopback HTTP server that records each request's path and answers with `answer(handler)`."""
+    hits: list[str] = []
+
+    class Spy(http_server.BaseHTTPRequestHandler):
+        def _any(self):
+            hits.append(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(min(length, 1 << 20))
+            answer(self)
+        do_GET = do_POST = do_PUT = _any  # noqa: N815 - the stdlib's names
+
+        def log_message(self, *a):
+            pass
+    server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Spy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hits
+
+
+def probe_output_redirect() -> Result:
+    """A webhook receiver (allowed) that answers every post with 307 to another loopback server (not allowed): the
+    relay does not follow it (the other server gets nothing), and the output shows the redirect as its error."""
+    target, stolen = _spy_server(lambda h: (h.send_response(204), h.end_headers()))
+    where = f"http://127.0.0.1:{target.server_address[1]}/steal"
+
+    def redirect(h):
+        h.send_response(307)
+        h.send_header("Location", where)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    receiver, posted = _spy_server(redirect)
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with Sim() as sim, App(flux_env(sim, OUTPUT_ALLOWED_URLS=hook)) as app:
+            cookie = owner_cookie(app)
+
+            async def run():
+                page, ready = await _owned_session(app, cookie)
+                url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
+                made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
+                await page.send_audio(3.0)
+                await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+                deadline = time.monotonic() + 8
+                listed = ""
+                while time.monotonic() < deadline:  # the output's post is made after the final: poll its status
+                    listed = (await asyncio.to_thread(_json, "GET", url, cookie))[1]
+                    if posted and "redirect" in listed:
+                        break
+                    await asyncio.sleep(0.2)
+                await page.close()
+                return made, listed
+            made, listed = asyncio.run(run())
+    finally:
+        for server in (target, receiver):
+            server.shutdown()
+            server.server_close()
+    told = "redirect" in listed
+    held = made == 201 and bool(posted) and not stolen and told
+    return Result(held, f"output {made}; {len(posted)} posts to the receiver, {len(stolen)} followed to the other "
+                        f"server; the output's error {'names' if told else 'does not name'} the redirect")
+
+
 PROBES = [
     Probe("redis_outage", "1", probe_redis_outage),
     Probe("nonreading_flood", "2", probe_nonreading_flood),
@@ -1323,6 +1386,7 @@ PROBES = [
     Probe("nan_times", "8", probe_nan_times),
     Probe("output_ssrf", "21", probe_output_ssrf),
     Probe("output_count_and_secret", "21", probe_output_count_and_secret),
+    Probe("output_redirect", "21", probe_output_redirect),
     Probe("session_name_controls", "21", probe_session_name_controls),
     Probe("other_owner_session", "21", probe_other_owner_session),
     Probe("search_metacharacters", "21", probe_search_metacharacters),
