@@ -27,9 +27,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http import server as http_server
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import server as http_server
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
