@@ -1365,6 +1365,64 @@ def probe_output_redirect() -> Result:
                         f"server; the output's error {'names' if told else 'does not name'} the redirect")
 
 
+HUGE_ANSWER_MB = 300
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def probe_output_huge_answer() -> Result:
+    """An allowed webhook receiver that answers each post with a 300 MB body (sent as fast as loopback goes): the
+    app's peak memory grows < 50 MB (the answer is read only as far as it is needed) and the speaker's page keeps
+    getting its captions."""
+    sent = [0]
+
+    def huge(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(HUGE_ANSWER_MB << 20))
+        h.end_headers()
+        block = b"\0" * (1 << 20)
+        try:
+            for _ in range(HUGE_ANSWER_MB):
+                h.wfile.write(block)
+                sent[0] += 1
+        except OSError:
+            pass  # the relay stopped reading and closed: what it should do
+    receiver, posted = _spy_server(huge)
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with Sim() as sim, App(flux_env(sim, OUTPUT_ALLOWED_URLS=hook)) as app:
+            cookie = owner_cookie(app)
+            before = _peak_rss_mb(app.proc.pid)
+
+            async def run():
+                page, ready = await _owned_session(app, cookie)
+                url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
+                made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
+                await page.send_audio(3.0)
+                await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+                deadline = time.monotonic() + 8
+                while time.monotonic() < deadline and not posted:  # the post follows the final
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # the answer's time to arrive (300 MB over loopback: < 1 s)
+                await page.send_audio(3.0)
+                finals = await page.until(lambda s: sum(1 for m in s.of("transcript") if m.get("final")) >= 2, 8)
+                await page.close()
+                return made, finals
+            made, finals = asyncio.run(run())
+            grew = _peak_rss_mb(app.proc.pid) - before
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    held = made == 201 and bool(posted) and grew < 50 and finals
+    return Result(held, f"{len(posted)} posts; the receiver wrote {sent[0]} of {HUGE_ANSWER_MB} MB; app peak memory "
+                        f"+{grew:.0f} MB; the page's second final {'arrived' if finals else 'did not arrive'}")
+
+
 PROBES = [
     Probe("redis_outage", "1", probe_redis_outage),
     Probe("nonreading_flood", "2", probe_nonreading_flood),
@@ -1387,6 +1445,7 @@ PROBES = [
     Probe("output_ssrf", "new", probe_output_ssrf),
     Probe("output_count_and_secret", "new", probe_output_count_and_secret),
     Probe("output_redirect", "new", probe_output_redirect),
+    Probe("output_huge_answer", "new", probe_output_huge_answer),
     Probe("session_name_controls", "new", probe_session_name_controls),
     Probe("other_owner_session", "new", probe_other_owner_session),
     Probe("search_metacharacters", "new", probe_search_metacharacters),
