@@ -1423,6 +1423,53 @@ def probe_output_huge_answer() -> Result:
                         f"+{grew:.0f} MB; the page's second final {'arrived' if finals else 'did not arrive'}")
 
 
+def probe_output_trickle_answer() -> Result:
+    """An allowed webhook receiver that answers 200 and then sends its body a byte every 2 s (each read within
+    httpx's 5 s read timeout): the post is given up within 16 s and the output's error says so (no post held for
+    ever, the output's captions stuck behind it)."""
+    stop = threading.Event()
+
+    def trickle(h):
+        h.send_response(200)
+        h.send_header("Content-Length", "100000")
+        h.end_headers()
+        try:
+            while not stop.wait(2.0):
+                h.wfile.write(b"x")
+                h.wfile.flush()
+        except OSError:
+            pass  # the relay gave up and closed: what it should do
+    receiver, posted = _spy_server(trickle)
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with Sim() as sim, App(flux_env(sim, OUTPUT_ALLOWED_URLS=hook)) as app:
+            cookie = owner_cookie(app)
+
+            async def run():
+                page, ready = await _owned_session(app, cookie)
+                url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
+                made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
+                await page.send_audio(3.0)
+                await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+                t0, listed, took = time.monotonic(), "", None
+                while time.monotonic() - t0 < 16:  # the output's error, once its post is given up
+                    listed = (await asyncio.to_thread(_json, "GET", url, cookie))[1]
+                    if posted and "in time" in listed:
+                        took = time.monotonic() - t0
+                        break
+                    await asyncio.sleep(0.5)
+                await page.close()
+                return made, took
+            made, took = asyncio.run(run())
+    finally:
+        stop.set()
+        receiver.shutdown()
+        receiver.server_close()
+    held = made == 201 and took is not None
+    return Result(held, f"{len(posted)} posts; " + (f"given up after {took:.1f} s (from the final)" if took is not None
+                                                     else "still posting after 16 s"))
+
+
 PROBES = [
     Probe("redis_outage", "1", probe_redis_outage),
     Probe("nonreading_flood", "2", probe_nonreading_flood),
@@ -1446,6 +1493,7 @@ PROBES = [
     Probe("output_count_and_secret", "new", probe_output_count_and_secret),
     Probe("output_redirect", "new", probe_output_redirect),
     Probe("output_huge_answer", "new", probe_output_huge_answer),
+    Probe("output_trickle_answer", "new", probe_output_trickle_answer),
     Probe("session_name_controls", "new", probe_session_name_controls),
     Probe("other_owner_session", "new", probe_other_owner_session),
     Probe("search_metacharacters", "new", probe_search_metacharacters),

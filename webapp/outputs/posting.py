@@ -4,6 +4,7 @@ never followed, and what a response or a network failure means as a DeliveryErro
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import ssl
@@ -18,6 +19,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 TIMEOUT = httpx.Timeout(5.0, connect=3.0)  # seconds: per request; a stalled receiver fails it and is retried
+# seconds for a whole request: httpx's timeouts are per read, so an answer trickling a byte every few seconds
+# would hold the output's post (and its captions) for ever
+TOTAL_SECONDS = 10.0
 MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer read (Zoom's is a sequence number, YouTube's a timestamp)
 USER_AGENT = "caption-relay (+https://github.com/caption-relay)"
 
@@ -77,8 +81,9 @@ async def send(http: httpx.AsyncClient, method: str, url: str, retry_all: bool =
     """One request; a 2xx response is returned, anything else raised as DeliveryError. 5xx, 408, 429 and
     network faults are retryable; other 4xx and redirects are not, unless `retry_all` (Zoom asks it)."""
     try:
-        response = await _bounded(http, method, url, **kw)
-    except httpx.TimeoutException:
+        async with asyncio.timeout(TOTAL_SECONDS):
+            response = await _bounded(http, method, url, **kw)
+    except (httpx.TimeoutException, TimeoutError):
         raise DeliveryError("the receiver did not answer in time") from None
     except httpx.HTTPError as exc:
         raise DeliveryError(f"could not reach the receiver ({type(exc).__name__})") from None
