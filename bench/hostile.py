@@ -1470,6 +1470,43 @@ def probe_output_trickle_answer() -> Result:
                                                      else "still posting after 16 s"))
 
 
+def probe_api_key_in_logs() -> Result:
+    """LOG_LEVEL=debug; a relay API key used as /v1/realtime's `?api_key=` (the query string of a WebSocket
+    request) and as a Bearer on /v1/audio/transcriptions, and a wrong one of each: no key is in the app's log."""
+    with tempfile.TemporaryDirectory(prefix="hostile-keys-") as data, Sim() as sim:
+        env = {**flux_env(sim), "DATA_DIR": data}
+        made = subprocess.run([sys.executable, "-m", "webapp", "api-key", "create", "--name", "probe"], cwd=APP_DIR,
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+        key = next(iter(re.findall(r"crk_[A-Za-z0-9_-]{20,}", made.stdout)), None)
+        if key is None:
+            return Result(False, f"could not mint a key: {made.stderr[-300:]}")
+        wrong = "crk_" + "w" * 43
+        with App(env) as app:
+            async def run():
+                states = []
+                for k in (key, wrong):
+                    try:
+                        page = await Socket.open(f"{app.ws}{REALTIME_QUERY}&api_key={k}")
+                        await page.send_audio(0.3)
+                        await page.ws.send(json.dumps({"type": "CloseStream"}))
+                        await page.until(lambda s: s.closed, 5)
+                        errors = [(m.get("error") or {}).get("type") or m.get("description", "")[:30]
+                                  for m in page.of("Error")]
+                        states.append(f"refused in the socket ({errors[0]})" if errors else "open")
+                        await page.close()
+                    except InvalidStatus as exc:
+                        states.append(exc.response.status_code)
+                return states
+            states = asyncio.run(run())
+            for k in (key, wrong):
+                http("POST", f"{app.http}/v1/audio/transcriptions", {
+                    "Authorization": f"Bearer {k}", "Content-Type": "multipart/form-data; boundary=x"}, b"--x--\r\n")
+            log = app.log()
+    found = [name for name, k in (("the key", key), ("the wrong key", wrong)) if k in log or k[4:] in log]
+    return Result(not found and states[0] == "open", f"realtime: right key {states[0]}, wrong key {states[1]}; "
+                  f"in {log.count(chr(10))} log lines: {', '.join(found) or 'no key'}")
+
+
 PROBES = [
     Probe("redis_outage", "1", probe_redis_outage),
     Probe("nonreading_flood", "2", probe_nonreading_flood),
@@ -1499,6 +1536,7 @@ PROBES = [
     Probe("search_metacharacters", "new", probe_search_metacharacters),
     Probe("metrics_forwarded_for", "new", probe_metrics_forwarded_for),
     Probe("wrong_key_flood", "new", probe_wrong_key_flood),
+    Probe("api_key_in_logs", "new", probe_api_key_in_logs),
     Probe("upload_bombs", "new", probe_upload_bombs),
     Probe("realtime_frames", "new", probe_realtime_frames),
     Probe("slow_upload", "new", probe_slow_upload),
