@@ -1507,6 +1507,28 @@ def probe_api_key_in_logs() -> Result:
                   f"in {log.count(chr(10))} log lines: {', '.join(found) or 'no key'}")
 
 
+def probe_deep_json() -> Result:
+    """The owner API's JSON bodies nested 2000 deep (`[[[…]]]`, within each body limit): the output POST, the
+    session PATCH, the rules PUT answer 4xx (json's recursion limit is a bad body, not a 500)."""
+    with Sim() as sim, App(flux_env(sim, OUTPUT_ALLOWED_URLS="http://127.0.0.1:9/")) as app:
+        cookie = owner_cookie(app)
+
+        async def run():
+            page, ready = await _owned_session(app, cookie)
+            await page.close()
+            return ready.get("session_id")
+        sid = asyncio.run(run())
+        deep = b"[" * 2000 + b"]" * 2000
+        base = f"{app.http}/api/sessions/{sid}"
+        got = []
+        for method, url in (("POST", f"{base}/outputs"), ("PATCH", base), ("PUT", f"{base}/rules")):
+            status = http(method, url, {"Cookie": cookie, "Content-Type": "application/json"}, deep)[0]
+            got.append((method, url.rsplit("/", 1)[-1] if url != base else "session", status))
+        traceback = "Traceback" in app.log()
+    held = all(400 <= s < 500 for *_, s in got) and not traceback
+    return Result(held, ", ".join(f"{m} {p} {s}" for m, p, s in got) + ("; a traceback in the log" if traceback else ""))
+
+
 PROBES = [
     Probe("redis_outage", "1", probe_redis_outage),
     Probe("nonreading_flood", "2", probe_nonreading_flood),
@@ -1534,6 +1556,7 @@ PROBES = [
     Probe("session_name_controls", "new", probe_session_name_controls),
     Probe("other_owner_session", "new", probe_other_owner_session),
     Probe("search_metacharacters", "new", probe_search_metacharacters),
+    Probe("deep_json", "new", probe_deep_json),
     Probe("metrics_forwarded_for", "new", probe_metrics_forwarded_for),
     Probe("wrong_key_flood", "new", probe_wrong_key_flood),
     Probe("api_key_in_logs", "new", probe_api_key_in_logs),
