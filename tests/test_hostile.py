@@ -1,4 +1,5 @@
-"""The attacks and faults of issue 17 ("Trust under fire"), one test per probe of bench/hostile.py: each starts the
+"""The attacks and faults of issue 17 ("Trust under fire") and of the newer surfaces (item `new`: outputs, names,
+search, keys, /metrics, uploads, /v1/realtime, overlay, text rules), one test per probe of bench/hostile.py: each starts the
 app as users run it (and what else it needs: the upstream simulator's HOSTILE MODES, a real redis-server), attacks
 it from outside over loopback, and asserts the attack was held. `python bench/hostile.py` prints the same table."""
 from __future__ import annotations

@@ -106,6 +106,7 @@ NOT_OBS = [
     ("an HTTP server, not WebSocket", "http", "not obs-websocket"),
     ("WebSocket, but its first message is not Hello", '{"op": 2, "d": {}}', "not as obs-websocket 5 does"),
     ("WebSocket, not JSON", "hello there", "not as obs-websocket 5 does"),
+    ("JSON nested 5000 deep", "[" * 5000 + "]" * 5000, "not as obs-websocket 5 does"),  # json's recursion limit
     ("a first message over 1 MiB", '{"op": 0, "d": "' + "x" * 2**20 + '"}', "closed the connection while"),
 ]
 

@@ -402,6 +402,12 @@ ALLOWLIST = [
     ("webhook", "http://169.254.169.254/latest/meta-data", False, "OUTPUT_ALLOWED_URLS"),
     ("webhook", "file:///etc/passwd", False, "https:// or http://"),
     ("webhook", "http://127.0.0.1:9000/x#frag", False, "fragment"),
+    # dot segments: httpx resolves them (a post to /admin), receivers decode %2e (hostile probe output_ssrf)
+    ("webhook", "https://hooks.example.org/captions/../admin", False, ". and .."),
+    ("webhook", "https://hooks.example.org/captions/%2e%2e/admin", False, ". and .."),
+    ("webhook", "https://hooks.example.org/captions/..%2Fadmin", False, ". and .."),
+    ("webhook", "https://hooks.example.org/captions/./x", False, ". and .."),
+    ("webhook", "https://hooks.example.org/captions/..x", True, ""),  # a name that starts with dots is a name
     ("webhook", "", False, "give the destination's URL"),
     ("obs", "ws://10.0.0.5:4455", True, ""),
     ("obs", "ws://10.0.0.6:4455", False, "OUTPUT_ALLOWED_URLS"),  # obs needs its host listed too

@@ -109,6 +109,8 @@ REFUSED = [
     ({"replacements": [["x" * 101, "y"]]}, "1 to 100"),
     ({"replacements": [["a", "y" * 201]]}, "at most 200"),
     ({"replacements": [["a\x07b", "y"]]}, "printable"),
+    ({"replacements": [["a", "\u202eb"]]}, "printable"),  # a direction override shown to every viewer
+    ({"keyterms": ["x\u2066y"]}, "printable"),
     ({"replacements": [["...", "y"]]}, "start with a letter or digit"),
     ({"replacements": [["+c", "y"]]}, "start with a letter or digit"),
     ({"replacements": [[f"dr x{i}", "y"] for i in range(21)]}, "at most 20 replacements may start with the same word"),

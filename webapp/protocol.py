@@ -22,6 +22,8 @@ MAX_KEYTERM_CHARS = 100
 MAX_AUDIO_FRAME = 64 * 1024  # bytes; larger binary frames are refused
 # A language tag as a client writes it (ISO 639-1 "es", a locale "en-GB"), or "multi" (detect among several)
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8}){0,2}|multi", re.ASCII)
+# Text-direction overrides and isolates: in a name they reorder what the session list shows around it.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MAX_NAME_CHARS = 80  # a session's name (the `name` parameter, the owner API, the /sessions form)
 
 
@@ -147,8 +149,10 @@ def session_name(raw: Any) -> str | None:
     if not isinstance(raw, str):
         raise ParamError("name must be text")
     name = " ".join(raw.split())
-    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
-        raise ParamError(f"name must be at most {MAX_NAME_CHARS} printable characters")
+    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in BIDI_CONTROLS for c in name):
+        raise ParamError(
+            f"name must be at most {MAX_NAME_CHARS} printable characters (no control or text-direction characters)"
+        )
     return name or None
 
 

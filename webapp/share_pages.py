@@ -479,7 +479,7 @@ class SharePages:
             if not isinstance(data, dict) or set(data) != {"name"}:
                 raise ParamError('send a JSON object {"name": "…"} (null or "" clears the name)')
             name = None if data["name"] is None else session_name(data["name"])
-        except (ValueError, ParamError) as exc:  # a JSONDecodeError is a ValueError too
+        except (ValueError, ParamError, RecursionError) as exc:  # a JSONDecodeError is a ValueError too; too deep
             message = str(exc) if isinstance(exc, ParamError) else 'the body must be JSON: {"name": "…"}'
             return JSONResponse({"error": "bad_request", "message": message}, status_code=400)
         await self._rename(meta, name)

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol import BIDI_CONTROLS
+
 MAX_RULES = 200
 MAX_FROM = 100  # characters of what is replaced
 MAX_TO = 200  # characters of what replaces it
@@ -52,7 +54,9 @@ class RulesError(ValueError):
 
 
 def _printable(text: str) -> bool:
-    return not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text)
+    """No control characters, and no text-direction overrides: a replacement is shown to every viewer, and one of
+    those would reorder the caption around it."""
+    return not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in BIDI_CONTROLS for c in text)
 
 
 def _spaces(text: str) -> str:

@@ -3,7 +3,7 @@ and Zoom, and the URL prefixes an operator lists in OUTPUT_ALLOWED_URLS. Pure: n
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 # kind -> the built-in (scheme, host, path) each may post to; YouTube documents http as well as https.
 BUILT_IN: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -48,6 +48,9 @@ def check(kind: str, url: str, allowed_prefixes: tuple[str, ...], schemes: tuple
         raise Refused("url: user names or passwords in the URL are not allowed")
     if parts.fragment:
         raise Refused("url: remove the #fragment")
+    if any(seg in (".", "..") for seg in unquote(parts.path).replace("\\", "/").split("/")):
+        # httpx (and receivers) resolve dot segments: /captions/../admin would post to /admin
+        raise Refused("url: remove the . and .. path segments")
     host = parts.hostname.lower()
     for scheme, built_host, path in BUILT_IN.get(kind, ()):
         if parts.scheme == scheme and host == built_host and _port(parts) == DEFAULT_PORTS[scheme]:

@@ -61,7 +61,7 @@ class OutputsApi:
                 return _error(413, "too_large", f"an output is at most {BODY_LIMIT} bytes of JSON")
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past json's recursion limit: a bad body too
             return _error(400, "bad_json", "the body is not JSON")
         if not isinstance(body, dict):
             return _error(400, "bad_request", 'send a JSON object such as {"type": "youtube", "url": "…"}')

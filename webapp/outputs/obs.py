@@ -225,7 +225,7 @@ class ObsDestination:
         raw = await ws.recv()
         try:
             msg = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past json's limit
             msg = None
         if not isinstance(msg, dict) or msg.get("op") != op or not isinstance(msg.get("d"), dict):
             raise DeliveryError("the OBS address answered, but not as obs-websocket 5 does: use OBS 28 or newer")
@@ -239,7 +239,7 @@ class ObsDestination:
                 try:
                     msg = json.loads(raw)
                     self._on_message(ws, pending, msg["op"], msg["d"])
-                except (ValueError, KeyError, TypeError, AttributeError):
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                     continue  # not a message obs-websocket documents: skipped
         except ConnectionClosed:
             pass

@@ -4,6 +4,7 @@ never followed, and what a response or a network failure means as a DeliveryErro
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import ssl
@@ -18,6 +19,10 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 TIMEOUT = httpx.Timeout(5.0, connect=3.0)  # seconds: per request; a stalled receiver fails it and is retried
+# seconds for a whole request: httpx's timeouts are per read, so an answer trickling a byte every few seconds
+# would hold the output's post (and its captions) for ever
+TOTAL_SECONDS = 10.0
+MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer read (Zoom's is a sequence number, YouTube's a timestamp)
 USER_AGENT = "caption-relay (+https://github.com/caption-relay)"
 
 
@@ -53,12 +58,32 @@ def retry_after(response: httpx.Response) -> float | None:
     return min(float(raw), 300.0) if raw.isdigit() else None
 
 
+async def _bounded(http: httpx.AsyncClient, method: str, url: str, **kw) -> httpx.Response:
+    """The request's response with at most MAX_ANSWER bytes of its body read (decoded): a receiver's answer is a
+    status and a short text, and reading all of a hostile one would hold it in memory (300 MB: +630 MB)."""
+    async with http.stream(method, url, **kw) as streamed:
+        body = bytearray()
+        async for chunk in streamed.aiter_bytes():
+            body += chunk
+            if len(body) >= MAX_ANSWER:
+                break
+    headers = [
+        (k, v)
+        for k, v in streamed.headers.items()
+        if k not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        streamed.status_code, headers=headers, content=bytes(body[:MAX_ANSWER]), request=streamed.request
+    )
+
+
 async def send(http: httpx.AsyncClient, method: str, url: str, retry_all: bool = False, **kw) -> httpx.Response:
     """One request; a 2xx response is returned, anything else raised as DeliveryError. 5xx, 408, 429 and
     network faults are retryable; other 4xx and redirects are not, unless `retry_all` (Zoom asks it)."""
     try:
-        response = await http.request(method, url, **kw)
-    except httpx.TimeoutException:
+        async with asyncio.timeout(TOTAL_SECONDS):
+            response = await _bounded(http, method, url, **kw)
+    except (httpx.TimeoutException, TimeoutError):
         raise DeliveryError("the receiver did not answer in time") from None
     except httpx.HTTPError as exc:
         raise DeliveryError(f"could not reach the receiver ({type(exc).__name__})") from None
