@@ -110,15 +110,25 @@ def score(events, sent, marks):
     # turn index -> (first interim wall, final text, final end time, EndOfTurn wall, first interim start)
     turns: dict[int, dict] = {}
     lags = []
+    rewrites, ends = [], []  # per interim after a turn's first: it rewrote a shown word; it ends with . ? !
+    late = []  # per final: its arrival minus the time the chunk holding its audio end was sent
     for wall, ev in events:
         if ev["type"] == "transcript":
             t = turns.setdefault(ev["turn"], {})
             if not ev["final"]:
+                prev = t.get("last")
+                if prev is not None:
+                    # a rewrite: a word of the previous interim, other than its last (it may still grow), changed
+                    a, b = speech.normalize(prev)[:-1], speech.normalize(ev["text"])
+                    rewrites.append(a != b[: len(a)])
+                    ends.append(ev["text"].rstrip()[-1:] in ".?!")
+                t["last"] = ev["text"]
                 t.setdefault("first", wall)
                 t.setdefault("start", ev["start"])
                 lags.append((wall - wall_at(ev["end"]), ev["end"], ev["text"][-60:]))
             else:
                 t.update(text=ev["text"], end=ev["end"], start=t.get("start", ev["start"]))
+                late.append(wall - wall_at(ev["end"]))
         elif ev["type"] == "turn" and ev["event"] == "EndOfTurn":
             turns.setdefault(ev["turn"], {})["eot"] = wall
     out = []
@@ -132,7 +142,7 @@ def score(events, sent, marks):
         out.append({"clip": c.name, "words": len(speech.normalize(c.ref)), "errors": errors, "hyp": hyp,
                     "eot": None if eot is None else eot - wall_at(eos),
                     "first": None if first is None else first - wall_at(onset)})
-    return out, max(lags, default=(0.0, 0.0, ""))  # the most behind interim: (lag, its end, its text's end)
+    return out, max(lags, default=(0.0, 0.0, "")), (late, rewrites, ends)  # the most behind interim: (lag, its end, its text's end)
 
 
 def pct(values, q):
@@ -163,8 +173,11 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     stop.set()
     await st
     cpu = sum(cpu_seconds(p) for p in procs) - cpu0
-    rows = [r for res, _ in results for r in res]
-    worst = max((lag for _, lag in results), key=lambda lag: lag[0])
+    rows = [r for res, _, _ in results for r in res]
+    late = [x for _, _, lt in results for x in lt[0]]
+    rewrites = [x for _, _, lt in results for x in lt[1]]
+    ends = [x for _, _, lt in results for x in lt[2]]
+    worst = max((lag for _, lag, _ in results), key=lambda lag: lag[0])
     max_lag = worst[0]
     eots = [r["eot"] for r in rows if r["eot"] is not None]
     firsts = [r["first"] for r in rows if r["first"] is not None]
@@ -175,7 +188,9 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
             "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
             "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
-            "worst": worst,
+            "worst": worst, "late50": pct(late, 50), "late95": pct(late, 95), "latemax": max(late, default=float("nan")),
+            "rewrite": float(np.mean(rewrites)) if rewrites else float("nan"),
+            "ends": float(np.mean(ends)) if ends else float("nan"),
             "peak_mb": peak[0] / 1024, "keeps_up": keeps_up, "rows": rows}
 
 
@@ -185,6 +200,8 @@ async def main(args):
     clips = speech.real_clips()
     if args.quick:
         clips = clips[:2] + clips[5:7]
+    elif args.set == "sentences":
+        clips = [speech.joined(clips[:5], "librivox-joined"), *speech.long_clips()]
     elif args.set == "all":
         clips += speech.long_clips()
     base_rss_before = rss_kb(os.getpid())
@@ -204,7 +221,9 @@ async def main(args):
             print(f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
                   f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} "
                   f"(at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
-                  f"keeps up {r['keeps_up']}", flush=True)
+                  f"keeps up {r['keeps_up']} | final lateness p50 {r['late50']:.2f} p95 {r['late95']:.2f} "
+                  f"max {r['latemax']:.2f} | interim rewrite rate {r['rewrite'] * 100:.1f}% "
+                  f"interims ending . ? ! {r['ends'] * 100:.1f}%", flush=True)
             sets = {}
             for row in r["rows"]:
                 e = sets.setdefault("reading" if row["clip"] == "two-cities" else "clips", [0, 0])
@@ -237,8 +256,10 @@ if __name__ == "__main__":
     ap.add_argument("--levels", default="1,2,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--gap", type=float, default=1.5, help="seconds of noise between clips")
     ap.add_argument("--timeout", type=float, default=180.0, help="per level, seconds")
-    ap.add_argument("--set", choices=["all", "short"], default="all",
-                    help="all: the 11 pocketsphinx clips and the 44 s two_cities reading; short: the 11 clips")
+    ap.add_argument("--set", choices=["all", "short", "sentences"], default="all",
+                    help="all: the 11 pocketsphinx clips and the 44 s two_cities reading; short: the 11 clips; "
+                         "sentences: long turns (the 5 consecutive LibriVox sentences joined (their own 0.1 s margins only), "
+                         "a 7 s and a 15 s turn, and the two_cities reading)")
     ap.add_argument("--quick", action="store_true", help="4 short clips only")
     ap.add_argument("--verbose", action="store_true")
     tuning.add_arguments(ap)

@@ -138,7 +138,15 @@ function render({ entry, committed }) {
   p.className = `turn ${entry.final ? 'final' : 'interim'}${entry.recovered ? ' recovered' : ''}${entry.eager ? ' eager' : ''}${entry.text ? '' : ' empty'}`;
   if (entry.recovered) p.title = 'Kept from before the connection was lost';
   else p.removeAttribute('title');
-  p.textContent = entry.text;
+  const stable = entry.final || entry.stable === undefined ? entry.text.length : entry.stable;
+  if (stable < entry.text.length) {
+    const tail = document.createElement('span');
+    tail.className = 'unstable'; // words the recognizer may still change
+    tail.textContent = entry.text.slice(stable);
+    p.replaceChildren(entry.text.slice(0, stable), tail);
+  } else {
+    p.textContent = entry.text;
+  }
   if (atBottom) box.scrollTop = box.scrollHeight; // follow the text unless the reader scrolled up
   if (committed && entry.text) {
     hooks.finals = transcript.finals;

@@ -57,6 +57,9 @@ export class Transcript {
       const committed = Boolean(msg.final) && !entry.final;
       entry.text = typeof msg.text === 'string' ? msg.text : '';
       entry.final = Boolean(msg.final);
+      // the interim's prefix the last two hypotheses agreed on (docs/protocol.md); the rest may still change
+      const stable = Number.isInteger(msg.stable_chars) ? msg.stable_chars : entry.text.length;
+      entry.stable = entry.final ? entry.text.length : Math.max(0, Math.min(stable, entry.text.length));
       if (entry.final) entry.eager = false;
       return { entry, committed };
     }

@@ -105,7 +105,17 @@ function transcript(msg) {
       box.append(interimEl);
     }
     interimEl.dataset.turn = String(msg.turn);
-    interimEl.textContent = msg.text;
+    const text = typeof msg.text === 'string' ? msg.text : '';
+    // the interim's prefix the last two hypotheses agreed on; the tail may still change (docs/protocol.md)
+    const stable = Number.isInteger(msg.stable_chars) ? Math.max(0, Math.min(msg.stable_chars, text.length)) : text.length;
+    if (stable < text.length) {
+      const tail = document.createElement('span');
+      tail.className = 'unstable';
+      tail.textContent = text.slice(stable);
+      interimEl.replaceChildren(text.slice(0, stable), tail);
+    } else {
+      interimEl.textContent = text;
+    }
     hooks.interim = msg.text;
   }
   keepFollowing();

@@ -208,3 +208,18 @@ def endpointer_turns(pcm: bytes) -> list[tuple[int, int, int]]:
             floor = ep.pos
             ep.reset()
     return out
+
+
+def joined(clips: list[Clip], name: str, pause: float = 0.0) -> Clip:
+    """Clips trimmed to their speech (tests' speech_bounds, 0.1 s kept each side) and joined with `pause` seconds
+    of their own background between them: one long turn without a pause that ends it (the 5 LibriVox clips are
+    consecutive sentences of one reading)."""
+    parts = []
+    for i, c in enumerate(clips):
+        on, end = speech_bounds(c.pcm, min_sound=0.1)
+        a, b = max(0, int((on - 0.1) * RATE)), min(len(c.pcm) // 2, int((end + 0.1) * RATE))
+        parts.append(c.pcm[2 * a : 2 * b])
+        if i < len(clips) - 1:
+            parts.append(np.random.default_rng(i).normal(0, 10 ** (noise_floor_db(c.pcm) / 20) * 32768,
+                                                          int(pause * RATE)).astype("<i2").tobytes())
+    return Clip(name, " ".join(c.ref for c in clips), b"".join(parts))

@@ -498,3 +498,76 @@ async def test_a_killed_worker_is_replaced_and_captions_go_on(pool):
         finals = check_turns(await asyncio.wait_for(task, 30))
         assert speech.wer(c.ref, " ".join(finals)) <= 0.34, finals
     assert pool.workers[0] is not victim and all(w.proc.poll() is None for w in pool.workers)
+
+
+def uncovered_speech(pcm: bytes, spans: list[tuple[float, float]], margin: float = 0.1) -> float:
+    """Seconds of speech (20 ms frames 15 dB over the background) outside every final's [start, end] (± margin)."""
+    db = speech._envelope_db(pcm)
+    loud = db > speech.noise_floor_db(pcm) + 15
+    t = (np.arange(len(db)) + 0.5) * 0.02
+    covered = np.zeros(len(db), bool)
+    for start, end in spans:
+        covered |= (t >= start - margin) & (t <= end + margin)
+    return float(np.sum(loud & ~covered) * 0.02)
+
+
+def missing_words(ref: str, hyp: str) -> list[str]:
+    """Reference words that no final has: the deletions of a word alignment (Levenshtein with a backtrace).
+    A misrecognized word (a substitution) was heard and is in a final; a deleted one is not."""
+    r, h = speech.normalize(ref), speech.normalize(hyp)
+    d = np.zeros((len(r) + 1, len(h) + 1), int)
+    d[:, 0], d[0, :] = np.arange(len(r) + 1), np.arange(len(h) + 1)
+    for i in range(1, len(r) + 1):
+        for j in range(1, len(h) + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (r[i - 1] != h[j - 1]))
+    i, j, lost = len(r), len(h), []
+    while i > 0:
+        if j > 0 and d[i, j] == d[i - 1, j - 1] + (r[i - 1] != h[j - 1]):
+            i, j = i - 1, j - 1
+        elif j > 0 and d[i, j] == d[i, j - 1] + 1:
+            j -= 1
+        else:
+            lost.append(r[i - 1])
+            i -= 1
+    return lost[::-1]
+
+
+async def test_long_turns_lose_no_speech_and_their_finals_are_on_time(pool):
+    """Issue 22 item 3: five consecutive LibriVox sentences read without a pause that ends a turn (a 7 s and a 15 s
+    turn: moonshine's line end cuts the long one), on every slot of the pool at once. Every word is in a final
+    (word alignment: only as many missing as the WER allows), no stretch of speech is outside all finals, and
+    every final comes within 1.5 s of the end of its audio."""
+    c = speech.joined([speech.clip(n) for n in ("lv-0870", "lv-0880", "lv-0890", "lv-0920", "lv-0930")], "joined")
+    pcm = silence(0.3) + c.pcm + silence(1.0)
+
+    async def one():
+        up = LocalUpstream(SETTINGS, StreamParams())
+        await up.connect()
+        got = []
+
+        async def reader():
+            async for ev in up.events():
+                got.append((time.monotonic(), ev))
+
+        task = asyncio.create_task(reader())
+        t0 = time.monotonic()
+        await feed(up, pcm)
+        await up.close()
+        await asyncio.wait_for(task, 30)
+        return t0, got
+
+    for t0, got in await asyncio.gather(*(one() for _ in range(SLOTS))):
+        finals = [(wall, ev) for wall, ev in got if ev["type"] == "transcript" and ev["final"]]
+        check_turns([ev for _, ev in got])
+        text = " ".join(ev["text"] for _, ev in finals)
+        lost = missing_words(c.ref, text)
+        late = [wall - t0 - ev["end"] for wall, ev in finals]
+        seen = [(ev["start"], ev["end"], round(x, 2), ev["text"][-40:]) for x, (_, ev) in zip(late, finals)]
+        assert len(lost) <= 0.04 * len(speech.normalize(c.ref)), (lost, seen)
+        assert uncovered_speech(pcm, [(ev["start"], ev["end"]) for _, ev in finals]) <= 0.2, seen
+        assert max(late) <= 1.5, seen
+        # item 2: interims end without a sentence-final mark and say how much of them the last two agreed on
+        interims = [ev for _, ev in got if ev["type"] == "transcript" and not ev["final"]]
+        assert interims and not [ev["text"] for ev in interims if ev["text"][-1:] in ".?!"]
+        assert all(0 <= ev["stable_chars"] <= len(ev["text"]) for ev in interims)
+        assert any(ev["stable_chars"] > 0 for ev in interims)

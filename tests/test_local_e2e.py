@@ -180,9 +180,22 @@ def test_browser_shows_recognized_words_from_a_real_recording(local_app):
     with browser(path) as b:
         page = b.new_page()
         page.goto(local_app.http + "/")
+        # issue 22: every interim the page shows (each change is a mutation): its unstable tail marked, no full stop
+        page.evaluate("""() => {
+          const seen = window.__seen = { interims: 0, unstable: 0, stops: 0 };
+          new MutationObserver(() => {
+            for (const p of document.querySelectorAll('#transcript .turn.interim')) {
+              seen.interims++;
+              if (p.querySelector('.unstable')) seen.unstable++;
+              if (/[.?!]$/.test(p.textContent)) seen.stops++;
+            }
+          }).observe(document.querySelector('#transcript'), { subtree: true, childList: true, characterData: true });
+        }""")
         page.click("#start")
         expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=20000)
         expect(page.locator("#transcript .final").nth(1)).to_contain_text("forward", timeout=30000)
+        seen = page.evaluate("window.__seen")
+        assert seen["interims"] > 0 and seen["unstable"] > 0 and seen["stops"] == 0, seen
         page.screenshot(path=str(ARTIFACTS / "local-captions.png"), full_page=True)
         text = " ".join(page.locator("#transcript .final").all_inner_texts())
         page.click("#stop")

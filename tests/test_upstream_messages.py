@@ -191,3 +191,24 @@ def test_provider_errors_get_our_message_per_class(cls, code, description, mappe
     assert "SECRET" not in shown and (not description or description not in shown)
     assert not code or code not in event["message"]
     assert up.provider in event["message"]
+
+
+# ---- stable_chars: the prefix of an interim the previous one agreed on (issue 22, local agreement) -------------
+
+STABLE = [
+    ("first interim: nothing agreed yet", ["Hello"], [0]),
+    ("the next words extend it", ["Hello", "Hello world", "Hello world, how are"], [0, 5, 12]),
+    ("case and punctuation aside", ["I let us", "I let us do it."], [0, 8]),
+    ("a rewrite of the first word", ["Hello.", "I'll let's do it.", "I'd less to be wrapped."], [0, 0, 0]),
+    ("agreement stops at the first changed word", ["we had every", "we had everything before"], [0, 6]),
+]
+
+
+@pytest.mark.parametrize("cls", [DeepgramUpstream, AIGatewayUpstream])
+@pytest.mark.parametrize("label, texts, stable", STABLE, ids=[c[0] for c in STABLE])
+def test_flux_updates_carry_the_prefix_two_hypotheses_agree_on(cls, label, texts, stable):
+    events = run(cls, [turninfo("Update", t, []) for t in texts] + [turninfo("EndOfTurn", texts[-1], [])])
+    interims = [e for e in events if e["type"] == "transcript" and not e["final"]]
+    assert [e["stable_chars"] for e in interims] == stable
+    assert all(e["text"][: e["stable_chars"]] == t[: s] for e, t, s in zip(interims, texts, stable))
+    assert "stable_chars" not in next(e for e in events if e["type"] == "transcript" and e["final"])

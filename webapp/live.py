@@ -65,6 +65,8 @@ def live_transcript(event: dict[str, Any], seq: int | None = None) -> Live:
     }
     if final:
         msg["seq"] = seq
+    elif isinstance(stable := event.get("stable_chars"), int):
+        msg["stable_chars"] = stable  # the agreed prefix (docs/protocol.md); the viewer shows the rest fainter
     return Live("final" if final else "interim", _encode(msg), event.get("turn"), seq)
 
 

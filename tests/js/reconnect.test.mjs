@@ -195,3 +195,14 @@ test('Transcript after a resume: a new turn reusing the number keeps the recover
   assert.equal(t.finals.at(-1), 'Fresh.');
   assert.equal(t.finals.length, 6);
 });
+
+test('Transcript keeps the agreed prefix of an interim (stable_chars, clamped) and all of a final', () => {
+  const t = new Transcript();
+  const cases = [
+    [{ type: 'transcript', turn: 0, text: 'Hello wor', final: false, stable_chars: 5 }, 5],
+    [{ type: 'transcript', turn: 0, text: 'Hello world', final: false, stable_chars: 99 }, 11], // clamped
+    [{ type: 'transcript', turn: 0, text: 'Hello world how', final: false }, 15], // an older server: all stable
+    [{ type: 'transcript', turn: 0, text: 'Hello world, how are you?', final: true }, 25],
+  ];
+  for (const [msg, stable] of cases) assert.equal(t.apply(msg).entry.stable, stable, msg.text);
+});

@@ -17,7 +17,10 @@ from .vad import CHUNK as VAD_CHUNK
 
 UPDATE_INTERVAL = 0.32  # seconds of audio between interim re-decodes
 FORCE_INTERVAL = 0.24  # until the turn has text: forced re-decodes, so the first interim comes early
-MODEL_END_SECONDS = 8.0  # turns at least this long also end where moonshine's own VAD ends a line
+MODEL_END_SECONDS = 8.0  # turns at least this long also end where moonshine's own VAD ends a line, or at a cut
+FINAL_CUT_PAUSE = 0.16  # seconds: the pause at a cut that a long turn ends at (stream.Stream._cut_final)
+MAX_TURN_SECONDS = 14.0  # from this long on, a turn ends at any cut
+MODEL_END_FALLBACK = 20.0  # with onnx interims: a turn without a cut this long ends at moonshine's line end
 MAX_INTERIM_GAP = 1.0  # seconds of audio: other streams' finals defer our interim re-decodes at most this long
 LOOK_BEHIND = 0.3  # audio kept before the detected speech onset
 MAX_LINE_SECONDS = 30.0
@@ -27,10 +30,11 @@ VOICE_WAIT = 1.0  # seconds of an open turn without them, after which libmoonshi
 
 
 class Cut(NamedTuple):
-    """The turn's audio up to sample `at` decodes as `text`."""
+    """The turn's audio up to sample `at` decodes as `text`; `pause`: samples of silence after it (at least)."""
 
     text: str
     at: int
+    pause: int = 0
 
 
 class Context(NamedTuple):
@@ -125,6 +129,7 @@ class TurnPlanner:
         self.buf = np.zeros(0, np.float32)
         self.buf_start = 0  # absolute sample index of buf[0]
         self.floor = 0  # audio before this belongs to finished turns
+        self.carry: int | None = None  # a turn ended inside speech: the next one's audio starts exactly here
         self.heard = False  # the endpointer saw speech since the last turn ended: a turn is open
         self.rng = np.random.default_rng(seed)
         self.context: Context | None = None  # the previous turn
@@ -141,6 +146,7 @@ class TurnPlanner:
         self.inflight: int | None = None  # cutoff of the speculative decode in flight
         self.cuts: list[Cut] = []
         self.cut_ok: int | None = None  # cutoff of an overtaken decode, still running, that may become a cut
+        self.cut_pause = 0  # the pause (samples) after cut_ok
         self.checked = False  # a decode of this turn found words (the voice check need not run again)
         self.gen += 1
         self.turn_no += 1
@@ -171,6 +177,8 @@ class TurnPlanner:
         return self.heard
 
     def turn_start(self) -> int:
+        if self.carry is not None:
+            return self.carry
         return self.ep.onset if self.ep.onset is not None else int((self.line_start or 0) * RATE)
 
     def long_turn(self) -> bool:
@@ -178,6 +186,8 @@ class TurnPlanner:
 
     def region_start(self) -> int:
         """Where the open turn's audio starts (its onset or first line, minus the look-behind)."""
+        if self.carry is not None:
+            return max(self.carry, self.buf_start)  # the speech went on where the previous turn was cut
         starts = [
             s
             for s in (self.ep.onset, None if self.line_start is None else int(self.line_start * RATE))
@@ -196,6 +206,10 @@ class TurnPlanner:
     def trim(self) -> None:
         """Keep only the audio a final decode may need."""
         keep_from = self.total - int(LOOK_BEHIND * RATE)
+        if self.carry is not None and not self.turn_open and self.ep.silence >= self.t.context_pause * RATE:
+            self.carry = None  # the speech did not go on after the cut after all: the next turn starts as usual
+        if self.carry is not None:
+            keep_from = min(keep_from, self.carry)  # a late cut's words after it wait for the turn to open
         if self.turn_open:
             keep_from = min(keep_from, self.region_start())
             keep_from = max(keep_from, self.total - int(MAX_LINE_SECONDS * RATE))
@@ -250,9 +264,11 @@ class TurnPlanner:
         """Speech went on (after `pause` samples of silence, at least)."""
         between_words = self.t.cut_pause > 0 and pause >= self.t.cut_pause * RATE
         if self.spec is not None and between_words:
-            self.add_cut(self.spec.text, self.spec.cutoff, self.spec.start)  # it covers the turn up to this pause
+            # it covers the turn up to this pause
+            self.add_cut(self.spec.text, self.spec.cutoff, self.spec.start, pause)
         if self.inflight is not None:
             self.cut_ok = self.inflight if between_words else None
+            self.cut_pause = pause
             if (between_words and self.long_head(self.inflight)) or not self.t.stop_overtaken:
                 self.keep_gen = self.gen  # its text may become a cut (add_cut): let it finish
         if self.spec is not None or self.inflight is not None:
@@ -271,12 +287,26 @@ class TurnPlanner:
         """A decode up to `at` (from the cut `start`, or the turn's start) covers enough to be a cut."""
         return at - (self.region_start() if start is None else start) >= self.t.cut_min_seconds * RATE
 
-    def add_cut(self, text: str, at: int, start: int | None) -> None:
+    def add_cut(self, text: str, at: int, start: int | None, pause: int = 0) -> None:
         """Keep a decoded head of the turn if its own part (from the cut it started at) is long enough."""
         if ends_repeated(text):
             return  # tiny-en said its last phrase twice ("a season of light. It was a season of light."): not a base
         if (not self.cuts or at > self.cuts[-1].at) and self.long_head(at, start):
-            self.cuts.append(Cut(text, at))
+            self.cuts.append(Cut(text, at, pause))
+
+    def final_cut(self) -> Cut | None:
+        """The cut a long turn ends at now: once the turn is MODEL_END_SECONDS long, its latest cut after a pause
+        of at least FINAL_CUT_PAUSE (shorter pauses are also found inside words: "respect|able"); from
+        MAX_TURN_SECONDS on, any cut."""
+        if not self.cuts:
+            return None
+        cut = self.cuts[-1]
+        length = cut.at - self.turn_start()
+        if length >= MAX_TURN_SECONDS * RATE or (
+            length >= MODEL_END_SECONDS * RATE and cut.pause >= FINAL_CUT_PAUSE * RATE
+        ):
+            return cut
+        return None
 
     def cut_for(self, end: int) -> tuple[str, int | None]:
         """The latest cut that leaves at least cut_min_seconds to decode: (its text, its sample), or ("", None)."""
@@ -284,7 +314,7 @@ class TurnPlanner:
             return "", None
         for cut in reversed(self.cuts):
             if end - cut.at >= self.t.cut_min_seconds * RATE:
-                return cut
+                return cut.text, cut.at
         return "", None
 
     # -- context and drafts --
@@ -314,11 +344,14 @@ class TurnPlanner:
         return base, start, Job(self.region_audio(audio_from), self.has_words(), checked, prefix, own, self.draft(base))
 
     # -- the end of a turn --
-    def end_turn(self, upto: int | None = None) -> None:
+    def end_turn(self, upto: int | None = None, carry: bool = False) -> None:
         """The turn's final is sent. The next turn's look-behind may reach back to the end of the audio that final
         was decoded from (`upto`), not just to now: a late commit (a slow decode) must not cut the soft start of a
-        word said right after it. (It did: "We had everything" lost its "We" in the next turn's context.)"""
+        word said right after it. (It did: "We had everything" lost its "We" in the next turn's context.)
+        `carry`: the turn was cut inside speech (a long turn at moonshine's line end, reported late): the next
+        turn's audio starts at `upto` itself, whenever its onset is heard, so the words after the cut are in it."""
         self.floor = self.total if upto is None else upto
+        self.carry = self.floor if carry and self.floor < self.total else None
         self.heard = False
         self.context = None
         self.ep.reset()

@@ -22,6 +22,7 @@ from .planner import (
     FORCE_INTERVAL,
     LOOK_BEHIND,
     MAX_INTERIM_GAP,
+    MODEL_END_FALLBACK,
     MODEL_END_SECONDS,
     UPDATE_INTERVAL,
     Done,
@@ -110,10 +111,18 @@ class Stream:
                 log.info(f"trace sid={self.sid} modelend silence={p.ep.silence / RATE:.3f} text={line.text!r}")
             # (by the line's own end: with onnx interims, the lines that ended earlier in the turn are reported
             # only once libmoonshine's updates resume at MODEL_END_SECONDS, all at once)
-            if end - p.turn_start() / RATE >= MODEL_END_SECONDS:
+            # With onnx interims, a long turn ends at a cut (_cut_final) as soon as its decode is back; moonshine's
+            # line ends are only seen at its next update (seconds late under load), so they end a turn only when
+            # no cut came (MODEL_END_FALLBACK: the buffer still holds the whole turn).
+            longest = MODEL_END_FALLBACK if p.onnx_mode else MODEL_END_SECONDS
+            if end - p.turn_start() / RATE >= longest:
                 assert p.line_start is not None  # set above: the turn has heard speech and this line has a start
                 # a long turn that our endpointer does not end (noisy room, no pauses): moonshine's line end ends it
-                self._final(join(self.prefix, line.text), p.line_start, end, "model", restart=False)
+                # (cut where the line ended, not now: the words said since are the next turn's)
+                upto = min(p.total, round(end * RATE))
+                self._final(
+                    join(self.prefix, line.text), p.line_start, end, "model", restart=False, upto=upto, carry=True
+                )
             else:
                 # moonshine's VAD split a line inside our turn (its lines end on short pauses, and its text was
                 # decoded without a tail: "Eight of spades, eight of spades"). Our endpointer ends the turn and
@@ -151,6 +160,7 @@ class Stream:
         moonshine.add_audio(self.tr, self.stream, x)
         self.fed += len(x)
         p.listen(x)
+        self._cut_final()
         if p.wants_spec():
             self._speculate()  # first: an interim re-decode of a long line would hold this thread for ~0.3 s
         young = p.ep.in_turn and not p.line_text
@@ -213,7 +223,9 @@ class Stream:
         text = join(tag.base, done.text)
         if tag.gen != p.gen:
             if done.cutoff == p.cut_ok:
-                p.add_cut(text, done.cutoff, tag.start)
+                p.add_cut(text, done.cutoff, tag.start, p.cut_pause)
+                if self._cut_final():
+                    return
             # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
             # with a tail), which saves the next interim re-decode
             if text.strip() and done.cutoff > self.interim_upto:
@@ -245,6 +257,21 @@ class Stream:
             )
         self._commit(spec.text, "model", spec.ids, upto=spec.cutoff)
 
+    def _cut_final(self) -> bool:
+        """A long turn ends at its latest cut (a pause between words that speech went on from, decoded already):
+        its final comes as soon as that decode is back, not at moonshine's late line end (4-8 s late at 4 streams),
+        never inside a word, and the next turn starts exactly at the cut, so the words after it are in no gap."""
+        p = self.p
+        cut = p.final_cut() if p.turn_open and p.onnx_mode else None
+        if cut is None:
+            return False
+        text, at = cut.text, cut.at
+        start = p.line_start if p.line_start is not None else (p.region_start() + int(LOOK_BEHIND * RATE)) / RATE
+        if p.carry is not None:
+            start = p.region_start() / RATE
+        self._final(text, start, max(at / RATE, start), "cut", restart=True, upto=at, carry=True)
+        return True
+
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
         """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
         t = time.monotonic()
@@ -259,17 +286,28 @@ class Stream:
         p = self.p
         region = p.region_start()
         start = p.line_start if p.line_start is not None else (region + int(LOOK_BEHIND * RATE)) / RATE
+        if p.carry is not None:
+            start = region / RATE  # the turn starts where the previous one was cut
         end = max(p.ep.last_speech, int(start * RATE)) / RATE
         speech_end = p.ep.last_speech
         self._final(text, start, end, trigger, restart=True, upto=upto)
         p.remember(region, speech_end, ids)
 
-    def _final(self, text: str, start: float, end: float, trigger: str, restart: bool, upto: int | None = None) -> None:
+    def _final(
+        self,
+        text: str,
+        start: float,
+        end: float,
+        trigger: str,
+        restart: bool,
+        upto: int | None = None,
+        carry: bool = False,
+    ) -> None:
         text = collapse_repeats(text.strip())
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False
             self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
-        self.p.end_turn(upto)
+        self.p.end_turn(upto, carry)
         if restart:
             self._new_stream()
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -115,6 +116,23 @@ def provider_error(provider: str, code: str, text: str) -> UpstreamError:
     return UpstreamError(mapped, _PROVIDER_MESSAGES[mapped].format(provider), retryable=retryable)
 
 
+def _word_key(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def stable_chars(previous: str, text: str) -> int:
+    """How many leading characters of `text` the previous hypothesis agreed on: its first words that both say
+    (as spoken: case and punctuation aside), local agreement as in WhisperLiveKit's online_asr.py. The page
+    shows the rest as the unstable tail."""
+    agreed, pos = 0, 0
+    old = previous.split()
+    for i, m in enumerate(re.finditer(r"\S+", text)):
+        if i >= len(old) or _word_key(old[i]) != _word_key(m.group()):
+            break
+        agreed, pos = i + 1, m.end()
+    return pos if agreed else 0
+
+
 class Turns:
     """Turns the provider's view of "the current turn's text" into StartOfTurn / interim / final / EndOfTurn.
 
@@ -144,12 +162,13 @@ class Turns:
         elif text == self.text:
             self.end = max(self.end, end)
             return
+        stable = stable_chars(self.text, text)
         self.text, self.words, self.end = text, words, max(end, self.start)
-        self._emit(
-            protocol.transcript(
-                self.index, text, False, self.start, self.end, protocol.words(words) if self.interim_words else None
-            )
+        event = protocol.transcript(
+            self.index, text, False, self.start, self.end, protocol.words(words) if self.interim_words else None
         )
+        event["stable_chars"] = stable
+        self._emit(event)
 
     def marker(self, event: str) -> None:
         """EagerEndOfTurn / TurnResumed, passed on only inside an open turn."""

@@ -56,7 +56,8 @@ class LocalUpstream(Upstream):
     # runs on the event loop thread (the pool delivers with call_soon_threadsafe)
     def _on_event(self, kind: str, data: dict) -> None:
         if kind == "update":
-            self.turns.update(data["text"], [], data["start"], data["end"])
+            # tiny-en ends nearly every hypothesis with "." : on an interim it looks like a finished sentence
+            self.turns.update(data["text"].rstrip().rstrip(".?!"), [], data["start"], data["end"])
         elif kind == "final":
             self.turns.end_turn(data["text"] or None, [], data["end"])
         elif kind == "error":
