@@ -108,7 +108,9 @@ LINE_BOXES = """([box, sel]) => {
   for (const el of els) {
     const r = document.createRange();
     r.selectNodeContents(el);
-    const rects = [...r.getClientRects()].filter((q) => q.height >= 1);
+    // one box per line: a turn's spans (an interim's stable part and its tail) give a rect each on the same line
+    const rects = [...r.getClientRects()].filter((q) => q.height >= 1)
+      .filter((q, i, all) => all.findIndex((o) => Math.abs(o.top - q.top) < 1 && Math.abs(o.bottom - q.bottom) < 1) === i);
     rects.forEach((q, i) => out.push({text: el.textContent.slice(0, 30), top: q.top, bottom: q.bottom,
       boxTop: b.top, boxBottom: b.bottom, vh: innerHeight, cls: el.className,
       newest: el === els.at(-1) && i === rects.length - 1}));
