@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 REALTIME_KEY = (
     "This server needs a key: pass ?api_key=<key> (or an Authorization: Bearer <key> header), a relay API key "
-    "from `caption-relay api-key create` or the access token."
+    "from `./scripts/caption-relay api-key create` or the access token."
 )
 
 

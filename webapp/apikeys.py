@@ -95,8 +95,8 @@ def error_response(exc: ApiAuthError | ApiQuotaError) -> JSONResponse:
     return openai_error(exc.status, exc.message, exc.code, retry_after=exc.retry_after)
 
 
-MISSING = "This endpoint needs an API key: send Authorization: Bearer <key> (made with `caption-relay api-key create`)."
-WRONG = "That API key is not valid here. Check it, or ask the operator for a key (`caption-relay api-key create`)."
+MISSING = "This endpoint needs an API key: send Authorization: Bearer <key> (made with `./scripts/caption-relay api-key create`)."
+WRONG = "That API key is not valid here. Check it, or ask the operator for a key (`./scripts/caption-relay api-key create`)."
 REVOKED = "That API key was revoked. Ask the operator for a new one."
 
 
@@ -231,7 +231,9 @@ class ApiKeys:
         """(the key, newly revoked); raises LookupError when there is no such key."""
         key = await self.find(id_or_name)
         if key is None:
-            raise LookupError(f"no API key with the id or name {id_or_name[:64]!r} (see `caption-relay api-key list`)")
+            raise LookupError(
+                f"no API key with the id or name {id_or_name[:64]!r} (see `./scripts/caption-relay api-key list`)"
+            )
         new = await self.store.revoke_api_key(key["id"], time.time())
         log.info("api_key_revoked", extra=fields(key_id=key["id"], name=key["name"], new=new))
         return key, new
@@ -324,7 +326,11 @@ async def _cli(args: argparse.Namespace, settings: Settings) -> int:
             print(f"API key {record['id']} ({record['name']}) {state}", file=sys.stderr)
             return 0
         rows = await keys.listing()
-        print(_table(rows) if rows else "no API keys yet (make one with `caption-relay api-key create --name N`)")
+        print(
+            _table(rows)
+            if rows
+            else "no API keys yet (make one with `./scripts/caption-relay api-key create --name N`)"
+        )
         return 0
     finally:
         await store.close()
