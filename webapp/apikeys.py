@@ -72,19 +72,28 @@ class ApiAuthError(Exception):
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_error"}
+ERROR_TYPES = {
+    **dict.fromkeys((400, 401, 404, 413, 415), "invalid_request_error"),
+    403: "permission_error",
+    429: "rate_limit_error",
+}
 
 
 def openai_error(
-    status: int, message: str, code: str | None = None, param: str | None = None, retry_after: float | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after: float | str | None = None,
 ) -> JSONResponse:
-    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}} (Retry-After when given)."""
+    """An error of the /v1 endpoints in OpenAI's shape: {"error": {"message", "type", "param", "code"}}, with
+    Retry-After when given (seconds, or a provider's own header value as it came)."""
     body = {
         "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
     }
     headers = {"Cache-Control": "no-store"}
     if retry_after is not None:
-        headers["Retry-After"] = str(int(retry_after))
+        headers["Retry-After"] = retry_after if isinstance(retry_after, str) else str(int(retry_after))
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="caption-relay"'
     return JSONResponse(body, status_code=status, headers=headers)
@@ -92,7 +101,7 @@ def openai_error(
 
 def error_response(exc: ApiAuthError | ApiQuotaError) -> JSONResponse:
     """The HTTP answer to an ApiAuthError (401/429/503) or ApiQuotaError (429)."""
-    return openai_error(exc.status, exc.message, exc.code, retry_after=exc.retry_after)
+    return openai_error(exc.status, exc.message, code=exc.code, retry_after=exc.retry_after)
 
 
 MISSING = "This endpoint needs an API key: send Authorization: Bearer <key> (made with `./scripts/caption-relay api-key create`)."

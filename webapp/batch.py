@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from . import exports, media, metrics
-from .apikeys import ApiAuthError, ApiClient, ApiKeys, error_response
+from .apikeys import ApiAuthError, ApiClient, ApiKeys, error_response, openai_error
 from .config import Settings
 from .logs import fields
 from .protocol import StreamParams
@@ -52,22 +52,6 @@ TEXT_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/
 FIELD_BYTES = 64 * 1024  # a form field other than the file (a prompt is at most a few hundred words)
 MAX_KEYTERMS = 50
 LANGUAGE = re.compile(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", re.IGNORECASE)
-
-
-def openai_error(
-    status: int,
-    message: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    kind = (
-        "invalid_request_error"
-        if status in (400, 404, 413, 415)
-        else {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(status, "server_error")
-    )
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class Refused(Exception):
@@ -320,13 +304,11 @@ class Batch:
         try:
             return self.quotas.admit(self.quotas.client_ip(request))
         except QuotaError as exc:
-            headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
-            raise Refused(openai_error(429, exc.message, code=exc.code, headers=headers)) from None
+            raise Refused(openai_error(429, exc.message, code=exc.code, retry_after=exc.retry_after or None)) from None
 
 
 def _batch_error(exc: BatchError) -> JSONResponse:
-    headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
-    return openai_error(exc.status, exc.message, code=exc.code, headers=headers)
+    return openai_error(exc.status, exc.message, code=exc.code, retry_after=exc.retry_after or None)
 
 
 class Runner:
