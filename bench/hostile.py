@@ -1322,6 +1322,17 @@ def _spy_server(answer: Callable[[http_server.BaseHTTPRequestHandler], None]):
     return server, hits
 
 
+async def _webhook_session(app: App, cookie: str, hook: str) -> tuple[Socket, int, str]:
+    """A capture session given a webhook output that posts to `hook`, spoken until its first final: the page, the
+    output POST's status and the session's outputs URL."""
+    page, ready = await _owned_session(app, cookie)
+    url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
+    made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
+    await page.send_audio(3.0)
+    await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+    return page, made, url
+
+
 def probe_output_redirect() -> Result:
     """A webhook receiver (allowed) that answers every post with 307 to another loopback server (not allowed): the
     relay does not follow it (the other server gets nothing), and the output shows the redirect as its error."""
@@ -1340,11 +1351,7 @@ def probe_output_redirect() -> Result:
             cookie = owner_cookie(app)
 
             async def run():
-                page, ready = await _owned_session(app, cookie)
-                url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
-                made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
-                await page.send_audio(3.0)
-                await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+                page, made, url = await _webhook_session(app, cookie, hook)
                 deadline = time.monotonic() + 8
                 listed = ""
                 while time.monotonic() < deadline:  # the output's post is made after the final: poll its status
@@ -1400,11 +1407,7 @@ def probe_output_huge_answer() -> Result:
             before = _peak_rss_mb(app.proc.pid)
 
             async def run():
-                page, ready = await _owned_session(app, cookie)
-                url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
-                made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
-                await page.send_audio(3.0)
-                await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+                page, made, url = await _webhook_session(app, cookie, hook)
                 deadline = time.monotonic() + 8
                 while time.monotonic() < deadline and not posted:  # the post follows the final
                     await asyncio.sleep(0.1)
@@ -1446,11 +1449,7 @@ def probe_output_trickle_answer() -> Result:
             cookie = owner_cookie(app)
 
             async def run():
-                page, ready = await _owned_session(app, cookie)
-                url = f"{app.http}/api/sessions/{ready.get('session_id')}/outputs"
-                made = (await asyncio.to_thread(_json, "POST", url, cookie, {"type": "webhook", "url": hook}))[0]
-                await page.send_audio(3.0)
-                await page.until(lambda s: any(m.get("final") for m in s.of("transcript")), 8)
+                page, made, url = await _webhook_session(app, cookie, hook)
                 t0, listed, took = time.monotonic(), "", None
                 while time.monotonic() - t0 < 16:  # the output's error, once its post is given up
                     listed = (await asyncio.to_thread(_json, "GET", url, cookie))[1]
