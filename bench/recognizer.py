@@ -13,7 +13,10 @@ Definitions:
   keeps up (no stream falling behind): every clip got its EndOfTurn and the largest interim lag stays <= 1.5 s
   (latency percentiles are reported beside it, against their own targets);
   CPU RTF per stream: CPU seconds of the web + worker processes / (streams x audio seconds);
-  memory: summed RSS of the web process and the workers, sampled every 0.25 s.
+  memory: summed RSS of the web process and the workers, sampled every 0.25 s;
+  sentence ends (clips with a printed text: the LibriVox ones and the reading; tests/speech.py sentence_ends):
+  spurious = a . ? ! after a word where the printed text has no sentence end (per 100 printed words; also how many
+  of them stand at a comma, colon, semicolon or dash), missed = a printed sentence end with none in the finals.
 Every loop is bounded: fixed levels, fixed audio, a timeout per level.
 --verbose prints every clip of every stream. --trace 1 makes the workers print one line per turn end on stderr
 (silence at the commit, queue waits, decode time of the final, ...). Every field of webapp/local/tuning.py is a flag
@@ -139,7 +142,8 @@ def score(events, sent, marks):
         errors = speech.edit_distance(speech.normalize(c.ref), speech.normalize(hyp))
         eot = max((t["eot"] for t in mine if "eot" in t), default=None)
         first = min((t["first"] for t in mine if "first" in t), default=None)
-        out.append({"clip": c.name, "words": len(speech.normalize(c.ref)), "errors": errors, "hyp": hyp,
+        ends = speech.sentence_ends(c.text, hyp) if c.text else (0, 0, 0, 0)
+        out.append({"clip": c.name, "words": len(speech.normalize(c.ref)), "errors": errors, "hyp": hyp, "ends": ends,
                     "eot": None if eot is None else eot - wall_at(eos),
                     "first": None if first is None else first - wall_at(onset)})
     return out, max(lags, default=(0.0, 0.0, "")), (late, rewrites, ends)  # the most behind interim: (lag, its end, its text's end)
@@ -185,12 +189,15 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     words = sum(r["words"] for r in rows)
     errors = sum(r["errors"] for r in rows)
     keeps_up = missing == 0 and max_lag <= 1.5
+    # sentence ends, on the clips with a printed reference (speech.PUNCTUATED and the reading)
+    spurious, soft, missed, punct_words = (sum(r["ends"][i] for r in rows) for i in range(4))
     return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
             "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
             "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
             "worst": worst, "late50": pct(late, 50), "late95": pct(late, 95), "latemax": max(late, default=float("nan")),
             "rewrite": float(np.mean(rewrites)) if rewrites else float("nan"),
             "ends": float(np.mean(ends)) if ends else float("nan"),
+            "spurious": spurious, "spurious_soft": soft, "missed": missed, "punct_words": punct_words,
             "peak_mb": peak[0] / 1024, "keeps_up": keeps_up, "rows": rows}
 
 
@@ -224,6 +231,9 @@ async def main(args):
                   f"keeps up {r['keeps_up']} | final lateness p50 {r['late50']:.2f} p95 {r['late95']:.2f} "
                   f"max {r['latemax']:.2f} | interim rewrite rate {r['rewrite'] * 100:.1f}% "
                   f"interims ending . ? ! {r['ends'] * 100:.1f}%", flush=True)
+            per100 = lambda x: x * 100 / max(1, r["punct_words"])
+            print(f"    sentence ends ({r['punct_words']} printed words): spurious {per100(r['spurious']):.1f}/100 words "
+                  f"({r['spurious']}; {r['spurious_soft']} of them at , ; : -), missed {r['missed']}", flush=True)
             sets = {}
             for row in r["rows"]:
                 e = sets.setdefault("reading" if row["clip"] == "two-cities" else "clips", [0, 0])

@@ -22,6 +22,7 @@ class Clip:
     name: str
     ref: str
     pcm: bytes  # 16 kHz s16le mono
+    text: str = ""  # the reference as printed, with its punctuation (PUNCTUATED), if known
 
     @property
     def duration(self) -> float:
@@ -63,8 +64,8 @@ def real_clips() -> list[Clip]:
     for line in (DATA / "librivox" / "transcription").read_text().splitlines():
         if line.strip():
             name, ref = _strip_sphinx(line)
-            clips.append(Clip("lv-" + name.rsplit("-", 1)[-1], ref,
-                              _read_pcm(DATA / "librivox" / f"{name}.wav")))
+            short = "lv-" + name.rsplit("-", 1)[-1]
+            clips.append(Clip(short, ref, _read_pcm(DATA / "librivox" / f"{name}.wav"), PUNCTUATED.get(short, "")))
     for line in (DATA / "cards" / "cards.transcription").read_text().splitlines():
         if line.strip():
             name, ref = _strip_sphinx(line)
@@ -87,11 +88,23 @@ TWO_CITIES = (
     "good or for evil, in the superlative degree of comparison only.")
 
 
+# The LibriVox clips as Jane Austen printed them ("Sense and Sensibility", ch. 1-2, public domain), in the words the
+# reader said (the transcription's "a more a amiable"): the benchmark's reference for sentence ends.
+PUNCTUATED = {
+    "lv-0870": "And Mr. John Dashwood had then leisure to consider how much there might be prudently in his power "
+               "to do for them.",
+    "lv-0880": "He was not an ill-disposed young man,",
+    "lv-0890": "unless to be rather cold-hearted and rather selfish is to be ill-disposed:",
+    "lv-0920": "Had he married a more a amiable woman, he might have been made still more respectable than he was:",
+    "lv-0930": "he might even have been made amiable himself;",
+}
+
+
 def long_clips() -> list[Clip]:
     """Longer real speech with a known text: the public-domain reading bundled in the moonshine-voice wheel."""
     import moonshine_voice
     wav = Path(moonshine_voice.__file__).parent / "assets" / "two_cities.wav"
-    return [Clip("two-cities", TWO_CITIES, _read_pcm(wav))]
+    return [Clip("two-cities", TWO_CITIES, _read_pcm(wav), TWO_CITIES)]
 
 
 def clip(name: str) -> Clip:
@@ -138,6 +151,43 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1]
+
+
+def _marked(text: str) -> list[tuple[str, str]]:
+    """Normalized words, each with what follows it in `text`: "end" (. ? !), "soft" (, ; : or a dash), "" (nothing),
+    or "clip" for the last word (the clip ends there: a full stop or none are both fine)."""
+    out: list[tuple[str, str]] = []
+    for raw in text.split():
+        words = normalize(raw)
+        if not words:
+            if out and raw.strip() in ("-", "--", "\u2014"):
+                out[-1] = (out[-1][0], out[-1][1] or "soft")
+            continue
+        mark = "end" if raw.rstrip("\"')")[-1:] in ".?!" and raw.lower() not in ("mr.", "mrs.") else (
+            "soft" if raw[-1:] in ",;:-\u2014" else "")
+        out += [(w, "") for w in words[:-1]] + [(words[-1], mark)]
+    return out
+
+
+def sentence_ends(printed: str, hyp: str) -> tuple[int, int, int, int]:
+    """(spurious, of them at a comma / colon / semicolon / dash, missed, reference words). After aligning the words
+    (difflib), spurious: a hypothesis word followed by . ? ! where the printed text has no sentence end; missed: a
+    printed sentence end where the hypothesis has none. The printed text's last word is not counted (the clip ends)."""
+    import difflib
+
+    ref, out = _marked(printed), _marked(hyp)
+    if ref:
+        ref[-1] = (ref[-1][0], "clip")
+    spurious = soft = missed = 0
+    m = difflib.SequenceMatcher(None, [w for w, _ in ref], [w for w, _ in out], autojunk=False)
+    for a, b, n in m.get_matching_blocks():
+        for k in range(n):
+            r, h = ref[a + k][1], out[b + k][1]
+            if h == "end" and r in ("", "soft"):
+                spurious += 1
+                soft += r == "soft"
+            missed += r == "end" and h != "end"
+    return spurious, soft, missed, len(ref)
 
 
 def wer(ref: str, hyp: str) -> float:
@@ -222,4 +272,5 @@ def joined(clips: list[Clip], name: str, pause: float = 0.0) -> Clip:
         if i < len(clips) - 1:
             parts.append(np.random.default_rng(i).normal(0, 10 ** (noise_floor_db(c.pcm) / 20) * 32768,
                                                           int(pause * RATE)).astype("<i2").tobytes())
-    return Clip(name, " ".join(c.ref for c in clips), b"".join(parts))
+    text = " ".join(c.text for c in clips) if all(c.text for c in clips) else ""
+    return Clip(name, " ".join(c.ref for c in clips), b"".join(parts), text)
