@@ -22,6 +22,7 @@ Every loop is bounded: fixed levels, fixed audio, a timeout per level.
 (silence at the commit, queue waits, decode time of the final, ...). Every field of webapp/local/tuning.py is a flag
 (--end-silence 0.3, --cut-pause 0, --onnx-interims 0, ...); LOCAL_BEAMS and LOCAL_CONTEXT_SECONDS are read as by the app.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,7 +102,7 @@ async def run_stream(settings, pcm: bytes, marks, t0: float):
     sent = []  # wall time chunk k was sent
     for k, i in enumerate(range(0, len(pcm), CHUNK)):
         await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK / (2 * RATE) - time.monotonic()))  # pacing only
-        up.send_audio(pcm[i:i + CHUNK])
+        up.send_audio(pcm[i : i + CHUNK])
         sent.append(time.monotonic())
     await up.close()
     await asyncio.wait_for(task, 30)
@@ -143,10 +144,22 @@ def score(events, sent, marks):
         eot = max((t["eot"] for t in mine if "eot" in t), default=None)
         first = min((t["first"] for t in mine if "first" in t), default=None)
         ends = speech.sentence_ends(c.text, hyp) if c.text else (0, 0, 0, 0)
-        out.append({"clip": c.name, "words": len(speech.normalize(c.ref)), "errors": errors, "hyp": hyp, "ends": ends,
-                    "eot": None if eot is None else eot - wall_at(eos),
-                    "first": None if first is None else first - wall_at(onset)})
-    return out, max(lags, default=(0.0, 0.0, "")), (late, rewrites, ends)  # the most behind interim: (lag, its end, its text's end)
+        out.append(
+            {
+                "clip": c.name,
+                "words": len(speech.normalize(c.ref)),
+                "errors": errors,
+                "hyp": hyp,
+                "ends": ends,
+                "eot": None if eot is None else eot - wall_at(eos),
+                "first": None if first is None else first - wall_at(onset),
+            }
+        )
+    return (
+        out,
+        max(lags, default=(0.0, 0.0, "")),
+        (late, rewrites, ends),
+    )  # the most behind interim: (lag, its end, its text's end)
 
 
 def pct(values, q):
@@ -191,14 +204,33 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     keeps_up = missing == 0 and max_lag <= 1.5
     # sentence ends, on the clips with a printed reference (speech.PUNCTUATED and the reading)
     spurious, soft, missed, punct_words = (sum(r["ends"][i] for r in rows) for i in range(4))
-    return {"n": n, "wer": errors / words, "errors": errors, "words": words, "rtf": cpu / audio,
-            "eot50": pct(eots, 50), "eot95": pct(eots, 95), "eotmax": max(eots, default=float("nan")),
-            "first50": pct(firsts, 50), "first95": pct(firsts, 95), "missing": missing, "max_lag": max_lag,
-            "worst": worst, "late50": pct(late, 50), "late95": pct(late, 95), "latemax": max(late, default=float("nan")),
-            "rewrite": float(np.mean(rewrites)) if rewrites else float("nan"),
-            "ends": float(np.mean(ends)) if ends else float("nan"),
-            "spurious": spurious, "spurious_soft": soft, "missed": missed, "punct_words": punct_words,
-            "peak_mb": peak[0] / 1024, "keeps_up": keeps_up, "rows": rows}
+    return {
+        "n": n,
+        "wer": errors / words,
+        "errors": errors,
+        "words": words,
+        "rtf": cpu / audio,
+        "eot50": pct(eots, 50),
+        "eot95": pct(eots, 95),
+        "eotmax": max(eots, default=float("nan")),
+        "first50": pct(firsts, 50),
+        "first95": pct(firsts, 95),
+        "missing": missing,
+        "max_lag": max_lag,
+        "worst": worst,
+        "late50": pct(late, 50),
+        "late95": pct(late, 95),
+        "latemax": max(late, default=float("nan")),
+        "rewrite": float(np.mean(rewrites)) if rewrites else float("nan"),
+        "ends": float(np.mean(ends)) if ends else float("nan"),
+        "spurious": spurious,
+        "spurious_soft": soft,
+        "missed": missed,
+        "punct_words": punct_words,
+        "peak_mb": peak[0] / 1024,
+        "keeps_up": keeps_up,
+        "rows": rows,
+    }
 
 
 async def main(args):
@@ -218,22 +250,30 @@ async def main(args):
     load = time.monotonic() - t
     await asyncio.sleep(0.5)  # only to let RSS settle after the warm-up decode
     idle_mb = sum(rss_kb(p) for p in pids(pool)) / 1024
-    print(f"pool: {pool.n_workers} workers, start+warm-up {load:.2f} s, idle RSS {idle_mb:.0f} MB "
-          f"(web process before pool {base_rss_before / 1024:.0f} MB)")
+    print(
+        f"pool: {pool.n_workers} workers, start+warm-up {load:.2f} s, idle RSS {idle_mb:.0f} MB "
+        f"(web process before pool {base_rss_before / 1024:.0f} MB)"
+    )
     results = []
     try:
         for n in args.levels:
             r = await run_level(settings, pool, clips, n, args.gap, timeout=args.timeout)
             results.append(r)
-            print(f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
-                  f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} "
-                  f"(at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
-                  f"keeps up {r['keeps_up']} | final lateness p50 {r['late50']:.2f} p95 {r['late95']:.2f} "
-                  f"max {r['latemax']:.2f} | interim rewrite rate {r['rewrite'] * 100:.1f}% "
-                  f"interims ending . ? ! {r['ends'] * 100:.1f}%", flush=True)
+            print(
+                f"N={n}: WER {r['wer'] * 100:.1f}% EOT p50 {r['eot50']:.2f} p95 {r['eot95']:.2f} "
+                f"first p50 {r['first50']:.2f} max lag {r['max_lag']:.2f} "
+                f"(at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
+                f"keeps up {r['keeps_up']} | final lateness p50 {r['late50']:.2f} p95 {r['late95']:.2f} "
+                f"max {r['latemax']:.2f} | interim rewrite rate {r['rewrite'] * 100:.1f}% "
+                f"interims ending . ? ! {r['ends'] * 100:.1f}%",
+                flush=True,
+            )
             per100 = lambda x: x * 100 / max(1, r["punct_words"])
-            print(f"    sentence ends ({r['punct_words']} printed words): spurious {per100(r['spurious']):.1f}/100 words "
-                  f"({r['spurious']}; {r['spurious_soft']} of them at , ; : -), missed {r['missed']}", flush=True)
+            print(
+                f"    sentence ends ({r['punct_words']} printed words): spurious {per100(r['spurious']):.1f}/100 words "
+                f"({r['spurious']}; {r['spurious_soft']} of them at , ; : -), missed {r['missed']}",
+                flush=True,
+            )
             sets = {}
             for row in r["rows"]:
                 e = sets.setdefault("reading" if row["clip"] == "two-cities" else "clips", [0, 0])
@@ -241,24 +281,32 @@ async def main(args):
                 e[1] += row["words"]
             print("    WER by set: " + ", ".join(f"{k} {e / w * 100:.1f}% ({e}/{w})" for k, (e, w) in sets.items()))
             if n == args.levels[0] or args.verbose:
-                for row in (r["rows"] if args.verbose else r["rows"][: len(clips)]):
-                    print(f"    {row['clip']:10s} err {row['errors']} eot {row['eot'] if row['eot'] is None else round(row['eot'], 2)}"
-                          f" first {row['first'] if row['first'] is None else round(row['first'], 2)}  {row['hyp']!r}")
+                for row in r["rows"] if args.verbose else r["rows"][: len(clips)]:
+                    print(
+                        f"    {row['clip']:10s} err {row['errors']} eot {row['eot'] if row['eot'] is None else round(row['eot'], 2)}"
+                        f" first {row['first'] if row['first'] is None else round(row['first'], 2)}  {row['hyp']!r}"
+                    )
             if not r["keeps_up"] and n >= 6:
                 break  # higher levels would only fall further behind
     finally:
         recognizer.shutdown()
 
     print()
-    print("| streams | WER | CPU RTF/stream | EOT p50 | EOT p95 | EOT max | 1st interim p50 | p95 | missing EOT | max interim lag | peak RSS | RSS/extra stream | keeps up |")
+    print(
+        "| streams | WER | CPU RTF/stream | EOT p50 | EOT p95 | EOT max | 1st interim p50 | p95 | missing EOT | max interim lag | peak RSS | RSS/extra stream | keeps up |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         per = (r["peak_mb"] - idle_mb) / r["n"]
-        print(f"| {r['n']} | {r['wer'] * 100:.1f}% ({r['errors']}/{r['words']}) | {r['rtf'] / 1:.3f} | {r['eot50']:.2f} s | "
-              f"{r['eot95']:.2f} s | {r['eotmax']:.2f} s | {r['first50']:.2f} s | {r['first95']:.2f} s | {r['missing']} | "
-              f"{r['max_lag']:.2f} s | {r['peak_mb']:.0f} MB | {per:.1f} MB | {'yes' if r['keeps_up'] else 'NO'} |")
+        print(
+            f"| {r['n']} | {r['wer'] * 100:.1f}% ({r['errors']}/{r['words']}) | {r['rtf'] / 1:.3f} | {r['eot50']:.2f} s | "
+            f"{r['eot95']:.2f} s | {r['eotmax']:.2f} s | {r['first50']:.2f} s | {r['first95']:.2f} s | {r['missing']} | "
+            f"{r['max_lag']:.2f} s | {r['peak_mb']:.0f} MB | {per:.1f} MB | {'yes' if r['keeps_up'] else 'NO'} |"
+        )
     held = [r["n"] for r in results if r["keeps_up"]]
-    print(f"\nmost concurrent real-time streams held: {max(held) if held else 0} (levels tried: {[r['n'] for r in results]})")
+    print(
+        f"\nmost concurrent real-time streams held: {max(held) if held else 0} (levels tried: {[r['n'] for r in results]})"
+    )
 
 
 if __name__ == "__main__":
@@ -266,10 +314,14 @@ if __name__ == "__main__":
     ap.add_argument("--levels", default="1,2,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--gap", type=float, default=1.5, help="seconds of noise between clips")
     ap.add_argument("--timeout", type=float, default=180.0, help="per level, seconds")
-    ap.add_argument("--set", choices=["all", "short", "sentences"], default="all",
-                    help="all: the 11 pocketsphinx clips and the 44 s two_cities reading; short: the 11 clips; "
-                         "sentences: long turns (the 5 consecutive LibriVox sentences joined (their own 0.1 s margins only), "
-                         "a 7 s and a 15 s turn, and the two_cities reading)")
+    ap.add_argument(
+        "--set",
+        choices=["all", "short", "sentences"],
+        default="all",
+        help="all: the 11 pocketsphinx clips and the 44 s two_cities reading; short: the 11 clips; "
+        "sentences: long turns (the 5 consecutive LibriVox sentences joined (their own 0.1 s margins only), "
+        "a 7 s and a 15 s turn, and the two_cities reading)",
+    )
     ap.add_argument("--quick", action="store_true", help="4 short clips only")
     ap.add_argument("--verbose", action="store_true")
     tuning.add_arguments(ap)

@@ -1,6 +1,7 @@
 """Real speech for tests and the benchmark: pocketsphinx-testdata clips with their own references, a WER
 scorer, and an espeak-ng helper for browser tests. Importable from tests/ and (via sys.path) from bench/.
 """
+
 from __future__ import annotations
 
 import re
@@ -52,8 +53,11 @@ def _read_pcm(path: Path, raw: bool = False) -> bytes:
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / (path.stem + ".16k.wav")
     if not out.exists():
-        subprocess.run(["sox", str(path), "-r", str(RATE), "-b", "16", "-c", "1", "-e", "signed-integer", str(out)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["sox", str(path), "-r", str(RATE), "-b", "16", "-c", "1", "-e", "signed-integer", str(out)],
+            check=True,
+            capture_output=True,
+        )
     with wave.open(str(out), "rb") as w:
         return w.readframes(w.getnframes())
 
@@ -85,14 +89,15 @@ TWO_CITIES = (
     "Darkness, it was the spring of hope, it was the winter of despair, we had everything before us, we had nothing "
     "before us, we were all going direct to Heaven, we were all going direct the other way - in short, the period "
     "was so far like the present period, that some of its noisiest authorities insisted on its being received, for "
-    "good or for evil, in the superlative degree of comparison only.")
+    "good or for evil, in the superlative degree of comparison only."
+)
 
 
 # The LibriVox clips as Jane Austen printed them ("Sense and Sensibility", ch. 1-2, public domain), in the words the
 # reader said (the transcription's "a more a amiable"): the benchmark's reference for sentence ends.
 PUNCTUATED = {
     "lv-0870": "And Mr. John Dashwood had then leisure to consider how much there might be prudently in his power "
-               "to do for them.",
+    "to do for them.",
     "lv-0880": "He was not an ill-disposed young man,",
     "lv-0890": "unless to be rather cold-hearted and rather selfish is to be ill-disposed:",
     "lv-0920": "Had he married a more a amiable woman, he might have been made still more respectable than he was:",
@@ -103,6 +108,7 @@ PUNCTUATED = {
 def long_clips() -> list[Clip]:
     """Longer real speech with a known text: the public-domain reading bundled in the moonshine-voice wheel."""
     import moonshine_voice
+
     wav = Path(moonshine_voice.__file__).parent / "assets" / "two_cities.wav"
     return [Clip("two-cities", TWO_CITIES, _read_pcm(wav), TWO_CITIES)]
 
@@ -116,8 +122,10 @@ def clip(name: str) -> Clip:
 
 # ---- WER ----------------------------------------------------------------------------------------
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
-        "seventeen eighteen nineteen".split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split()
+)
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
@@ -163,8 +171,11 @@ def _marked(text: str) -> list[tuple[str, str]]:
             if out and raw.strip() in ("-", "--", "\u2014"):
                 out[-1] = (out[-1][0], out[-1][1] or "soft")
             continue
-        mark = "end" if raw.rstrip("\"')")[-1:] in ".?!" and raw.lower() not in ("mr.", "mrs.") else (
-            "soft" if raw[-1:] in ",;:-\u2014" else "")
+        mark = (
+            "end"
+            if raw.rstrip("\"')")[-1:] in ".?!" and raw.lower() not in ("mr.", "mrs.")
+            else ("soft" if raw[-1:] in ",;:-\u2014" else "")
+        )
         out += [(w, "") for w in words[:-1]] + [(words[-1], mark)]
     return out
 
@@ -197,6 +208,7 @@ def wer(ref: str, hyp: str) -> float:
 
 # ---- synthetic speech for browser tests --------------------------------------------------------
 
+
 def espeak_wav(text: str, path: str | Path, rate: int = 150, sample_rate: int = RATE, voice: str = "en-us") -> Path:
     """Speak `text` with espeak-ng into a 16-bit mono WAV at sample_rate, with 0.5 s of silence before and 1 s after."""
     path = Path(path)
@@ -204,19 +216,38 @@ def espeak_wav(text: str, path: str | Path, rate: int = 150, sample_rate: int = 
     tmp = path.with_suffix(".espeak.wav")
     espeak = shutil.which("espeak-ng") or "espeak-ng"
     subprocess.run([espeak, "-v", voice, "-s", str(rate), "-w", str(tmp), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(tmp), "-r", str(sample_rate), "-b", "16", "-c", "1", "-e", "signed-integer", str(path),
-                    "pad", "0.5", "1.0"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "sox",
+            str(tmp),
+            "-r",
+            str(sample_rate),
+            "-b",
+            "16",
+            "-c",
+            "1",
+            "-e",
+            "signed-integer",
+            str(path),
+            "pad",
+            "0.5",
+            "1.0",
+        ],
+        check=True,
+        capture_output=True,
+    )
     tmp.unlink(missing_ok=True)
     return path
 
 
 # ---- envelope ----------------------------------------------------------------------------------
 
+
 def _envelope_db(pcm: bytes, frame: float = 0.02) -> np.ndarray:
     x = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0
     n = int(RATE * frame)
     frames = x[: len(x) // n * n].reshape(-1, n).astype(np.float64)
-    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)
+    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
 
 
 def noise_floor_db(pcm: bytes) -> float:
@@ -224,8 +255,9 @@ def noise_floor_db(pcm: bytes) -> float:
     return float(np.percentile(_envelope_db(pcm), 10))
 
 
-def speech_bounds(pcm: bytes, frame: float = 0.02, margin_db: float = 15.0,
-                  min_sound: float = 0.0) -> tuple[float, float]:
+def speech_bounds(
+    pcm: bytes, frame: float = 0.02, margin_db: float = 15.0, min_sound: float = 0.0
+) -> tuple[float, float]:
     """(onset, end) of speech in seconds from a 20 ms energy envelope: first/last frame whose energy is within
     the loudest part minus 35 dB and above the clip's noise floor + margin. With min_sound, a burst of such frames
     (gaps under 0.3 s joined) counts only if it has at least that many seconds of them: a click or a breath
@@ -249,10 +281,11 @@ def endpointer_turns(pcm: bytes) -> list[tuple[int, int, int]]:
     from webapp.local.planner import LOOK_BEHIND
     from webapp.local.signal import FRAME, Endpointer
     from webapp.local.tuning import Tuning
+
     x = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768
     ep, out, floor = Endpointer(), [], 0
     for i in range(0, len(x), FRAME):
-        ep.process(x[i:i + FRAME])
+        ep.process(x[i : i + FRAME])
         if ep.in_turn and ep.ended(Tuning.end_silence):
             out.append((max(floor, ep.onset - int(LOOK_BEHIND * RATE)), ep.pos, ep.last_speech))
             floor = ep.pos
@@ -270,7 +303,11 @@ def joined(clips: list[Clip], name: str, pause: float = 0.0) -> Clip:
         a, b = max(0, int((on - 0.1) * RATE)), min(len(c.pcm) // 2, int((end + 0.1) * RATE))
         parts.append(c.pcm[2 * a : 2 * b])
         if i < len(clips) - 1:
-            parts.append(np.random.default_rng(i).normal(0, 10 ** (noise_floor_db(c.pcm) / 20) * 32768,
-                                                          int(pause * RATE)).astype("<i2").tobytes())
+            parts.append(
+                np.random.default_rng(i)
+                .normal(0, 10 ** (noise_floor_db(c.pcm) / 20) * 32768, int(pause * RATE))
+                .astype("<i2")
+                .tobytes()
+            )
     text = " ".join(c.text for c in clips) if all(c.text for c in clips) else ""
     return Clip(name, " ".join(c.ref for c in clips), b"".join(parts), text)
