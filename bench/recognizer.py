@@ -143,7 +143,7 @@ def score(events, sent, marks):
         errors = speech.edit_distance(speech.normalize(c.ref), speech.normalize(hyp))
         eot = max((t["eot"] for t in mine if "eot" in t), default=None)
         first = min((t["first"] for t in mine if "first" in t), default=None)
-        ends = speech.sentence_ends(c.text, hyp) if c.text else (0, 0, 0, 0)
+        marks_ = speech.sentence_ends(c.text, hyp) if c.text else (0, 0, 0, 0)
         out.append(
             {
                 "clip": c.name,
@@ -203,7 +203,7 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     errors = sum(r["errors"] for r in rows)
     keeps_up = missing == 0 and max_lag <= 1.5
     # sentence ends, on the clips with a printed reference (speech.PUNCTUATED and the reading)
-    spurious, soft, missed, punct_words = (sum(r["ends"][i] for r in rows) for i in range(4))
+    spurious, soft, missed, punct_words = (sum(r["sentence_ends"][i] for r in rows) for i in range(4))
     return {
         "n": n,
         "wer": errors / words,
