@@ -143,14 +143,14 @@ def score(events, sent, marks):
         errors = speech.edit_distance(speech.normalize(c.ref), speech.normalize(hyp))
         eot = max((t["eot"] for t in mine if "eot" in t), default=None)
         first = min((t["first"] for t in mine if "first" in t), default=None)
-        marks_ = speech.sentence_ends(c.text, hyp) if c.text else (0, 0, 0, 0)
+        ends_found = speech.sentence_ends(c.text, hyp) if c.text else (0, 0, 0, 0)
         out.append(
             {
                 "clip": c.name,
                 "words": len(speech.normalize(c.ref)),
                 "errors": errors,
                 "hyp": hyp,
-                "ends": ends,
+                "sentence_ends": ends_found,
                 "eot": None if eot is None else eot - wall_at(eos),
                 "first": None if first is None else first - wall_at(onset),
             }
