@@ -2,6 +2,7 @@
 import { listMicrophones, startCapture } from './capture.js';
 import { CAPTURE_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
+import { appendTurn, settle } from './flow.js'; // turns of one sentence as one paragraph (issue 22)
 import { setupPresentation } from './present.js'; // presentation mode (issue 19)
 import { CaptureSession } from './session.js';
 import { Transcript, downloadName } from './transcript.js';
@@ -130,10 +131,10 @@ function render({ entry, committed }) {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   let p = turnEls.get(entry.key);
   if (!p) {
-    p = document.createElement('p');
+    p = document.createElement('span');
     p.dataset.turn = String(entry.turn);
     turnEls.set(entry.key, p);
-    box.append(p);
+    appendTurn(box, p); // the turns of one sentence are one paragraph (static/flow.js)
   }
   p.className = `turn ${entry.final ? 'final' : 'interim'}${entry.recovered ? ' recovered' : ''}${entry.eager ? ' eager' : ''}${entry.text ? '' : ' empty'}`;
   if (entry.recovered) p.title = 'Kept from before the connection was lost';
@@ -147,6 +148,7 @@ function render({ entry, committed }) {
   } else {
     p.textContent = entry.text;
   }
+  settle(box, p);
   if (atBottom) box.scrollTop = box.scrollHeight; // follow the text unless the reader scrolled up
   if (committed && entry.text) {
     hooks.finals = transcript.finals;

@@ -2,6 +2,7 @@
 // of someone else's shared session (view mode), in a frame of a site the embed key names. It reports to the
 // embedding page with postMessage and takes start/stop commands from it.
 import { watchLive } from './watch.js';
+import { appendTurn, settle } from './flow.js';
 import { describeCaptureError, startCapture } from './capture.js';
 import { CAPTURE_LABELS, VIEW_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
@@ -104,27 +105,35 @@ function clearError() {
   el.error.textContent = '';
 }
 
-const paragraphs = new Map(); // key -> <p>
+const paragraphs = new Map(); // key -> the turn's <span>, inside a paragraph per sentence (static/flow.js)
+
+function removeTurn(node) {
+  const para = node.parentElement;
+  node.remove();
+  if (para && !para.querySelector('.turn')) para.remove();
+}
 
 function showLine(key, text, final) {
   let p = paragraphs.get(key);
   if (!p) {
-    p = document.createElement('p');
+    p = document.createElement('span');
     paragraphs.set(key, p);
-    el.captions.append(p);
+    appendTurn(el.captions, p);
     while (paragraphs.size > KEPT) {
       const [oldest, node] = paragraphs.entries().next().value;
-      node.remove();
+      removeTurn(node);
       paragraphs.delete(oldest);
     }
   }
-  p.className = final ? 'final' : 'interim';
+  p.className = final ? 'turn final' : 'turn interim';
   p.textContent = text;
+  settle(el.captions, p);
   if (final && text) el.announcer.textContent = text; // finals only: interims would chatter
 }
 
 function dropLine(key) {
-  paragraphs.get(key)?.remove();
+  const node = paragraphs.get(key);
+  if (node) removeTurn(node);
   paragraphs.delete(key);
 }
 

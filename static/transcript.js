@@ -9,6 +9,8 @@
 // - a StartOfTurn or an interim for that number is a new turn that reuses the number (the server never
 //   committed the old one): it gets a new entry, and the recovered line stays.
 
+import { joinTurns } from './flow.js';
+
 export class Transcript {
   constructor() {
     this.entries = new Map(); // key -> {key, turn, text, final, eager, recovered}; Map keeps insertion order
@@ -97,10 +99,10 @@ export class Transcript {
     return [...this.entries.values()].filter((e) => e.final && e.text).map((e) => e.text);
   }
 
-  // The committed text, one turn per line (what copy and download use).
+  // The committed text, one sentence per line as the page shows it (what copy and download use).
   finalText() {
-    const lines = this.finals;
-    return lines.length ? `${lines.join('\n')}\n` : '';
+    const text = joinTurns(this.finals);
+    return text ? `${text}\n` : '';
   }
 }
 

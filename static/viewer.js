@@ -5,6 +5,7 @@ import { setupBuilder } from './overlay-builder.js';
 import { setupPresentation } from './present.js';
 import { VIEW_LABELS, localizeTimes, stateLabel } from './labels.js';
 import { watchLive } from './watch.js';
+import { appendTurn, regroup, settle } from './flow.js';
 
 const $ = (id) => document.getElementById(id);
 const box = $('transcript');
@@ -15,11 +16,12 @@ const jump = $('jump');
 // Test hooks (read by the browser tests), updated in place.
 const hooks = {
   state: 'connecting',
-  finals: [...box.querySelectorAll('p.turn.final')].map((p) => p.textContent),
+  finals: [...box.querySelectorAll('.turn.final')].map((p) => p.textContent),
   interim: '',
   received: 0,
 };
 window.__viewer = hooks;
+regroup(box); // the server rendered one line per turn: one paragraph per sentence (static/flow.js)
 
 let interimEl = null;
 let follow = true;
@@ -53,7 +55,7 @@ function setBadge(state, look = state) {
 }
 
 function finalEl(t) {
-  const p = document.createElement('p');
+  const p = document.createElement('span');
   p.className = 'turn final';
   p.dataset.seq = String(t.seq);
   p.dataset.turn = String(t.turn);
@@ -63,7 +65,7 @@ function finalEl(t) {
 
 function snapshot(msg) {
   interimEl = null;
-  box.replaceChildren(...msg.turns.map(finalEl));
+  regroup(box, msg.turns.map(finalEl)); // the turns of one sentence are one paragraph (static/flow.js)
   hooks.finals = msg.turns.map((t) => t.text);
   hooks.interim = '';
   keepFollowing();
@@ -87,22 +89,23 @@ function transcript(msg) {
   if (paused) live();
   $('empty-note')?.remove();
   if (msg.final) {
-    if (box.querySelector(`p.final[data-seq="${msg.seq}"]`)) return; // already shown
+    if (box.querySelector(`.final[data-seq="${msg.seq}"]`)) return; // already shown
     const p = finalEl(msg);
     if (interimEl) {
       interimEl.replaceWith(p);
       interimEl = null;
     } else {
-      box.append(p);
+      appendTurn(box, p);
     }
+    settle(box, p);
     hooks.finals.push(msg.text);
     hooks.interim = '';
     announcer.textContent = msg.text; // screen readers get finals only; interims would chatter
   } else {
     if (!interimEl) {
-      interimEl = document.createElement('p');
+      interimEl = document.createElement('span');
       interimEl.className = 'turn interim';
-      box.append(interimEl);
+      appendTurn(box, interimEl);
     }
     interimEl.dataset.turn = String(msg.turn);
     const text = typeof msg.text === 'string' ? msg.text : '';
@@ -116,6 +119,7 @@ function transcript(msg) {
     } else {
       interimEl.textContent = text;
     }
+    settle(box, interimEl);
     hooks.interim = msg.text;
   }
   keepFollowing();

@@ -1,5 +1,6 @@
 """End to end in headless Chromium: a speech WAV as the microphone → the page's AudioWorklet → /ws/listen →
 the relay → the upstream simulator → captions on the page."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,7 +32,9 @@ def test_page_shows_interim_then_final_and_upstream_gets_the_audio(flux_app, sim
         page.goto(flux_app.http + "/")
         page.click("#start")
         expect(page.locator("#conn-state")).to_have_attribute("data-state", "live", timeout=15000)
-        expect(page.locator("#share-link")).to_contain_text(flux_app.http + "/v/")  # viewers can follow along (the short link)
+        expect(page.locator("#share-link")).to_contain_text(
+            flux_app.http + "/v/"
+        )  # viewers can follow along (the short link)
         # Interim text appears first, styled apart, and is replaced in place...
         expect(page.locator("#transcript .interim")).to_contain_text("Hello", timeout=15000)
         # ...then settles into the final text of the turn.
@@ -92,3 +95,31 @@ def test_phone_sized_screen(flux_app, speech_wav):
             box = page.locator(sel).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360, sel
         page.screenshot(path=str(ARTIFACTS / "phone.png"))
+
+
+def test_turns_of_one_sentence_read_as_one_paragraph(flux_app, sim, speech_wav):
+    # issue 22: a recognizer ends turns at short pauses, often mid-sentence; the pages (live and reloaded) show
+    # those turns as one paragraph and start a new one after a sentence end (static/flow.js)
+    sim.script = [["How", "much", "there", "might"], ["be", "in", "his", "power."], ["He", "was", "here."]]
+    with browser(speech_wav) as b:
+        ctx = b.new_context()
+        ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=flux_app.http)
+        page = ctx.new_page()
+        page.goto(flux_app.http + "/")
+        page.click("#start")
+        expect(page.locator("#share-link")).to_contain_text("/v/", timeout=15000)
+        viewer = b.new_page()
+        viewer.goto(page.locator("#share-link").inner_text().strip())
+        for p in (page, viewer):
+            expect(p.locator("#transcript .final")).to_have_count(3, timeout=20000)
+        page.click("#stop")
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed", timeout=15000)
+        viewer.reload()  # the server's rendering, grouped by the page
+        want = ["How much there might be in his power.", "He was here."]
+        for p in (page, viewer):
+            assert [t.strip() for t in p.locator("#transcript .para").all_inner_texts()] == want
+            first, second = (p.locator("#transcript .final").nth(i).bounding_box() for i in (0, 1))
+            assert first and second and abs(first["y"] - second["y"]) < 2  # one line: the second turn follows on
+        page.click("#copy")
+        copied = page.evaluate("() => navigator.clipboard.readText()")
+    assert copied == "\n".join(want) + "\n"

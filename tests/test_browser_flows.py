@@ -210,7 +210,7 @@ def test_viewer_keeps_following_across_a_server_restart(simulator, session_tmp):
             widget_state = widget.locator("#status")
             expect(widget_state).to_have_attribute("data-state", "live")
             first = run(first_final(speaker))
-            expect(viewer.locator("#transcript p.final").first).to_have_text(first)
+            expect(viewer.locator("#transcript .final").first).to_have_text(first)
 
             app.proc.send_signal(signal.SIGTERM)
             messages = run(speaker.until_closed())
@@ -226,7 +226,7 @@ def test_viewer_keeps_following_across_a_server_restart(simulator, session_tmp):
             late = b.new_page()
             late.goto(app.http + ready["share_url"])
             expect(late.locator("#badge")).to_have_text("Reconnecting…")
-            expect(late.locator("#transcript p.final")).to_have_text(before)
+            expect(late.locator("#transcript .final")).to_have_text(before)
 
             async def watch():
                 watcher = await Socket.open(f"{app.ws}/ws/watch/{ready['share_url'][3:]}")
@@ -248,12 +248,12 @@ def test_viewer_keeps_following_across_a_server_restart(simulator, session_tmp):
 
             after = run(resume())
             assert after, "the resumed session produced no final"
-            expect(viewer.locator("#transcript p.final")).to_have_text(before + after, timeout=20000)
+            expect(viewer.locator("#transcript .final")).to_have_text(before + after, timeout=20000)
             expect(badge).to_have_text("Ended", timeout=15000)  # the speaker pressed Stop this time
             viewer.screenshot(path=str(ARTIFACTS / "viewer-restart-after.png"), full_page=True)
             state = viewer.evaluate("JSON.parse(JSON.stringify(window.__viewer))")
             assert state["finals"] == before + after and state["state"] == "ended", state
-            expect(late.locator("#transcript p.final")).to_have_text(before + after)
+            expect(late.locator("#transcript .final")).to_have_text(before + after)
             expect(late.locator("#badge")).to_have_text("Ended")
             expect(widget.locator("#captions .final")).to_have_text(before + after)
             expect(widget_state).to_have_attribute("data-state", "ended")

@@ -413,7 +413,7 @@ def test_a_person_names_searches_opens_the_short_link_and_deletes(flux_app, sim)
         expect(viewer.locator("#badge")).to_have_attribute("data-state", "ended")
         expect(viewer.locator("#badge")).to_have_text("Ended")
         expect(viewer.locator("#started")).to_have_text(local)
-        expect(viewer.locator("#transcript p.final").first).to_have_text(SCRIPT_FINALS[0])
+        expect(viewer.locator("#transcript .final").first).to_have_text(SCRIPT_FINALS[0])
         viewer.screenshot(path=str(ARTIFACTS / "manage-short-link-viewer.png"), full_page=True)
         share = page.locator(f'tr[data-session="{session_id}"] a.share-link').get_attribute("href")
 

@@ -457,7 +457,7 @@ def test_browser_viewer_follows_a_capture_live(flux_app, sim):
             viewer.wait_for_function("() => document.querySelector('#transcript').textContent.includes('Hello')", timeout=15000)
             assert capture.evaluate("window.__captionRelay.state") == "live"
             viewer.wait_for_function(f"() => window.__viewer.finals.includes({json.dumps(SCRIPT_FINALS[0])})", timeout=15000)
-            assert viewer.locator("#transcript p.final").first.inner_text() == SCRIPT_FINALS[0]
+            assert viewer.locator("#transcript .final").first.inner_text() == SCRIPT_FINALS[0]
 
             capture.evaluate("window.captionRelay.stop()")
             viewer.wait_for_function("() => window.__viewer.state === 'ended'", timeout=15000)
