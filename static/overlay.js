@@ -2,9 +2,10 @@
 // styled by URL parameters (static/caption-style.js validates them; docs/overlay.md lists them), on the
 // same live socket as the viewer page (static/watch.js).
 import { watchLive } from './watch.js';
+import { appendTurn, settle } from './flow.js';
 import { cssFor, parseParams } from './caption-style.js';
 
-const MAX_LINES = 40; // turns kept in the DOM; only the last `lines` lines show
+const MAX_LINES = 40; // sentences kept in the DOM; only the last `lines` lines show
 const query = new URLSearchParams(location.search);
 const { values, rejected } = parseParams(query);
 const css = cssFor(values);
@@ -44,8 +45,8 @@ let clearTimer = 0;
 let sampleShown = false;
 
 function line(text, kind) {
-  const p = document.createElement('p');
-  p.className = `line ${kind}`;
+  const p = document.createElement('span');
+  p.className = `turn line ${kind}`; // inside a paragraph per sentence (static/flow.js)
   p.textContent = text;
   return p;
 }
@@ -84,7 +85,8 @@ function final(t) {
   dropSample();
   const p = line(t.text, 'final');
   if (interimEl) interimEl.replaceWith(p);
-  else captions.append(p);
+  else appendTurn(captions, p);
+  settle(captions, p);
   interimEl = null;
   hooks.finals += 1;
   hooks.interim = '';
@@ -96,9 +98,10 @@ function interim(t) {
   dropSample();
   if (!interimEl) {
     interimEl = line('', 'interim');
-    captions.append(interimEl);
+    appendTurn(captions, interimEl);
   }
   interimEl.textContent = t.text;
+  settle(captions, interimEl);
   hooks.interim = t.text;
 }
 
