@@ -44,7 +44,8 @@ class Tuning:
     onnx_interims: bool = True
     trace: bool = False  # one timing line per turn end on the workers' stderr
     # "whisper": finals from Whisper tiny.en (whisper.py, the optional [whisper] extra; the previous turn's text as
-    # its prompt instead of context ids); Moonshine keeps the interims and the voice checks (docs/benchmarks.md).
+    # its prompt instead of context ids); Moonshine keeps the interims and the voice checks. Better on long read
+    # speech, worse WER on short turns, ~2x CPU, +146 MB per worker: opt-in (docs/benchmarks.md, issue 22).
     final_decoder: str = "moonshine"
 
     @classmethod

