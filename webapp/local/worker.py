@@ -40,8 +40,9 @@ class FinalDecoder:
     one is queued or running, the worker's streams skip their interim re-decodes, so finals do not wait behind
     them. Results go back through each stream's own queue (its thread owns all of its state)."""
 
-    def __init__(self, tr, onnx: OnnxDecoder | None = None, vad=None, tuning: Tuning | None = None):
+    def __init__(self, tr, onnx: OnnxDecoder | None = None, vad=None, tuning: Tuning | None = None, whisper=None):
         self.tr, self.onnx, self.vad = tr, onnx, vad  # vad: the Silero session
+        self.whisper = whisper  # whisper.WhisperDecoder: the finals' text (tuning.final_decoder)
         self.tuning = tuning if tuning is not None else Tuning()
         self.force_flag = moonshine.force_flag()
         self.q: queue.SimpleQueue = queue.SimpleQueue()
@@ -73,11 +74,22 @@ class FinalDecoder:
             text = moonshine.decode_once(self.tr, own, self.force_flag)
             if not text:
                 return text, None
+        if self.whisper is not None:
+            return self._whisper(job, stop)
         found = self.onnx.decode_ids(job.audio, job.prefix, stop, self.onnx.tokenize(job.draft))
         if found is None:
             return None, None
         ids = tuple(found)
         return self.onnx.text(ids), ids
+
+    def _whisper(self, job: Job, stop: Callable[[], bool] | None) -> tuple[str | None, tuple[int, ...] | None]:
+        """Whisper decodes the turn alone, the previous turn's text as its prompt; the ids (Moonshine's tokens of
+        that text) make the turn the next one's context, as the onnx decoder's would."""
+        if stop is not None and stop():
+            return None, None
+        assert self.onnx is not None
+        text = self.whisper.decode(job.audio[job.own :], self.onnx.text(job.prefix))
+        return text, tuple(self.onnx.tokenize(text))
 
     def _run(self) -> None:
         while True:
@@ -150,8 +162,14 @@ def main(fd: int, tuning: Tuning, batch: bool = False) -> None:
         except Exception:  # another libmoonshine build: libmoonshine's interims, as with onnx_interims off
             log.exception("no voice detector per stream; interims come from moonshine's streaming lines")
             vad = None
+    whisper = None
+    if onnx is not None and tuning.final_decoder == "whisper":
+        from .whisper import WhisperDecoder
+
+        whisper = WhisperDecoder()
+        whisper.decode(x)  # warm-up
     send(("ready", {"pid": os.getpid(), "load_seconds": time.monotonic() - t0}))
-    decoder = FinalDecoder(tr, onnx, vad, tuning)
+    decoder = FinalDecoder(tr, onnx, vad, tuning, whisper)
     streams: dict[int, Stream] = {}
     while True:
         try:
