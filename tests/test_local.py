@@ -571,3 +571,23 @@ async def test_long_turns_lose_no_speech_and_their_finals_are_on_time(pool):
         assert interims and not [ev["text"] for ev in interims if ev["text"][-1:] in ".?!"]
         assert all(0 <= ev["stable_chars"] <= len(ev["text"]) for ev in interims)
         assert any(ev["stable_chars"] > 0 for ev in interims)
+
+
+async def test_pauses_inside_a_sentence_do_not_end_it(pool):
+    """Issue 22 item 1: the reading's first 10.5 s ("It was the best of times, ... it was the epoch of belief,") has
+    a pause at every comma that ends a turn; none of them may gain a full stop ("It was the age of wisdom. It was
+    ..."). A real sentence end before it (LibriVox: "... to do for them.") keeps its stop."""
+    a = speech.clip("lv-0870")
+    part = speech.long_clips()[0].pcm[: int(10.5 * speech.RATE) * 2]  # up to the pause after "belief,"
+    printed = a.text + " " + speech.TWO_CITIES[: speech.TWO_CITIES.index("belief,") + len("belief,")]
+    up = LocalUpstream(SETTINGS, StreamParams())
+    await up.connect()
+    task = asyncio.create_task(collect(up))
+    await feed(up, silence(0.3) + a.pcm + silence(1.5) + part + silence(1.0))
+    await up.close()
+    finals = check_turns(await asyncio.wait_for(task, 30))
+    text = " ".join(finals)
+    spurious, _, missed, _ = speech.sentence_ends(printed, text)
+    assert len(finals) >= 4, finals  # the reading's commas did end turns: the case this is about
+    assert spurious <= 1 and missed == 0, (spurious, missed, finals)
+    assert speech.wer(printed, text) <= 0.1, finals

@@ -295,3 +295,23 @@ async def test_a_breath_alone_gives_no_final(model_dir, pool):
     events = await events_task
     texts = [e["text"] for e in events if e["type"] == "transcript" and e["text"].strip()]
     assert texts == [], texts
+
+
+def test_a_turn_keeps_its_full_stop_only_at_a_sentence_end(model_dir):
+    """Issue 22 item 1: tiny-en ends the decode of nearly every turn (noise tail) with ".". FinalDecoder.judge keeps it
+    where the printed text ends a sentence (LibriVox "... to do for them.") and drops it where the reader only
+    paused at a comma (the reading's turns as the endpointer ends them, and LibriVox "... young man,")."""
+    fd = FinalDecoder(None, OnnxDecoder(model_dir), tuning=Tuning())
+
+    def judged(pcm: bytes) -> str:
+        job = Job(with_tail(pcm), True, True)
+        text, ids = fd.decode(job)
+        assert text and text[-1] in ".?!", text  # the decode itself ends the turn with a mark: the case at hand
+        return fd.judge(job, ids)[0]
+
+    assert judged(speech.clip("lv-0870").pcm).endswith("for them.")
+    assert judged(speech.clip("lv-0880").pcm)[-1:] not in ".?!"
+    reading = speech.long_clips()[0].pcm[: int(10.5 * RATE) * 2]  # up to the pause after "the epoch of belief,"
+    turns = [judged(reading[2 * a : 2 * b]) for a, b, _ in speech.endpointer_turns(reading)]
+    assert len(turns) >= 3, turns
+    assert sum(t[-1:] in ".?!" for t in turns) <= 1, turns

@@ -251,3 +251,67 @@ class OnnxDecoder:
                 if draft[j : j + n] == tail:
                     return draft[j + n : j + n + MAX_DRAFT]
         return []
+
+
+# -- sentence ends (issue 22): what the decoder says follows a text's last word --
+END_MARK, SOFT_MARK = 1, 2  # token classes: starts with . ? ! / with , ; : -
+
+
+def _classes(tokens: list[bytes]) -> np.ndarray:
+    kinds = np.zeros(len(tokens), np.int8)
+    for i, t in enumerate(tokens):
+        first = t[:1].decode("utf-8", "replace") if i >= FIRST_TEXT_TOKEN else ""
+        kinds[i] = END_MARK if first in (".", "?", "!") else SOFT_MARK if first and first in ",;:-" else 0
+    return kinds
+
+
+class Endings:
+    """What a decoder (OnnxDecoder) says about where a text ends: the log-probabilities of the token after its last
+    word, on the audio as heard (no noise tail: with one, tiny-en ends nearly every text with "." because the audio
+    ends; without, its ". ? !" probability separates sentence ends from pauses inside one, docs/benchmarks.md)."""
+
+    def __init__(self, dec: OnnxDecoder):
+        self.dec = dec
+        self.kinds = _classes(dec.tokens)
+
+    def marks(self, ids: list[int] | tuple[int, ...]) -> int:
+        """How many of the ids at the end are a sentence mark ("." "?" "!" "..")."""
+        n = 0
+        while n < len(ids) and self.kinds[ids[len(ids) - 1 - n]] == END_MARK:
+            n += 1
+        return n
+
+    def lead(self, ids: list[int] | tuple[int, ...]) -> int:
+        """How many of the first ids are punctuation (a text decoded after a context may begin with it)."""
+        n = 0
+        while n < len(ids) and self.kinds[ids[n]] != 0:
+            n += 1
+        return n
+
+    def next_logp(
+        self, audio: np.ndarray, prefix: list[int] | tuple[int, ...], ids: list[int] | tuple[int, ...]
+    ) -> np.ndarray:
+        """Log-probabilities (float32, the vocabulary) of the token after prefix + ids on `audio`: one encoder run and
+        one decoder pass."""
+        dec = self.dec
+        x = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
+        hidden = dec.encoder.run(None, {"input_values": x, "attention_mask": np.ones(x.shape, np.int64)})[0]
+        empty = {
+            past: np.zeros((1, dec.heads, hidden.shape[1] if ".encoder." in n else 0, dec.head_dim), np.float32)
+            for n, past in dec.past.items()
+        }
+        out = dec._pass(hidden, np.ones(x.shape, np.int64), np.array([[BOS, *prefix, *ids]], np.int64), empty, False)
+        return _log_softmax(out["logits"][0, -1].astype(np.float64)).astype(np.float32)
+
+    def sentence_end(self, logp: np.ndarray) -> float:
+        """P(the next token is a sentence mark)."""
+        return float(np.exp(logp[self.kinds == END_MARK].astype(np.float64)).sum())
+
+    def lower_next(self, logp: np.ndarray, word: str) -> bool:
+        """The decoder would rather go on with `word` in lower case than as written ("Be" after "might": "be";
+        "John": "John"), by the first token of each."""
+        low = word[:1].lower() + word[1:]
+        if low == word:
+            return False
+        a, b = self.dec.tokenize(low), self.dec.tokenize(word)
+        return bool(a and b and logp[a[0]] >= logp[b[0]])

@@ -30,11 +30,13 @@ VOICE_WAIT = 1.0  # seconds of an open turn without them, after which libmoonshi
 
 
 class Cut(NamedTuple):
-    """The turn's audio up to sample `at` decodes as `text`; `pause`: samples of silence after it (at least)."""
+    """The turn's audio up to sample `at` decodes as `text`; `pause`: samples of silence after it (at least);
+    `ending`: the decoder's log-probabilities after its last word (onnxdecoder.Endings), if it judged them."""
 
     text: str
     at: int
     pause: int = 0
+    ending: np.ndarray | None = None
 
 
 class Context(NamedTuple):
@@ -53,6 +55,7 @@ class Spec(NamedTuple):
     cutoff: int
     start: int | None
     ids: tuple[int, ...] | None
+    ending: np.ndarray | None = None  # as Cut.ending
 
 
 class Job(NamedTuple):
@@ -86,6 +89,8 @@ class Done(NamedTuple):
     seconds: float  # decode time
     length: float  # seconds of audio decoded
     waited: float  # seconds queued before the decode started
+    ending: np.ndarray | None = None  # as Cut.ending
+    job: Job | None = None  # what was decoded (the sentence end is judged on the stream's thread: Stream._judged)
 
 
 def join(head: str, tail: str) -> str:
@@ -133,6 +138,9 @@ class TurnPlanner:
         self.heard = False  # the endpointer saw speech since the last turn ended: a turn is open
         self.rng = np.random.default_rng(seed)
         self.context: Context | None = None  # the previous turn
+        # the previous final ended without a sentence mark: the decoder's log-probabilities after its last word, and
+        # its end of speech: the next turn's first word takes the case the decoder expects there (stream._join)
+        self.after: tuple[np.ndarray, int] | None = None
         self.gen = 0  # bumped whenever a speculative decode in flight becomes stale
         self.keep_gen = -1  # a stale decode of this generation still runs to its end (it may become a cut)
         self.turn_no = 0  # bumped when a turn ends
@@ -220,6 +228,10 @@ class TurnPlanner:
                 self.context = None  # the pause went on too long: the next turn is decoded alone
             else:
                 keep_from = min(keep_from, ctx.start)
+        if self.after is not None:
+            heard_at = self.total if self.ep.onset is None else self.ep.onset
+            if heard_at - self.after[1] > self.t.context_pause * RATE:
+                self.after = None  # a long pause: whatever comes next starts a sentence
         keep_from = max(keep_from, self.buf_start)
         if keep_from > self.buf_start:
             self.buf = self.buf[keep_from - self.buf_start :]
@@ -265,7 +277,7 @@ class TurnPlanner:
         between_words = self.t.cut_pause > 0 and pause >= self.t.cut_pause * RATE
         if self.spec is not None and between_words:
             # it covers the turn up to this pause
-            self.add_cut(self.spec.text, self.spec.cutoff, self.spec.start, pause)
+            self.add_cut(self.spec.text, self.spec.cutoff, self.spec.start, pause, self.spec.ending)
         if self.inflight is not None:
             self.cut_ok = self.inflight if between_words else None
             self.cut_pause = pause
@@ -287,12 +299,16 @@ class TurnPlanner:
         """A decode up to `at` (from the cut `start`, or the turn's start) covers enough to be a cut."""
         return at - (self.region_start() if start is None else start) >= self.t.cut_min_seconds * RATE
 
-    def add_cut(self, text: str, at: int, start: int | None, pause: int = 0) -> None:
+    def add_cut(self, text: str, at: int, start: int | None, pause: int = 0, ending: np.ndarray | None = None) -> None:
         """Keep a decoded head of the turn if its own part (from the cut it started at) is long enough."""
         if ends_repeated(text):
             return  # tiny-en said its last phrase twice ("a season of light. It was a season of light."): not a base
         if (not self.cuts or at > self.cuts[-1].at) and self.long_head(at, start):
-            self.cuts.append(Cut(text, at, pause))
+            self.cuts.append(Cut(text, at, pause, ending))
+
+    def cut_ending(self, at: int | None) -> np.ndarray | None:
+        """The decoder's log-probabilities after the last word of the cut at sample `at`."""
+        return next((c.ending for c in self.cuts if c.at == at), None)
 
     def final_cut(self) -> Cut | None:
         """The cut a long turn ends at now: once the turn is MODEL_END_SECONDS long, its latest cut after a pause
@@ -344,12 +360,14 @@ class TurnPlanner:
         return base, start, Job(self.region_audio(audio_from), self.has_words(), checked, prefix, own, self.draft(base))
 
     # -- the end of a turn --
-    def end_turn(self, upto: int | None = None, carry: bool = False) -> None:
+    def end_turn(self, upto: int | None = None, carry: bool = False, after: tuple | None = None) -> None:
         """The turn's final is sent. The next turn's look-behind may reach back to the end of the audio that final
         was decoded from (`upto`), not just to now: a late commit (a slow decode) must not cut the soft start of a
         word said right after it. (It did: "We had everything" lost its "We" in the next turn's context.)
         `carry`: the turn was cut inside speech (a long turn at moonshine's line end, reported late): the next
-        turn's audio starts at `upto` itself, whenever its onset is heard, so the words after the cut are in it."""
+        turn's audio starts at `upto` itself, whenever its onset is heard, so the words after the cut are in it.
+        `after`: (log-probabilities, end of speech) if the final ended without a sentence mark (TurnPlanner.after)."""
+        self.after = after
         self.floor = self.total if upto is None else upto
         self.carry = self.floor if carry and self.floor < self.total else None
         self.heard = False

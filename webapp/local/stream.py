@@ -190,7 +190,7 @@ class Stream:
         upto = p.total
         onnx = self.decoder.onnx
         ids = onnx.decode_ids(p.region_audio(start), (), None, onnx.tokenize(p.draft(base)))
-        text = join(base, onnx.text(ids or ()))
+        text = self._join(base, start, onnx.text(ids or ()))
         if text and not ends_repeated(text):  # tiny-en repeats a phrase at a cut-off word end: keep the last one
             self._send_update(text, upto)
 
@@ -220,10 +220,12 @@ class Stream:
         if not p.turn_open or tag.turn_no != p.turn_no:
             return  # the turn ended while it was decoding
         p.checked = p.checked or bool(done.text.strip())
-        text = join(tag.base, done.text)
+        if tag.gen == p.gen or done.cutoff == p.cut_ok:
+            done = self._judged(done)  # it may be sent as a final or become a cut
+        text = self._join(tag.base, tag.start, done.text)
         if tag.gen != p.gen:
             if done.cutoff == p.cut_ok:
-                p.add_cut(text, done.cutoff, tag.start, p.cut_pause)
+                p.add_cut(text, done.cutoff, tag.start, p.cut_pause, done.ending)
                 if self._cut_final():
                     return
             # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
@@ -234,7 +236,7 @@ class Stream:
             return
         p.inflight = None
         # a decode from a cut: its ids are not the whole turn's
-        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None)
+        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None, done.ending)
         self.t_decode = (done.seconds, done.length)
         self.t_waited = done.waited
         self._maybe_commit()
@@ -255,7 +257,7 @@ class Stream:
                 f"spec_age={(p.total - spec.cutoff) / RATE:.3f} q={self.q.qsize()} fwait={self.t_waited:.3f} "
                 f"pending={d.pending} dec_spent={d.spent:.2f} dec_stale={d.stale:.2f} interims={d.interims:.2f}"
             )
-        self._commit(spec.text, "model", spec.ids, upto=spec.cutoff)
+        self._commit(spec.text, "model", spec.ids, upto=spec.cutoff, ending=spec.ending)
 
     def _cut_final(self) -> bool:
         """A long turn ends at its latest cut (a pause between words that speech went on from, decoded already):
@@ -269,8 +271,37 @@ class Stream:
         start = p.line_start if p.line_start is not None else (p.region_start() + int(LOOK_BEHIND * RATE)) / RATE
         if p.carry is not None:
             start = p.region_start() / RATE
-        self._final(text, start, max(at / RATE, start), "cut", restart=True, upto=at, carry=True)
+        after = self._after(text, cut.ending, at)
+        self._final(text, start, max(at / RATE, start), "cut", restart=True, upto=at, carry=True, after=after)
         return True
+
+    def _judged(self, done: Done) -> Done:
+        """The decode's text as it is sent (worker.FinalDecoder.judge: a trailing . ? ! only at a sentence end)."""
+        if done.job is None or not done.ids or self.decoder.endings is None or self.t.sentence_end <= 0:
+            return done
+        text, ending = self.decoder.judge(done.job, done.ids)
+        return done._replace(text=text, ending=ending, job=None)
+
+    def _after(self, text: str, ending, speech_end: int) -> tuple | None:
+        """What the planner keeps of a final that ends without a sentence mark (TurnPlanner.after)."""
+        if ending is None or not text.strip() or text.rstrip()[-1] in ".?!":
+            return None
+        return ending, speech_end
+
+    def _join(self, base: str, start: int | None, text: str) -> str:
+        """The text of a cut (`base`, at sample `start`) and of the decode from it. A decode from a cut, or after a
+        final that ended without a sentence mark, starts with a capital as every decode does (with that final as
+        context too: its ids keep the mark); its first word goes lower case if the decoder, after the head's last
+        word (the cut's, or the final's: Cut.ending, TurnPlanner.after), would rather have it so."""
+        p, endings = self.p, self.decoder.endings
+        if base:
+            ending = p.cut_ending(start) if base.rstrip()[-1:] not in ".?!" else None
+        else:
+            ending = None if p.after is None else p.after[0]
+        words = text.split(maxsplit=1)
+        if ending is not None and endings is not None and words and endings.lower_next(ending, words[0]):
+            text = " ".join([words[0][:1].lower() + words[0][1:], *words[1:]])
+        return join(base, text)
 
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
         """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
@@ -278,11 +309,13 @@ class Stream:
         base, start, job = self.p.job()
         text, ids = self.decoder.decode(job)
         self.t_decode = (time.monotonic() - t, len(job.audio) / RATE)
-        return join(base, text), ids if start is None else None
+        return self._join(base, start, text or ""), ids if start is None else None
 
-    def _commit(self, text: str, trigger: str, ids: tuple[int, ...] | None = None, upto: int | None = None) -> None:
+    def _commit(
+        self, text: str, trigger: str, ids: tuple[int, ...] | None = None, upto: int | None = None, ending=None
+    ) -> None:
         """End the turn with this text, decoded from its audio up to sample `upto` (default: all so far); `ids`,
-        the whole turn's tokens, make it the next turn's left context."""
+        the whole turn's tokens, make it the next turn's left context; `ending`, as Spec.ending."""
         p = self.p
         region = p.region_start()
         start = p.line_start if p.line_start is not None else (region + int(LOOK_BEHIND * RATE)) / RATE
@@ -290,7 +323,7 @@ class Stream:
             start = region / RATE  # the turn starts where the previous one was cut
         end = max(p.ep.last_speech, int(start * RATE)) / RATE
         speech_end = p.ep.last_speech
-        self._final(text, start, end, trigger, restart=True, upto=upto)
+        self._final(text, start, end, trigger, restart=True, upto=upto, after=self._after(text, ending, speech_end))
         p.remember(region, speech_end, ids)
 
     def _final(
@@ -302,12 +335,13 @@ class Stream:
         restart: bool,
         upto: int | None = None,
         carry: bool = False,
+        after: tuple | None = None,
     ) -> None:
         text = collapse_repeats(text.strip())
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False
             self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
-        self.p.end_turn(upto, carry)
+        self.p.end_turn(upto, carry, after)
         if restart:
             self._new_stream()
         else:
@@ -392,7 +426,7 @@ class BatchStream(Stream):
         tag = Tag(p.gen, p.turn_no, base, start)
         t = time.monotonic()
         text, ids = self.decoder.decode(job)
-        self._spec_done(Done(tag, text or "", ids, p.total, time.monotonic() - t, len(job.audio) / RATE, 0.0))
+        self._spec_done(Done(tag, text or "", ids, p.total, time.monotonic() - t, len(job.audio) / RATE, 0.0, job=job))
 
     def _audio(self, pcm: bytes, queued: float = 0.0) -> None:
         step = FEED_SAMPLES * 2

@@ -42,6 +42,10 @@ class Tuning:
     stream_nice: int = 5
     # Interims from the onnx decoder once the stream's own voice detector heard speech; False: moonshine's lines.
     onnx_interims: bool = True
+    # A final or cut whose decode ends in . ? ! keeps the mark only if the decoder, on the audio as heard (no noise
+    # tail), gives a sentence mark after its last word at least this probability (0 = keep every mark). Turns end at
+    # pauses inside sentences (the reading's commas): issue 22, docs/benchmarks.md "Issue 22: sentence ends".
+    sentence_end: float = 0.85
     trace: bool = False  # one timing line per turn end on the workers' stderr
     # "whisper": finals from Whisper tiny.en (whisper.py, the optional [whisper] extra; the previous turn's text as
     # its prompt instead of context ids); Moonshine keeps the interims and the voice checks. Better on long read

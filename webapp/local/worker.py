@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import moonshine
-from .onnxdecoder import OnnxDecoder
+from .onnxdecoder import Endings, OnnxDecoder
 from .planner import Done, Job, Tag
 from .signal import RATE
 from .stream import BatchStream, Stream
@@ -43,6 +43,7 @@ class FinalDecoder:
     def __init__(self, tr, onnx: OnnxDecoder | None = None, vad=None, tuning: Tuning | None = None, whisper=None):
         self.tr, self.onnx, self.vad = tr, onnx, vad  # vad: the Silero session
         self.whisper = whisper  # whisper.WhisperDecoder: the finals' text (tuning.final_decoder)
+        self.endings = Endings(onnx) if onnx is not None else None
         self.tuning = tuning if tuning is not None else Tuning()
         self.force_flag = moonshine.force_flag()
         self.q: queue.SimpleQueue = queue.SimpleQueue()
@@ -91,6 +92,26 @@ class FinalDecoder:
         text = self.whisper.decode(job.audio[job.own :], self.onnx.text(job.prefix))
         return text, tuple(self.onnx.tokenize(text))
 
+    def judge(self, job: Job, ids: tuple[int, ...]) -> tuple[str, np.ndarray | None]:
+        """The text of a speculative final or cut (the job's decode, `ids`) as it is sent: without its trailing
+        . ? ! unless the decoder, on the audio as heard (the noise tail left out: with it, tiny-en ends nearly every
+        text with "." because the audio ends), gives a sentence mark after the last word at least
+        tuning.sentence_end; a turn or cut that ends at a pause inside a sentence must not end it (issue 22). Also
+        the decoder's log-probabilities after the last word (None if the ids end in no sentence mark). One encoder
+        run and one decoder pass, on the stream's thread (run there, the final decoder's queue does not wait).
+        The ids themselves keep the mark: as the next turn's context, the text without it read "It was the epoch"
+        after "belief" as "that was the epoch"."""
+        assert self.onnx is not None and self.endings is not None
+        e = self.endings
+        shown = ids[e.lead(ids) :] if job.prefix else ids  # a mark or comma the decoder began with after a context
+        marks = e.marks(shown)
+        if not marks:
+            return self.onnx.text(shown), None
+        words = shown[: len(shown) - marks]
+        heard = job.audio[: len(job.audio) - int(self.tuning.pad_seconds * RATE)]
+        logp = e.next_logp(heard, job.prefix, words)
+        return self.onnx.text(shown if e.sentence_end(logp) >= self.tuning.sentence_end else words), logp
+
     def _run(self) -> None:
         while True:
             stream, tag, job, cutoff, queued = self.q.get()
@@ -118,9 +139,8 @@ class FinalDecoder:
                 with self.lock:
                     self.pending -= 1
             if text is not None:
-                stream.q.put(
-                    ("spec", Done(tag, text, ids, cutoff, time.monotonic() - t, len(job.audio) / RATE, t - queued))
-                )
+                done = Done(tag, text, ids, cutoff, time.monotonic() - t, len(job.audio) / RATE, t - queued, job=job)
+                stream.q.put(("spec", done))
 
 
 def main(fd: int, tuning: Tuning, batch: bool = False) -> None:
