@@ -408,6 +408,22 @@ def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
     assert job.draft == draft
 
 
+@pytest.mark.parametrize("margin, text, keeps", [
+    (3.0, "It was the best of times, it was the worst of", True),  # the interim grew
+    (3.0, "It was the best of times, it was the world", True),     # its last word may still change
+    (3.0, "It was the best of times. It was the worst", True),     # punctuation and case are no words
+    (3.0, "It was the best of times. It was", False),              # shown words dropped
+    (3.0, "It was the best of crimes, it was the worst", False),   # a word shown before it changed
+    (0.0, "It was the best of crimes, it was the worst", True),    # calm interims off: anything goes
+])
+def test_a_speculative_decode_is_no_interim_if_it_rewrites_shown_words(margin, text, keeps):
+    """A speculative final that speech overtook becomes an interim only if it keeps the words the calm interims
+    hold (all but the last interim_open_words of the last interim)."""
+    p = TurnPlanner(Tuning(interim_margin=margin, interim_open_words=1))
+    p.line_text = "It was the best of times, it was the worst"
+    assert p.keeps_shown(text) == keeps
+
+
 @pytest.mark.parametrize("heard, voiced, seconds, onnx", [
     (True, [1.0, 1.032, 1.064], 3.0, True),  # an open turn with voice in it: the onnx decoder reads it
     (True, [1.0, 1.032], 3.0, False),        # two chunks of voice (a breath had one): not yet

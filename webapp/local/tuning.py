@@ -41,6 +41,14 @@ class Tuning:
     stream_nice: int = 5
     # Interims from the onnx decoder once the stream's own voice detector heard speech; False: moonshine's lines.
     onnx_interims: bool = True
+    # Calm interims: an onnx interim keeps the previous interim's words but its last interim_open_words unless the
+    # decoder's own choice is more than interim_margin (log-probability) likelier (onnxdecoder.py; 0 = plain greedy).
+    interim_margin: float = 0.0
+    interim_open_words: int = 2
+    # Turns past MODEL_END_SECONDS: onnx interims from the turn's latest cut while it has one (else libmoonshine's
+    # re-decode of its line), and libmoonshine's late reports of lines that ended before the last interim are not
+    # shown (they took the interims back to the turn's first words, seconds late).
+    long_interims: bool = False
     trace: bool = False  # one timing line per turn end on the workers' stderr
 
     @classmethod
