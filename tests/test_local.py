@@ -444,6 +444,22 @@ def test_interims_come_from_the_onnx_decoder_once_the_turn_has_voice(heard, voic
         assert p.waiting_for_voice() == waits, at
 
 
+@pytest.mark.parametrize("long_interims, cut, onnx", [
+    (True, 5.0, True),    # a long turn with a cut: onnx interims from the cut (libmoonshine's re-decode lagged)
+    (True, 7.5, False),   # the cut leaves under cut_min_seconds to decode: libmoonshine's line
+    (True, None, False),  # no cut: libmoonshine's line end is what may end the turn
+    (False, 5.0, False),  # long_interims off: libmoonshine's interims past MODEL_END_SECONDS, as before
+])
+def test_a_long_turn_gets_onnx_interims_from_its_latest_cut(long_interims, cut, onnx):
+    p = TurnPlanner(Tuning(long_interims=long_interims), vad.StreamVad(None), onnx=True)
+    sec = lambda t: int(round(t * 16000))  # noqa: E731
+    p.append(np.zeros(sec(9.0), np.float32))
+    p.ep.onset, p.heard = sec(0.3), True
+    p.vad.voiced = [sec(1.0), sec(1.032), sec(1.064)]
+    p.cuts = [] if cut is None else [Cut("It was the best of times,", sec(cut))]
+    assert p.long_turn() and p.onnx_interims() == onnx
+
+
 class RecordingSession:
     """Stands in for the Silero session: records each window and says "speech" for windows with a loud sample."""
 

@@ -207,6 +207,10 @@ def test_an_interim_keeps_shown_words_the_decoder_only_weakly_doubts(model_dir):
     kept = dec.decode_ids(audio, draft=weak, keep=len(weak), margin=3.0)
     assert kept[: i + 1] == weak[: i + 1], (dec.text(kept), dec.text(weak), gap)
     assert dec.decode_ids(audio, draft=weak, keep=len(weak), margin=gap / 2)[: i + 1] == plain[: i + 1]
+    # also after the decoder replaced a wrong token earlier in the draft (a later pass)
+    both = list(weak)
+    both[1] = 259 + int(np.argmin(logp[1, 259:]))
+    assert dec.decode_ids(audio, draft=both, keep=len(both), margin=3.0)[: i + 1] == plain[:1] + weak[1 : i + 1]
     # a draft token far below the decoder's choice (a wrong word in the interim) is replaced, the rest follows
     j = len(plain) // 2
     wrong = list(plain)

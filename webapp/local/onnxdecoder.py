@@ -9,7 +9,10 @@ libmoonshine cannot do what the final decode needs:
   greedy decode checks guessed tokens (the interim text, `draft`) in one pass: it proposes the draft's tokens that
   follow what it has decoded so far and keeps those the decoder would have chosen itself (prompt-lookup decoding).
   The same tokens as token-by-token greedy but for float rounding at near-ties (26 of the benchmark's 27 turns alike;
-  the other read "spring" where token by token read "swin"), in 86 decoder passes instead of 309.
+  the other read "spring" where token by token read "swin"), in 86 decoder passes instead of 309;
+* calm interims (`keep`, `margin`; interims only): the draft's first tokens, the words an interim showed already,
+  stay unless the decoder's own choice is more than `margin` likelier (log-probability), so shown words change only
+  when the decoder is confident they were wrong. Finals pass neither and get the plain greedy result.
 
     dec = OnnxDecoder(model_dir, beams=1)     # two single-threaded sessions; run() from any thread, at once
     ids = dec.decode_ids(audio, prefix)       # float32 mono 16 kHz, with the noise tail already added
@@ -246,8 +249,8 @@ class OnnxDecoder:
             if len(seq) >= limit:
                 return seq
             # the caches up to the last kept token (the rejected draft tokens are dropped)
-            keep = out[self.self_kv[0]].shape[2] - (len(proposed) - kept)
-            past = {self.past[n]: out[n][:, :, :keep] for n in self.self_kv}
+            upto = out[self.self_kv[0]].shape[2] - (len(proposed) - kept)
+            past = {self.past[n]: out[n][:, :, :upto] for n in self.self_kv}
             past.update(cross)
             # (finals, keep=0: the lookup exactly as before, so their passes and float rounding are unchanged)
             at, proposed = self._lookup(draft, seq, at + kept + 1 if keep else -1)
@@ -262,13 +265,16 @@ class OnnxDecoder:
     @staticmethod
     def _lookup(draft: list[int], seq: list[int], expect: int = -1) -> tuple[int, list[int]]:
         """The draft tokens after the last place where the draft has seq's last 3 (or 2, or 1) tokens, and their
-        draft index; a match that ends at `expect` (the draft followed in order) comes first."""
+        draft index; a match that ends at `expect` (the draft followed in order, or with one token replaced) comes
+        first."""
         for n in (3, 2, 1):
             if len(seq) < n:
                 continue
             tail = seq[-n:]
             if n <= expect <= len(draft) and draft[expect - n : expect] == tail:
                 return expect, draft[expect : expect + MAX_DRAFT]
+            if n == 1 and 2 <= expect <= len(draft) and len(seq) >= 2 and draft[expect - 2] == seq[-2]:
+                return expect, draft[expect : expect + MAX_DRAFT]  # the decoder replaced one draft token
             for j in range(len(draft) - n, -1, -1):
                 if draft[j : j + n] == tail:
                     return j + n, draft[j + n : j + n + MAX_DRAFT]
