@@ -16,7 +16,10 @@ Definitions:
   memory: summed RSS of the web process and the workers, sampled every 0.25 s;
   sentence ends (clips with a printed text: the LibriVox ones and the reading; tests/speech.py sentence_ends):
   spurious = a . ? ! after a word where the printed text has no sentence end (per 100 printed words; also how many
-  of them stand at a comma, colon, semicolon or dash), missed = a printed sentence end with none in the finals.
+  of them stand at a comma, colon, semicolon or dash), missed = a printed sentence end with none in the finals;
+  interim rewrite rate: share of a turn's interims after its first that change a word of the previous interim other
+  than its last; interim words vs final: word errors of each interim's words but its last against as many first
+  words of the turn's final.
 Every loop is bounded: fixed levels, fixed audio, a timeout per level.
 --verbose prints every clip of every stream. --trace 1 makes the workers print one line per turn end on stderr
 (silence at the commit, queue waits, decode time of the final, ...). Every field of webapp/local/tuning.py is a flag
@@ -116,6 +119,7 @@ def score(events, sent, marks):
     lags = []
     rewrites, ends = [], []  # per interim after a turn's first: it rewrote a shown word; it ends with . ? !
     late = []  # per final: its arrival minus the time the chunk holding its audio end was sent
+    drift = [0, 0]  # interims' words but their last that the turn's final does not have there: errors, words
     for wall, ev in events:
         if ev["type"] == "transcript":
             t = turns.setdefault(ev["turn"], {})
@@ -127,11 +131,17 @@ def score(events, sent, marks):
                     rewrites.append(a != b[: len(a)])
                     ends.append(ev["text"].rstrip()[-1:] in ".?!")
                 t["last"] = ev["text"]
+                t.setdefault("interims", []).append(ev["text"])
                 t.setdefault("first", wall)
                 t.setdefault("start", ev["start"])
                 lags.append((wall - wall_at(ev["end"]), ev["end"], ev["text"][-60:]))
             else:
                 t.update(text=ev["text"], end=ev["end"], start=t.get("start", ev["start"]))
+                final = speech.normalize(ev["text"])
+                for text in t.get("interims", []):
+                    w = speech.normalize(text)[:-1]
+                    drift[0] += speech.edit_distance(final[: len(w)], w)
+                    drift[1] += len(w)
                 late.append(wall - wall_at(ev["end"]))
         elif ev["type"] == "turn" and ev["event"] == "EndOfTurn":
             turns.setdefault(ev["turn"], {})["eot"] = wall
@@ -158,7 +168,7 @@ def score(events, sent, marks):
     return (
         out,
         max(lags, default=(0.0, 0.0, "")),
-        (late, rewrites, ends),
+        (late, rewrites, ends, drift),
     )  # the most behind interim: (lag, its end, its text's end)
 
 
@@ -194,6 +204,7 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     late = [x for _, _, lt in results for x in lt[0]]
     rewrites = [x for _, _, lt in results for x in lt[1]]
     ends = [x for _, _, lt in results for x in lt[2]]
+    drift = [sum(lt[3][i] for _, _, lt in results) for i in (0, 1)]
     worst = max((lag for _, lag, _ in results), key=lambda lag: lag[0])
     max_lag = worst[0]
     eots = [r["eot"] for r in rows if r["eot"] is not None]
@@ -223,6 +234,7 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
         "latemax": max(late, default=float("nan")),
         "rewrite": float(np.mean(rewrites)) if rewrites else float("nan"),
         "ends": float(np.mean(ends)) if ends else float("nan"),
+        "drift": drift[0] / max(1, drift[1]),
         "spurious": spurious,
         "spurious_soft": soft,
         "missed": missed,
@@ -265,7 +277,7 @@ async def main(args):
                 f"(at {r['worst'][1]:.2f} s: ...{r['worst'][2]!r}) "
                 f"keeps up {r['keeps_up']} | final lateness p50 {r['late50']:.2f} p95 {r['late95']:.2f} "
                 f"max {r['latemax']:.2f} | interim rewrite rate {r['rewrite'] * 100:.1f}% "
-                f"interims ending . ? ! {r['ends'] * 100:.1f}%",
+                f"interims ending . ? ! {r['ends'] * 100:.1f}% | interim words vs final {r['drift'] * 100:.1f}% WER",
                 flush=True,
             )
             per100 = lambda x: x * 100 / max(1, r["punct_words"])

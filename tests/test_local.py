@@ -408,6 +408,22 @@ def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
     assert job.draft == draft
 
 
+@pytest.mark.parametrize("margin, text, keeps", [
+    (3.0, "It was the best of times, it was the worst of", True),  # the interim grew
+    (3.0, "It was the best of times, it was the world", True),     # its last word may still change
+    (3.0, "It was the best of times. It was the worst", True),     # punctuation and case are no words
+    (3.0, "It was the best of times. It was", False),              # shown words dropped
+    (3.0, "It was the best of crimes, it was the worst", False),   # a word shown before it changed
+    (0.0, "It was the best of crimes, it was the worst", True),    # calm interims off: anything goes
+])
+def test_a_speculative_decode_is_no_interim_if_it_rewrites_shown_words(margin, text, keeps):
+    """A speculative final that speech overtook becomes an interim only if it keeps the words the calm interims
+    hold (all but the last interim_open_words of the last interim)."""
+    p = TurnPlanner(Tuning(interim_margin=margin, interim_open_words=1))
+    p.line_text = "It was the best of times, it was the worst"
+    assert p.keeps_shown(text) == keeps
+
+
 @pytest.mark.parametrize("heard, voiced, seconds, onnx", [
     (True, [1.0, 1.032, 1.064], 3.0, True),  # an open turn with voice in it: the onnx decoder reads it
     (True, [1.0, 1.032], 3.0, False),        # two chunks of voice (a breath had one): not yet
@@ -426,6 +442,22 @@ def test_interims_come_from_the_onnx_decoder_once_the_turn_has_voice(heard, voic
     for at, waits in ((1.2, heard), (0.3 + VOICE_WAIT, False)):
         p.total = int(at * 16000)
         assert p.waiting_for_voice() == waits, at
+
+
+@pytest.mark.parametrize("long_interims, cut, onnx", [
+    (True, 5.0, True),    # a long turn with a cut: onnx interims from the cut (libmoonshine's re-decode lagged)
+    (True, 7.5, False),   # the cut leaves under cut_min_seconds to decode: libmoonshine's line
+    (True, None, False),  # no cut: libmoonshine's line end is what may end the turn
+    (False, 5.0, False),  # long_interims off: libmoonshine's interims past MODEL_END_SECONDS, as before
+])
+def test_a_long_turn_gets_onnx_interims_from_its_latest_cut(long_interims, cut, onnx):
+    p = TurnPlanner(Tuning(long_interims=long_interims), vad.StreamVad(None), onnx=True)
+    sec = lambda t: int(round(t * 16000))  # noqa: E731
+    p.append(np.zeros(sec(9.0), np.float32))
+    p.ep.onset, p.heard = sec(0.3), True
+    p.vad.voiced = [sec(1.0), sec(1.032), sec(1.064)]
+    p.cuts = [] if cut is None else [Cut("It was the best of times,", sec(cut))]
+    assert p.long_turn() and p.onnx_interims() == onnx
 
 
 class RecordingSession:

@@ -17,7 +17,7 @@ from test_local import collect, feed, silence  # noqa: E402
 from webapp import config  # noqa: E402
 from webapp import local as recognizer  # noqa: E402
 from webapp.local import moonshine  # noqa: E402
-from webapp.local.onnxdecoder import OnnxDecoder, load_tokens  # noqa: E402
+from webapp.local.onnxdecoder import OnnxDecoder, _log_softmax, load_tokens  # noqa: E402
 from webapp.local.planner import Job, norm_words  # noqa: E402
 from webapp.local.tuning import Tuning  # noqa: E402
 from webapp.local.worker import VERIFY_SECONDS, FinalDecoder  # noqa: E402
@@ -179,6 +179,48 @@ def test_a_draft_after_a_prefix(model_dir):
     assert fed[0] == 1 + len(head) + len(plain)  # BOS, the prefix and the whole draft in the first pass
     assert drafted != plain or len(fed) == 1  # and nothing more when the decoder agrees with all of it
     assert len(fed) <= len(plain) // 2, fed  # token by token takes len(plain) + 1 passes
+
+
+def teacher_forced_logp(dec: OnnxDecoder, audio: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Log-probabilities the decoder gives each next token after BOS and ids[:i] (row i), in one pass."""
+    x = audio[None, :]
+    hidden = dec.encoder.run(None, {"input_values": x, "attention_mask": np.ones(x.shape, np.int64)})[0]
+    past = {p: np.zeros((1, dec.heads, hidden.shape[1] if ".encoder." in n else 0, dec.head_dim), np.float32)
+            for n, p in dec.past.items()}
+    logits = dec._pass(hidden, np.ones(x.shape, np.int64), np.array([[1, *ids]], np.int64), past, False)["logits"][0]
+    return _log_softmax(logits.astype(np.float64))
+
+
+def test_an_interim_keeps_shown_words_the_decoder_only_weakly_doubts(model_dir):
+    """Calm interims: with `keep` and `margin`, a draft token the decoder likes a little less than its own choice
+    stays (the word shown earlier is not rewritten), one it finds far less likely is replaced; without them (the
+    finals) the result is the plain greedy decode whatever the draft."""
+    audio = with_tail(speech.clip("lv-0880").pcm)  # "ill-disposed": "sp" is 0.8 above the runner-up
+    dec = OnnxDecoder(model_dir)
+    plain = dec.decode_ids(audio)
+    logp = teacher_forced_logp(dec, audio, plain)
+    # a near-tie the decoder still separates clearly (float rounding between pass shapes cannot flip it)
+    runner_up = [(float(logp[i, t] - np.partition(logp[i], -2)[-2]), i) for i, t in enumerate(plain)]
+    gap, i = min((g, i) for g, i in runner_up if 0.5 <= g <= 2.0)
+    weak = list(plain)
+    weak[i] = int(np.argsort(logp[i])[-2])
+    kept = dec.decode_ids(audio, draft=weak, keep=len(weak), margin=3.0)
+    assert kept[: i + 1] == weak[: i + 1], (dec.text(kept), dec.text(weak), gap)
+    assert dec.decode_ids(audio, draft=weak, keep=len(weak), margin=gap / 2)[: i + 1] == plain[: i + 1]
+    # also after the decoder replaced a wrong token earlier in the draft (a later pass)
+    both = list(weak)
+    both[1] = 259 + int(np.argmin(logp[1, 259:]))
+    assert dec.decode_ids(audio, draft=both, keep=len(both), margin=3.0)[: i + 1] == plain[:1] + weak[1 : i + 1]
+    # a draft token far below the decoder's choice (a wrong word in the interim) is replaced, the rest follows
+    j = len(plain) // 2
+    wrong = list(plain)
+    wrong[j] = 259 + int(np.argmin(logp[j, 259:]))
+    assert logp[j, plain[j]] - logp[j, wrong[j]] > 10
+    fixed = dec.decode_ids(audio, draft=wrong, keep=len(wrong), margin=3.0)
+    assert speech.normalize(dec.text(fixed)) == speech.normalize(dec.text(plain))
+    # finals: the same draft without keep gives the greedy words
+    for draft in (weak, wrong):
+        assert speech.normalize(dec.text(dec.decode_ids(audio, draft=draft))) == speech.normalize(dec.text(plain))
 
 
 def test_two_beams_do_no_worse_on_the_reading(model_dir):

@@ -9,7 +9,10 @@ libmoonshine cannot do what the final decode needs:
   greedy decode checks guessed tokens (the interim text, `draft`) in one pass: it proposes the draft's tokens that
   follow what it has decoded so far and keeps those the decoder would have chosen itself (prompt-lookup decoding).
   The same tokens as token-by-token greedy but for float rounding at near-ties (26 of the benchmark's 27 turns alike;
-  the other read "spring" where token by token read "swin"), in 86 decoder passes instead of 309.
+  the other read "spring" where token by token read "swin"), in 86 decoder passes instead of 309;
+* calm interims (`keep`, `margin`; interims only): the draft's first tokens, the words an interim showed already,
+  stay unless the decoder's own choice is more than `margin` likelier (log-probability), so shown words change only
+  when the decoder is confident they were wrong. Finals pass neither and get the plain greedy result.
 
     dec = OnnxDecoder(model_dir, beams=1)     # two single-threaded sessions; run() from any thread, at once
     ids = dec.decode_ids(audio, prefix)       # float32 mono 16 kHz, with the noise tail already added
@@ -135,10 +138,14 @@ class OnnxDecoder:
         prefix: list[int] | tuple[int, ...] = (),
         stop: Callable[[], bool] | None = None,
         draft: list[int] | tuple[int, ...] = (),
+        keep: int = 0,
+        margin: float = 0.0,
     ) -> list[int] | None:
         """Token ids of the text after `prefix`: the ids the audio's beginning was already decoded as, which
         the decoder reads instead of guessing them again (left context at the cost of one decoder pass).
         `draft`: ids the text after the prefix probably has (one beam only; the result does not depend on it).
+        `keep`, `margin` (interims only: the result then depends on the draft): the draft's first `keep` ids (the
+        words already shown) stay unless the decoder's own choice is more than `margin` (log-probability) likelier.
         None if `stop()` turned true: it is asked before the encoder and before every decoder pass."""
         if stop is not None and stop():
             return None
@@ -154,7 +161,7 @@ class OnnxDecoder:
         # a mask of the frames' length shrinks to 1 or 2 entries, and breaks the broadcast from 9.3 s of audio on.
         mask = np.ones((1, audio.shape[1]), np.int64)
         if self.beams == 1:
-            return self._greedy(hidden, mask, [BOS, *prefix], list(draft), empty, limit, stop)
+            return self._greedy(hidden, mask, [BOS, *prefix], list(draft), empty, limit, stop, keep, margin)
         logits, out = self._step(hidden, mask, np.array([[BOS, *prefix]], np.int64), empty, cached=False)
         k = self.beams
         # Every beam row shares the audio: the encoder side is computed once and repeated, never re-gathered.
@@ -209,11 +216,15 @@ class OnnxDecoder:
         past: dict,
         limit: int,
         stop: Callable[[], bool] | None,
+        keep: int = 0,
+        margin: float = 0.0,
     ) -> list[int] | None:
         """Greedy decode after the ids `head`, checking draft tokens on the way. Each pass feeds the token just
         chosen plus the draft tokens that follow it in the draft (found by the last 1-3 chosen tokens: drafts
-        skip or change words), and keeps the longest run of them that matches the decoder's own choices."""
+        skip or change words), and keeps the longest run of them that matches the decoder's own choices (or, for
+        draft positions below `keep`, comes within `margin` of them)."""
         proposed = draft[: min(limit, MAX_DRAFT)]  # the first pass checks the draft's beginning already
+        at = 0  # draft index of proposed[0]
         ids, cached, seq, cross = head + proposed, False, [], None
         while True:
             if stop is not None and stop():
@@ -222,9 +233,13 @@ class OnnxDecoder:
             if cross is None:  # the encoder side's caches, computed by the first pass
                 cross = {self.past[n]: out[n] for n in self.cross_kv}
             # the positions whose logits choose the next token and then each proposed one
-            choices = out["logits"][0, len(ids) - len(proposed) - 1 :].argmax(-1)
+            logits = out["logits"][0, len(ids) - len(proposed) - 1 :]
+            choices = logits.argmax(-1)
             kept = 0
-            while kept < len(proposed) and choices[kept] == proposed[kept]:
+            while kept < len(proposed) and (
+                choices[kept] == proposed[kept]
+                or (at + kept < keep and self._close(logits[kept], proposed[kept], margin))
+            ):
                 kept += 1
             seq += proposed[:kept]
             nxt = int(choices[kept])
@@ -234,23 +249,36 @@ class OnnxDecoder:
             if len(seq) >= limit:
                 return seq
             # the caches up to the last kept token (the rejected draft tokens are dropped)
-            keep = out[self.self_kv[0]].shape[2] - (len(proposed) - kept)
-            past = {self.past[n]: out[n][:, :, :keep] for n in self.self_kv}
+            upto = out[self.self_kv[0]].shape[2] - (len(proposed) - kept)
+            past = {self.past[n]: out[n][:, :, :upto] for n in self.self_kv}
             past.update(cross)
-            proposed = self._lookup(draft, seq)[: limit - len(seq)]
+            # (finals, keep=0: the lookup exactly as before, so their passes and float rounding are unchanged)
+            at, proposed = self._lookup(draft, seq, at + kept + 1 if keep else -1)
+            proposed = proposed[: limit - len(seq)]
             ids, cached = [nxt, *proposed], True
 
     @staticmethod
-    def _lookup(draft: list[int], seq: list[int]) -> list[int]:
-        """The draft tokens after the last place where the draft has seq's last 3 (or 2, or 1) tokens."""
+    def _close(logits: np.ndarray, token: int, margin: float) -> bool:
+        """The token's log-probability is at most `margin` below the likeliest token's."""
+        return margin > 0 and float(logits.max() - logits[token]) <= margin  # (logits differ as log-probs do)
+
+    @staticmethod
+    def _lookup(draft: list[int], seq: list[int], expect: int = -1) -> tuple[int, list[int]]:
+        """The draft tokens after the last place where the draft has seq's last 3 (or 2, or 1) tokens, and their
+        draft index; a match that ends at `expect` (the draft followed in order, or with one token replaced) comes
+        first."""
         for n in (3, 2, 1):
             if len(seq) < n:
                 continue
             tail = seq[-n:]
+            if n <= expect <= len(draft) and draft[expect - n : expect] == tail:
+                return expect, draft[expect : expect + MAX_DRAFT]
+            if n == 1 and 2 <= expect <= len(draft) and len(seq) >= 2 and draft[expect - 2] == seq[-2]:
+                return expect, draft[expect : expect + MAX_DRAFT]  # the decoder replaced one draft token
             for j in range(len(draft) - n, -1, -1):
                 if draft[j : j + n] == tail:
-                    return draft[j + n : j + n + MAX_DRAFT]
-        return []
+                    return j + n, draft[j + n : j + n + MAX_DRAFT]
+        return 0, []
 
 
 # -- sentence ends (issue 22): what the decoder says follows a text's last word --

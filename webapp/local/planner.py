@@ -255,8 +255,12 @@ class TurnPlanner:
         )
 
     def onnx_interims(self) -> bool:
-        """Interims from the onnx decoder: only in an open turn with voice in it (tiny-en makes up "You" on noise)."""
-        return self.onnx_mode and self.turn_open and not self.long_turn() and self.voiced()
+        """Interims from the onnx decoder: only in an open turn with voice in it (tiny-en makes up "You" on noise);
+        in a long turn, only from a cut (long_interims)."""
+        if not (self.onnx_mode and self.turn_open and self.voiced()):
+            return False
+        # a long turn: libmoonshine's line end is what may end it, unless a cut will (long_interims)
+        return not self.long_turn() or (self.t.long_interims and self.cut_for(self.total)[1] is not None)
 
     def has_words(self) -> bool:
         """A voice detector heard speech in the open turn: the stream's own (vad.py), or moonshine's (its interims
@@ -347,6 +351,16 @@ class TurnPlanner:
         """The interim's words after `base` (the text of the cut a decode starts at), as the decoder's draft
         (onnxdecoder.py: fewer decoder passes)."""
         return " ".join(self.line_text.split()[len(base.split()) :])
+
+    def shown(self) -> list[str]:
+        """The last interim's words that calm interims hold (all but its last interim_open_words), as spoken."""
+        words = norm_words(self.line_text.split())
+        return words[: max(0, len(words) - self.t.interim_open_words)]
+
+    def keeps_shown(self, text: str) -> bool:
+        """`text` starts with the words shown(), or calm interims are off."""
+        shown = self.shown() if self.t.interim_margin > 0 else []
+        return norm_words(text.split())[: len(shown)] == shown
 
     def job(self) -> tuple[str, int | None, Job]:
         """What to decode now: the text before the cut the decode starts at, that cut, and the decoder's job."""

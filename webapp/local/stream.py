@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STALE_LINE = 1.0  # seconds: a moonshine line that ended this long before the last interim's audio is not news
+
 
 class Stream:
     nice_thread = True  # the live streams' threads yield to the final decodes (_run)
@@ -130,6 +132,8 @@ class Stream:
                 self.prefix = join(self.prefix, line.text)
         elif kind in ("LineStarted", "LineTextChanged") and line.text.strip() and p.heard:
             # only once our endpointer heard speech: tiny-en makes up words ("You") on steady noise
+            if self.t.long_interims and self.sent_update and end < self.interim_upto / RATE - STALE_LINE:
+                return  # an earlier line reported late (onnx interims showed more of the turn already)
             self._send_update(join(self.prefix, line.text), p.total, end)
 
     def _send_update(self, text: str, upto: int, end: float | None = None) -> None:
@@ -189,7 +193,11 @@ class Stream:
         base, start = p.cut_for(p.total)
         upto = p.total
         onnx = self.decoder.onnx
-        ids = onnx.decode_ids(p.region_audio(start), (), None, onnx.tokenize(p.draft(base)))
+        words = p.draft(base).split()
+        shown = words[: max(0, len(words) - self.t.interim_open_words)]  # the words the viewer has taken in
+        keep = len(onnx.tokenize(" ".join(shown))) if self.t.interim_margin > 0 else 0
+        draft = onnx.tokenize(" ".join(words))
+        ids = onnx.decode_ids(p.region_audio(start), (), None, draft, keep, self.t.interim_margin)
         text = self._join(base, start, onnx.text(ids or ()))
         if text and not ends_repeated(text):  # tiny-en repeats a phrase at a cut-off word end: keep the last one
             self._send_update(text, upto)
@@ -229,8 +237,9 @@ class Stream:
                 if self._cut_final():
                     return
             # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
-            # with a tail), which saves the next interim re-decode
-            if text.strip() and done.cutoff > self.interim_upto:
+            # with a tail), which saves the next interim re-decode; unless it changes words the calm interims hold
+            # (the next interim would most likely put them back: two rewrites)
+            if text.strip() and done.cutoff > self.interim_upto and p.keeps_shown(text):
                 self._send_update(text.strip(), done.cutoff)
                 self.last_update = self.fed
             return

@@ -46,6 +46,15 @@ class Tuning:
     # tail), gives a sentence mark after its last word at least this probability (0 = keep every mark). Turns end at
     # pauses inside sentences (the reading's commas): issue 22, docs/benchmarks.md "Issue 22: sentence ends".
     sentence_end: float = 0.85
+    # Calm interims: an onnx interim keeps the previous interim's words but its last interim_open_words unless the
+    # decoder's own choice is more than interim_margin (log-probability) likelier (onnxdecoder.py; 0 = plain greedy).
+    # With long_interims, margin 3 about halved the interim rewrite rate (docs/benchmarks.md, calm interims).
+    interim_margin: float = 3.0
+    interim_open_words: int = 1
+    # Turns past MODEL_END_SECONDS: onnx interims from the turn's latest cut while it has one (else libmoonshine's
+    # re-decode of its line), and libmoonshine's late reports of lines that ended before the last interim are not
+    # shown (they took the interims back to the turn's first words, seconds late).
+    long_interims: bool = True
     trace: bool = False  # one timing line per turn end on the workers' stderr
     # "whisper": finals from Whisper tiny.en (whisper.py, the optional [whisper] extra; the previous turn's text as
     # its prompt instead of context ids); Moonshine keeps the interims and the voice checks. Better on long read
