@@ -351,6 +351,8 @@ class TurnPlanner:
         `carry`: the turn was cut inside speech (a long turn at moonshine's line end, reported late): the next
         turn's audio starts at `upto` itself, whenever its onset is heard, so the words after the cut are in it."""
         self.floor = self.total if upto is None else upto
+        if self.vad is not None:  # the finished turn's speech probabilities (word times) are not needed again
+            self.vad.forget(self.floor - int(LOOK_BEHIND * RATE) - VAD_CHUNK)
         self.carry = self.floor if carry and self.floor < self.total else None
         self.heard = False
         self.context = None
