@@ -623,3 +623,88 @@ async def test_pauses_inside_a_sentence_do_not_end_it(pool):
     assert len(finals) >= 4, finals  # the reading's commas did end turns: the case this is about
     assert spurious <= 1 and missed == 0, (spurious, missed, finals)
     assert speech.wer(printed, text) <= 0.1, finals
+
+
+# ---- estimated word times (issue 22 item 5) -------------------------------------------------------------------
+
+
+def alignment(ref: list[str], hyp: list[str]) -> dict[int, int]:
+    """Reference word index -> the hypothesis word it is aligned with (a match or a substitution)."""
+    d = np.zeros((len(ref) + 1, len(hyp) + 1), int)
+    d[:, 0], d[0, :] = np.arange(len(ref) + 1), np.arange(len(hyp) + 1)
+    for i in range(1, len(ref) + 1):
+        for j in range(1, len(hyp) + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    i, j, pairs = len(ref), len(hyp), {}
+    while i > 0 and j > 0:
+        if d[i, j] == d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]):
+            pairs[i - 1] = j - 1
+            i, j = i - 1, j - 1
+        elif d[i, j] == d[i, j - 1] + 1:
+            j -= 1
+        else:
+            i -= 1
+    return pairs
+
+
+def true_starts(clips: list[speech.Clip], lead: float, pause: float) -> list[float]:
+    """Where each clip's speech starts in silence(lead) + speech.joined(clips, pause=pause): joined() trims each
+    clip to its speech_bounds with 0.1 s kept each side."""
+    out, t = [], lead
+    for c in clips:
+        on, end = speech.speech_bounds(c.pcm, min_sound=0.1)
+        a, b = max(0, int((on - 0.1) * 16000)), min(len(c.pcm) // 2, int((end + 0.1) * 16000))
+        out.append(t + on - a / 16000)
+        t += (b - a) / 16000 + pause
+    return out
+
+
+def sentence_start_errors(clips: list[speech.Clip], starts: list[float], words: list[dict]) -> list[float]:
+    """Per clip: the estimated start of the word said first in it (the first of its reference words that a final
+    has) minus the clip's true speech start."""
+    hyp, owner = [], []
+    for k, w in enumerate(words):
+        for piece in speech.normalize(w["word"]):
+            hyp.append(piece)
+            owner.append(k)
+    refs = [speech.normalize(c.ref) for c in clips]
+    pairs = alignment([w for r in refs for w in r], hyp)
+    errors, base = [], 0
+    for r, start in zip(refs, starts):
+        first = next(base + k for k in range(len(r)) if base + k in pairs)
+        errors.append(words[owner[pairs[first]]]["start"] - start)
+        base += len(r)
+    return errors
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.3])
+async def test_finals_carry_estimated_word_times_that_follow_the_speech(pool, pause):
+    """The five LibriVox clips joined (each a sentence or a clause of one reading, its start known), through the
+    real recognizer path (fed as fast as it takes it: long turns). Every final's words are its text's words,
+    marked estimated, in order inside the final's span; the word that starts each clip is placed near the clip's
+    real start: median within 0.2 s, at most one over 0.5 s (the old interpolation across the turn: median
+    0.24 s, up to 0.58 s off, docs/benchmarks.md)."""
+    clips = [speech.clip(n) for n in ("lv-0870", "lv-0880", "lv-0890", "lv-0920", "lv-0930")]
+    pcm = silence(0.3) + speech.joined(clips, "joined", pause).pcm + silence(1.0)
+    up = LocalUpstream(SETTINGS, StreamParams())
+    await up.connect()
+    task = asyncio.create_task(collect(up))
+    await feed(up, pcm, realtime=False)
+    await up.close()
+    events = await asyncio.wait_for(task, 60)
+    check_turns(events)
+    finals = [e for e in events if e["type"] == "transcript" and e["final"]]
+    words = []
+    for f in finals:
+        assert [w["word"] for w in f["words"]] == f["text"].split()
+        assert all(w["estimated"] is True for w in f["words"])
+        times = [t for w in f["words"] for t in (w["start"], w["end"])]
+        assert times == sorted(times) and f["start"] - 0.001 <= times[0] and times[-1] <= f["end"] + 0.001, f
+        words += f["words"]
+    errors = sentence_start_errors(clips, true_starts(clips, 0.3, pause), words)
+    print(f"pause {pause}: {len(finals)} finals, sentence-start errors (s) {[round(e, 2) for e in errors]}")
+    # Most runs: every start within 0.15 s. About one run in five (under load) put clip 2's start 0.93 s late,
+    # at the pause after its first words: left to look into (docs/benchmarks.md); the median holds regardless.
+    seen = (errors, [(f["start"], f["end"], f["text"]) for f in finals])
+    assert sorted(abs(e) for e in errors)[len(errors) // 2] <= 0.2 and max(abs(e) for e in errors) <= 1.0, seen
+    assert sum(abs(e) > 0.5 for e in errors) <= 1, seen

@@ -201,3 +201,47 @@ def test_browser_shows_recognized_words_from_a_real_recording(local_app):
         page.click("#stop")
         expect(page.locator("#conn-state")).to_have_attribute("data-state", "closed", timeout=15000)
     assert wer(ref, text) <= 0.25, (ref, text)
+
+
+async def test_srt_export_of_a_local_session_follows_the_speech(local_app):
+    """Issue 22 items 1 and 5: five consecutive LibriVox sentences (one reading, 0.3 s between them) through the
+    default backend; the share link's SRT has cues of at most 2 x 42 characters and 6 s that follow the speech
+    (estimated word times): each clip's speech start is within 0.5 s of a cue start."""
+    import re
+
+    import httpx
+
+    from speech import joined, speech_bounds
+    from webapp.exports import ends_sentence
+    from test_local import true_starts
+
+    clips = [clip(n) for n in ("lv-0870", "lv-0880", "lv-0890", "lv-0920", "lv-0930")]
+    pcm = noise(0.3) + joined(clips, "joined", 0.3).pcm + noise(1.2)
+    messages = await run_capture(f"{local_app.ws}/ws/listen", pcm, pace=RT / 2)  # twice real time
+    token = messages[0]["share_url"][3:]
+    srt = httpx.get(f"{local_app.http}/s/{token}/transcript.srt").text
+    doc = httpx.get(f"{local_app.http}/s/{token}/transcript.json").json()
+    turns = doc["turns"]
+    assert turns and all(w.get("estimated") is True for t in turns for w in t["words"])
+    cues = []
+    for block in srt.strip().split("\n\n"):
+        lines = block.split("\n")
+        m = re.fullmatch(r"(\d+):(\d+):(\d+),(\d+) --> (\d+):(\d+):(\d+),(\d+)", lines[1])
+        h, mi, s, ms, h2, mi2, s2, ms2 = map(int, m.groups())
+        start, end = h * 3600 + mi * 60 + s + ms / 1000, h2 * 3600 + mi2 * 60 + s2 + ms2 / 1000
+        assert 1 <= len(lines[2:]) <= 2 and all(len(line) <= 42 for line in lines[2:]), block
+        assert end - start <= 6.0 + 1e-6, block
+        cues.append((start, end, " ".join(lines[2:])))
+    assert all(a[1] <= b[0] for a, b in zip(cues, cues[1:]))
+    onset, _ = speech_bounds(pcm, min_sound=0.1)
+    starts = true_starts(clips, 0.3, 0.3)
+    assert abs(cues[0][0] - onset) <= 0.5, (onset, cues[0])
+    for s in starts:  # a sentence start is where a cue starts, not somewhere inside one
+        assert min(abs(c[0] - s) for c in cues) <= 0.5, (s, cues)
+    assert cues[-1][1] <= len(pcm) / 32000
+    def turns_in(c):
+        return {t["turn"] for t in turns for w in t["words"] if c[0] - 0.001 <= w["start"] < c[1]}
+
+    crossing = sum(1 for c in cues if len(turns_in(c)) > 1)
+    mid = sum(1 for t in turns[:-1] if not ends_sentence(t["text"]))
+    print(f"{len(turns)} turns ({mid} ending mid-sentence), {len(cues)} cues, {crossing} spanning turns")

@@ -402,3 +402,24 @@ async def poll(predicate, timeout: float = 3.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def test_a_sentence_over_several_captions_rolls_up(fake, dests):
+    """Issue 22 item 1: each caption replaces the one on screen, so a final that goes on from the previous
+    caption's sentence (Caption.continues) is shown after it: the sentence rolls up instead of its beginning
+    vanishing. A caption that does not continue starts the screen afresh."""
+    from dataclasses import replace
+
+    sim = fake()
+    dest = dests(sim.url)
+    await dest.start()
+    steps = [("He was not an", False), ("ill-disposed young man,", True), ("unless to be rather cold-hearted", True),
+             ("Good night.", False)]
+    for seq, (text, continues) in enumerate(steps, 1):
+        assert await dest.deliver(replace(cap(text, turn=seq), continues=continues), seq) is True
+    assert sim.texts() == [
+        "He was not an",
+        "He was not an ill-disposed young\nman,",
+        "man, unless to be rather\ncold-hearted",  # the last two rows of the running sentence
+        "Good night.",
+    ]

@@ -173,6 +173,29 @@ async def test_every_final_reaches_each_kind_once_in_order_across_receiver_fault
     assert '"event": "output_failing"' in log and '"event": "output_restored"' in log
 
 
+async def test_a_sentence_over_several_turns_is_marked_as_running_on(simulator, session_tmp, receivers):
+    """Issue 22 item 1: the recognizer ends turns at short pauses, often mid-sentence. Each final still goes out
+    once, in order, to every kind (no post is held back or merged); a final that goes on from a post that did not
+    end a sentence says so (`continues`, the webhook's field), so a receiver can show one running sentence."""
+    script = [["He", "was", "not", "an"], ["ill-disposed", "young", "man,"], ["unless", "rather", "cold."],
+              ["Good", "night."]]
+    lines = [" ".join(t) for t in script]
+    sim = simulator
+    sim.reset(script=script)
+    rx = fresh(receivers)
+    with running_app(app_env(sim, rx), session_tmp, "outputs-sentences") as app:
+        cookie = owner_cookie(app)
+        speaker = await open_speaker(app, cookie)
+        add_outputs(app, cookie, speaker.ready["session_id"], rx)
+        await speak(speaker, 6.0)
+        messages = await speaker.close_stream()
+        assert [m["text"] for m in messages if m["type"] == "transcript" and m["final"]] == lines
+        await wait_delivered(rx, len(words(lines)), len(lines))
+        assert_delivered(rx, lines)
+        finals = [p for p in rx["webhook"].payloads if p["final"]]
+        assert [p["continues"] for p in finals] == [False, True, True, False]
+
+
 def test_the_documented_webhook_check_accepts_ours_and_refuses_forgeries():
     from webapp.outputs.webhook import sign
     body, now = b'{"text":"hello"}', int(time.time())

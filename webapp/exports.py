@@ -5,8 +5,12 @@ A turn is {"turn", "text", "start", "end", "words": [{"word", "start", "end", "c
 seconds from the start of the stream and any of them may be None.
 
 Caption cues follow common practice (BBC/Netflix style guides): at most 2 lines of at most 42 characters,
-at most 6 s on screen, at least 1 s where the next cue leaves room, never overlapping. Long turns are split
-at word boundaries using word times; words without times get times interpolated across their turn.
+at most 6 s on screen, at least 1 s where the next cue leaves room, never overlapping. Cues follow sentences, not
+turns (a recognizer ends a turn at a short pause, often mid-sentence): a turn that did not end a sentence runs on
+into the next one that starts within JOIN_GAP, and a run is split where its sentences and clauses end (then at
+pauses) rather than wherever the lines are full. Splits fall at word boundaries using word times (the embedded
+recognizer's are estimated: "estimated": true); words without times get times interpolated across their turn.
+The .txt export is one line per such run of turns.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,17 @@ LINE_CHARS = 42
 MAX_LINES = 2
 MAX_CUE_SECONDS = 6.0
 MIN_CUE_SECONDS = 1.0
+JOIN_GAP = 1.5  # seconds: a turn that did not end a sentence runs on into the next one that starts this soon
+SENTENCE_MARKS = (".", "?", "!", "…")
+CLAUSE_MARKS = (",", ";", ":", "-", "–", "—")  # noqa: RUF001 (dashes, as typed)
+# The price of a split (_split): per cue break by what ends the cue, plus per cue, plus per cue's empty room.
+CLAUSE_BREAK = 0.4
+PAUSE_BREAK = 0.5  # after a word followed by at least BREAK_PAUSE seconds of silence
+BREAK_PAUSE = 0.3
+MID_BREAK = 1.0
+CUE_COST = 0.3
+ROOM_COST = 0.3
+INNER_SENTENCE = 1.0  # per sentence end inside a cue: a new sentence starts a new cue where it can
 
 
 # Recognizers and stored sessions may hand us any string. A line break inside a word or a text would start a new
@@ -130,24 +145,91 @@ def wrap(words: list[str], width: int = LINE_CHARS, max_lines: int = MAX_LINES) 
     return best[1] if best else None
 
 
-def cues(turns: Iterable[dict[str, Any]]) -> list[Cue]:
-    """Greedy: a cue takes words of one turn while they still fit in 2 lines and 6 s."""
-    out: list[Cue] = []
+def ends_sentence(text: str) -> bool:
+    """The text ends a sentence: its last mark (closing quotes and brackets aside) is . ? ! or …"""
+    return text.rstrip().rstrip("\"')]»”’").endswith(SENTENCE_MARKS)
+
+
+def _runs(turns: Iterable[dict[str, Any]]) -> list[tuple[list[Word], set[int]]]:
+    """The turns' timed words, in runs that cues may cross: a turn that did not end a sentence runs on into the
+    next one if that starts within JOIN_GAP (the recognizer ends a turn at a short pause, often mid-sentence).
+    With each run, the indexes of its words that ended a turn (a pause the recognizer heard)."""
+    runs: list[tuple[list[Word], set[int]]] = []
     last_end = 0.0
+    open_run = False
     for turn in turns:
         words = timed_words(turn, last_end)
-        group: list[Word] = []
-        for w in words:
-            if group:
-                fits = wrap([g.text for g in group] + [w.text]) is not None
-                if not fits or w.end - group[0].start > MAX_CUE_SECONDS:
-                    out.append(_cue(group))
-                    group = []
-            group.append(w)
-        if group:
-            out.append(_cue(group))
-        if words:
-            last_end = words[-1].end
+        if not words:
+            continue
+        if open_run and runs and words[0].start - runs[-1][0][-1].end < JOIN_GAP:
+            runs[-1][0].extend(words)
+        else:
+            runs.append((list(words), set()))
+        runs[-1][1].add(len(runs[-1][0]) - 1)
+        open_run = not ends_sentence(words[-1].text)
+        last_end = words[-1].end
+    return runs
+
+
+def _break_cost(word: Word, nxt: Word, turn_end: bool) -> float:
+    """What ending a cue after `word` (with `nxt` the next one) costs: nothing at a sentence end, a little at a
+    clause mark or a pause (one of BREAK_PAUSE, or where the recognizer ended a turn), most inside a clause."""
+    text = word.text.rstrip("\"')]»”’")
+    if text.endswith(SENTENCE_MARKS):
+        return 0.0
+    cost = CLAUSE_BREAK if text.endswith(CLAUSE_MARKS) else MID_BREAK
+    return min(cost, PAUSE_BREAK) if turn_end or nxt.start - word.end >= BREAK_PAUSE else cost
+
+
+def _fits(lengths: list[int], i: int, j: int) -> bool:
+    """Words i..j-1 (their character counts) fit in MAX_LINES lines of LINE_CHARS."""
+    total = sum(lengths[i:j]) + (j - i - 1)
+    if total <= LINE_CHARS:
+        return True
+    if MAX_LINES < 2 or total > MAX_LINES * LINE_CHARS + 1:
+        return False
+    top = -1
+    for m in range(i, j - 1):
+        top += lengths[m] + 1
+        if top <= LINE_CHARS and total - top - 1 <= LINE_CHARS:
+            return True
+    return False
+
+
+def _split(run: list[Word], turn_ends: Container[int] = ()) -> list[list[Word]]:
+    """A run's words as cues: every cue fits 2 lines and 6 s; among the ways to split, the one whose breaks cost
+    least (sentence ends first, then clause marks and pauses) with a small price per cue, for empty room and for a
+    sentence that ends inside a cue, so cues break where the sentence does rather than wherever the lines are full."""
+    n = len(run)
+    lengths = [len(w.text) for w in run]
+    ends = [0]  # ends[k]: sentence ends among words 0..k-1
+    for w in run:
+        ends.append(ends[-1] + ends_sentence(w.text))
+    best = [0.0] + [math.inf] * n  # best[j]: the cheapest split of words 0..j-1
+    back = [0] * (n + 1)
+    for j in range(1, n + 1):
+        end_cost = 0.0 if j == n else _break_cost(run[j - 1], run[j], j - 1 in turn_ends)
+        for i in range(j - 1, -1, -1):
+            single = i == j - 1
+            if not single and (run[j - 1].end - run[i].start > MAX_CUE_SECONDS or not _fits(lengths, i, j)):
+                break  # more words only make it longer
+            chars = sum(lengths[i:j]) + (j - i - 1)
+            room = max(0.0, 1.0 - chars / (MAX_LINES * LINE_CHARS))
+            inner = ends[j - 1] - ends[i]  # sentence ends before the cue's last word
+            cost = best[i] + end_cost + CUE_COST + ROOM_COST * room + INNER_SENTENCE * inner
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    groups = []
+    j = n
+    while j > 0:
+        groups.append(run[back[j] : j])
+        j = back[j]
+    return groups[::-1]
+
+
+def cues(turns: Iterable[dict[str, Any]]) -> list[Cue]:
+    """Cues by sentence: they run across turns (_runs) and break where the sentence does (_split)."""
+    out = [_cue(group) for run, turn_ends in _runs(turns) for group in _split(run, turn_ends)]
     # Timing fixes that need the neighbour: no overlap, a minimum display time where there is room.
     fixed: list[Cue] = []
     for i, c in enumerate(out):
@@ -196,9 +278,24 @@ def to_vtt(turns: Iterable[dict[str, Any]]) -> str:
 
 
 def to_txt(turns: Iterable[dict[str, Any]]) -> str:
-    """One line per turn, as people read a transcript."""
-    lines = [clean(t.get("text") or "") for t in turns]
-    return "".join(line + "\n" for line in lines if line)
+    """One line per sentence run, as people read a transcript: a turn that did not end a sentence goes on in
+    the same line with the next one, if that starts within JOIN_GAP (times unknown: it goes on)."""
+    lines: list[str] = []
+    prev_end: float | None = None
+    open_line = False
+    for t in turns:
+        text = clean(t.get("text") or "")
+        if not text:
+            continue
+        start = _num(t.get("start"))
+        near = prev_end is None or start is None or start - prev_end < JOIN_GAP
+        if open_line and lines and near:
+            lines[-1] += " " + text
+        else:
+            lines.append(text)
+        open_line = not ends_sentence(text)
+        prev_end = _num(t.get("end"))
+    return "".join(line + "\n" for line in lines)
 
 
 def _keep_type(value: Any) -> Any:

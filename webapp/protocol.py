@@ -206,7 +206,10 @@ def words(raw: Any) -> list[dict[str, Any]]:
                 out.append(w)
             else:
                 get = w.get
-                out.append(word(str(get("word", "")), get("start"), get("end"), get("confidence")))
+                norm = word(str(get("word", "")), get("start"), get("end"), get("confidence"))
+                if get("estimated") is True:  # times guessed, not measured (the embedded recognizer's)
+                    norm["estimated"] = True
+                out.append(norm)
     return out
 
 

@@ -383,6 +383,8 @@ class TurnPlanner:
         `after`: (log-probabilities, end of speech) if the final ended without a sentence mark (TurnPlanner.after)."""
         self.after = after
         self.floor = self.total if upto is None else upto
+        if self.vad is not None:  # the finished turn's speech probabilities (word times) are not needed again
+            self.vad.forget(self.floor - int(LOOK_BEHIND * RATE) - VAD_CHUNK)
         self.carry = self.floor if carry and self.floor < self.total else None
         self.heard = False
         self.context = None

@@ -35,6 +35,7 @@ from .planner import (
 )
 from .signal import RATE, Resampler
 from .vad import StreamVad
+from .wordtimes import estimate, quiet_gaps, speech_segments, without
 
 if TYPE_CHECKING:
     from moonshine_voice.transcriber import Stream as MoonshineStream
@@ -349,12 +350,32 @@ class Stream:
         text = collapse_repeats(text.strip())
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False
-            self.send(("ev", self.sid, "final", {"text": text, "start": start, "end": end, "trigger": trigger}))
+            event = {
+                "text": text,
+                "start": start,
+                "end": end,
+                "trigger": trigger,
+                "words": self._word_times(text, start, end),
+            }
+            self.send(("ev", self.sid, "final", event))
         self.p.end_turn(upto, carry, after)
         if restart:
             self._new_stream()
         else:
             self._new_turn()
+
+    def _word_times(self, text: str, start: float, end: float) -> list[dict]:
+        """Estimated word times (wordtimes.py) from the stream's voice detector and the turn's audio; none
+        without a voice detector."""
+        p = self.p
+        if p.vad is None or not text:
+            return []
+        a, b = int(start * RATE), int(end * RATE)
+        first, probs = p.vad.probs_between(a, b)
+        segs = speech_segments(first, probs, start, end)
+        lo = max(a, p.buf_start)
+        segs = without(segs, quiet_gaps(p.buf[lo - p.buf_start : max(lo, b) - p.buf_start], lo))
+        return estimate(text, segs, start, end)
 
     def _finalize(self, trigger: str) -> bool:
         p = self.p

@@ -11,6 +11,7 @@ Transcriber, gave its first line at 1.76 s the first time and not before 2.0 s o
     vad = StreamVad(session)                   # per stream
     vad.process(x)                             # float32 mono 16 kHz, any length
     vad.voiced_since(sample)                   # chunks with speech probability >= THRESHOLD from that sample on
+    vad.probs_between(a, b)                    # (start sample, probabilities) of the chunks kept in [a, b)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ CONTEXT = 64  # samples of the previous chunk the model sees before each one (as
 # Silero's own default is 0.5, but a breath after the reading reached 0.9 (speech: 0.95-1.0 within 0.1-0.3 s of its
 # onset), and tiny-en reads a breath as "You"
 THRESHOLD = 0.95
+HISTORY = 2048  # chunks of probabilities kept at most (65 s; half on overflow: longer than MAX_LINE_SECONDS), for
+# word times; a finished turn's are dropped (planner.end_turn)
 
 
 def load_session(lib: ctypes.CDLL):
@@ -47,6 +50,8 @@ class StreamVad:
         self.rest = np.zeros(CONTEXT, np.float32)  # the context, then samples not yet in a whole chunk
         self.pos = 0  # samples processed (the end of the last whole chunk)
         self.voiced: list[int] = []  # start sample of each chunk at or over THRESHOLD
+        self.probs: list[float] = []  # each chunk's speech probability, the last HISTORY at most (wordtimes.py)
+        self.probs_start = 0  # start sample of probs[0]
 
     def process(self, x: np.ndarray) -> None:
         buf = np.concatenate([self.rest, x.astype(np.float32, copy=False)])
@@ -54,12 +59,29 @@ class StreamVad:
         for k in range(n):
             window = buf[k * CHUNK : k * CHUNK + CONTEXT + CHUNK][None, :]
             prob, self.state = self.session.run(None, {"input": window, "state": self.state, "sr": self.rate})
-            if prob[0, 0] >= THRESHOLD:
+            p = float(prob[0, 0])
+            self.probs.append(p)
+            if p >= THRESHOLD:
                 self.voiced.append(self.pos)
             self.pos += CHUNK
         self.rest = buf[n * CHUNK :]
         if len(self.voiced) > 4096:
             del self.voiced[:2048]  # only recent chunks are asked about
+        if len(self.probs) > HISTORY:
+            self.forget(self.pos - (HISTORY // 2) * CHUNK)
+
+    def forget(self, before: int) -> None:
+        """Drop the probabilities of chunks that start before sample `before` (a finished turn's)."""
+        n = max(0, min(len(self.probs), (before - self.probs_start) // CHUNK))
+        if n:
+            del self.probs[:n]
+            self.probs_start += n * CHUNK
+
+    def probs_between(self, a: int, b: int) -> tuple[int, list[float]]:
+        """The kept chunks that start in [a, b): the first one's start sample and their probabilities."""
+        i = max(0, -(-(a - self.probs_start) // CHUNK))
+        j = max(i, min(len(self.probs), -(-(b - self.probs_start) // CHUNK)))
+        return self.probs_start + i * CHUNK, self.probs[i:j]
 
     def voiced_since(self, sample: int) -> int:
         n = 0

@@ -10,7 +10,8 @@ from typing import Any, ClassVar, Protocol
 @dataclass(frozen=True, slots=True)
 class Caption:
     """One caption to deliver. A final caption carries `seq`, its position among the session's stored finals; an
-    early caption (the stable beginning of a turn still being spoken) has final=False and seq=None."""
+    early caption (the stable beginning of a turn still being spoken) has final=False and seq=None. `continues`:
+    see below."""
 
     session_id: str
     turn: int
@@ -21,6 +22,9 @@ class Caption:
     final: bool = True
     seq: int | None = None
     words: tuple[dict[str, Any], ...] = ()
+    # the output's previous caption did not end a sentence and this one goes on from it (a turn that ended
+    # mid-sentence, or the rest of a turn after its early part): shown as one running sentence where the kind can
+    continues: bool = False
 
 
 class DeliveryError(Exception):

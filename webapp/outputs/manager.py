@@ -30,6 +30,7 @@ from typing import Any
 
 from ..broker import Broker, Feed
 from ..config import Settings
+from ..exports import JOIN_GAP, ends_sentence
 from ..live import PAUSE_GRACE, PAUSING_REASONS
 from ..logs import fields
 from ..store import STORE_ERRORS, SessionStore, backoff
@@ -517,8 +518,10 @@ class OutputRun:
                     text, words = rest, words[len(early["text"].split()) :]
             after = {"next": cursor["next"] + 1, "seq": cursor["seq"] + 1, "turn": final.get("turn"), "early": None}
             if not text.strip():  # all of it went out early
-                return None, {**after, "seq": cursor["seq"], "ts": cursor.get("ts", 0.0)}
+                return None, {**after, "seq": cursor["seq"], "ts": cursor.get("ts", 0.0), "open": cursor.get("open")}
             start = final.get("start") or 0.0
+            end = final.get("end") or start
+            after["open"] = None if ends_sentence(text) else {"turn": final.get("turn"), "end": end}
             first = words[0].get("start") if words and isinstance(words[0], dict) else None
             spoken = meta["started_at"] + (first if isinstance(first, (int, float)) else start)
             spoken = max(spoken, cursor.get("ts", 0.0))  # timestamps never go back (YouTube orders by them)
@@ -528,11 +531,12 @@ class OutputRun:
                 turn=final.get("turn") or 0,
                 text=text,
                 start=start,
-                end=final.get("end") or start,
+                end=end,
                 spoken_at=spoken,
                 final=True,
                 seq=final["seq"],
                 words=tuple(words),
+                continues=_continues(cursor, final.get("turn"), start),
             )
             return caption, after
         early_caption = session.early
@@ -554,12 +558,14 @@ class OutputRun:
             end=early_caption.end,
             spoken_at=spoken,
             final=False,
+            continues=_continues(cursor, early_caption.turn, early_caption.start),
         )
         after = {
             **cursor,
             "seq": cursor["seq"] + 1,
             "early": {"turn": early_caption.turn, "text": prefix},
             "ts": spoken,
+            "open": None if ends_sentence(prefix) else {"turn": early_caption.turn, "end": None},
         }
         return caption, after
 
@@ -620,6 +626,18 @@ class OutputRun:
             log.warning("output_failed", extra=self._log_fields(error=error))
         with contextlib.suppress(*STORE_ERRORS, asyncio.CancelledError):
             await self.session.manager.store.update_output(self.session.id, self.record["id"], self.record)
+
+
+def _continues(cursor: dict[str, Any], turn: Any, start: float) -> bool:
+    """This output's last post did not end a sentence, and this caption goes on from it: the same turn, or one
+    that starts within JOIN_GAP of its end (the rule the exports' cues follow)."""
+    last = cursor.get("open")
+    if not last:
+        return False
+    if last.get("turn") == turn:
+        return True
+    end = last.get("end")
+    return isinstance(end, (int, float)) and isinstance(start, (int, float)) and start - end < JOIN_GAP
 
 
 class _Failed(Exception):

@@ -13,7 +13,9 @@ libcaption wraps it into 32-character rows, breaking at newlines.
 Text on screen: the last two 32-character rows of the caption (`format_608`). Each caption replaces the one on
 screen at OBS's next video frame, so a long one split into successive captions would show each part but the
 last for one frame only; the session sends a long turn's stable beginning every few seconds, and two rows hold
-about 4 s of speech, so the newest rows are what a viewer can read. The whole text is on the overlay.
+about 4 s of speech, so the newest rows are what a viewer can read. The whole text is on the overlay. A caption
+that continues the previous one's sentence (Caption.continues: a turn that ended mid-sentence, the rest of a turn
+after its early part) is shown after it, so the sentence rolls up instead of its beginning being replaced.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 ROW_CHARS = 32  # CEA-608 row width
 ROWS = 2  # rows kept on screen
 MAX_BYTES = 128  # libobs keeps this much of one caption (CAPTION_LINE_BYTES), cutting the rest
+RUNNING_CHARS = 160  # of the running sentence kept: more than the two rows shown
 RPC_VERSION = 1
 EVENTS = 1 | 1 << 6  # EventSubscription General (ExitStarted) | Outputs (StreamStateChanged)
 MAX_MESSAGE = 2**20  # OBS's answers and events are small JSON
@@ -99,6 +102,7 @@ class ObsDestination:
         self._fatal: DeliveryError | None = None  # OBS said never to come back
         self._detail: str | None = None
         self._refused_501 = 0  # consecutive 501 answers while OBS reported streaming
+        self.running = ""  # the text on screen before format_608 (the running sentence), for a caption that continues
 
     # -- Destination --
     async def start(self) -> int | None:
@@ -111,9 +115,17 @@ class ObsDestination:
         return None  # OBS keeps no caption sequence
 
     async def deliver(self, caption: Caption, seq: int) -> bool:
-        text = format_608(caption.text)
+        said = " ".join(caption.text.split())
+        if caption.continues and said:
+            said = f"{self.running} {said}".strip()  # the sentence runs on: its start stays on screen
+        text = format_608(said)
         if not text:
             return False  # nothing to show (an empty caption would clear the screen)
+        delivered = await self._send(text)
+        self.running = said[-RUNNING_CHARS:]  # after the answer: a retry of this caption sends the same text
+        return delivered
+
+    async def _send(self, text: str) -> bool:
         try:
             async with asyncio.timeout(self.timeout):
                 await self._connect()

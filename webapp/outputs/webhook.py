@@ -43,6 +43,7 @@ def payload(caption: Caption, seq: int) -> bytes:
             "end": caption.end,
             "spoken_at": caption.spoken_at,
             "words": list(caption.words),
+            "continues": caption.continues,
         }
     )
 

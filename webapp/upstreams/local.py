@@ -59,7 +59,8 @@ class LocalUpstream(Upstream):
             # tiny-en ends nearly every hypothesis with "." : on an interim it looks like a finished sentence
             self.turns.update(data["text"].rstrip().rstrip(".?!"), [], data["start"], data["end"])
         elif kind == "final":
-            self.turns.end_turn(data["text"] or None, [], data["end"])
+            # words: estimated times (webapp/local/wordtimes.py), "estimated": true on each
+            self.turns.end_turn(data["text"] or None, data.get("words") or [], data["end"])
         elif kind == "error":
             log.warning("local_recognizer_failed", extra={"fields": {"error": str(data.get("message"))[:300]}})
             self._finish(
