@@ -3,9 +3,12 @@
 // paragraph after a turn whose text ends a sentence. The DOM part is given the box; the rule is pure.
 
 const SENTENCE_END = /[.?!…]["'”’»)\]]*$/u;
+// "Mr." "Mrs." "Dr." "St.": a title's abbreviation (capitalised, 2-3 letters, no vowel), as webapp/exports.py
+const TITLE = /(?:^|\s)[B-DF-HJ-NP-TV-XZ][b-df-hj-np-tv-xz]{1,2}\.$/u;
 
 export function endsSentence(text) {
-  return SENTENCE_END.test(String(text ?? '').trim());
+  const t = String(text ?? '').trim();
+  return SENTENCE_END.test(t) && !TITLE.test(t);
 }
 
 // Text of finals joined as the pages show them: a space inside a sentence, a line break after one.

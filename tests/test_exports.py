@@ -116,6 +116,8 @@ def spoken(text: str, start: float, per_word: float = 0.3) -> dict:
     # a sentence end, or a long pause (>= JOIN_GAP), ends the cue with its turn
     ([spoken("Good morning.", 0.0), spoken("Today we talk.", 0.7)], ["Good morning.", "Today we talk."]),
     ([spoken("and then", 0.0), spoken("after a while", 2.1)], ["and then", "after a while"]),
+    # a title's abbreviation is no sentence end: "And Mr." is no cue of its own
+    ([spoken("And Mr. John Dashwood had then leisure", 0.0)], ["And Mr. John Dashwood had then leisure"]),
     # three turns, two sentences: the cue breaks at the sentence end inside the middle turn, not at the turns
     ([spoken("We walked down to the river", 0.0), spoken("and sat there. Then the rain came and we", 2.0),
       spoken("ran home.", 5.1)],

@@ -145,9 +145,15 @@ def wrap(words: list[str], width: int = LINE_CHARS, max_lines: int = MAX_LINES) 
     return best[1] if best else None
 
 
+# A capitalised word of 2-3 letters without a vowel and a full stop is a title's abbreviation ("Mr.", "Mrs.", "Dr.",
+# "St."), not the end of a sentence: "And Mr." is no cue of its own ("Yes." and "No." are sentences).
+_TITLE = re.compile(r"(?:^|\s)[B-DF-HJ-NP-TV-XZ][b-df-hj-np-tv-xz]{1,2}\.$")
+
+
 def ends_sentence(text: str) -> bool:
     """The text ends a sentence: its last mark (closing quotes and brackets aside) is . ? ! or …"""
-    return text.rstrip().rstrip("\"')]»”’").endswith(SENTENCE_MARKS)
+    text = text.rstrip().rstrip("\"')]»”’")
+    return text.endswith(SENTENCE_MARKS) and not _TITLE.search(text)
 
 
 def _runs(turns: Iterable[dict[str, Any]]) -> list[tuple[list[Word], set[int]]]:

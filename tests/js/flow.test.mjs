@@ -9,6 +9,7 @@ test('a sentence ends at . ? ! or an ellipsis, also before closing quotes and br
     ['He said "go."', true], ['(as planned.)', true], ['the end.  ', true],
     ['it was the best of times,', false], ['how much there might', false], ['ill-disposed:', false],
     ['version 2.0 is', false], ['', false], [null, false],
+    ['And Mr.', false], ['ask Dr.', false], ['Yes.', true], ['No.', true],
   ];
   for (const [text, ends] of cases) assert.equal(endsSentence(text), ends, String(text));
 });
