@@ -206,13 +206,12 @@ NASTY_TURNS = [
 def test_line_breaks_and_controls_in_words_give_one_clean_cue():
     """Before: "wor\\n\\nld" put a blank line inside cue 1 (a new SRT cue for every player), and BEL, ESC, NUL and
     U+2028 reached the .txt/.srt/.vtt files."""
+    # (the two turns are one cue and one line: the first ends mid-sentence, the next follows within 1.5 s)
     assert exports.to_srt(NASTY_TURNS) == (
-        "1\n00:00:00,000 --> 00:00:02,000\nhello wor ld again\n\n"
-        "2\n00:00:03,000 --> 00:00:05,000\nbell [31mred line end \u200dok\n")
+        "1\n00:00:00,000 --> 00:00:05,000\nhello wor ld again bell\n[31mred line end \u200dok\n")
     assert exports.to_vtt(NASTY_TURNS) == (
-        "WEBVTT\n\n1\n00:00:00.000 --> 00:00:02.000\nhello wor ld again\n\n"
-        "2\n00:00:03.000 --> 00:00:05.000\nbell [31mred line end \u200dok\n")
-    assert exports.to_txt(NASTY_TURNS) == "hello wor ld again\nbell [31mred line end \u200dok\n"
+        "WEBVTT\n\n1\n00:00:00.000 --> 00:00:05.000\nhello wor ld again bell\n[31mred line end \u200dok\n")
+    assert exports.to_txt(NASTY_TURNS) == "hello wor ld again bell [31mred line end \u200dok\n"
     doc = json.loads(exports.to_json({"id": "s"}, NASTY_TURNS))
     assert [w["word"] for w in doc["turns"][0]["words"]] == ["hello", "wor ld", "again"]
     assert doc["turns"][1]["text"] == "bell [31mred line end \u200dok" and doc["turns"][1]["words"] == []
