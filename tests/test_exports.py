@@ -209,3 +209,13 @@ def test_cues_follow_caption_practice(transcript):
             assert cues[i - 1].end <= c.start + 1e-9  # no overlap, in order
     srt = exports.to_srt(transcript)
     assert srt.count(" --> ") == len(cues)
+
+
+def test_a_title_abbreviation_is_no_cheap_break():
+    """"Mr." is no sentence end (exports.ends_sentence): a run split in two does not break after it, as it did
+    when the break cost had a sentence rule of its own ("…there we met Mr." | "Dashwood with all…")."""
+    for text in ["we walked along the road to the old mill and there we met Mr. Dashwood with all of his family",
+                 "on the long road to the town we met Mr. Dashwood and his wife and all their children"]:
+        cues = exports.cues([spoken(text, 0.0, 0.25)])
+        assert len(cues) == 2 and not cues[0].lines[-1].endswith("Mr."), cues
+        assert " ".join(" ".join(c.lines) for c in cues) == text
