@@ -45,6 +45,17 @@ log = logging.getLogger(__name__)
 STALE_LINE = 1.0  # seconds: a moonshine line that ended this long before the last interim's audio is not news
 
 
+def lower_thread_priority(step: int) -> None:
+    """Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to the
+    worker's final-decoder thread, whose decodes the speakers are waiting for: `step` above the thread's nice now,
+    not an absolute value (under a niced service, `Nice=5`, an absolute 5 would yield nothing)."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except OSError as exc:  # a host that refuses it: same priority as the final decodes, still correct
+        log.warning("could not set the stream thread's nice value: %s", exc)
+
+
 class Stream:
     nice_thread = True  # the live streams' threads yield to the final decodes (_run)
 
@@ -392,12 +403,7 @@ class Stream:
     # -- the thread --
     def _run(self) -> None:
         if self.t.stream_nice and self.nice_thread:
-            # Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to
-            # the worker's final-decoder thread, whose decodes the speakers are waiting for.
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.t.stream_nice)
-            except OSError as exc:  # a host that refuses it: same priority as the final decodes, still correct
-                log.warning("could not set the stream thread's nice value: %s", exc)
+            lower_thread_priority(self.t.stream_nice)
         while True:
             op, *args = self.q.get()
             try:

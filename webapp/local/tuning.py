@@ -37,8 +37,8 @@ class Tuning:
     # A speculative decode that speech overtook (and that cannot become a cut) stops between decoder steps: at 6
     # streams, 63 % of the final decoder's time went to such decodes (30.5 of 48.8 s per worker; 21 s with stopping).
     stop_overtaken: bool = True
-    # Nice value of the streams' threads (endpointer, interims): the final-decoder thread, at 0, gets the core
-    # first. At 10 the interims starved; at 5, 6 streams kept up (docs/benchmarks.md).
+    # How much nicer than the worker the streams' threads are (endpointer, interims): the final-decoder thread gets
+    # the core first. At 10 the interims starved; at 5, 6 streams kept up (docs/benchmarks.md).
     stream_nice: int = 5
     # Interims from the onnx decoder once the stream's own voice detector heard speech; False: moonshine's lines.
     onnx_interims: bool = True
