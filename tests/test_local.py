@@ -25,7 +25,7 @@ from webapp import config  # noqa: E402
 from webapp import local as recognizer  # noqa: E402
 from webapp.local import vad  # noqa: E402
 from webapp.local.engine import build_engine_app  # noqa: E402
-from webapp.local.planner import VOICE_WAIT, Cut, TurnPlanner, ends_repeated  # noqa: E402
+from webapp.local.planner import VOICE_WAIT, Cut, TurnPlanner, continued_stops, ends_repeated  # noqa: E402
 from webapp.local.stream import lower_thread_priority  # noqa: E402
 from webapp.local.tuning import Tuning  # noqa: E402
 from webapp.protocol import StreamParams  # noqa: E402
@@ -411,6 +411,19 @@ def test_a_cut_that_ends_in_a_repeated_phrase_is_not_kept(text, repeated):
     """Tiny-en sometimes says a turn's last phrase twice; kept as a cut, that text would start every later decode of
     the turn (seen: "It was a season of light. It was a season of light. It was the season of darkness.")."""
     assert ends_repeated(text) == repeated
+
+
+@pytest.mark.parametrize("text, shown", [
+    # seen in a batch decode of the reading: the decoder's own next word says the sentence goes on
+    ("It was the best of times. it was the worst of times.", "It was the best of times, it was the worst of times."),
+    ("We had everything before us. we had nothing", "We had everything before us, we had nothing"),
+    ("He was not. An ill-disposed young man.", "He was not. An ill-disposed young man."),  # a capital: kept
+    ("And Mr. smith said", "And Mr. smith said"),  # a title, not a sentence end
+    ("at 9 a.m. today, 10.5 meters", "at 9 a.m. today, 10.5 meters"),
+    ("Wait... what", "Wait... what"),
+])
+def test_a_full_stop_the_decoder_went_on_from_in_lower_case_is_a_comma(text, shown):
+    assert continued_stops(text) == shown
 
 
 @pytest.mark.parametrize("interim, cut, draft", [

@@ -114,6 +114,16 @@ def collapse_repeats(text: str) -> str:
     return text
 
 
+# A full stop after a word of 2+ letters with a vowel (not "Mr." "vs."), then a lower-case word.
+_CONTINUED_STOP = re.compile(r"(?<![\w.])([A-Za-z]*[AEIOUYaeiouy][A-Za-z]*[A-Za-z])\. (?=[a-z])")
+
+
+def continued_stops(text: str) -> str:
+    """A full stop the decoder itself went on from in lower case ("the best of times. it was the worst") is no
+    sentence end by its own next token: it becomes a comma (tiny-en writes one at some of a reader's commas)."""
+    return _CONTINUED_STOP.sub(r"\1, ", text)
+
+
 def ends_repeated(text: str) -> bool:
     """The text's last phrase (2+ words, between punctuation marks) is the one before it again."""
     phrases = [[w for w in norm_words(part.split()) if w] for part in re.split(r"[.,;:!?]", text)]

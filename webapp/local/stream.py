@@ -30,6 +30,7 @@ from .planner import (
     Tag,
     TurnPlanner,
     collapse_repeats,
+    continued_stops,
     ends_repeated,
     join,
 )
@@ -161,7 +162,7 @@ class Stream:
                 f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
                 f"end={end:.2f} text={text[-40:]!r}"
             )
-        self.send(("ev", self.sid, "update", {"text": text, "start": start, "end": end}))
+        self.send(("ev", self.sid, "update", {"text": continued_stops(text), "start": start, "end": end}))
 
     # -- audio --
     def _audio(self, pcm: bytes, queued: float = 0.0) -> None:
@@ -358,7 +359,7 @@ class Stream:
         carry: bool = False,
         after: tuple | None = None,
     ) -> None:
-        text = collapse_repeats(text.strip())
+        text = continued_stops(collapse_repeats(text.strip()))
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False
             event = {
