@@ -203,6 +203,7 @@ class Stream:
     def _onnx_interim(self) -> None:
         """The turn so far (from its latest cut, if any), decoded on this thread with the last interim as draft."""
         p = self.p
+        self._settle_cuts()
         base, start = p.cut_for(p.total)
         upto = p.total
         onnx = self.decoder.onnx
@@ -232,6 +233,7 @@ class Stream:
     def _speculate(self) -> None:
         p = self.p
         p.inflight = p.total
+        self._settle_cuts()
         base, start, job = p.job()
         self.decoder.submit(self, Tag(p.gen, p.turn_no, base, start), job, p.total)
 
@@ -246,7 +248,7 @@ class Stream:
         text = self._join(tag.base, tag.start, done.text)
         if tag.gen != p.gen:
             if done.cutoff == p.cut_ok:
-                p.add_cut(text, done.cutoff, tag.start, p.cut_pause, done.ending)
+                p.add_cut(text, done.cutoff, tag.start, p.cut_pause, done.ending, done.heard)
                 if self._cut_final():
                     return
             # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
@@ -258,7 +260,7 @@ class Stream:
             return
         p.inflight = None
         # a decode from a cut: its ids are not the whole turn's
-        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None, done.ending)
+        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None, done.ending, done.heard)
         self.t_decode = (done.seconds, done.length)
         self.t_waited = done.waited
         self._maybe_commit()
@@ -286,6 +288,8 @@ class Stream:
         its final comes as soon as that decode is back, not at moonshine's late line end (4-8 s late at 4 streams),
         never inside a word, and the next turn starts exactly at the cut, so the words after it are in no gap."""
         p = self.p
+        if p.turn_open and p.onnx_mode and p.final_cut() is not None:
+            self._settle_cuts(final=True)
         cut = p.final_cut() if p.turn_open and p.onnx_mode else None
         if cut is None:
             return False
@@ -301,8 +305,34 @@ class Stream:
         """The decode's text as it is sent (worker.FinalDecoder.judge: a trailing . ? ! only at a sentence end)."""
         if done.job is None or not done.ids or self.decoder.endings is None or self.t.sentence_end <= 0:
             return done
-        text, ending = self.decoder.judge(done.job, done.ids)
-        return done._replace(text=text, ending=ending, job=None)
+        job = done.job
+        text, ending, words = self.decoder.judge(job, done.ids)
+        heard = None
+        if words is not None:  # it kept its mark: as a cut, that mark is judged again when speech went on
+            heard = (done.cutoff - (len(job.audio) - int(self.t.pad_seconds * RATE)), job.prefix, words)
+        return done._replace(text=text, ending=ending, job=None, heard=heard)
+
+    def _settle_cuts(self, final: bool = False) -> None:
+        """Before a cut's text is used (a base for later decodes, or a long turn's final), the sentence mark it kept
+        is judged again with the speech that followed it (tuning.cut_right_seconds of it; for a final cut, what there
+        is): a pause between words looks like a sentence end on audio that ends there ("consider how. Much there
+        might"), not once the decoder hears the sentence go on. Without the mark, the cut ends as a turn does
+        (FinalDecoder.judge: a comma, or nothing) and the decode after it may start in lower case (_join)."""
+        p = self.p
+        for i, cut in enumerate(p.cuts):
+            if cut.heard is None:
+                continue
+            start, prefix, words = cut.heard
+            end = cut.at + int(self.t.cut_right_seconds * RATE)
+            if p.total < end and not final:
+                continue
+            audio = p.audio_between(start, min(end, p.total))
+            if audio is None:
+                p.cuts[i] = cut._replace(heard=None)
+                continue
+            kept, mark, logp = self.decoder.judge_again(audio, prefix, words)
+            text = cut.text if kept else cut.text.rstrip().rstrip(".?!\u2026") + mark
+            p.cuts[i] = cut._replace(text=text, ending=logp, heard=None)
 
     def _after(self, text: str, ending, speech_end: int) -> tuple | None:
         """What the planner keeps of a final that ends without a sentence mark (TurnPlanner.after)."""
@@ -328,6 +358,7 @@ class Stream:
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
         """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
         t = time.monotonic()
+        self._settle_cuts(final=True)
         base, start, job = self.p.job()
         text, ids = self.decoder.decode(job)
         self.t_decode = (time.monotonic() - t, len(job.audio) / RATE)
@@ -459,6 +490,7 @@ class BatchStream(Stream):
     def _speculate(self) -> None:
         p = self.p
         p.inflight = p.total
+        self._settle_cuts()
         base, start, job = p.job()
         tag = Tag(p.gen, p.turn_no, base, start)
         t = time.monotonic()
