@@ -362,7 +362,7 @@ def test_deepgram_prerecorded(deepgram_app, bsim):
     client = OpenAI(base_url=f"{deepgram_app.http}/v1", api_key="x", max_retries=0)
     out = client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", WAV, "audio/wav"),
                                              response_format="verbose_json", prompt="Caption Relay, moonshine",
-                                             timestamp_granularities=["word", "segment"])
+                                             timestamp_granularities=["word"])
     (got,) = bsim.received
     assert got.path == "/v1/listen" and got.headers["authorization"] == f"Token {TEST_DG_KEY}"
     assert got.file == WAV and got.headers["content-type"] == "audio/wav"
@@ -528,3 +528,14 @@ def test_local_words_are_the_live_finals_estimates(client, local_app):
         assert round(seconds(*c[1:5]), 3) in starts, (c, stored)  # a cue starts where its first word does
     assert any(len(t["text"]) > 84 for t in turns) and len(cues) > len(turns), (turns, cues)  # long turns, split
     assert not [c for c in cues if c[9].endswith("Mr.")], cues  # "And Mr." is no cue (exports.ends_sentence)
+
+
+def test_words_without_segments_are_split_at_sentence_ends():
+    """A provider's words without segments: a segment per sentence by exports.ends_sentence ("Mr." ends none, "…"
+    and a closing curly quote do), not a copy of the rule that split "Ask Mr." off."""
+    from webapp.upstreams.batch import _segments_from_words
+
+    said = "Ask Mr. Brown. He waited… “Come in.” Then".split()
+    words = [{"word": w, "start": float(i), "end": i + 0.5} for i, w in enumerate(said)]
+    segments = _segments_from_words(words, 10.0, " ".join(said))
+    assert [s.text for s in segments] == ["Ask Mr. Brown.", "He waited…", "“Come in.”", "Then"]

@@ -23,6 +23,7 @@ import httpx
 
 from .. import protocol
 from ..config import Settings
+from ..exports import ends_sentence
 from ..logs import fields
 
 log = logging.getLogger(__name__)
@@ -240,14 +241,15 @@ def _words(raw: Any, text_key: str = "word") -> list[dict[str, Any]]:
 
 
 def _segments_from_words(words: list[dict[str, Any]], duration: float, text: str) -> list[Segment]:
-    """A provider that gave words but no segments: a segment per sentence (or per 12 s)."""
+    """A provider that gave words but no segments: a segment per sentence (exports.ends_sentence, the one rule:
+    "Mr." ends none, "…" does) or per 12 s."""
     if not words:
         return [Segment(0.0, duration, text)] if text.strip() else []
     out: list[Segment] = []
     group: list[dict[str, Any]] = []
     for w in words:
         group.append(w)
-        if w["word"].rstrip().endswith((".", "?", "!")) or w["end"] - group[0]["start"] >= 12.0:
+        if ends_sentence(w["word"]) or w["end"] - group[0]["start"] >= 12.0:
             out.append(Segment(group[0]["start"], group[-1]["end"], " ".join(g["word"] for g in group), group))
             group = []
     if group:
