@@ -203,7 +203,7 @@ class Stream:
     def _onnx_interim(self) -> None:
         """The turn so far (from its latest cut, if any), decoded on this thread with the last interim as draft."""
         p = self.p
-        self._settle_cuts()
+        self._settle_cut(p.cut_for(p.total)[1])
         base, start = p.cut_for(p.total)
         upto = p.total
         onnx = self.decoder.onnx
@@ -233,7 +233,7 @@ class Stream:
     def _speculate(self) -> None:
         p = self.p
         p.inflight = p.total
-        self._settle_cuts()
+        self._settle_cut(p.cut_for(p.total)[1])
         base, start, job = p.job()
         self.decoder.submit(self, Tag(p.gen, p.turn_no, base, start), job, p.total)
 
@@ -288,9 +288,10 @@ class Stream:
         its final comes as soon as that decode is back, not at moonshine's late line end (4-8 s late at 4 streams),
         never inside a word, and the next turn starts exactly at the cut, so the words after it are in no gap."""
         p = self.p
-        if p.turn_open and p.onnx_mode and p.final_cut() is not None:
-            self._settle_cuts(final=True)
         cut = p.final_cut() if p.turn_open and p.onnx_mode else None
+        if cut is not None:
+            self._settle_cut(cut.at, final=True)
+            cut = p.final_cut()
         if cut is None:
             return False
         text, at = cut.text, cut.at
@@ -312,27 +313,30 @@ class Stream:
             heard = (done.cutoff - (len(job.audio) - int(self.t.pad_seconds * RATE)), job.prefix, words)
         return done._replace(text=text, ending=ending, job=None, heard=heard)
 
-    def _settle_cuts(self, final: bool = False) -> None:
+    def _settle_cut(self, at: int | None, final: bool = False) -> None:
         """Before a cut's text is used (a base for later decodes, or a long turn's final), the sentence mark it kept
         is judged again with the speech that followed it (tuning.cut_right_seconds of it; for a final cut, what there
         is): a pause between words looks like a sentence end on audio that ends there ("consider how. Much there
         might"), not once the decoder hears the sentence go on. Without the mark, the cut ends as a turn does
-        (FinalDecoder.judge: a comma, or nothing) and the decode after it may start in lower case (_join)."""
+        (FinalDecoder.judge: a comma, or nothing) and the decode after it may start in lower case (_join). Only the
+        cut about to be used: one encoder run per cut that becomes a base."""
         p = self.p
-        for i, cut in enumerate(p.cuts):
-            if cut.heard is None:
-                continue
-            start, prefix, words = cut.heard
-            end = cut.at + int(self.t.cut_right_seconds * RATE)
-            if p.total < end and not final:
-                continue
-            audio = p.audio_between(start, min(end, p.total))
-            if audio is None:
-                p.cuts[i] = cut._replace(heard=None)
-                continue
-            kept, mark, logp = self.decoder.judge_again(audio, prefix, words)
-            text = cut.text if kept else cut.text.rstrip().rstrip(".?!\u2026") + mark
-            p.cuts[i] = cut._replace(text=text, ending=logp, heard=None)
+        i = next((k for k, c in enumerate(p.cuts) if c.at == at and c.heard is not None), None)
+        if i is None:
+            return
+        cut = p.cuts[i]
+        assert cut.heard is not None
+        start, prefix, words = cut.heard
+        end = cut.at + int(self.t.cut_right_seconds * RATE)
+        if p.total < end and not final:
+            return
+        audio = p.audio_between(start, min(end, p.total))
+        if audio is None:
+            p.cuts[i] = cut._replace(heard=None)
+            return
+        kept, mark, logp = self.decoder.judge_again(audio, prefix, words)
+        text = cut.text if kept else cut.text.rstrip().rstrip(".?!\u2026") + mark
+        p.cuts[i] = cut._replace(text=text, ending=logp, heard=None)
 
     def _after(self, text: str, ending, speech_end: int) -> tuple | None:
         """What the planner keeps of a final that ends without a sentence mark (TurnPlanner.after)."""
@@ -358,7 +362,7 @@ class Stream:
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
         """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
         t = time.monotonic()
-        self._settle_cuts(final=True)
+        self._settle_cut(self.p.cut_for(self.p.total)[1], final=True)
         base, start, job = self.p.job()
         text, ids = self.decoder.decode(job)
         self.t_decode = (time.monotonic() - t, len(job.audio) / RATE)
@@ -490,7 +494,7 @@ class BatchStream(Stream):
     def _speculate(self) -> None:
         p = self.p
         p.inflight = p.total
-        self._settle_cuts()
+        self._settle_cut(p.cut_for(p.total)[1])
         base, start, job = p.job()
         tag = Tag(p.gen, p.turn_no, base, start)
         t = time.monotonic()
