@@ -368,14 +368,14 @@ def test_a_cut_keeps_its_full_stop_only_if_the_speech_after_it_agrees(model_dir)
     c = speech.joined(speech.real_clips()[:5], "librivox-joined")  # one 22 s turn: the app cuts it at its pauses
     x = c.samples.astype(np.float32) / 32768
 
-    def kept(at_seconds: float) -> tuple[bool, str]:
+    def ending(at_seconds: float) -> str:
         at = int(at_seconds * RATE)
         job = Job(with_tail(c.pcm[: 2 * at]), True, True)
         text, ids = fd.decode(job)
         shown, _, words = fd.judge(job, ids)
         assert words is not None and shown.endswith("."), shown  # the first judge keeps it: the case at hand
-        return fd.judge_again(x[: at + int(Tuning.cut_right_seconds * RATE)], (), words)[0], shown
+        return fd.judge_again(x[: at + int(Tuning.cut_right_seconds * RATE)], (), words)[0]
 
     for at in (3.76, 4.64, 7.36):  # "... consider how." "... how much there might." "... for it. He was not."
-        assert not kept(at)[0], at
-    assert kept(6.56)[0]  # "... in his power to do for it." (Austen: "for them.")
+        assert ending(at) == "", at
+    assert ending(6.56) == "."  # "... in his power to do for it." (Austen: "for them.")

@@ -309,17 +309,17 @@ class Stream:
         job = done.job
         text, ending, words = self.decoder.judge(job, done.ids)
         heard = None
-        if words is not None:  # it kept its mark: as a cut, that mark is judged again when speech went on
+        if words is not None:  # as a cut, its ending is judged again once the speech after it is heard
             heard = (done.cutoff - (len(job.audio) - int(self.t.pad_seconds * RATE)), job.prefix, words)
         return done._replace(text=text, ending=ending, job=None, heard=heard)
 
     def _settle_cut(self, at: int | None, final: bool = False) -> None:
-        """Before a cut's text is used (a base for later decodes, or a long turn's final), the sentence mark it kept
-        is judged again with the speech that followed it (tuning.cut_right_seconds of it; for a final cut, what there
-        is): a pause between words looks like a sentence end on audio that ends there ("consider how. Much there
-        might"), not once the decoder hears the sentence go on. Without the mark, the cut ends as a turn does
-        (FinalDecoder.judge: a comma, or nothing) and the decode after it may start in lower case (_join). Only the
-        cut about to be used: one encoder run per cut that becomes a base."""
+        """Before a cut's text is used (a base for later decodes, or a long turn's final), the end its decode gave it
+        (a sentence mark, a comma, or nothing: FinalDecoder.judge) is judged again with the speech that followed it
+        (tuning.cut_right_seconds of it; for a final cut, what there is): a pause between words looks like a
+        sentence end on audio that ends there ("consider how. Much there might"), not once the decoder hears the
+        sentence go on; the decode after it may then start in lower case (_join). Only the cut about to be used:
+        one encoder run per cut that becomes a base."""
         p = self.p
         i = next((k for k, c in enumerate(p.cuts) if c.at == at and c.heard is not None), None)
         if i is None:
@@ -334,8 +334,8 @@ class Stream:
         if audio is None:
             p.cuts[i] = cut._replace(heard=None)
             return
-        kept, mark, logp = self.decoder.judge_again(audio, prefix, words)
-        text = cut.text if kept else cut.text.rstrip().rstrip(".?!\u2026") + mark
+        end, logp = self.decoder.judge_again(audio, prefix, words)
+        text = cut.text.rstrip().rstrip(".?!\u2026,") + end
         p.cuts[i] = cut._replace(text=text, ending=logp, heard=None)
 
     def _after(self, text: str, ending, speech_end: int) -> tuple | None:

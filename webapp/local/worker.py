@@ -98,7 +98,7 @@ class FinalDecoder:
         text with "." because the audio ends), gives a sentence mark after the last word at least
         tuning.sentence_end; a turn or cut that ends at a pause inside a sentence must not end it (issue 22). Also
         the decoder's log-probabilities after the last word (None if the ids end in no sentence mark), and the word
-        ids before the mark if the text kept it (a cut's mark is judged again later: Stream._settle_cuts). One encoder
+        ids before the mark (a cut's ending is judged again with the speech after it: Stream._settle_cut). One encoder
         run and one decoder pass, on the stream's thread (run there, the final decoder's queue does not wait).
         The ids themselves keep the mark: as the next turn's context, the text without it read "It was the epoch"
         after "belief" as "that was the epoch"."""
@@ -113,7 +113,7 @@ class FinalDecoder:
         logp = e.next_logp(heard, job.prefix, words)
         if e.sentence_end(logp) >= self.tuning.sentence_end:
             return self.onnx.text(shown), logp, words
-        return self._without_mark(self.onnx.text(words), logp), logp, None
+        return self._without_mark(self.onnx.text(words), logp), logp, words
 
     def _without_mark(self, text: str, logp: np.ndarray) -> str:
         """A text whose sentence mark was dropped: it ends with a comma if the decoder would put one there."""
@@ -125,16 +125,16 @@ class FinalDecoder:
         assert self.endings is not None
         return "," if 0 < self.tuning.clause_end <= self.endings.clause_end(logp) else ""
 
-    def judge_again(
-        self, audio: np.ndarray, prefix: tuple[int, ...], words: tuple[int, ...]
-    ) -> tuple[bool, str, np.ndarray]:
-        """A cut's sentence mark, on its audio and the speech that followed it (Stream._settle_cuts): (kept, the
-        mark or the comma that replaces it, or "", the log-probabilities after its last word)."""
+    def judge_again(self, audio: np.ndarray, prefix: tuple[int, ...], words: tuple[int, ...]) -> tuple[str, np.ndarray]:
+        """A cut's end, on its audio and the speech that followed it (Stream._settle_cut): the decoder's likeliest
+        sentence mark if it gives one at least tuning.cut_sentence_end, else a comma or "" (as judge), and the
+        log-probabilities after its last word."""
         assert self.endings is not None and self.onnx is not None
-        logp = self.endings.next_logp(audio, prefix, words)
-        if self.endings.sentence_end(logp) >= self.tuning.cut_sentence_end:
-            return True, "", logp
-        return False, self._comma(logp), logp
+        e = self.endings
+        logp = e.next_logp(audio, prefix, words)
+        if e.sentence_end(logp) >= self.tuning.cut_sentence_end:
+            return self.onnx.text([e.likeliest_mark(logp)]), logp
+        return self._comma(logp), logp
 
     def _run(self) -> None:
         while True:
