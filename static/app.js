@@ -2,7 +2,7 @@
 import { listMicrophones, startCapture } from './capture.js';
 import { CAPTURE_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
-import { appendTurn, settle } from './flow.js'; // turns of one sentence as one paragraph (issue 22)
+import { appendTurn, setTimes, settle } from './flow.js'; // turns of one sentence as one paragraph (issue 22)
 import { setupPresentation } from './present.js'; // presentation mode (issue 19)
 import { CaptureSession } from './session.js';
 import { Transcript, downloadName } from './transcript.js';
@@ -133,9 +133,11 @@ function render({ entry, committed }) {
   if (!p) {
     p = document.createElement('span');
     p.dataset.turn = String(entry.turn);
+    setTimes(p, entry);
     turnEls.set(entry.key, p);
     appendTurn(box, p); // the turns of one sentence are one paragraph (static/flow.js)
   }
+  setTimes(p, entry); // a new paragraph after a pause (static/flow.js)
   p.className = `turn ${entry.final ? 'final' : 'interim'}${entry.recovered ? ' recovered' : ''}${entry.eager ? ' eager' : ''}${entry.text ? '' : ' empty'}`;
   if (entry.recovered) p.title = 'Kept from before the connection was lost';
   else p.removeAttribute('title');

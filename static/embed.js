@@ -2,7 +2,7 @@
 // of someone else's shared session (view mode), in a frame of a site the embed key names. It reports to the
 // embedding page with postMessage and takes start/stop commands from it.
 import { watchLive } from './watch.js';
-import { appendTurn, settle } from './flow.js';
+import { appendTurn, setTimes, settle } from './flow.js';
 import { describeCaptureError, startCapture } from './capture.js';
 import { CAPTURE_LABELS, VIEW_LABELS, stateLabel } from './labels.js';
 import { levelToMeter } from './pcm.js';
@@ -113,10 +113,12 @@ function removeTurn(node) {
   if (para && !para.querySelector('.turn')) para.remove();
 }
 
-function showLine(key, text, final) {
+// `times`: the turn's {start, end} in seconds, if known (a new paragraph after a pause, static/flow.js).
+function showLine(key, text, final, times = {}) {
   let p = paragraphs.get(key);
   if (!p) {
     p = document.createElement('span');
+    setTimes(p, times);
     paragraphs.set(key, p);
     appendTurn(el.captions, p);
     while (paragraphs.size > KEPT) {
@@ -126,6 +128,7 @@ function showLine(key, text, final) {
     }
   }
   p.className = final ? 'turn final' : 'turn interim';
+  setTimes(p, times);
   p.textContent = text;
   settle(el.captions, p);
   if (final && text) el.announcer.textContent = text; // finals only: interims would chatter
@@ -165,7 +168,7 @@ function micMessage(err) {
 }
 
 function onChange({ entry, committed }) {
-  if (entry.text || entry.final) showLine(entry.key, entry.text, entry.final);
+  if (entry.text || entry.final) showLine(entry.key, entry.text, entry.final, entry);
   else dropLine(entry.key);
   if (committed && entry.text) hooks.finals = transcript.finals;
   hooks.interim = entry.final ? '' : entry.text;
@@ -258,7 +261,7 @@ function watch() {
         interimKey = null;
         hooks.finals = [];
         for (const t of msg.turns.slice(-KEPT)) {
-          showLine(finalKey(t.seq), t.text, true);
+          showLine(finalKey(t.seq), t.text, true, t);
           hooks.finals.push(t.text);
         }
         if (msg.live) setState('live');
@@ -276,12 +279,12 @@ function watch() {
           if (paragraphs.has(finalKey(msg.seq))) return; // already in the snapshot
           if (interimKey) dropLine(interimKey);
           interimKey = null;
-          showLine(finalKey(msg.seq), msg.text, true);
+          showLine(finalKey(msg.seq), msg.text, true, msg);
           hooks.finals.push(msg.text);
           hooks.interim = '';
         } else {
           interimKey ??= `interim-${msg.turn}-${Date.now()}`;
-          showLine(interimKey, msg.text, false);
+          showLine(interimKey, msg.text, false, msg);
           hooks.interim = msg.text;
         }
         post('transcript', { turn: msg.turn, text: msg.text, final: Boolean(msg.final), start: msg.start, end: msg.end });

@@ -2,7 +2,7 @@
 // styled by URL parameters (static/caption-style.js validates them; docs/overlay.md lists them), on the
 // same live socket as the viewer page (static/watch.js).
 import { watchLive } from './watch.js';
-import { appendTurn, settle } from './flow.js';
+import { appendTurn, setTimes, settle } from './flow.js';
 import { cssFor, parseParams } from './caption-style.js';
 
 const MAX_LINES = 40; // sentences kept in the DOM; only the last `lines` lines show
@@ -44,9 +44,10 @@ let done = document.body.dataset.live !== 'true';
 let clearTimer = 0;
 let sampleShown = false;
 
-function line(text, kind) {
+function line(text, kind, t = {}) {
   const p = document.createElement('span');
   p.className = `turn line ${kind}`; // inside a paragraph per sentence (static/flow.js)
+  setTimes(p, t); // a new paragraph after a pause too
   p.textContent = text;
   return p;
 }
@@ -83,7 +84,7 @@ function final(t) {
   if (Number.isInteger(t.seq) && t.seq <= lastSeq) return; // already shown (snapshot, then the live feed)
   if (Number.isInteger(t.seq)) lastSeq = t.seq;
   dropSample();
-  const p = line(t.text, 'final');
+  const p = line(t.text, 'final', t);
   if (interimEl) interimEl.replaceWith(p);
   else appendTurn(captions, p);
   settle(captions, p);
@@ -97,9 +98,10 @@ function interim(t) {
   if (!values.interim) return;
   dropSample();
   if (!interimEl) {
-    interimEl = line('', 'interim');
+    interimEl = line('', 'interim', t);
     appendTurn(captions, interimEl);
   }
+  setTimes(interimEl, t);
   interimEl.textContent = t.text;
   settle(captions, interimEl);
   hooks.interim = t.text;

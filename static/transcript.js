@@ -11,9 +11,15 @@
 
 import { joinTurns } from './flow.js';
 
+// The turn's times, seconds of the stream (docs/protocol.md): a paragraph breaks at a pause (static/flow.js).
+function times(entry, msg) {
+  if (Number.isFinite(msg.start)) entry.start = msg.start;
+  if (Number.isFinite(msg.end)) entry.end = msg.end;
+}
+
 export class Transcript {
   constructor() {
-    this.entries = new Map(); // key -> {key, turn, text, final, eager, recovered}; Map keeps insertion order
+    this.entries = new Map(); // key -> {key, turn, text, final, eager, recovered, start, end}, in insertion order
     this.session = 0;
     this.alias = new Map(); // turn -> key, for a turn number reused after a recovered line
     this.reuse = 0;
@@ -38,7 +44,7 @@ export class Transcript {
       entry = null;
     }
     if (!entry) {
-      entry = { key, turn, text: '', final: false, eager: false, recovered: false };
+      entry = { key, turn, text: '', final: false, eager: false, recovered: false, start: null, end: null };
       this.entries.set(key, entry);
     }
     return entry;
@@ -53,9 +59,11 @@ export class Transcript {
         // the server's final of the turn we kept from before the reconnect
         entry.text = typeof msg.text === 'string' && msg.text ? msg.text : entry.text;
         entry.recovered = false;
+        times(entry, msg);
         return { entry, committed: true };
       }
       if (entry.final && !msg.final) return null; // a late interim must not reopen a committed turn
+      times(entry, msg);
       const committed = Boolean(msg.final) && !entry.final;
       entry.text = typeof msg.text === 'string' ? msg.text : '';
       entry.final = Boolean(msg.final);
@@ -96,12 +104,16 @@ export class Transcript {
   }
 
   get finals() {
-    return [...this.entries.values()].filter((e) => e.final && e.text).map((e) => e.text);
+    return this.finalTurns.map((e) => e.text);
   }
 
-  // The committed text, one sentence per line as the page shows it (what copy and download use).
+  get finalTurns() {
+    return [...this.entries.values()].filter((e) => e.final && e.text);
+  }
+
+  // The committed text, a line per paragraph as the page shows it (what copy and download use).
   finalText() {
-    const text = joinTurns(this.finals);
+    const text = joinTurns(this.finalTurns);
     return text ? `${text}\n` : '';
   }
 }

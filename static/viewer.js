@@ -5,7 +5,7 @@ import { setupBuilder } from './overlay-builder.js';
 import { setupPresentation } from './present.js';
 import { VIEW_LABELS, localizeTimes, stateLabel } from './labels.js';
 import { watchLive } from './watch.js';
-import { appendTurn, regroup, settle } from './flow.js';
+import { appendTurn, regroup, setTimes, settle } from './flow.js';
 
 const $ = (id) => document.getElementById(id);
 const box = $('transcript');
@@ -59,6 +59,7 @@ function finalEl(t) {
   p.className = 'turn final';
   p.dataset.seq = String(t.seq);
   p.dataset.turn = String(t.turn);
+  setTimes(p, t); // a new paragraph after a pause (static/flow.js)
   p.textContent = t.text;
   return p;
 }
@@ -105,9 +106,11 @@ function transcript(msg) {
     if (!interimEl) {
       interimEl = document.createElement('span');
       interimEl.className = 'turn interim';
+      setTimes(interimEl, msg);
       appendTurn(box, interimEl);
     }
     interimEl.dataset.turn = String(msg.turn);
+    setTimes(interimEl, msg);
     const text = typeof msg.text === 'string' ? msg.text : '';
     // the interim's prefix the last two hypotheses agreed on; the tail may still change (docs/protocol.md)
     const stable = Number.isInteger(msg.stable_chars) ? Math.max(0, Math.min(msg.stable_chars, text.length)) : text.length;

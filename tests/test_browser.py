@@ -120,6 +120,34 @@ def test_turns_of_one_sentence_read_as_one_paragraph(flux_app, sim, speech_wav):
             assert [t.strip() for t in p.locator("#transcript .para").all_inner_texts()] == want
             first, second = (p.locator("#transcript .final").nth(i).bounding_box() for i in (0, 1))
             assert first and second and abs(first["y"] - second["y"]) < 2  # one line: the second turn follows on
+        assert viewer.locator("#transcript .final[data-start][data-end]").count() == 3  # the server's times
+        # a turn that starts 1.5 s or more after the last one ended starts a paragraph, also when its interim
+        # was shown before its times were known (flow.js settle); the rule itself: tests/js/flow.test.mjs
+        paras = viewer.evaluate(GAP_JS)
+        assert paras == [["one two", "three"], ["one two three"]], paras
         page.click("#copy")
         copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == "\n".join(want) + "\n"
+
+
+GAP_JS = """async () => {
+  const f = await import('/static/flow.js');
+  const box = document.createElement('div');
+  const turn = (text, times) => {
+    const s = document.createElement('span');
+    s.className = 'turn final';
+    s.textContent = text;
+    f.setTimes(s, times);
+    return s;
+  };
+  const texts = () => [...box.children].map((p) => p.textContent);
+  f.appendTurn(box, turn('one two', { start: 0, end: 1 }));
+  const next = turn('three', {});
+  f.appendTurn(box, next);
+  f.setTimes(next, { start: 2.5, end: 3 });
+  f.settle(box, next);
+  const apart = texts();
+  f.setTimes(next, { start: 2.4, end: 3 });
+  f.settle(box, next);
+  return [apart, texts()];
+}"""

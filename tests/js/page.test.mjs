@@ -70,6 +70,16 @@ test('Transcript: interim replaces in place, final commits, late interim ignored
   assert.equal(t.finalText(), '');
 });
 
+test('copied text starts a line where a turn starts 1.5 s or more after the last one ended', () => {
+  const t = new Transcript();
+  t.apply({ type: 'transcript', turn: 0, text: 'made amiable', final: false, start: 2, end: 4 });
+  t.apply({ type: 'transcript', turn: 0, text: 'made amiable himself', final: true, start: 2, end: 5 });
+  t.apply({ type: 'transcript', turn: 1, text: 'It was the best', final: true, start: 6.5, end: 8 });
+  t.apply({ type: 'transcript', turn: 2, text: 'of times.', final: true, start: 8.2, end: 9 });
+  assert.deepEqual(t.finalTurns.map((e) => [e.start, e.end]), [[2, 5], [6.5, 8], [8.2, 9]]);
+  assert.equal(t.finalText(), 'made amiable himself\nIt was the best of times.\n');
+});
+
 test('downloadName and audio constraints', () => {
   assert.equal(downloadName(new Date(2024, 4, 1, 14, 32)), 'captions-2024-05-01-1432.txt');
   const off = audioConstraints({});
