@@ -8,6 +8,7 @@ import io
 import re
 import time
 import wave
+from itertools import pairwise
 
 import av
 import httpx
@@ -19,7 +20,7 @@ from browser import browser
 from conftest import ARTIFACTS, TEST_AIG_KEY, TEST_DG_KEY, running_app
 from openai import OpenAI
 from playwright.sync_api import expect
-from speech import clip, speech_bounds, wer
+from speech import clip, joined, speech_bounds, wer
 
 CLIPS = ["lv-0880", "lv-0930", "goforward"]
 ACCESS = "batch-access-token-0123456789"
@@ -483,3 +484,58 @@ def test_a_third_job_is_503_and_a_client_that_leaves_frees_its_slot(session_tmp)
         assert r.status_code == 200 and "forward" in r.json()["text"].lower()
         left = [line for line in app.log_text().splitlines() if "batch_finished" in line and '"reason": "error"' in line]
         assert len(left) == 3  # the two jobs whose clients left (recorded as far as they got) and the refused one
+
+
+# ---- estimated word times (issue 22 item 5) ----------------------------------------------------------------
+
+
+def test_local_words_are_the_live_finals_estimates(client, local_app):
+    """The first three LibriVox clips joined without pauses (consecutive sentences of one reading, long turns): verbose_json's words are the
+    estimated word times live finals carry (webapp/local/wordtimes.py), in OpenAI's shape: in order, inside the
+    speech, leaving the reader's pauses out (not spread over each segment by length, as the batch path did when it
+    dropped them), each clip's first word near the clip's real start. An SRT of the first two splits the long
+    turns into cues of at most 2 x 42 characters at those words' times; the stored session has them marked."""
+    from test_local import sentence_start_errors, true_starts
+
+    clips = [clip(n) for n in ("lv-0870", "lv-0880", "lv-0890")]
+    pcm = noise(0.3) + joined(clips, "joined", 0.0).pcm + noise(1.2)
+    out = client.audio.transcriptions.create(model="whisper-1", file=("read.wav", wav_bytes(pcm)),
+                                             response_format="verbose_json", timestamp_granularities=["word", "segment"])
+    words = out.words
+    assert [w.word for w in words] == out.text.split() and all(set(w.model_dump()) == {"word", "start", "end"}
+                                                               for w in words)
+    onset, offset = speech_bounds(pcm, min_sound=0.1)
+    times = [t for w in words for t in (w.start, w.end)]
+    assert times == sorted(times) and onset - 0.3 <= times[0] and times[-1] <= offset + 0.3, (onset, offset, words)
+    # the pauses between the clips (0.2 s at least) and after commas are no word's: gaps inside segments
+    gaps = [b.start - a.end for s in out.segments for a, b in pairwise(words) if s.start <= a.start < b.end <= s.end]
+    assert sum(g >= 0.15 for g in gaps) >= 2, (gaps, words)
+    errors = sentence_start_errors(clips, true_starts(clips, 0.3, 0.0), [w.model_dump() for w in words])
+    assert sorted(abs(e) for e in errors)[len(errors) // 2] <= 0.2 and sum(abs(e) > 0.5 for e in errors) <= 1, errors
+
+    pcm = noise(0.3) + joined(clips[:2], "joined", 0.0).pcm + noise(1.2)
+    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=("read.wav", wav_bytes(pcm)),
+                                                               response_format="srt")
+    turns = httpx.get(f"{local_app.http}{raw.headers['x-session-url']}/transcript.json").json()["turns"]
+    stored = [w for t in turns for w in t["words"]]
+    assert [w["word"] for w in stored] == " ".join(t["text"] for t in turns).split()
+    assert all(w["estimated"] is True for w in stored)
+    cues = SRT_CUE.findall(raw.parse())
+    starts = {round(w["start"], 3) for w in stored}
+    for c in cues:
+        lines = c[9].split("\n")
+        assert len(lines) <= 2 and all(len(line) <= 42 for line in lines), c
+        assert round(seconds(*c[1:5]), 3) in starts, (c, stored)  # a cue starts where its first word does
+    assert any(len(t["text"]) > 84 for t in turns) and len(cues) > len(turns), (turns, cues)  # long turns, split
+    assert not [c for c in cues if c[9].endswith("Mr.")], cues  # "And Mr." is no cue (exports.ends_sentence)
+
+
+def test_words_without_segments_are_split_at_sentence_ends():
+    """A provider's words without segments: a segment per sentence by exports.ends_sentence ("Mr." ends none, "…"
+    and a closing curly quote do), not a copy of the rule that split "Ask Mr." off."""
+    from webapp.upstreams.batch import _segments_from_words
+
+    said = "Ask Mr. Brown. He waited… “Come in.” Then".split()
+    words = [{"word": w, "start": float(i), "end": i + 0.5} for i, w in enumerate(said)]
+    segments = _segments_from_words(words, 10.0, " ".join(said))
+    assert [s.text for s in segments] == ["Ask Mr. Brown.", "He waited…", "“Come in.”", "Then"]

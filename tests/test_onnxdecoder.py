@@ -382,3 +382,25 @@ def test_a_turn_keeps_its_full_stop_only_at_a_sentence_end(model_dir):
     turns = [judged(reading[2 * a : 2 * b]) for a, b, _ in speech.endpointer_turns(reading)]
     assert len(turns) >= 3, turns
     assert sum(t[-1:] in ".?!" for t in turns) <= 1, turns
+
+
+def test_a_cut_keeps_its_full_stop_only_if_the_speech_after_it_agrees(model_dir):
+    """Issue 22: inside a long turn a pause between words is a cut, and on the audio up to it tiny-en ends the
+    words with "." (P 0.89-0.99 here, "as heard": FinalDecoder.judge keeps it). Once the speech after it is heard
+    (0.5 s of it), the decoder gives the mark ~0.0 where the sentence goes on ("consider how. | much there might")
+    and keeps it where the print ends one ("to do for them. | He was not")."""
+    fd = FinalDecoder(None, OnnxDecoder(model_dir), tuning=Tuning())
+    c = speech.joined(speech.real_clips()[:5], "librivox-joined")  # one 22 s turn: the app cuts it at its pauses
+    x = c.samples.astype(np.float32) / 32768
+
+    def ending(at_seconds: float) -> str:
+        at = int(at_seconds * RATE)
+        job = Job(with_tail(c.pcm[: 2 * at]), True, True)
+        text, ids = fd.decode(job)
+        shown, _, words = fd.judge(job, ids)
+        assert words is not None and shown.endswith("."), shown  # the first judge keeps it: the case at hand
+        return fd.judge_again(x[: at + int(Tuning.cut_right_seconds * RATE)], (), words)[0]
+
+    for at in (3.76, 4.64, 7.36):  # "... consider how." "... how much there might." "... for it. He was not."
+        assert ending(at) == "", at
+    assert ending(6.56) == "."  # "... in his power to do for it." (Austen: "for them.")

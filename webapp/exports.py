@@ -31,6 +31,7 @@ MIN_CUE_SECONDS = 1.0
 JOIN_GAP = 1.5  # seconds: a turn that did not end a sentence runs on into the next one that starts this soon
 SENTENCE_MARKS = (".", "?", "!", "…")
 CLAUSE_MARKS = (",", ";", ":", "-", "–", "—")  # noqa: RUF001 (dashes, as typed)
+CLOSERS = "\"')]»”’"  # closing quotes and brackets: a mark before them still ends the sentence or clause
 # The price of a split (_split): per cue break by what ends the cue, plus per cue, plus per cue's empty room.
 CLAUSE_BREAK = 0.4
 PAUSE_BREAK = 0.5  # after a word followed by at least BREAK_PAUSE seconds of silence
@@ -152,8 +153,13 @@ _TITLE = re.compile(r"(?:^|\s)[B-DF-HJ-NP-TV-XZ][b-df-hj-np-tv-xz]{1,2}\.$")
 
 def ends_sentence(text: str) -> bool:
     """The text ends a sentence: its last mark (closing quotes and brackets aside) is . ? ! or …"""
-    text = text.rstrip().rstrip("\"')]»”’")
+    text = text.rstrip().rstrip(CLOSERS)
     return text.endswith(SENTENCE_MARKS) and not _TITLE.search(text)
+
+
+def ends_clause(text: str) -> bool:
+    """The text ends a clause: its last mark (closing quotes and brackets aside) is , ; : or a dash."""
+    return text.rstrip().rstrip(CLOSERS).endswith(CLAUSE_MARKS)
 
 
 def _runs(turns: Iterable[dict[str, Any]]) -> list[tuple[list[Word], set[int]]]:
@@ -182,7 +188,7 @@ def _break_cost(word: Word, nxt: Word, turn_end: bool) -> float:
     clause mark or a pause (one of BREAK_PAUSE, or where the recognizer ended a turn), most inside a clause."""
     if ends_sentence(word.text):  # the one rule ("Mr." is no sentence end), as the runs and the .txt lines use it
         return 0.0
-    cost = CLAUSE_BREAK if word.text.rstrip("\"')]»”’").endswith(CLAUSE_MARKS) else MID_BREAK
+    cost = CLAUSE_BREAK if ends_clause(word.text) else MID_BREAK
     return min(cost, PAUSE_BREAK) if turn_end or nxt.start - word.end >= BREAK_PAUSE else cost
 
 

@@ -32,7 +32,8 @@ API (asyncio side):
     await stream.close()                      # finalize, flush, deliver the remaining events
     stream.abort()
 on_event(kind, data) runs on the event loop that opened the stream: kind "update" {text, start, end},
-"final" {text, start, end, trigger: model|manual|close} or "error" {message}. Times are seconds from the stream start.
+"final" {text, start, end, trigger: model|manual|close, words: estimated times (wordtimes.py)} or "error" {message}.
+Times are seconds from the stream start.
 """
 
 from .pool import CapacityError, Pool, RecognizerStream, default_max_streams, get_pool, shutdown

@@ -370,6 +370,15 @@ class Endings:
         """P(the next token is a sentence mark)."""
         return float(np.exp(logp[self.kinds == END_MARK].astype(np.float64)).sum())
 
+    def likeliest_mark(self, logp: np.ndarray) -> int:
+        """The sentence mark token (. ? ! ...) the decoder likes best here."""
+        ids = np.flatnonzero(self.kinds == END_MARK)
+        return int(ids[np.argmax(logp[ids])])
+
+    def clause_end(self, logp: np.ndarray) -> float:
+        """P(the next token is a comma, semicolon, colon or dash)."""
+        return float(np.exp(logp[self.kinds == SOFT_MARK].astype(np.float64)).sum())
+
     def lower_next(self, logp: np.ndarray, word: str) -> bool:
         """The decoder would rather go on with `word` in lower case than as written ("Be" after "might": "be";
         "John": "John"), by the first token of each."""

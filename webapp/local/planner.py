@@ -38,6 +38,9 @@ class Cut(NamedTuple):
     at: int
     pause: int = 0
     ending: np.ndarray | None = None
+    # (sample its decode's audio started at, prefix ids, the decode's word ids) while a sentence mark it ends with
+    # waits to be judged again with the speech that followed (Stream._settle_cuts)
+    heard: tuple | None = None
 
 
 class Context(NamedTuple):
@@ -57,6 +60,7 @@ class Spec(NamedTuple):
     start: int | None
     ids: tuple[int, ...] | None
     ending: np.ndarray | None = None  # as Cut.ending
+    heard: tuple | None = None  # as Cut.heard
 
 
 class Job(NamedTuple):
@@ -92,6 +96,7 @@ class Done(NamedTuple):
     waited: float  # seconds queued before the decode started
     ending: np.ndarray | None = None  # as Cut.ending
     job: Job | None = None  # what was decoded (the sentence end is judged on the stream's thread: Stream._judged)
+    heard: tuple | None = None  # as Cut.heard, if the judged text kept its sentence mark
 
 
 def join(head: str, tail: str) -> str:
@@ -126,6 +131,16 @@ def drop_repeat(text: str) -> str:
         if norm[-size:] == norm[-2 * size : -size] and all(w[-1:].isalnum() for w in tail[:-1]):
             return drop_repeat(" ".join(words[:-size]))
     return text
+
+
+# A full stop after a word of 2+ letters with a vowel (not "Mr." "vs."), then a lower-case word.
+_CONTINUED_STOP = re.compile(r"(?<![\w.])([A-Za-z]*[AEIOUYaeiouy][A-Za-z]*[A-Za-z])\. (?=[a-z])")
+
+
+def continued_stops(text: str) -> str:
+    """A full stop the decoder itself went on from in lower case ("the best of times. it was the worst") is no
+    sentence end by its own next token: it becomes a comma (tiny-en writes one at some of a reader's commas)."""
+    return _CONTINUED_STOP.sub(r"\1, ", text)
 
 
 def ends_repeated(text: str) -> bool:
@@ -295,7 +310,8 @@ class TurnPlanner:
         between_words = self.t.cut_pause > 0 and pause >= self.t.cut_pause * RATE
         if self.spec is not None and between_words:
             # it covers the turn up to this pause
-            self.add_cut(self.spec.text, self.spec.cutoff, self.spec.start, pause, self.spec.ending)
+            spec = self.spec
+            self.add_cut(spec.text, spec.cutoff, spec.start, pause, spec.ending, spec.heard)
         if self.inflight is not None:
             self.cut_ok = self.inflight if between_words else None
             self.cut_pause = pause
@@ -317,12 +333,20 @@ class TurnPlanner:
         """A decode up to `at` (from the cut `start`, or the turn's start) covers enough to be a cut."""
         return at - (self.region_start() if start is None else start) >= self.t.cut_min_seconds * RATE
 
-    def add_cut(self, text: str, at: int, start: int | None, pause: int = 0, ending: np.ndarray | None = None) -> None:
+    def add_cut(
+        self, text: str, at: int, start: int | None, pause: int = 0, ending: np.ndarray | None = None, heard=None
+    ) -> None:
         """Keep a decoded head of the turn if its own part (from the cut it started at) is long enough."""
         if ends_repeated(text):
             return  # tiny-en said its last phrase twice ("a season of light. It was a season of light."): not a base
         if (not self.cuts or at > self.cuts[-1].at) and self.long_head(at, start):
-            self.cuts.append(Cut(text, at, pause, ending))
+            self.cuts.append(Cut(text, at, pause, ending, heard))
+
+    def audio_between(self, start: int, end: int) -> np.ndarray | None:
+        """The stream's audio from sample `start` to `end`, if it is still in the buffer."""
+        if start < self.buf_start or end > self.total:
+            return None
+        return np.ascontiguousarray(self.buf[start - self.buf_start : end - self.buf_start], dtype=np.float32)
 
     def cut_ending(self, at: int | None) -> np.ndarray | None:
         """The decoder's log-probabilities after the last word of the cut at sample `at`."""

@@ -30,6 +30,7 @@ from .planner import (
     Tag,
     TurnPlanner,
     collapse_repeats,
+    continued_stops,
     drop_repeat,
     ends_repeated,
     join,
@@ -44,6 +45,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STALE_LINE = 1.0  # seconds: a moonshine line that ended this long before the last interim's audio is not news
+
+
+def lower_thread_priority(step: int) -> None:
+    """Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to the
+    worker's final-decoder thread, whose decodes the speakers are waiting for: `step` above the thread's nice now,
+    not an absolute value (under a niced service, `Nice=5`, an absolute 5 would yield nothing)."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except OSError as exc:  # a host that refuses it: same priority as the final decodes, still correct
+        log.warning("could not set the stream thread's nice value: %s", exc)
 
 
 class Stream:
@@ -153,7 +165,9 @@ class Stream:
                 f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
                 f"end={end:.2f} text={text[-40:]!r}"
             )
-        self.send(("ev", self.sid, "update", {"text": text, "start": start, "end": end, "source": source}))
+        self.send(
+            ("ev", self.sid, "update", {"text": continued_stops(text), "start": start, "end": end, "source": source})
+        )
 
     # -- audio --
     def _audio(self, pcm: bytes, queued: float = 0.0) -> None:
@@ -194,6 +208,7 @@ class Stream:
     def _onnx_interim(self) -> None:
         """The turn so far (from its latest cut, if any), decoded on this thread with the last interim as draft."""
         p = self.p
+        self._settle_cut(p.cut_for(p.total)[1])
         base, start = p.cut_for(p.total)
         upto = p.total
         onnx = self.decoder.onnx
@@ -228,6 +243,7 @@ class Stream:
     def _speculate(self) -> None:
         p = self.p
         p.inflight = p.total
+        self._settle_cut(p.cut_for(p.total)[1])
         base, start, job = p.job()
         self.decoder.submit(self, Tag(p.gen, p.turn_no, base, start), job, p.total)
 
@@ -242,7 +258,7 @@ class Stream:
         text = self._join(tag.base, tag.start, done.text)
         if tag.gen != p.gen:
             if done.cutoff == p.cut_ok:
-                p.add_cut(text, done.cutoff, tag.start, p.cut_pause, done.ending)
+                p.add_cut(text, done.cutoff, tag.start, p.cut_pause, done.ending, done.heard)
                 if self._cut_final():
                     return
             # speech went on while it was decoding: not the final, but a good interim (the line so far, decoded
@@ -254,7 +270,7 @@ class Stream:
             return
         p.inflight = None
         # a decode from a cut: its ids are not the whole turn's
-        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None, done.ending)
+        p.spec = Spec(text, done.cutoff, tag.start, done.ids if tag.start is None else None, done.ending, done.heard)
         self.t_decode = (done.seconds, done.length)
         self.t_waited = done.waited
         self._maybe_commit()
@@ -283,6 +299,9 @@ class Stream:
         never inside a word, and the next turn starts exactly at the cut, so the words after it are in no gap."""
         p = self.p
         cut = p.final_cut() if p.turn_open and p.onnx_mode else None
+        if cut is not None:
+            self._settle_cut(cut.at, final=True)
+            cut = p.final_cut()
         if cut is None:
             return False
         text, at = cut.text, cut.at
@@ -297,8 +316,37 @@ class Stream:
         """The decode's text as it is sent (worker.FinalDecoder.judge: a trailing . ? ! only at a sentence end)."""
         if done.job is None or not done.ids or self.decoder.endings is None or self.t.sentence_end <= 0:
             return done
-        text, ending = self.decoder.judge(done.job, done.ids)
-        return done._replace(text=text, ending=ending, job=None)
+        job = done.job
+        text, ending, words = self.decoder.judge(job, done.ids)
+        heard = None
+        if words is not None:  # as a cut, its ending is judged again once the speech after it is heard
+            heard = (done.cutoff - (len(job.audio) - int(self.t.pad_seconds * RATE)), job.prefix, words)
+        return done._replace(text=text, ending=ending, job=None, heard=heard)
+
+    def _settle_cut(self, at: int | None, final: bool = False) -> None:
+        """Before a cut's text is used (a base for later decodes, or a long turn's final), the end its decode gave it
+        (a sentence mark, a comma, or nothing: FinalDecoder.judge) is judged again with the speech that followed it
+        (tuning.cut_right_seconds of it; for a final cut, what there is): a pause between words looks like a
+        sentence end on audio that ends there ("consider how. Much there might"), not once the decoder hears the
+        sentence go on; the decode after it may then start in lower case (_join). Only the cut about to be used:
+        one encoder run per cut that becomes a base."""
+        p = self.p
+        i = next((k for k, c in enumerate(p.cuts) if c.at == at and c.heard is not None), None)
+        if i is None:
+            return
+        cut = p.cuts[i]
+        assert cut.heard is not None
+        start, prefix, words = cut.heard
+        end = cut.at + int(self.t.cut_right_seconds * RATE)
+        if p.total < end and not final:
+            return
+        audio = p.audio_between(start, min(end, p.total))
+        if audio is None:
+            p.cuts[i] = cut._replace(heard=None)
+            return
+        end, logp = self.decoder.judge_again(audio, prefix, words)
+        text = cut.text.rstrip().rstrip(".?!\u2026,") + end
+        p.cuts[i] = cut._replace(text=text, ending=logp, heard=None)
 
     def _after(self, text: str, ending, speech_end: int) -> tuple | None:
         """What the planner keeps of a final that ends without a sentence mark (TurnPlanner.after)."""
@@ -324,6 +372,7 @@ class Stream:
     def _decode(self) -> tuple[str, tuple[int, ...] | None]:
         """Decode the open turn now, on this thread: (text, ids if the whole turn went through the onnx decoder)."""
         t = time.monotonic()
+        self._settle_cut(self.p.cut_for(self.p.total)[1], final=True)
         base, start, job = self.p.job()
         text, ids = self.decoder.decode(job)
         self.t_decode = (time.monotonic() - t, len(job.audio) / RATE)
@@ -355,7 +404,7 @@ class Stream:
         carry: bool = False,
         after: tuple | None = None,
     ) -> None:
-        text = collapse_repeats(text.strip())
+        text = continued_stops(collapse_repeats(text.strip()))
         if text or self.sent_update:  # an empty final still commits the interim text the client has
             self.sent_update = False
             event = {
@@ -400,12 +449,7 @@ class Stream:
     # -- the thread --
     def _run(self) -> None:
         if self.t.stream_nice and self.nice_thread:
-            # Linux: a thread id takes a nice value of its own. The streams' threads (interims) yield the core to
-            # the worker's final-decoder thread, whose decodes the speakers are waiting for.
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.t.stream_nice)
-            except OSError as exc:  # a host that refuses it: same priority as the final decodes, still correct
-                log.warning("could not set the stream thread's nice value: %s", exc)
+            lower_thread_priority(self.t.stream_nice)
         while True:
             op, *args = self.q.get()
             try:
@@ -460,6 +504,7 @@ class BatchStream(Stream):
     def _speculate(self) -> None:
         p = self.p
         p.inflight = p.total
+        self._settle_cut(p.cut_for(p.total)[1])
         base, start, job = p.job()
         tag = Tag(p.gen, p.turn_no, base, start)
         t = time.monotonic()

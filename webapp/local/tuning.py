@@ -37,8 +37,8 @@ class Tuning:
     # A speculative decode that speech overtook (and that cannot become a cut) stops between decoder steps: at 6
     # streams, 63 % of the final decoder's time went to such decodes (30.5 of 48.8 s per worker; 21 s with stopping).
     stop_overtaken: bool = True
-    # Nice value of the streams' threads (endpointer, interims): the final-decoder thread, at 0, gets the core
-    # first. At 10 the interims starved; at 5, 6 streams kept up (docs/benchmarks.md).
+    # How much nicer than the worker the streams' threads are (endpointer, interims): the final-decoder thread gets
+    # the core first. At 10 the interims starved; at 5, 6 streams kept up (docs/benchmarks.md).
     stream_nice: int = 5
     # Interims from the onnx decoder once the stream's own voice detector heard speech; False: moonshine's lines.
     onnx_interims: bool = True
@@ -46,6 +46,14 @@ class Tuning:
     # tail), gives a sentence mark after its last word at least this probability (0 = keep every mark). Turns end at
     # pauses inside sentences (the reading's commas): issue 22, docs/benchmarks.md "Issue 22: sentence ends".
     sentence_end: float = 0.85
+    # Where that mark is dropped, the text ends with a comma if the decoder gives a comma, semicolon, colon or dash
+    # there at least this probability ("it was the age of wisdom, it was the age of foolishness"; 0 = no comma).
+    clause_end: float = 0.2
+    # A cut (a pause inside a long turn that speech went on from) that kept its mark is judged again once
+    # cut_right_seconds of the speech after it are heard: the mark stays if the decoder, hearing the sentence go on,
+    # still gives it cut_sentence_end ("how much there might. Be prudently" -> ~0.0; "for them. He was" 0.72).
+    cut_sentence_end: float = 0.5
+    cut_right_seconds: float = 0.5
     # Calm interims: an onnx interim keeps the previous interim's words but its last interim_open_words unless the
     # decoder's own choice is more than interim_margin (log-probability) likelier (onnxdecoder.py; 0 = plain greedy).
     # With long_interims, margin 3 about halved the interim rewrite rate (docs/benchmarks.md, calm interims).

@@ -9,7 +9,8 @@ How: the voiced stretches (chunks with speech probability >= SPEECH, gaps under 
 the audio's energy envelope cut out (Silero stays high across 0.2 s pauses in fluent reading) are the speech
 segments; each word weighs its characters; a dynamic program gives each segment a run of
 whole words whose weight best matches its length at the turn's own speaking rate, preferring segments that end
-after a sentence or clause mark (readers pause there); inside a segment the words follow each other by weight.
+after a sentence or clause end (readers pause there; exports.ends_sentence and ends_clause, the project's one rule);
+inside a segment the words follow each other by weight.
 Every word is marked `"estimated": true`. Measured against the LibriVox sentences' known starts: docs/benchmarks.md.
 """
 
@@ -20,17 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from ..exports import ends_clause, ends_sentence
 from .vad import CHUNK
 
 RATE = 16000
 SPEECH = 0.8  # under the turn detector's (vad.THRESHOLD): word ends fade; 0.5 (Silero's default) ran over pauses
 BRIDGE = 0.1  # seconds: shorter gaps (stop closures, a quick breath) are inside one segment
 MIN_SEGMENT = 0.064  # seconds: shorter voiced blips (a click) are not speech
-SENTENCE_BONUS = 0.6  # cost units (squared seconds) a segment boundary right after . ? ! is worth
-CLAUSE_BONUS = 0.25  # and after , ; : -
+SENTENCE_BONUS = 0.6  # cost units (squared seconds) a segment boundary right after a sentence end is worth
+CLAUSE_BONUS = 0.25  # and after a clause mark
 QUIET_DB = 10.0  # a 20 ms frame this much over the turn's quietest tenth (or under its loudest) is speech
 QUIET_GAP = 0.16  # seconds: quieter stretches at least this long are pauses (shorter: inside words too)
-_MARKS = ".,;:!?\"'()[]-"
+_MARKS = ".,;:!?\"'()[]-…–—«»“”‘’"  # noqa: RUF001 (punctuation is not said: no weight)
 
 
 def speech_segments(
@@ -104,12 +106,11 @@ def weight(word: str) -> float:
 
 
 def _bonus(word: str) -> float:
-    tail = word.rstrip("\"')]")
-    if tail.endswith((".", "?", "!")):
+    """What a segment boundary right after the word is worth: readers pause at sentence and clause ends, by the
+    exports' one rule (… and closing quotes count; "Mr." ends no sentence)."""
+    if ends_sentence(word):
         return SENTENCE_BONUS
-    if tail.endswith((",", ";", ":", "-")):
-        return CLAUSE_BONUS
-    return 0.0
+    return CLAUSE_BONUS if ends_clause(word) else 0.0
 
 
 def _assign(weights: list[float], bonus: list[float], segs: list[tuple[float, float]]) -> list[int] | None:

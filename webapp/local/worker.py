@@ -92,12 +92,13 @@ class FinalDecoder:
         text = self.whisper.decode(job.audio[job.own :], self.onnx.text(job.prefix))
         return text, tuple(self.onnx.tokenize(text))
 
-    def judge(self, job: Job, ids: tuple[int, ...]) -> tuple[str, np.ndarray | None]:
+    def judge(self, job: Job, ids: tuple[int, ...]) -> tuple[str, np.ndarray | None, tuple[int, ...] | None]:
         """The text of a speculative final or cut (the job's decode, `ids`) as it is sent: without its trailing
         . ? ! unless the decoder, on the audio as heard (the noise tail left out: with it, tiny-en ends nearly every
         text with "." because the audio ends), gives a sentence mark after the last word at least
         tuning.sentence_end; a turn or cut that ends at a pause inside a sentence must not end it (issue 22). Also
-        the decoder's log-probabilities after the last word (None if the ids end in no sentence mark). One encoder
+        the decoder's log-probabilities after the last word (None if the ids end in no sentence mark), and the word
+        ids before the mark (a cut's ending is judged again with the speech after it: Stream._settle_cut). One encoder
         run and one decoder pass, on the stream's thread (run there, the final decoder's queue does not wait).
         The ids themselves keep the mark: as the next turn's context, the text without it read "It was the epoch"
         after "belief" as "that was the epoch"."""
@@ -106,11 +107,34 @@ class FinalDecoder:
         shown = ids[e.lead(ids) :] if job.prefix else ids  # a mark or comma the decoder began with after a context
         marks = e.marks(shown)
         if not marks:
-            return self.onnx.text(shown), None
+            return self.onnx.text(shown), None, None
         words = shown[: len(shown) - marks]
         heard = job.audio[: len(job.audio) - int(self.tuning.pad_seconds * RATE)]
         logp = e.next_logp(heard, job.prefix, words)
-        return self.onnx.text(shown if e.sentence_end(logp) >= self.tuning.sentence_end else words), logp
+        if e.sentence_end(logp) >= self.tuning.sentence_end:
+            return self.onnx.text(shown), logp, words
+        return self._without_mark(self.onnx.text(words), logp), logp, words
+
+    def _without_mark(self, text: str, logp: np.ndarray) -> str:
+        """A text whose sentence mark was dropped: it ends with a comma if the decoder would put one there."""
+        return text + self._comma(logp) if text else text
+
+    def _comma(self, logp: np.ndarray) -> str:
+        """ "," where the decoder gives a comma, semicolon, colon or dash at least tuning.clause_end (the pause is
+        inside a sentence, and it would mark it), else ""."""
+        assert self.endings is not None
+        return "," if 0 < self.tuning.clause_end <= self.endings.clause_end(logp) else ""
+
+    def judge_again(self, audio: np.ndarray, prefix: tuple[int, ...], words: tuple[int, ...]) -> tuple[str, np.ndarray]:
+        """A cut's end, on its audio and the speech that followed it (Stream._settle_cut): the decoder's likeliest
+        sentence mark if it gives one at least tuning.cut_sentence_end, else a comma or "" (as judge), and the
+        log-probabilities after its last word."""
+        assert self.endings is not None and self.onnx is not None
+        e = self.endings
+        logp = e.next_logp(audio, prefix, words)
+        if e.sentence_end(logp) >= self.tuning.cut_sentence_end:
+            return self.onnx.text([e.likeliest_mark(logp)]), logp
+        return self._comma(logp), logp
 
     def _run(self) -> None:
         while True:

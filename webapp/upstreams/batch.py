@@ -1,7 +1,8 @@
 """Pre-recorded (batch) transcription, one function per backend, each answering a `Transcript`:
 
 - local: the embedded recognizer's batch worker (webapp/local/pool.py open_batch), fed the decoded file at most
-  AHEAD seconds beyond what it has handled; its segments are its endpointer's turns;
+  AHEAD seconds beyond what it has handled; its segments are its endpointer's turns, with the estimated word times
+  live finals carry;
 - aigateway: the file forwarded to AIgateway's OpenAI-compatible batch endpoint, asked for verbose_json;
 - deepgram: Deepgram's pre-recorded `POST /v1/listen` (raw file body), utterances as segments.
 
@@ -22,6 +23,7 @@ import httpx
 
 from .. import protocol
 from ..config import Settings
+from ..exports import ends_sentence
 from ..logs import fields
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ class Segment:
     start: float
     end: float
     text: str
-    words: list[dict[str, Any]] = field(default_factory=list)  # {"word", "start", "end"}; empty: not timed
+    # {"word", "start", "end"} (the embedded recognizer's also "confidence": null, "estimated": true); empty: not timed
+    words: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -80,7 +83,9 @@ async def transcribe_local(
 
     def on_event(kind: str, data: dict) -> None:
         if kind == "final" and (data.get("text") or "").strip():
-            seg = Segment(float(data["start"]), float(data["end"]), data["text"].strip())
+            # its words: the estimated times live finals carry (webapp/local/wordtimes.py), "estimated": true each
+            words = [dict(w) for w in data.get("words") or [] if isinstance(w, dict)]
+            seg = Segment(float(data["start"]), float(data["end"]), data["text"].strip(), words)
             segments.append(seg)
             on_segment(seg)
         elif kind == "progress":
@@ -236,14 +241,15 @@ def _words(raw: Any, text_key: str = "word") -> list[dict[str, Any]]:
 
 
 def _segments_from_words(words: list[dict[str, Any]], duration: float, text: str) -> list[Segment]:
-    """A provider that gave words but no segments: a segment per sentence (or per 12 s)."""
+    """A provider that gave words but no segments: a segment per sentence (exports.ends_sentence, the one rule:
+    "Mr." ends none, "…" does) or per 12 s."""
     if not words:
         return [Segment(0.0, duration, text)] if text.strip() else []
     out: list[Segment] = []
     group: list[dict[str, Any]] = []
     for w in words:
         group.append(w)
-        if w["word"].rstrip().endswith((".", "?", "!")) or w["end"] - group[0]["start"] >= 12.0:
+        if ends_sentence(w["word"]) or w["end"] - group[0]["start"] >= 12.0:
             out.append(Segment(group[0]["start"], group[-1]["end"], " ".join(g["word"] for g in group), group))
             group = []
     if group:
