@@ -21,7 +21,8 @@ Definitions:
   than its last; interim words vs final: word errors of each interim's words but its last against as many first
   words of the turn's final.
 Every loop is bounded: fixed levels, fixed audio, a timeout per level.
---verbose prints every clip of every stream. --trace 1 makes the workers print one line per turn end on stderr
+--verbose prints every clip of every stream, --rewrites every interim rewrite (previous -> new interim, and where
+each came from: onnx, cut = onnx from a cut, spec = an overtaken speculative final, line = libmoonshine's). --trace 1 makes the workers print one line per turn end on stderr
 (silence at the commit, queue waits, decode time of the final, ...). Every field of webapp/local/tuning.py is a flag
 (--end-silence 0.3, --cut-pause 0, --onnx-interims 0, ...); LOCAL_BEAMS and LOCAL_CONTEXT_SECONDS are read as by the app.
 """
@@ -94,8 +95,21 @@ def build_session(clips, order, gap: float, seed: int):
 
 async def run_stream(settings, pcm: bytes, marks, t0: float):
     up = LocalUpstream(settings, StreamParams())
-    await up.connect()
     events = []  # (wall, event)
+    # each interim event carries the worker's source of the update (stream.Stream._send_update), for --rewrites
+    on_event, emit, src = up._on_event, up.turns._emit, [None]
+
+    def tagged_event(kind, data):
+        src[0] = data.get("source") if kind == "update" else None
+        on_event(kind, data)
+
+    def tagged_emit(event):
+        if event.get("type") == "transcript" and not event.get("final"):
+            event = dict(event, source=src[0])
+        emit(event)
+
+    up._on_event, up.turns._emit = tagged_event, tagged_emit  # (before connect(): the pool keeps the callback)
+    await up.connect()
 
     async def reader():
         async for ev in up.events():
@@ -118,6 +132,7 @@ def score(events, sent, marks):
     turns: dict[int, dict] = {}
     lags = []
     rewrites, ends = [], []  # per interim after a turn's first: it rewrote a shown word; it ends with . ? !
+    shown = []  # per rewrite: (audio end, source of the previous interim, source, previous text, text)
     late = []  # per final: its arrival minus the time the chunk holding its audio end was sent
     drift = [0, 0]  # interims' words but their last that the turn's final does not have there: errors, words
     for wall, ev in events:
@@ -129,8 +144,11 @@ def score(events, sent, marks):
                     # a rewrite: a word of the previous interim, other than its last (it may still grow), changed
                     a, b = speech.normalize(prev)[:-1], speech.normalize(ev["text"])
                     rewrites.append(a != b[: len(a)])
+                    if rewrites[-1]:
+                        shown.append((ev["end"], t.get("source"), ev.get("source"), prev, ev["text"]))
                     ends.append(ev["text"].rstrip()[-1:] in ".?!")
                 t["last"] = ev["text"]
+                t["source"] = ev.get("source")
                 t.setdefault("interims", []).append(ev["text"])
                 t.setdefault("first", wall)
                 t.setdefault("start", ev["start"])
@@ -168,7 +186,7 @@ def score(events, sent, marks):
     return (
         out,
         max(lags, default=(0.0, 0.0, "")),
-        (late, rewrites, ends, drift),
+        (late, rewrites, ends, drift, shown),
     )  # the most behind interim: (lag, its end, its text's end)
 
 
@@ -205,6 +223,7 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
     rewrites = [x for _, _, lt in results for x in lt[1]]
     ends = [x for _, _, lt in results for x in lt[2]]
     drift = [sum(lt[3][i] for _, _, lt in results) for i in (0, 1)]
+    shown = [(k, *x) for k, (_, _, lt) in enumerate(results) for x in lt[4]]
     worst = max((lag for _, lag, _ in results), key=lambda lag: lag[0])
     max_lag = worst[0]
     eots = [r["eot"] for r in rows if r["eot"] is not None]
@@ -233,6 +252,8 @@ async def run_level(settings, pool, clips, n: int, gap: float, timeout: float):
         "late95": pct(late, 95),
         "latemax": max(late, default=float("nan")),
         "rewrite": float(np.mean(rewrites)) if rewrites else float("nan"),
+        "rewrites": shown,
+        "interims": len(rewrites),
         "ends": float(np.mean(ends)) if ends else float("nan"),
         "drift": drift[0] / max(1, drift[1]),
         "spurious": spurious,
@@ -298,6 +319,15 @@ async def main(args):
                         f"    {row['clip']:10s} err {row['errors']} eot {row['eot'] if row['eot'] is None else round(row['eot'], 2)}"
                         f" first {row['first'] if row['first'] is None else round(row['first'], 2)}  {row['hyp']!r}"
                     )
+            if args.rewrites:
+                kinds: dict[str, int] = {}
+                for k, at, before, now, prev, text in r["rewrites"]:
+                    kinds[f"{before}->{now}"] = kinds.get(f"{before}->{now}", 0) + 1
+                    print(f"    rewrite s{k} {at:7.2f} s {before}->{now}: {prev!r}\n{'':26s}-> {text!r}")
+                print(
+                    f"    rewrites {len(r['rewrites'])} of {r['interims']} interims after a turn's first, by source "
+                    "(previous->new): " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+                )
             if not r["keeps_up"] and n >= 6:
                 break  # higher levels would only fall further behind
     finally:
@@ -336,5 +366,8 @@ if __name__ == "__main__":
     )
     ap.add_argument("--quick", action="store_true", help="4 short clips only")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument(
+        "--rewrites", action="store_true", help="list every interim rewrite with the sources of both interims"
+    )
     tuning.add_arguments(ap)
     asyncio.run(main(ap.parse_args()))

@@ -25,7 +25,7 @@ from webapp import config  # noqa: E402
 from webapp import local as recognizer  # noqa: E402
 from webapp.local import vad  # noqa: E402
 from webapp.local.engine import build_engine_app  # noqa: E402
-from webapp.local.planner import VOICE_WAIT, Cut, TurnPlanner, continued_stops, ends_repeated  # noqa: E402
+from webapp.local.planner import VOICE_WAIT, Cut, TurnPlanner, continued_stops, drop_repeat, ends_repeated  # noqa: E402
 from webapp.local.stream import lower_thread_priority  # noqa: E402
 from webapp.local.tuning import Tuning  # noqa: E402
 from webapp.protocol import StreamParams  # noqa: E402
@@ -428,7 +428,9 @@ def test_a_full_stop_the_decoder_went_on_from_in_lower_case_is_a_comma(text, sho
 
 @pytest.mark.parametrize("interim, cut, draft", [
     ("It was the best of times, it was the worst", None, "It was the best of times, it was the worst"),
-    ("It was the best of times, it was the worst", ("It was the best of times,", 2.5), "it was the worst"),
+    # in the decoder's case: a decode from a cut starts with a capital (stream._join lowers it for the interim)
+    ("It was the best of times, it was the worst", ("It was the best of times,", 2.5), "It was the worst"),
+    ("we had everything", None, "We had everything"),  # an interim after a final without a sentence mark
     ("", None, ""),  # no interim yet: token by token
 ])
 def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
@@ -442,6 +444,38 @@ def test_a_final_decode_gets_the_interim_text_as_its_draft(interim, cut, draft):
     base, start, job = p.job()
     assert (base, start) == (("", None) if cut is None else (cut[0], sec(cut[1])))
     assert job.draft == draft
+
+
+@pytest.mark.parametrize("interim, cut, held, draft", [
+    # the cut's decode read "do forth, he was not" as "do for it. He was not.": the interim keeps what it showed,
+    # and the draft starts after the interim's words for the cut's part (counted, it started a word late)
+    ("to do forth, he was not an ill spoke", "to do for it. He was not.", "to do forth, he was not", "An ill spoke"),
+    ("to do for it, he was not an ill spoke", "to do for it. He was not.", "to do for it. He was not.", "An ill spoke"),
+    # the cut reaches into the interim's open last word, or past it: the cut's text
+    ("to do forth, he was not", "to do for it. He was not.", "to do for it. He was not.", ""),
+    ("to do forth", "to do for it. He was not.", "to do for it. He was not.", ""),
+])
+def test_an_interim_from_a_new_cut_keeps_the_words_shown_for_its_part(interim, cut, held, draft):
+    """Calm interims (issue 22): a long turn's interims are decoded from its latest cut, whose text is a
+    speculative final's decode that no calm check held: it rewrote words the interims had shown."""
+    p = TurnPlanner(Tuning())
+    p.line_text = interim
+    assert p.held(cut) == held
+    assert p.draft(cut) == draft
+    assert TurnPlanner(Tuning(interim_margin=0)).held(cut) == cut  # calm interims off
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("it was it was", "it was"),
+    ("The period with the period with the period with", "The period with"),
+    ("we all with with", "we all with"),
+    ("It was the best of times, it was the worst", "It was the best of times, it was the worst"),
+    ("yeah, yeah", "yeah, yeah"),  # a word said twice, punctuated: speech
+])
+def test_an_interim_does_not_show_the_decoders_loop_at_its_end(text, shown):
+    """Tiny-en loops on a word the audio's end cuts off ("it was it was" for "it was the age"); the interim after
+    it rewrote the loop's first copy."""
+    assert drop_repeat(text) == shown
 
 
 @pytest.mark.parametrize("margin, text, keeps", [

@@ -223,6 +223,31 @@ def test_an_interim_keeps_shown_words_the_decoder_only_weakly_doubts(model_dir):
         assert speech.normalize(dec.text(dec.decode_ids(audio, draft=draft))) == speech.normalize(dec.text(plain))
 
 
+def test_an_interim_leaves_out_a_word_the_audio_cut_off(model_dir):
+    """Calm interims (issue 22): at the end of the audio tiny-en reads a cut-off "selfish" as "a suck"; the next
+    interim, with the whole word, rewrote "a". `firm` leaves out the last two words when each is doubtful, and only
+    then; decode_ids(token_logp=) gives the ids' own log-probabilities (as a teacher-forced pass) for the last ones."""
+    dec = OnnxDecoder(model_dir)
+    x = np.frombuffer(speech.clip("lv-0890").pcm, np.int16).astype(np.float32) / 32768
+    tail = (np.random.default_rng(0).normal(0, 20, RATE // 2) / 32768).astype(np.float32)
+    cut_off = np.concatenate([x[: int(3.06 * RATE)], tail])  # "... and rather self|ish"
+    logp: list[float] = []
+    ids = dec.decode_ids(cut_off, draft=dec.tokenize("Unless to be rather cold-hearted and rather"), token_logp=logp)
+    assert len(logp) == len(ids)
+    forced = teacher_forced_logp(dec, cut_off, ids)
+    # (a pass over many tokens rounds otherwise than one over a few: probabilities within 0.1)
+    assert np.allclose(np.exp(logp[-4:]), np.exp([forced[i, t] for i, t in enumerate(ids)][-4:]), atol=0.1)
+    text = dec.text(ids)
+    assert norm_words(text.split())[-3:] == ["rather", "a", "suck"], text
+    assert dec.text(ids[: dec.firm(ids, logp, 0.5)]).split() == text.split()[:-2], text
+    assert dec.firm(ids, logp, 0.0) == len(ids)  # off
+    # a whole last word: everything is shown
+    whole = np.concatenate([x[: int(3.7 * RATE)], tail])
+    logp = []
+    ids = dec.decode_ids(whole, token_logp=logp)
+    assert dec.firm(ids, logp, 0.5) == len(ids), dec.text(ids)
+
+
 def test_two_beams_do_no_worse_on_the_reading(model_dir):
     """Beam search is an option (LOCAL_BEAMS=2). How much it gains depends on the CPU's float rounding: 10 errors
     against 9 here, 12 against 7 when first written, 8 against 8 in a fresh install, and on another host 7

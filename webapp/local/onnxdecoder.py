@@ -39,6 +39,7 @@ FIRST_TEXT_TOKEN = 3  # 0-2 are <unk>, <s>, </s>
 TOKENS_PER_SECOND = 6.5  # cap on the output length, as libmoonshine's max_tokens_per_second
 MIN_TOKENS = 8
 MAX_DRAFT = 24  # draft tokens checked in one decoder pass
+LOGP_TAIL = 8  # decode_ids(token_logp=): log-probabilities of at most this many last tokens per pass (firm())
 
 
 def load_tokens(path: Path) -> list[bytes]:
@@ -140,12 +141,15 @@ class OnnxDecoder:
         draft: list[int] | tuple[int, ...] = (),
         keep: int = 0,
         margin: float = 0.0,
+        token_logp: list[float] | None = None,
     ) -> list[int] | None:
         """Token ids of the text after `prefix`: the ids the audio's beginning was already decoded as, which
         the decoder reads instead of guessing them again (left context at the cost of one decoder pass).
         `draft`: ids the text after the prefix probably has (one beam only; the result does not depend on it).
         `keep`, `margin` (interims only: the result then depends on the draft): the draft's first `keep` ids (the
         words already shown) stay unless the decoder's own choice is more than `margin` (log-probability) likelier.
+        `token_logp` (one beam only): filled with each returned id's log-probability (0 for all but the last few of a
+        decoder pass: the interims need only their last words', OnnxDecoder.firm).
         None if `stop()` turned true: it is asked before the encoder and before every decoder pass."""
         if stop is not None and stop():
             return None
@@ -161,7 +165,7 @@ class OnnxDecoder:
         # a mask of the frames' length shrinks to 1 or 2 entries, and breaks the broadcast from 9.3 s of audio on.
         mask = np.ones((1, audio.shape[1]), np.int64)
         if self.beams == 1:
-            return self._greedy(hidden, mask, [BOS, *prefix], list(draft), empty, limit, stop, keep, margin)
+            return self._greedy(hidden, mask, [BOS, *prefix], list(draft), empty, limit, stop, keep, margin, token_logp)
         logits, out = self._step(hidden, mask, np.array([[BOS, *prefix]], np.int64), empty, cached=False)
         k = self.beams
         # Every beam row shares the audio: the encoder side is computed once and repeated, never re-gathered.
@@ -218,6 +222,7 @@ class OnnxDecoder:
         stop: Callable[[], bool] | None,
         keep: int = 0,
         margin: float = 0.0,
+        logp: list[float] | None = None,
     ) -> list[int] | None:
         """Greedy decode after the ids `head`, checking draft tokens on the way. Each pass feeds the token just
         chosen plus the draft tokens that follow it in the draft (found by the last 1-3 chosen tokens: drafts
@@ -243,7 +248,16 @@ class OnnxDecoder:
                 kept += 1
             seq += proposed[:kept]
             nxt = int(choices[kept])
+            if logp is not None:  # the kept tokens' and the next one's; only the last LOGP_TAIL computed (0 before)
+                lo = max(0, kept + 1 - LOGP_TAIL)
+                rows = logits[lo : kept + 1]
+                top = rows.max(-1)
+                lse = np.log(np.exp(rows - top[:, None]).sum(-1)) + top
+                chosen = [*proposed[:kept], nxt][lo:]
+                logp += [0.0] * lo + [float(rows[r, t] - lse[r]) for r, t in enumerate(chosen)]
             if nxt == EOS or len(seq) >= limit:  # (proposals are capped, so seq never passes the limit)
+                if logp is not None:
+                    del logp[len(seq) :]
                 return seq
             seq.append(nxt)
             if len(seq) >= limit:
@@ -256,6 +270,27 @@ class OnnxDecoder:
             at, proposed = self._lookup(draft, seq, at + kept + 1 if keep else -1)
             proposed = proposed[: limit - len(seq)]
             ids, cached = [nxt, *proposed], True
+
+    def firm(self, ids: list[int], logp: list[float], doubt: float) -> int:
+        """How many of an interim's ids to show: all but its last two words (or parts of a hyphenated one) if each
+        has a token below probability `doubt`: tiny-en reads a word the audio's end cuts off as pieces ("and rather
+        a su|ck" for "selfish", "the soup pop" for "superlative"), and the next interim, with the whole word, had
+        to rewrite the first piece."""
+        words: list[tuple[int, float]] = []  # (index of the first id, lowest probability of its ids)
+        split = True
+        for i, (t, lp) in enumerate(zip(ids, logp, strict=False)):
+            piece = self.tokens[t].decode("utf-8", "replace") if t >= FIRST_TEXT_TOKEN else ""
+            if not any(ch.isalnum() for ch in piece):
+                split = split or "-" in piece
+                continue
+            if split or piece.startswith("\u2581"):
+                words.append((i, float(np.exp(lp))))
+            else:
+                words[-1] = (words[-1][0], min(words[-1][1], float(np.exp(lp))))
+            split = False
+        if doubt > 0 and len(words) >= 3 and words[-1][1] < doubt and words[-2][1] < doubt:
+            return words[-2][0]
+        return len(ids)
 
     @staticmethod
     def _close(logits: np.ndarray, token: int, margin: float) -> bool:

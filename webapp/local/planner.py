@@ -7,6 +7,7 @@ Pure state and rules, no threads, no model: the stream thread (stream.py) feeds 
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from typing import NamedTuple
 
 import numpy as np
@@ -116,6 +117,19 @@ def collapse_repeats(text: str) -> str:
     for size in range(2, n // 2 + 1):
         if n % size == 0 and norm == norm[:size] * (n // size):
             return " ".join(words[:size]).rstrip(",;") + ("." if text.rstrip()[-1:] == "." else "")
+    return text
+
+
+def drop_repeat(text: str) -> str:
+    """The text without a copy of its last words that repeats the words just before it ("it was it was", "with
+    with", "the period with the period with"): tiny-en loops on a word cut off by the end of the audio; an interim
+    showing the loop had its words rewritten by the next. Phrases split by punctuation: ends_repeated."""
+    words = text.split()
+    norm = norm_words(words)
+    for size in range(1, len(words) // 2 + 1):
+        tail = words[len(words) - 2 * size :]
+        if norm[-size:] == norm[-2 * size : -size] and all(w[-1:].isalnum() for w in tail[:-1]):
+            return drop_repeat(" ".join(words[:-size]))
     return text
 
 
@@ -373,8 +387,39 @@ class TurnPlanner:
 
     def draft(self, base: str) -> str:
         """The interim's words after `base` (the text of the cut a decode starts at), as the decoder's draft
-        (onnxdecoder.py: fewer decoder passes)."""
-        return " ".join(self.line_text.split()[len(base.split()) :])
+        (onnxdecoder.py: fewer decoder passes), its first word capitalized as the decoder starts every decode:
+        stream._join may have lowered it (after a cut or a final without a sentence mark), and a draft token
+        "▁we" where the decoder reads "▁We" failed the calm interims' check and lost the whole draft."""
+        words = self.line_text.split()[self.covered(base) :]
+        if words:
+            words[0] = words[0][:1].upper() + words[0][1:]
+        return " ".join(words)
+
+    def covered(self, base: str) -> int:
+        """How many of the last interim's words the text of a cut (`base`) stands for: aligned as spoken (the cut's
+        decode may read "do forth" as "do for it"), not counted: the draft after it then starts where the cut's
+        part ends (a draft one word off lost the calm interims' check at its first token)."""
+        line, cut = norm_words(self.line_text.split()), norm_words(base.split())
+        blocks = [b for b in SequenceMatcher(None, line, cut, autojunk=False).get_matching_blocks() if b.size]
+        if not cut or not blocks:
+            return min(len(cut), len(line))
+        i, j, size = blocks[-1]
+        return min(len(line), i + len(cut) - j)  # the cut's words after its last match: as many of the interim's
+
+    def held(self, base: str) -> str:
+        """What an interim decoded from the cut `base` shows for the cut's part: the words shown there already if
+        the cut's own decode (a speculative final's, no calm check) reads them otherwise; the cut's text if
+        those are open still (interim_open_words) or calm interims are off. The final keeps the cut's text."""
+        n = self.covered(base)
+        words = self.line_text.split()[:n]
+        if (
+            self.t.interim_margin > 0
+            and words
+            and n <= len(self.shown())
+            and norm_words(words) != norm_words(base.split())
+        ):
+            return " ".join(words)
+        return base
 
     def shown(self) -> list[str]:
         """The last interim's words that calm interims hold (all but its last interim_open_words), as spoken."""

@@ -31,6 +31,7 @@ from .planner import (
     TurnPlanner,
     collapse_repeats,
     continued_stops,
+    drop_repeat,
     ends_repeated,
     join,
 )
@@ -147,9 +148,11 @@ class Stream:
             # only once our endpointer heard speech: tiny-en makes up words ("You") on steady noise
             if self.t.long_interims and self.sent_update and end < self.interim_upto / RATE - STALE_LINE:
                 return  # an earlier line reported late (onnx interims showed more of the turn already)
-            self._send_update(join(self.prefix, line.text), p.total, end)
+            self._send_update(join(self.prefix, line.text), p.total, end, "line")
 
-    def _send_update(self, text: str, upto: int, end: float | None = None) -> None:
+    def _send_update(self, text: str, upto: int, end: float | None = None, source: str = "onnx") -> None:
+        """An interim; `source` (for bench/recognizer.py): onnx, cut (onnx from a cut), spec (an overtaken
+        speculative final) or line (libmoonshine's)."""
         p = self.p
         p.line_text = text
         self.sent_update = True
@@ -162,7 +165,9 @@ class Stream:
                 f"qwait={time.monotonic() - self.t_queued:.3f} q={self.q.qsize()} cost={self.interim_cost:.3f} "
                 f"end={end:.2f} text={text[-40:]!r}"
             )
-        self.send(("ev", self.sid, "update", {"text": continued_stops(text), "start": start, "end": end}))
+        self.send(
+            ("ev", self.sid, "update", {"text": continued_stops(text), "start": start, "end": end, "source": source})
+        )
 
     # -- audio --
     def _audio(self, pcm: bytes, queued: float = 0.0) -> None:
@@ -211,10 +216,15 @@ class Stream:
         shown = words[: max(0, len(words) - self.t.interim_open_words)]  # the words the viewer has taken in
         keep = len(onnx.tokenize(" ".join(shown))) if self.t.interim_margin > 0 else 0
         draft = onnx.tokenize(" ".join(words))
-        ids = onnx.decode_ids(p.region_audio(start), (), None, draft, keep, self.t.interim_margin)
-        text = self._join(base, start, onnx.text(ids or ()))
+        logp: list[float] = []
+        ids = (
+            onnx.decode_ids(p.region_audio(start), (), None, draft, keep, self.t.interim_margin, token_logp=logp) or []
+        )
+        text = self._join(base, start, onnx.text(ids[: onnx.firm(ids, logp, self.t.interim_doubt)]))
+        if base:  # the cut's part as shown already (TurnPlanner.held)
+            text = join(p.held(base), text[len(base.strip()) :])
         if text and not ends_repeated(text):  # tiny-en repeats a phrase at a cut-off word end: keep the last one
-            self._send_update(text, upto)
+            self._send_update(drop_repeat(text), upto, source="cut" if base else "onnx")
 
     def _quiet(self, young: bool) -> bool:
         """No interim re-decode now: a final is due (ours or, in this worker, another stream's), or we are behind."""
@@ -255,7 +265,7 @@ class Stream:
             # with a tail), which saves the next interim re-decode; unless it changes words the calm interims hold
             # (the next interim would most likely put them back: two rewrites)
             if text.strip() and done.cutoff > self.interim_upto and p.keeps_shown(text):
-                self._send_update(text.strip(), done.cutoff)
+                self._send_update(text.strip(), done.cutoff, source="spec")
                 self.last_update = self.fed
             return
         p.inflight = None

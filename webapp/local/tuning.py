@@ -59,6 +59,9 @@ class Tuning:
     # With long_interims, margin 3 about halved the interim rewrite rate (docs/benchmarks.md, calm interims).
     interim_margin: float = 3.0
     interim_open_words: int = 1
+    # An onnx interim leaves out its last two words if each has a token below this probability (a word cut off by
+    # the audio's end, read as pieces: OnnxDecoder.firm); 0 = off.
+    interim_doubt: float = 0.5
     # Turns past MODEL_END_SECONDS: onnx interims from the turn's latest cut while it has one (else libmoonshine's
     # re-decode of its line), and libmoonshine's late reports of lines that ended before the last interim are not
     # shown (they took the interims back to the turn's first words, seconds late).
