@@ -5,7 +5,7 @@ capture page and a viewer page in presentation mode, with screenshots (issue 22:
 
 The microphone plays the 5 consecutive LibriVox sentences joined (speech.joined, one long turn with short pauses),
 1.5 s of room noise, then the 44 s reading of "A Tale of Two Cities" (one long sentence of commas). `--streams 2`
-adds a second capture page with the same recording (the default capacity of a 2-core host is 2 streams).
+adds a second capture page with the same recording (a 2-core host admits 6 streams by default).
 Measured in the page (a MutationObserver on the viewer's transcript): every interim shown, how many of them changed
 a word shown before other than its last (rewrites), and how many ended in . ? !; at the end, the viewer's finals
 against the printed texts (spurious / missed sentence ends, tests/speech.py sentence_ends) and WER.
