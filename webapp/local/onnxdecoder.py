@@ -366,9 +366,12 @@ class Endings:
         out = dec._pass(hidden, np.ones(x.shape, np.int64), np.array([[BOS, *prefix, *ids]], np.int64), empty, False)
         return _log_softmax(out["logits"][0, -1].astype(np.float64)).astype(np.float32)
 
+    def _mass(self, logp: np.ndarray, kind: int) -> float:
+        return float(np.exp(logp[self.kinds == kind].astype(np.float64)).sum())
+
     def sentence_end(self, logp: np.ndarray) -> float:
         """P(the next token is a sentence mark)."""
-        return float(np.exp(logp[self.kinds == END_MARK].astype(np.float64)).sum())
+        return self._mass(logp, END_MARK)
 
     def likeliest_mark(self, logp: np.ndarray) -> int:
         """The sentence mark token (. ? ! ...) the decoder likes best here."""
@@ -377,7 +380,7 @@ class Endings:
 
     def clause_end(self, logp: np.ndarray) -> float:
         """P(the next token is a comma, semicolon, colon or dash)."""
-        return float(np.exp(logp[self.kinds == SOFT_MARK].astype(np.float64)).sum())
+        return self._mass(logp, SOFT_MARK)
 
     def lower_next(self, logp: np.ndarray, word: str) -> bool:
         """The decoder would rather go on with `word` in lower case than as written ("Be" after "might": "be";

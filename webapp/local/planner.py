@@ -38,8 +38,8 @@ class Cut(NamedTuple):
     at: int
     pause: int = 0
     ending: np.ndarray | None = None
-    # (sample its decode's audio started at, prefix ids, the decode's word ids) while a sentence mark it ends with
-    # waits to be judged again with the speech that followed (Stream._settle_cuts)
+    # (sample its decode's audio started at, prefix ids, the decode's word ids) while the end its decode gave it (a
+    # sentence mark, a comma or nothing) waits to be judged again with the speech that followed (Stream._settle_cut)
     heard: tuple | None = None
 
 
@@ -96,7 +96,7 @@ class Done(NamedTuple):
     waited: float  # seconds queued before the decode started
     ending: np.ndarray | None = None  # as Cut.ending
     job: Job | None = None  # what was decoded (the sentence end is judged on the stream's thread: Stream._judged)
-    heard: tuple | None = None  # as Cut.heard, if the judged text kept its sentence mark
+    heard: tuple | None = None  # as Cut.heard, if the decode ended in a sentence mark (FinalDecoder.judge)
 
 
 def join(head: str, tail: str) -> str:

@@ -337,15 +337,15 @@ class Stream:
         cut = p.cuts[i]
         assert cut.heard is not None
         start, prefix, words = cut.heard
-        end = cut.at + int(self.t.cut_right_seconds * RATE)
-        if p.total < end and not final:
+        upto = cut.at + int(self.t.cut_right_seconds * RATE)
+        if p.total < upto and not final:
             return
-        audio = p.audio_between(start, min(end, p.total))
+        audio = p.audio_between(start, min(upto, p.total))
         if audio is None:
             p.cuts[i] = cut._replace(heard=None)
             return
-        end, logp = self.decoder.judge_again(audio, prefix, words)
-        text = cut.text.rstrip().rstrip(".?!\u2026,") + end
+        ending, logp = self.decoder.judge_again(audio, prefix, words)
+        text = cut.text.rstrip().rstrip(".?!\u2026,") + ending
         p.cuts[i] = cut._replace(text=text, ending=logp, heard=None)
 
     def _after(self, text: str, ending, speech_end: int) -> tuple | None:
